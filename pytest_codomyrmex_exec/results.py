@@ -1,0 +1,153 @@
+"""The result model: a script's status, its result record, and batch summaries."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any, TypedDict, final
+
+
+class ScriptStatus(enum.StrEnum):
+    """How one script run ended. A ``str`` subclass, so results stay JSON-friendly."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+class ScriptResult(TypedDict):
+    """What :func:`run_script` returns for one script.
+
+    ``error`` is a one-line, human-readable cause for every status but ``passed``.
+    """
+
+    script: str
+    name: str
+    status: ScriptStatus
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    execution_time: float
+    error: str | None
+    signal: str | None
+    memory_limit_exceeded: bool
+
+
+def make_result(
+    script: str,
+    status: ScriptStatus,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+    stdout: str = "",
+    stderr: str = "",
+    execution_time: float = 0.0,
+    signal: str | None = None,
+    memory_limit_exceeded: bool = False,
+) -> ScriptResult:
+    """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
+    return ScriptResult(
+        script=script,
+        name=os.path.basename(script),
+        status=status,
+        exit_code=exit_code,
+        stdout=stdout,
+        stderr=stderr,
+        execution_time=execution_time,
+        error=error,
+        signal=signal,
+        memory_limit_exceeded=memory_limit_exceeded,
+    )
+
+
+@final
+@dataclass
+class ExecutionResult:
+    """Summary of a :class:`ParallelRunner` batch: one result per script, counters that add up."""
+
+    results: list[ScriptResult] = field(default_factory=list)
+    execution_time: float = 0.0
+
+    def _count(self, status: ScriptStatus) -> int:
+        return sum(1 for r in self.results if r["status"] == status)
+
+    @property
+    def total(self) -> int:
+        return len(self.results)
+
+    @property
+    def passed(self) -> int:
+        return self._count(ScriptStatus.PASSED)
+
+    @property
+    def failed(self) -> int:
+        """Scripts that failed or could not start (``failed`` plus ``error``)."""
+        return self._count(ScriptStatus.FAILED) + self._count(ScriptStatus.ERROR)
+
+    @property
+    def timeout(self) -> int:
+        return self._count(ScriptStatus.TIMEOUT)
+
+    @property
+    def cancelled(self) -> int:
+        return self._count(ScriptStatus.CANCELLED)
+
+    @property
+    def success(self) -> bool:
+        return self.total == self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "passed": self.passed,
+            "failed": self.failed,
+            "timeout": self.timeout,
+            "cancelled": self.cancelled,
+            "execution_time": self.execution_time,
+            "success": self.success,
+            "results": [dict(r) for r in self.results],
+        }
+
+
+@final
+@dataclass
+class AsyncExecutionResult:
+    """Summary of an :class:`AsyncParallelRunner` run, keyed by task name."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    cancelled_tasks: list[str] = field(default_factory=list)
+    total: int = 0
+    execution_time: float = 0.0
+
+    @property
+    def completed(self) -> int:
+        return len(self.results)
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
+
+    @property
+    def cancelled(self) -> int:
+        return len(self.cancelled_tasks)
+
+    @property
+    def success(self) -> bool:
+        return self.completed == self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "execution_time": self.execution_time,
+            "success": self.success,
+            "results": dict(self.results),
+            "errors": dict(self.errors),
+        }
+
