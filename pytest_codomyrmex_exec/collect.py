@@ -1,0 +1,122 @@
+"""The collector and the item: a ``*_script.py`` file becomes one test item, never imported."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._launch import LaunchPlan, plan_launch
+from .marks import MarkError, read_script_marks
+from .options import ExecOptions
+from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
+from .results import ScriptResult, ScriptStatus
+from .runner import run_script
+from .settings import ScriptSettings, child_environment, resolve_settings
+
+OPTIONS_KEY = pytest.StashKey[ExecOptions]()
+"""The session's resolved options, in ``config.stash``."""
+RESULT_KEY = pytest.StashKey[ScriptResult]()
+"""A script's result, set by the parallel session before the item's report is made."""
+RUNS_KEY = pytest.StashKey[int]()
+"""How many runs the result took (more than one with ``max_runs``)."""
+_SETTINGS_KEY = pytest.StashKey["ScriptSettings | MarkError"]()
+
+
+def is_script(file_path: Path, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns)
+
+
+def should_retry(result: ScriptResult, runs: int, max_runs: int) -> bool:
+    """A failed or timed-out run is tried again while runs are left; errors never are."""
+    return runs < max_runs and result["status"] in (ScriptStatus.FAILED, ScriptStatus.TIMEOUT)
+
+
+class ScriptFile(pytest.File):
+    """A script file; reading its ``# pytest.mark`` lines is all collection does with it."""
+
+    def collect(self) -> list[pytest.Item]:
+        try:
+            marks = read_script_marks(self.path)
+        except MarkError as exc:
+            raise self.CollectError(str(exc)) from None
+        except OSError as exc:
+            raise self.CollectError(f"{self.path}: cannot read: {exc}") from None
+        item = ScriptItem.from_parent(self, name=self.path.stem)
+        for mark in marks:
+            item.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **mark.kwargs))
+        return [item]
+
+
+class ScriptItem(pytest.Item):
+    """One script run as one test: pass on an allowed exit code, fail with its traceback."""
+
+    @property
+    def label(self) -> str:
+        """The script's path as pytest shows it (relative to the rootdir)."""
+        return self.nodeid.split("::", 1)[0]
+
+    def settings(self) -> ScriptSettings:
+        """Resolve (once) how this script runs; raises MarkError for a bad exec mark."""
+        cached = self.stash.get(_SETTINGS_KEY, None)
+        if cached is None:
+            try:
+                cached = resolve_settings(self, self.config.stash[OPTIONS_KEY])
+            except MarkError as exc:
+                cached = exc
+            self.stash[_SETTINGS_KEY] = cached
+        if isinstance(cached, MarkError):
+            raise cached
+        return cached
+
+    def setup(self) -> None:
+        try:
+            settings = self.settings()
+        except MarkError as exc:
+            raise ScriptNotStarted(str(exc)) from None
+        result = self.stash.get(RESULT_KEY, None)
+        if result is None:
+            # Run inline: check what can be checked before the call phase, so a missing
+            # interpreter or cwd is an error (could not run), not a failure of the script.
+            plan = plan_launch(self.path, base_env={}, **settings.run_kwargs())
+            if not isinstance(plan, LaunchPlan):
+                raise ScriptNotStarted(f"{self.label} could not run: {plan['error']}")
+        elif result["status"] == ScriptStatus.ERROR:
+            raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
+
+    def runtest(self) -> None:
+        result = self.stash.get(RESULT_KEY, None)
+        if result is None:
+            result = self._run_inline()
+        raise_for_result(self, self.label, result)
+
+    def _run_inline(self) -> ScriptResult:
+        settings = self.settings()
+        self.ihook.pytest_exec_script_started(item=self, settings=settings)
+        base_env = child_environment()
+        runs = 0
+        while True:
+            result = run_script(self.path, base_env=base_env, **settings.run_kwargs())
+            runs += 1
+            if not should_retry(result, runs, settings.max_runs):
+                break
+        self.stash[RUNS_KEY] = runs
+        self.stash[RESULT_KEY] = result
+        self.ihook.pytest_exec_script_finished(item=self, result=result)
+        return result
+
+    def repr_failure(
+        self,
+        excinfo: pytest.ExceptionInfo[BaseException],
+        style: Any = None,
+    ) -> str | Any:
+        if isinstance(excinfo.value, ScriptFailed):
+            return excinfo.value.render()
+        if isinstance(excinfo.value, ScriptNotStarted):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"script {self.label}"

@@ -1,0 +1,181 @@
+"""Command-line options and ini keys, and their resolution into one validated value."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal, final
+
+import pytest
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_PATTERNS = ["*_script.py"]
+BACKENDS = ("process", "async")
+DEFAULT_BACKEND: Literal["process", "async"] = "process"
+ORDERS = ("duration", "collection")
+
+Backend = Literal["process", "async"]
+Order = Literal["duration", "collection"]
+
+
+def default_workers() -> int:
+    return min(os.cpu_count() or 1, 8)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("codomyrmex-exec", "running *_script.py files as tests")
+    group.addoption(
+        "--exec-parallel",
+        action="store_true",
+        default=None,
+        help="run script items in the background, in parallel (ini: exec_parallel)",
+    )
+    group.addoption(
+        "--exec-workers",
+        metavar="N|auto",
+        default=None,
+        help="scripts run at once with --exec-parallel; auto = min(cpus, 8) (ini: exec_workers)",
+    )
+    group.addoption(
+        "--exec-backend",
+        default=None,
+        help=f"parallel engine: {' or '.join(BACKENDS)} (default {DEFAULT_BACKEND}; "
+        "ini: exec_backend)",
+    )
+    group.addoption(
+        "--exec-timeout",
+        metavar="SECONDS",
+        default=None,
+        help=f"per-script timeout, 0 for none (default {DEFAULT_TIMEOUT:g}; ini: exec_timeout)",
+    )
+    group.addoption(
+        "--exec-memory-limit",
+        metavar="MB",
+        default=None,
+        help="per-script address-space limit in MB (Unix; ini: exec_memory_limit)",
+    )
+    group.addoption(
+        "--exec-python",
+        metavar="PATH",
+        default=None,
+        help="interpreter the scripts run with (default: pytest's own; ini: exec_python)",
+    )
+    group.addoption(
+        "--exec-order",
+        default=None,
+        help="start order among equal priorities: duration (longest first, remembered from "
+        "the last run) or collection (default duration; ini: exec_order)",
+    )
+    parser.addini(
+        "exec_script_patterns",
+        "glob patterns of script files",
+        type="args",
+        default=DEFAULT_PATTERNS,
+    )
+    parser.addini("exec_parallel", "run script items in parallel", type="bool", default=False)
+    parser.addini("exec_workers", "scripts run at once (N or auto)", default="auto")
+    parser.addini("exec_backend", "parallel engine: process or async", default=DEFAULT_BACKEND)
+    parser.addini("exec_timeout", "per-script timeout in seconds", default="")
+    parser.addini("exec_memory_limit", "per-script memory limit in MB", default="")
+    parser.addini("exec_python", "interpreter the scripts run with", default="")
+    parser.addini("exec_order", "start order: duration or collection", default="duration")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ExecOptions:
+    """The session-wide settings, from the command line or else the ini file."""
+
+    patterns: tuple[str, ...]
+    parallel: bool
+    workers: int
+    backend: Backend
+    timeout: float | None
+    """``None`` when neither the command line nor the ini file set one."""
+    memory_limit_mb: float | None
+    python: str | None
+    order: Order
+
+
+def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
+    """Return ``(value, where)`` from the command line, else the ini file, else ``None``."""
+    value = config.getoption(option)
+    if value is not None:
+        return str(value), "--" + option.replace("_", "-")
+    raw = config.getini(ini)
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip(), f"ini option {ini!r}"
+    return None
+
+
+def _number(text: str, where: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"{where}: expected a number, got {text!r}") from None
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise pytest.UsageError(f"{where}: expected a positive number, got {text!r}")
+    return value
+
+
+def resolve_options(config: pytest.Config) -> ExecOptions:
+    """Validate every option once, at configure time; a bad value is a UsageError naming it."""
+    parallel = bool(config.getoption("exec_parallel")) or bool(config.getini("exec_parallel"))
+
+    workers = default_workers()
+    picked = _pick(config, "exec_workers", "exec_workers")
+    if picked and picked[0] != "auto":
+        text, where = picked
+        if not text.isdigit() or int(text) < 1:
+            raise pytest.UsageError(
+                f"{where}: expected a whole number >= 1 or 'auto', got {text!r}"
+            )
+        workers = int(text)
+
+    backend: Backend = DEFAULT_BACKEND
+    picked = _pick(config, "exec_backend", "exec_backend")
+    if picked:
+        text, where = picked
+        if text not in BACKENDS:
+            raise pytest.UsageError(f"{where}: expected one of {', '.join(BACKENDS)}, got {text!r}")
+        backend = "async" if text == "async" else "process"
+
+    timeout: float | None = None
+    picked = _pick(config, "exec_timeout", "exec_timeout")
+    if picked:
+        seconds = _number(*picked, allow_zero=True)
+        timeout = math.inf if seconds == 0 else seconds
+
+    memory: float | None = None
+    picked = _pick(config, "exec_memory_limit", "exec_memory_limit")
+    if picked:
+        memory = _number(*picked, allow_zero=False)
+
+    python: str | None = None
+    picked = _pick(config, "exec_python", "exec_python")
+    if picked:
+        text, where = picked
+        if not (os.path.isfile(text) and os.access(text, os.X_OK)):
+            raise pytest.UsageError(f"{where}: no executable interpreter at {text!r}")
+        python = os.path.abspath(text)
+
+    order: Order = "duration"
+    picked = _pick(config, "exec_order", "exec_order")
+    if picked:
+        text, where = picked
+        if text not in ORDERS:
+            raise pytest.UsageError(f"{where}: expected one of {', '.join(ORDERS)}, got {text!r}")
+        order = "collection" if text == "collection" else "duration"
+
+    patterns = tuple(str(p) for p in config.getini("exec_script_patterns"))
+    return ExecOptions(
+        patterns=patterns,
+        parallel=parallel,
+        workers=workers,
+        backend=backend,
+        timeout=timeout,
+        memory_limit_mb=memory,
+        python=python,
+        order=order,
+    )

@@ -1,0 +1,83 @@
+"""The pytest entry point: hook implementations only; the work lives in the other modules."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from . import hookspecs
+from .collect import OPTIONS_KEY, RESULT_KEY, ScriptFile, ScriptItem, is_script
+from .durations import save_durations
+from .marks import EXEC_MARKER_HELP
+from .options import add_options, resolve_options
+
+_SESSION_PLUGIN = "codomyrmex-exec-session"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _xdist_active(config: pytest.Config) -> bool:
+    """True on an xdist worker or controller: xdist already spreads items over processes."""
+    if hasattr(config, "workerinput"):
+        return True
+    return config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", EXEC_MARKER_HELP)
+    options = resolve_options(config)
+    config.stash[OPTIONS_KEY] = options
+    if options.parallel and not _xdist_active(config):
+        from .session import ExecSession  # imported only when the feature is on
+
+        config.pluginmanager.register(ExecSession(config), _SESSION_PLUGIN)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScriptFile | None:
+    options = parent.config.stash[OPTIONS_KEY]
+    if options.patterns and is_script(file_path, options.patterns):
+        return ScriptFile.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "call" and isinstance(item, ScriptItem):
+        result = item.stash.get(RESULT_KEY, None)
+        if result is not None:
+            # With --exec-parallel the call phase only reads a finished result: report the
+            # script's own run time, not the microseconds of reading it or its time queued.
+            report.duration = result["execution_time"]
+            report.stop = report.start + report.duration
+    return report
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item) -> bool | None:
+    """pytest-timeout: script items time themselves (it would count queue time, or kill us)."""
+    return True if isinstance(item, ScriptItem) else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    return True if isinstance(item, ScriptItem) else None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    measured = [
+        (item.nodeid, result)
+        for item in session.items
+        if isinstance(item, ScriptItem) and (result := item.stash.get(RESULT_KEY, None))
+    ]
+    save_durations(session.config, measured)
