@@ -118,5 +118,6 @@ class ScriptItem(pytest.Item):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"script {self.label}"
+    def reportinfo(self) -> tuple[Path, int, str]:
+        # A line number is required: pytest asserts one when it reports a skip location.
+        return self.path, 0, f"script {self.label}"
