@@ -1,0 +1,207 @@
+"""AsyncParallelRunner: run named coroutines concurrently, optionally bounded and fail-fast."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias, final
+
+from .results import AsyncExecutionResult
+
+logger = logging.getLogger(__name__)
+
+TaskSpec: TypeAlias = tuple[str, Callable[..., Awaitable[Any]], Sequence[Any]]
+"""One task: ``(name, coroutine_function, args)``; the function is called as ``func(*args)``."""
+
+TaskCallback: TypeAlias = Callable[[str, Any], object]
+"""``on_task_complete(name, outcome)``: the return value, the exception, or a CancelledError."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"ExcType: message"``, or just ``"ExcType"`` when the message is empty."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+@final
+class AsyncParallelRunner:
+    """Run ``(name, coroutine_function, args)`` tasks concurrently in the running event loop.
+
+    ``max_concurrency`` bounds how many tasks run at once (``None``: no bound). With
+    ``fail_fast`` the first task that raises is recorded in ``errors`` and every other
+    unfinished task is cancelled and listed in ``cancelled_tasks``. ``on_task_complete`` is
+    called (synchronously, in the loop) once per task with its return value, its exception,
+    or a :class:`asyncio.CancelledError` for a task that was cancelled; a callback that
+    raises is logged and ignored.
+
+    A task's failure is data, not an exception: ``run`` returns an
+    :class:`AsyncExecutionResult` whose counters add up to ``total``. If the caller of
+    ``run`` is cancelled, the tasks are cancelled and awaited, the result so far stays
+    available as :attr:`last_result`, and the cancellation propagates.
+
+    The runner keeps no loop-bound state between runs, so one instance can be used under
+    several ``asyncio.run`` calls.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        fail_fast: bool = False,
+        on_task_complete: TaskCallback | None = None,
+    ) -> None:
+        if max_concurrency is not None:
+            if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+                raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
+            if max_concurrency < 1:
+                raise ValueError(
+                    f"max_concurrency must be at least 1 (or None for no bound), "
+                    f"got {max_concurrency}"
+                )
+        if on_task_complete is not None and not callable(on_task_complete):
+            raise TypeError(f"on_task_complete must be callable, got {on_task_complete!r}")
+        self._max_concurrency = max_concurrency
+        self._fail_fast = bool(fail_fast)
+        self._on_task_complete = on_task_complete
+        self.last_result: AsyncExecutionResult | None = None
+        """The result of the latest :meth:`run`, filled in while it runs; kept on cancel."""
+
+    @property
+    def max_concurrency(self) -> int | None:
+        return self._max_concurrency
+
+    @property
+    def fail_fast(self) -> bool:
+        return self._fail_fast
+
+    async def run(self, tasks: Iterable[TaskSpec]) -> AsyncExecutionResult:
+        """Run every task and return once all have finished, failed or been cancelled.
+
+        Raises :class:`TypeError` / :class:`ValueError` before starting anything if a task
+        is malformed (not a 3-tuple, a non-callable, duplicate names).
+        """
+        specs = _check_tasks(tasks)
+        result = AsyncExecutionResult(total=len(specs))
+        self.last_result = result
+        # Created here, not in __init__: a semaphore binds to the loop that first waits on
+        # it, and the runner must work again under the next asyncio.run.
+        semaphore = (
+            asyncio.Semaphore(self._max_concurrency) if self._max_concurrency is not None else None
+        )
+        handles: list[asyncio.Task[None]] = []
+        started = time.monotonic()
+        logger.info(
+            "running %d task(s) (max_concurrency=%s, fail_fast=%s)",
+            len(specs),
+            self._max_concurrency,
+            self._fail_fast,
+        )
+        try:
+            # The task group cancels and awaits every child if this coroutine is cancelled,
+            # so no task outlives run(). Children never raise (failures are recorded), so
+            # the group itself only ever propagates cancellation.
+            async with asyncio.TaskGroup() as group:
+                for name, func, args in specs:
+                    coro = self._run_one(
+                        name, func, args, semaphore=semaphore, result=result, handles=handles
+                    )
+                    handles.append(group.create_task(coro, name=f"async-runner:{name}"))
+        finally:
+            # A task cancelled before its first step never runs its own bookkeeping, so the
+            # cancelled ones are found here: whatever has neither a result nor an error.
+            for name, _, _ in specs:
+                if name not in result.results and name not in result.errors:
+                    result.cancelled_tasks.append(name)
+                    self._notify(name, asyncio.CancelledError())
+            result.execution_time = time.monotonic() - started
+            logger.info(
+                "finished %d task(s) in %.3f s: %d completed, %d failed, %d cancelled",
+                result.total,
+                result.execution_time,
+                result.completed,
+                result.failed,
+                result.cancelled,
+            )
+        return result
+
+    async def _run_one(
+        self,
+        name: str,
+        func: Callable[..., Awaitable[Any]],
+        args: Sequence[Any],
+        *,
+        semaphore: asyncio.Semaphore | None,
+        result: AsyncExecutionResult,
+        handles: list[asyncio.Task[None]],
+    ) -> None:
+        try:
+            if semaphore is None:
+                value = await _call(name, func, args)
+            else:
+                async with semaphore:
+                    value = await _call(name, func, args)
+        except Exception as exc:
+            result.errors[name] = describe_error(exc)
+            logger.warning("task %r failed: %s", name, result.errors[name])
+            self._notify(name, exc)
+            if self._fail_fast:
+                self._cancel_others(name, handles)
+            return
+        result.results[name] = value
+        logger.debug("task %r completed", name)
+        self._notify(name, value)
+
+    def _cancel_others(self, failed: str, handles: list[asyncio.Task[None]]) -> None:
+        me = asyncio.current_task()
+        pending = [task for task in handles if task is not me and not task.done()]
+        if pending:
+            logger.info("fail-fast: task %r failed, cancelling %d task(s)", failed, len(pending))
+        for task in pending:
+            task.cancel()
+
+    def _notify(self, name: str, outcome: Any) -> None:
+        if self._on_task_complete is None:
+            return
+        try:
+            self._on_task_complete(name, outcome)
+        except Exception:
+            # A broken progress callback must not turn into a failed or aborted run.
+            logger.exception("on_task_complete callback raised for task %r", name)
+
+
+async def _call(name: str, func: Callable[..., Awaitable[Any]], args: Sequence[Any]) -> Any:
+    logger.debug("task %r started", name)
+    awaitable = func(*args)
+    if not inspect.isawaitable(awaitable):
+        raise TypeError(
+            f"task {name!r}: {func!r} returned {type(awaitable).__name__}, not an awaitable; "
+            "pass a coroutine function"
+        )
+    return await awaitable
+
+
+def _check_tasks(tasks: Iterable[TaskSpec]) -> list[TaskSpec]:
+    """Validate every task up front, so a bad one cannot leave others half-started."""
+    specs: list[TaskSpec] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(tasks):
+        if not isinstance(spec, tuple) or len(spec) != 3:
+            raise TypeError(
+                f"task #{index} must be a (name, coroutine_function, args) tuple, got {spec!r}"
+            )
+        name, func, args = spec
+        if not isinstance(name, str):
+            raise TypeError(f"task #{index}: name must be a str, got {name!r}")
+        # Results and errors are keyed by name: a duplicate would silently overwrite one.
+        if name in seen:
+            raise ValueError(f"task #{index}: duplicate task name {name!r}")
+        if not callable(func):
+            raise TypeError(f"task {name!r}: {func!r} is not callable")
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise TypeError(f"task {name!r}: args must be a tuple or list, got {args!r}")
+        seen.add(name)
+        specs.append((name, func, tuple(args)))
+    return specs
