@@ -6,12 +6,28 @@ The pytest plugin lives in :mod:`pytest_codomyrmex_exec.plugin` and is loaded by
 
 from __future__ import annotations
 
+from .async_runner import AsyncParallelRunner
 from .results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
 from .runner import run_script
+from .scheduler import (
+    AsyncJob,
+    AsyncJobStatus,
+    AsyncScheduler,
+    JobEvent,
+    JobEventKind,
+    SchedulerMetrics,
+)
 
 __all__ = [
     "AsyncExecutionResult",
+    "AsyncJob",
+    "AsyncJobStatus",
+    "AsyncParallelRunner",
+    "AsyncScheduler",
     "ExecutionResult",
+    "JobEvent",
+    "JobEventKind",
+    "SchedulerMetrics",
     "ScriptResult",
     "ScriptStatus",
     "run_script",
