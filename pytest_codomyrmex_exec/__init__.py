@@ -7,6 +7,7 @@ The pytest plugin lives in :mod:`pytest_codomyrmex_exec.plugin` and is loaded by
 from __future__ import annotations
 
 from .async_runner import AsyncParallelRunner
+from .parallel_runner import ParallelRunner, ProgressEvent
 from .results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
 from .runner import run_script
 from .scheduler import (
@@ -27,6 +28,8 @@ __all__ = [
     "ExecutionResult",
     "JobEvent",
     "JobEventKind",
+    "ParallelRunner",
+    "ProgressEvent",
     "SchedulerMetrics",
     "ScriptResult",
     "ScriptStatus",

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import final
@@ -92,6 +94,14 @@ def _pythonpath(script_dir: Path, inherited: str | None) -> str | None:
     return os.pathsep.join(found) if found else None
 
 
+def _resolve_interpreter(interpreter: str, search_path: str) -> str:
+    """An absolute interpreter path: a bare name is looked up on the child's PATH, a relative
+    path is taken from the caller's directory (the child starts in another one)."""
+    if os.sep not in interpreter and not (os.altsep and os.altsep in interpreter):
+        return shutil.which(interpreter, path=search_path) or interpreter
+    return os.path.abspath(interpreter)
+
+
 def plan_launch(
     script_path: str | os.PathLike[str],
     *,
@@ -136,18 +146,20 @@ def plan_launch(
     if not work_dir.is_dir():
         return error(f"working directory does not exist: {work_dir}")
 
-    interpreter = os.fspath(python) if python is not None else sys.executable
-    if not interpreter:
-        return error("no Python interpreter: sys.executable is empty and none was given")
-    if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
-        return error(f"Python interpreter not found or not executable: {interpreter}")
-
     child_env = dict(os.environ if base_env is None else base_env)
     for key, value in (env or {}).items():
         if value is None:
             child_env.pop(key, None)
         else:
             child_env[key] = value
+
+    interpreter = os.fspath(python) if python is not None else sys.executable
+    if not interpreter:
+        return error("no Python interpreter: sys.executable is empty and none was given")
+    interpreter = _resolve_interpreter(interpreter, child_env.get("PATH", os.defpath))
+    if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
+        return error(f"Python interpreter not found or not executable: {interpreter}")
+
     pythonpath = _pythonpath(script.parent, child_env.get("PYTHONPATH"))
     if pythonpath:
         child_env["PYTHONPATH"] = pythonpath
@@ -225,7 +237,5 @@ def finished_result(
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     """Send ``sig`` to a script's process group; a group that is already gone is fine."""
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

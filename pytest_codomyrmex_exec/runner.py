@@ -70,6 +70,8 @@ def run_script(
         python=python,
         base_env=base_env,
     )
+    # Built before the child starts: a bad limit must raise without leaving a process behind.
+    stdout, stderr = BoundedOutput(output_limit), BoundedOutput(output_limit)
     if not isinstance(plan, LaunchPlan):
         logger.warning("cannot run %s: %s", plan["script"], plan["error"])
         return plan
@@ -93,7 +95,7 @@ def run_script(
         logger.warning("cannot start %s: %s", plan.script, exc)
         return make_result(str(plan.script), ScriptStatus.ERROR, error=f"cannot start: {exc}")
 
-    result = _supervise(proc, plan, started, output_limit, cancel_event)
+    result = _supervise(proc, plan, started, stdout, stderr, cancel_event)
     log = logger.warning if result["status"] == ScriptStatus.ERROR else logger.debug
     log(
         "finished %s: %s (exit code %s) in %.3f s",
@@ -109,12 +111,13 @@ def _supervise(
     proc: subprocess.Popen[bytes],
     plan: LaunchPlan,
     started: float,
-    output_limit: int,
+    stdout: BoundedOutput,
+    stderr: BoundedOutput,
     cancel_event: CancelSignal | None,
 ) -> ScriptResult:
     """Pump output until the child exits, the deadline passes or cancellation; then clean up."""
-    assert proc.stdout is not None and proc.stderr is not None
-    stdout, stderr = BoundedOutput(output_limit), BoundedOutput(output_limit)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     outputs = {proc.stdout.fileno(): stdout, proc.stderr.fileno(): stderr}
     exit_watch = _ExitWatch(proc.pid)
     deadline = None if plan.timeout is None else started + plan.timeout
@@ -148,8 +151,11 @@ def _supervise(
         # The leader is a zombie (or gone) now: its pid cannot be reused yet, so the group id
         # is still ours. Kill what the script left behind before it can hold the pipes open.
         kill_group(proc.pid)
+        if exit_watch.fd is not None:
+            # An exited child's pidfd stays readable: left in, it would make the drain spin.
+            selector.unregister(exit_watch.fd)
         drain_until = time.monotonic() + DRAIN_LIMIT
-        while len(selector.get_map()) > (exit_watch.fd is not None):
+        while selector.get_map():
             remaining = drain_until - time.monotonic()
             if remaining <= 0:
                 break

@@ -1,0 +1,559 @@
+"""ParallelRunner: run many scripts at once on a pluggable executor, with fail-fast and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Literal, final
+
+from ._capture import BoundedOutput
+from ._launch import kill_group, plan_launch, validate_timeout
+from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
+from .runner import run_script
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_WORKERS_CAP = 8
+"""``max_workers`` defaults to ``min(os.cpu_count(), DEFAULT_MAX_WORKERS_CAP)``."""
+
+BATCH_ENV_VAR = "PYTEST_CODOMYRMEX_EXEC_BATCH"
+"""Set in the environment of scripts run on a foreign executor, so that scripts orphaned by a
+dead pool worker can be found (Linux, via ``/proc``) and killed."""
+
+# How often the batch loop looks at futures when nothing woke it. It bounds the delay of a
+# "started" event on a foreign executor, whose futures give no callback when they start.
+_POLL = 0.05
+
+# run_script keywords a per-script config may override: all but the two the runner owns.
+# Read from the signature so a keyword added to run_script is accepted here at once.
+_RUNNER_OWNED = frozenset({"script_path", "cancel_event"})
+_RUN_SCRIPT_PARAMS = inspect.signature(run_script).parameters
+CONFIG_KEYS = frozenset(_RUN_SCRIPT_PARAMS) - _RUNNER_OWNED
+"""Keys allowed in a per-script config: ``run_script``'s keyword arguments."""
+_RUN_SCRIPT_DEFAULTS = {
+    name: p.default for name, p in _RUN_SCRIPT_PARAMS.items() if p.default is not p.empty
+}
+_PLAN_PARAMS = frozenset(inspect.signature(plan_launch).parameters) - {"script_path"}
+
+_FAILING = frozenset({ScriptStatus.FAILED, ScriptStatus.TIMEOUT, ScriptStatus.ERROR})
+
+ProgressKind = Literal["started", "finished"]
+
+# Keyed by a script's path (str or os.PathLike). Typed ``Any`` because a Mapping's key type is
+# invariant: ``dict[Path, ...]`` would not match ``Mapping[str | PathLike[str], ...]``.
+ScriptConfigs = Mapping[Any, Mapping[str, Any]]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """One step of a batch, passed to ``progress_callback``.
+
+    Every script gets exactly one ``"finished"`` event (``result`` set). A ``"started"`` event
+    (``result`` is ``None``) comes before it for every script that was handed to a worker;
+    scripts cancelled or refused before that get only ``"finished"``.
+    """
+
+    kind: ProgressKind
+    script: str
+    """Absolute path of the script."""
+    index: int
+    """Position of the script in the list given to ``run_scripts``."""
+    result: ScriptResult | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FileCancelToken:
+    """A cancel signal that pickles: set means the file at ``path`` exists.
+
+    A ``threading.Event`` cannot cross into a process pool; a path can, and every worker on
+    this machine can check it (``run_script`` polls ``is_set()`` every few milliseconds).
+    """
+
+    path: str
+
+    def is_set(self) -> bool:
+        return os.path.exists(self.path)
+
+    def set(self) -> None:
+        # A missing folder means the batch is over: nothing left to stop.
+        with suppress(FileNotFoundError), open(self.path, "a"):
+            pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    index: int
+    script: str
+    kwargs: dict[str, Any]
+
+
+class _Batch:
+    """The state one ``run_scripts`` call shares with ``cancel()`` and its workers."""
+
+    def __init__(self, *, own_threads: bool) -> None:
+        self.wakeup = threading.Event()
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self._folder: str | None = None
+        self.token: threading.Event | FileCancelToken
+        if own_threads:
+            self.token = threading.Event()
+        else:
+            self._folder = tempfile.mkdtemp(prefix="codomyrmex-exec-")
+            self.token = FileCancelToken(os.path.join(self._folder, "cancel"))
+
+    @property
+    def marker(self) -> str:
+        """A value unique to this batch, for :data:`BATCH_ENV_VAR`."""
+        assert self._folder is not None
+        return self._folder
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._reason = reason
+        logger.info("cancelling batch: %s", reason)
+        self.token.set()
+        self.wakeup.set()
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+class ParallelRunner:
+    """Run scripts concurrently with :func:`run_script`; one :class:`ExecutionResult` per batch.
+
+    ``executor`` is where the scripts run. By default each batch gets its own
+    ``ThreadPoolExecutor`` of ``max_workers`` threads: a worker only waits on its child
+    process, so threads cost nothing, and a process pool would pay a second interpreter
+    start-up for every script. Any other ``concurrent.futures.Executor`` (a
+    ``ProcessPoolExecutor``, a Dask ``Client.get_executor()``), or a zero-argument factory
+    returning one, may be passed instead. A passed executor is left open for its owner; one
+    made by a factory is shut down after the batch. With a passed executor ``max_workers``
+    limits the scripts in flight only when given explicitly; otherwise all are submitted at once
+    and the executor's own size governs. What goes to a passed executor pickles: cancellation
+    reaches its workers through a file in a temporary folder (so it works for workers on this
+    machine), scripts still queued there are cancelled with ``Future.cancel()``, and each
+    script's environment carries :data:`BATCH_ENV_VAR` so that, when a worker dies, the scripts
+    it left running are found and killed (Linux). A broken pool yields ``"error"`` results.
+
+    ``fail_fast``: the first script that fails, errors or times out stops the batch; running
+    scripts are killed and the rest are recorded ``"cancelled"``.
+
+    ``progress_callback`` receives a :class:`ProgressEvent` when each script starts and ends,
+    always on the thread that drives the batch (the caller of :meth:`run_scripts`; for
+    :meth:`run_scripts_async`, a thread of the event loop's default executor). On the
+    default pool "started" is exact; on a passed executor it is sent when the future reports
+    ``running()`` (a ``ProcessPoolExecutor`` says so when it queues the call for a worker, a
+    moment early), or just before "finished" if it was never seen running. An exception from
+    the callback is logged and ignored, as ``Future.add_done_callback`` does.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        fail_fast: bool = False,
+        progress_callback: Callable[[ProgressEvent], object] | None = None,
+        executor: Executor | Callable[[], Executor] | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS_CAP)
+            self._in_flight_explicit = False
+        else:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError(f"max_workers must be an int, got {max_workers!r}")
+            if max_workers < 1:
+                raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+            self._in_flight_explicit = True
+        if executor is not None and not isinstance(executor, Executor) and not callable(executor):
+            raise TypeError(
+                "executor must be a concurrent.futures.Executor or a factory returning one, "
+                f"got {executor!r}"
+            )
+        self.max_workers: int = max_workers
+        self.fail_fast = fail_fast
+        self.progress_callback = progress_callback
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._batches: set[_Batch] = set()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def run_scripts(
+        self,
+        scripts: Iterable[str | os.PathLike[str]],
+        timeout: float | None = 60,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str | None] | None = None,
+        configs: ScriptConfigs | None = None,
+    ) -> ExecutionResult:
+        """Run ``scripts`` and return their results, one per script, in input order.
+
+        ``timeout``, ``cwd`` and ``env`` apply to every script. ``configs`` maps a script's
+        path (relative paths are taken from the current directory) to ``run_script`` keyword
+        arguments for that script alone; its ``env`` is added on top of the batch's ``env``,
+        every other key replaces the batch value. Invalid arguments raise ``ValueError`` or
+        ``TypeError`` before any script starts; nothing a script or the pool does raises.
+        """
+        jobs = self._prepare(scripts, timeout, cwd, env, configs)
+        return self._execute(jobs, self._open_batch())
+
+    async def run_scripts_async(
+        self,
+        scripts: Iterable[str | os.PathLike[str]],
+        timeout: float | None = 60,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str | None] | None = None,
+        configs: ScriptConfigs | None = None,
+    ) -> ExecutionResult:
+        """:meth:`run_scripts` without blocking the event loop (it runs on the loop's
+        default executor). If the awaiting task is cancelled the batch is cancelled, its
+        scripts are killed and waited for, and ``CancelledError`` propagates."""
+        jobs = self._prepare(scripts, timeout, cwd, env, configs)
+        batch = self._open_batch()
+        loop = asyncio.get_running_loop()
+        try:
+            work = loop.run_in_executor(None, self._execute, jobs, batch)
+        except BaseException:
+            self._close_batch(batch)
+            raise
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            batch.cancel("the task awaiting run_scripts_async was cancelled")
+            while not work.done():
+                # Returning before the batch has wound down would leave scripts running.
+                with suppress(asyncio.CancelledError):
+                    await asyncio.wait([work])
+            raise
+
+    def cancel(self) -> None:
+        """Cancel the batches this runner is running now, from any thread.
+
+        Running scripts are killed and the rest are not started; all are recorded
+        ``"cancelled"``. Returns at once; the ``run_scripts`` call returns within about two
+        seconds (the kill grace plus output draining). A later ``run_scripts`` is unaffected.
+        """
+        with self._lock:
+            batches = list(self._batches)
+        for batch in batches:
+            batch.cancel("ParallelRunner.cancel() was called")
+
+    # -- preparing a batch --------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        scripts: Iterable[str | os.PathLike[str]],
+        timeout: float | None,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str | None] | None,
+        configs: ScriptConfigs | None,
+    ) -> list[_Job]:
+        if isinstance(scripts, str | bytes | os.PathLike):
+            raise TypeError(f"scripts must be a collection of paths, not one path: {scripts!r}")
+        validate_timeout(timeout)
+        paths = [_absolute(s) for s in scripts]
+        per_script = _normalise_configs(configs, paths)
+        jobs = []
+        for index, path in enumerate(paths):
+            override = per_script.get(path, {})
+            kwargs: dict[str, Any] = {"timeout": timeout, "cwd": cwd, "env": env}
+            kwargs.update({k: v for k, v in override.items() if k != "env"})
+            if override.get("env") is not None:
+                kwargs["env"] = {**(env or {}), **override["env"]}
+            _check_arguments(path, kwargs)
+            jobs.append(_Job(index, path, _portable(kwargs)))
+        return jobs
+
+    def _open_batch(self) -> _Batch:
+        batch = _Batch(own_threads=self._executor is None)
+        with self._lock:
+            self._batches.add(batch)
+        return batch
+
+    def _close_batch(self, batch: _Batch) -> None:
+        with self._lock:
+            self._batches.discard(batch)
+        batch.close()
+
+    # -- running a batch ----------------------------------------------------------------------
+
+    def _execute(self, jobs: list[_Job], batch: _Batch) -> ExecutionResult:
+        started = time.monotonic()
+        try:
+            if not jobs:
+                return ExecutionResult(results=[], execution_time=0.0)
+            executor, owned = self._obtain_executor(len(jobs))
+            logger.info(
+                "running %d script(s) on %s (fail_fast=%s)",
+                len(jobs),
+                type(executor).__name__,
+                self.fail_fast,
+            )
+            try:
+                results = self._drive(executor, jobs, batch)
+            finally:
+                if owned:
+                    executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._close_batch(batch)
+        outcome = ExecutionResult(results=results, execution_time=time.monotonic() - started)
+        logger.info(
+            "batch finished in %.3f s: %d passed, %d failed, %d timed out, %d cancelled of %d",
+            outcome.execution_time,
+            outcome.passed,
+            outcome.failed,
+            outcome.timeout,
+            outcome.cancelled,
+            outcome.total,
+        )
+        return outcome
+
+    def _obtain_executor(self, size: int) -> tuple[Executor, bool]:
+        """The executor for one batch, and whether this runner owns (and shuts down) it."""
+        if self._executor is None:
+            pool = ThreadPoolExecutor(
+                max_workers=min(self.max_workers, size), thread_name_prefix="codomyrmex-exec"
+            )
+            return pool, True
+        if isinstance(self._executor, Executor):
+            return self._executor, False
+        made = self._executor()
+        if not isinstance(made, Executor):
+            raise TypeError(f"the executor factory returned {made!r}, not an Executor")
+        return made, True
+
+    def _drive(self, executor: Executor, jobs: list[_Job], batch: _Batch) -> list[ScriptResult]:
+        """Hand jobs to the executor, collect results, stop on fail-fast or cancel."""
+        own_threads = self._executor is None
+        # A foreign executor sizes itself unless the caller asked for a bound explicitly.
+        limit = self.max_workers if own_threads or self._in_flight_explicit else len(jobs)
+        results: list[ScriptResult | None] = [None] * len(jobs)
+        waiting = deque(jobs)
+        running: dict[Future[ScriptResult], _Job] = {}
+        announced: set[int] = set()
+        executor_failed = False
+
+        def finish(job: _Job, result: ScriptResult) -> None:
+            if result["status"] == ScriptStatus.CANCELLED and batch.reason is not None:
+                result = result.copy()
+                result["error"] = f"cancelled: {batch.reason}"
+            results[job.index] = result
+            logger.debug("finished %s: %s", job.script, result["status"].value)
+            self._emit(ProgressEvent("finished", job.script, job.index, result))
+
+        def announce(job: _Job) -> None:
+            announced.add(job.index)
+            logger.debug("started %s", job.script)
+            self._emit(ProgressEvent("started", job.script, job.index))
+
+        try:
+            while waiting or running:
+                batch.wakeup.clear()
+                while waiting and len(running) < limit and batch.reason is None:
+                    job = waiting.popleft()
+                    try:
+                        future = self._submit(executor, job, batch)
+                    except Exception as exc:  # a broken or shut-down pool: this script can't run
+                        logger.error("cannot submit %s: %r", job.script, exc)
+                        finish(job, _executor_error(job, exc))
+                        continue
+                    future.add_done_callback(lambda _: batch.wakeup.set())
+                    running[future] = job
+
+                if batch.reason is not None:
+                    while waiting:
+                        job = waiting.popleft()
+                        finish(job, make_result(job.script, ScriptStatus.CANCELLED))
+                    for future, job in list(running.items()):
+                        if future.cancel():  # still queued in the executor: it never started
+                            del running[future]
+                            finish(job, make_result(job.script, ScriptStatus.CANCELLED))
+
+                for future, job in running.items():
+                    if job.index not in announced and future.running():
+                        announce(job)
+
+                done = [future for future in running if future.done()]
+                for future in done:
+                    job = running.pop(future)
+                    if job.index not in announced:
+                        announce(job)
+                    result, failed = _outcome(future, job)
+                    executor_failed |= failed
+                    finish(job, result)
+                    if self.fail_fast and result["status"] in _FAILING:
+                        batch.cancel(
+                            f"fail_fast: {job.script} ended {result['status'].value}"
+                            f" ({result['error']})"
+                        )
+                if running and not done:
+                    batch.wakeup.wait(_POLL)
+        except BaseException as exc:
+            # KeyboardInterrupt, or a bug: stop the scripts and wait for them, then propagate.
+            batch.cancel(f"interrupted by {type(exc).__name__}")
+            for future in running:
+                future.cancel()
+            wait_futures(list(running))
+            raise
+        finally:
+            if executor_failed and not own_threads:
+                # A dead worker leaves its script running with no one to stop it.
+                _kill_leftovers(batch.marker)
+
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    def _submit(self, executor: Executor, job: _Job, batch: _Batch) -> Future[ScriptResult]:
+        if self._executor is None:
+
+            def work() -> ScriptResult:
+                batch.wakeup.set()  # so the parent announces the start now, not at its next poll
+                return run_script(job.script, **job.kwargs, cancel_event=batch.token)
+
+            return executor.submit(work)
+        # Everything handed to a foreign executor must pickle: a module-level function, plain
+        # values, and the file token; the marker lets a dead worker's script be found.
+        env = {**(job.kwargs["env"] or {}), BATCH_ENV_VAR: batch.marker}
+        call = functools.partial(
+            run_script, job.script, **{**job.kwargs, "env": env}, cancel_event=batch.token
+        )
+        return executor.submit(call)
+
+    def _emit(self, event: ProgressEvent) -> None:
+        if self.progress_callback is None:
+            return
+        try:
+            self.progress_callback(event)
+        except Exception:
+            logger.exception("progress_callback raised on %s", event)
+
+
+def _absolute(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _normalise_configs(
+    configs: ScriptConfigs | None, paths: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Key each config by absolute path, so same-named scripts in two folders stay apart."""
+    if configs is None:
+        return {}
+    normalised: dict[str, dict[str, Any]] = {}
+    for key, config in configs.items():
+        path = _absolute(key)
+        if path in normalised:
+            raise ValueError(f"configs has more than one entry for {path}")
+        if not isinstance(config, Mapping):
+            raise TypeError(
+                f"configs for {path} must be a mapping of run_script keyword arguments, "
+                f"got {type(config).__name__}"
+            )
+        unknown = sorted(set(config) - CONFIG_KEYS)
+        if unknown:
+            raise ValueError(
+                f"configs for {path}: unknown setting(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(sorted(CONFIG_KEYS))}"
+            )
+        if config.get("env") is not None and not isinstance(config["env"], Mapping):
+            raise TypeError(f"configs for {path}: env must be a mapping, got {config['env']!r}")
+        normalised[path] = dict(config)
+    unused = sorted(set(normalised) - set(paths))
+    if unused:
+        logger.warning("configs given for scripts not in this batch: %s", ", ".join(unused))
+    return normalised
+
+
+def _check_arguments(script: str, kwargs: dict[str, Any]) -> None:
+    """Raise now, naming the script, for arguments run_script would reject in a worker."""
+    call = {**_RUN_SCRIPT_DEFAULTS, **kwargs}
+    try:
+        plan_launch(script, **{name: call[name] for name in _PLAN_PARAMS})
+        BoundedOutput(call["output_limit"])
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{script}: {exc}") from exc
+
+
+def _portable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Plain, picklable values: a process pool or a remote executor must ship them."""
+    out = dict(kwargs)
+    for key in ("cwd", "python"):
+        if out.get(key) is not None:
+            out[key] = os.fspath(out[key])
+    for key in ("env", "base_env"):
+        if out.get(key) is not None:
+            out[key] = dict(out[key])
+    if "args" in out:
+        out["args"] = [os.fspath(a) for a in out["args"]]
+    if "allowed_exit_codes" in out:
+        out["allowed_exit_codes"] = tuple(out["allowed_exit_codes"])
+    return out
+
+
+def _outcome(future: Future[ScriptResult], job: _Job) -> tuple[ScriptResult, bool]:
+    """The future's result, or an error result for what the executor raised (and a flag)."""
+    if future.cancelled():
+        return make_result(job.script, ScriptStatus.CANCELLED), False
+    exc = future.exception()
+    if exc is None:
+        return future.result(), False
+    logger.error("executor failed on %s: %r", job.script, exc)
+    return _executor_error(job, exc), True
+
+
+def _executor_error(job: _Job, exc: BaseException) -> ScriptResult:
+    if isinstance(exc, BrokenExecutor):
+        message = f"the worker pool broke: {type(exc).__name__}: {exc}"
+    else:
+        message = f"the executor raised {type(exc).__name__}: {exc}"
+    return make_result(job.script, ScriptStatus.ERROR, error=message)
+
+
+def _kill_leftovers(marker: str) -> None:
+    """Kill processes (and their groups) of this batch that outlived their pool worker.
+
+    Linux only: the marker is found in ``/proc/<pid>/environ``. Elsewhere nothing is done.
+    """
+    if not os.path.isdir("/proc"):
+        return
+    needle = f"{BATCH_ENV_VAR}={marker}".encode()
+    own_group = os.getpgrp()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle not in fh.read().split(b"\0"):
+                    continue
+            group = os.getpgid(pid)
+        except OSError:  # gone, or not ours to read
+            continue
+        logger.warning("killing process %d (group %d) left behind by a dead worker", pid, group)
+        if group != own_group:
+            kill_group(group)
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,427 @@
+"""ParallelRunner against real scripts: counts, order, configs, fail-fast, cancel, pools, async."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pytest_codomyrmex_exec import ParallelRunner, ProgressEvent, ScriptResult
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+
+# Writes its pid next to itself, then sleeps far longer than any test may take.
+SLEEPER = """
+    import os, time
+    with open(__file__ + ".pid", "w") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    time.sleep(30)
+"""
+
+
+def error_of(result: ScriptResult) -> str:
+    """The result's error text; a result that should carry one but does not fails here."""
+    assert result["error"] is not None, result
+    return result["error"]
+
+
+def write_script(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def marker_script(folder: Path, name: str) -> tuple[Path, Path]:
+    """A quick passing script that leaves a file behind, to tell whether it ever ran."""
+    marker = folder / f"{name}.ran"
+    return write_script(folder, name, f"open({str(marker)!r}, 'w').close()\n"), marker
+
+
+def read_pid(script: Path) -> int:
+    path = Path(f"{script}.pid")
+    deadline = time.monotonic() + 5
+    while not path.exists() or not path.read_text().endswith("\n"):
+        assert time.monotonic() < deadline, f"{script.name} never wrote its pid"
+        time.sleep(0.01)
+    return int(path.read_text())
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # an unreaped zombie is dead
+
+
+def still_alive(pids: Iterable[int], within: float = 2.0) -> list[int]:
+    pids = list(pids)
+    deadline = time.monotonic() + within
+    while True:
+        alive = [pid for pid in pids if is_alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def spawn_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: forking a threaded pytest process is deprecated (and warns) on 3.12+.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+# -- counting and ordering ---------------------------------------------------------------------
+
+
+def test_counts_add_up_and_results_follow_input_order(tmp_path: Path) -> None:
+    scripts = [
+        write_script(tmp_path, "good.py", "print('fine')\n"),
+        write_script(tmp_path, "bad.py", "raise SystemExit(1)\n"),
+        write_script(tmp_path, "slow.py", "import time\ntime.sleep(10)\n"),
+        tmp_path / "missing.py",
+        write_script(tmp_path, "good2.py", "pass\n"),
+    ]
+    threads_before = threading.active_count()
+
+    outcome = ParallelRunner(max_workers=3).run_scripts(scripts, timeout=1)
+
+    assert [r["script"] for r in outcome.results] == [str(s) for s in scripts]
+    assert [r["status"] for r in outcome.results] == [
+        "passed",
+        "failed",
+        "timeout",
+        "error",
+        "passed",
+    ]
+    assert (outcome.total, outcome.passed, outcome.failed, outcome.timeout) == (5, 2, 2, 1)
+    assert outcome.cancelled == 0
+    assert outcome.passed + outcome.failed + outcome.timeout + outcome.cancelled == outcome.total
+    assert outcome.success is False
+    assert outcome.to_dict()["total"] == 5
+    assert outcome.results[0]["stdout"] == "fine\n"
+    assert threading.active_count() == threads_before, "the batch left worker threads behind"
+
+
+def test_empty_batch_and_single_path_argument() -> None:
+    runner = ParallelRunner()
+    outcome = runner.run_scripts([])
+    assert (outcome.total, outcome.success) == (0, True)
+    with pytest.raises(TypeError, match="not one path"):
+        runner.run_scripts("script.py")
+
+
+def test_default_and_invalid_max_workers() -> None:
+    assert ParallelRunner().max_workers == min(os.cpu_count() or 1, 8)
+    assert ParallelRunner(3).max_workers == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        ParallelRunner(0)
+    with pytest.raises(ValueError, match="at least 1"):
+        ParallelRunner(-2)
+    for bad in (True, 1.5, "2"):
+        with pytest.raises(TypeError, match="max_workers"):
+            ParallelRunner(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="executor"):
+        ParallelRunner(executor=42)  # type: ignore[arg-type]
+
+
+# -- per-script configs ------------------------------------------------------------------------
+
+PROBE = """
+    import os, sys
+    print(os.environ.get("WHO"), os.environ.get("SHARED"), sys.argv[1:])
+    sys.exit(int(os.environ.get("CODE", "0")))
+"""
+
+
+def test_configs_by_path_keep_same_named_scripts_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = write_script(tmp_path / "a", "probe.py", PROBE)
+    second = write_script(tmp_path / "b", "probe.py", PROBE)
+    monkeypatch.chdir(tmp_path)
+    configs: dict[str | Path, dict[str, object]] = {
+        os.path.join("a", "probe.py"): {"env": {"WHO": "a"}, "args": ["first"]},
+        second: {"env": {"WHO": "b", "CODE": "4"}, "allowed_exit_codes": [4], "timeout": 5},
+    }
+
+    outcome = ParallelRunner(2).run_scripts(
+        [first, second], env={"WHO": "batch", "SHARED": "s"}, configs=configs
+    )
+
+    one, two = outcome.results
+    assert one["stdout"] == "a s ['first']\n"
+    assert two["stdout"] == "b s []\n"
+    assert (two["status"], two["exit_code"]) == ("passed", 4)
+    assert outcome.success
+
+
+def test_unknown_config_key_names_script_and_key_before_anything_runs(tmp_path: Path) -> None:
+    script, marker = marker_script(tmp_path, "probe.py")
+    with pytest.raises(ValueError, match=r"probe\.py.*'tiemout'"):
+        ParallelRunner().run_scripts([script], configs={script: {"tiemout": 3}})
+    with pytest.raises(ValueError, match=r"probe\.py.*timeout"):
+        ParallelRunner().run_scripts([script], configs={script: {"timeout": -1}})
+    assert not marker.exists()
+
+
+# -- fail-fast and cancel ----------------------------------------------------------------------
+
+
+@linux_only
+def test_fail_fast_kills_running_scripts_promptly_and_cancels_the_rest(tmp_path: Path) -> None:
+    failing = write_script(
+        tmp_path, "fails.py", "import time\ntime.sleep(0.3)\nraise SystemExit(1)\n"
+    )
+    sleeper = write_script(tmp_path, "sleeper.py", SLEEPER)
+    queued, marker = marker_script(tmp_path, "queued.py")
+
+    began = time.monotonic()
+    outcome = ParallelRunner(2, fail_fast=True).run_scripts([failing, sleeper, queued], timeout=30)
+    wall = time.monotonic() - began
+
+    assert wall < 3, f"fail_fast took {wall:.2f} s: it waited for the sleeper"
+    assert [r["status"] for r in outcome.results] == ["failed", "cancelled", "cancelled"]
+    assert (outcome.failed, outcome.cancelled, outcome.total) == (1, 2, 3)
+    reason = error_of(outcome.results[2])
+    assert "fail_fast" in reason
+    assert "fails.py" in reason
+    assert not marker.exists(), "a script queued behind the failure was started"
+    assert still_alive([read_pid(sleeper)]) == []
+
+
+def test_without_fail_fast_a_failure_does_not_stop_the_others(tmp_path: Path) -> None:
+    failing = write_script(tmp_path, "fails.py", "raise SystemExit(1)\n")
+    later, marker = marker_script(tmp_path, "later.py")
+    outcome = ParallelRunner(1).run_scripts([failing, later], timeout=10)
+    assert [r["status"] for r in outcome.results] == ["failed", "passed"]
+    assert marker.exists()
+
+
+@linux_only
+def test_cancel_from_another_thread_kills_running_and_skips_queued(tmp_path: Path) -> None:
+    sleepers = [write_script(tmp_path, f"sleeper{i}.py", SLEEPER) for i in (1, 2)]
+    queued, marker = marker_script(tmp_path, "queued.py")
+    runner = ParallelRunner(2)
+    timer = threading.Timer(0.5, runner.cancel)
+    timer.start()
+    began = time.monotonic()
+    try:
+        outcome = runner.run_scripts([*sleepers, queued], timeout=30)
+    finally:
+        timer.join()
+    wall = time.monotonic() - began
+
+    assert wall < 0.5 + 2, f"run_scripts returned {wall:.2f} s after start"
+    assert outcome.cancelled == 3 == outcome.total
+    assert all("cancel()" in (r["error"] or "") for r in outcome.results)
+    assert not marker.exists()
+    assert still_alive(read_pid(s) for s in sleepers) == []
+    # cancel() stops the batches running then, not the runner.
+    assert runner.run_scripts([queued], timeout=10).success
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+def test_progress_callback_sees_each_start_and_end_on_the_callers_thread(tmp_path: Path) -> None:
+    scripts = [write_script(tmp_path, f"s{i}.py", "pass\n") for i in range(3)]
+    events: list[tuple[ProgressEvent, int]] = []
+    runner = ParallelRunner(
+        2, progress_callback=lambda e: events.append((e, threading.get_ident()))
+    )
+
+    outcome = runner.run_scripts(scripts, timeout=10)
+
+    assert {ident for _, ident in events} == {threading.get_ident()}
+    for index, script in enumerate(scripts):
+        mine = [e for e, _ in events if e.index == index]
+        assert [e.kind for e in mine] == ["started", "finished"]
+        assert all(e.script == str(script) for e in mine)
+        assert mine[0].result is None
+        assert mine[1].result == outcome.results[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        events[0][0].kind = "finished"  # type: ignore[misc]
+
+
+def test_failing_progress_callback_is_logged_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(event: ProgressEvent) -> None:
+        raise RuntimeError("display broke")
+
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    outcome = ParallelRunner(1, progress_callback=explode).run_scripts([script], timeout=10)
+    assert outcome.success
+    assert any(
+        r.name.startswith("pytest_codomyrmex_exec") and "progress_callback" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+# -- pluggable executors -----------------------------------------------------------------------
+
+
+def test_process_pool_runs_scripts_and_is_left_open(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "ppid.py", "import os\nprint(os.getppid())\n")
+    with spawn_pool(2) as pool:
+        outcome = ParallelRunner(executor=pool).run_scripts([script, script], timeout=20)
+        assert outcome.success, outcome.results
+        parents = {int(r["stdout"]) for r in outcome.results}
+        assert os.getpid() not in parents, "the scripts were not run from the pool's workers"
+        assert pool.submit(pow, 2, 5).result() == 32  # still open for its owner
+
+
+@linux_only
+def test_process_pool_batch_can_be_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeper = write_script(tmp_path, "sleeper.py", SLEEPER)
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # where the token folder goes
+    with spawn_pool(1) as pool:
+        runner = ParallelRunner(executor=pool)
+        timer = threading.Timer(1.0, runner.cancel)
+        timer.start()
+        began = time.monotonic()
+        try:
+            outcome = runner.run_scripts([sleeper, sleeper], timeout=30)
+        finally:
+            timer.join()
+        wall = time.monotonic() - began
+    assert wall < 1.0 + 2.5, f"took {wall:.2f} s"
+    assert [r["status"] for r in outcome.results] == ["cancelled", "cancelled"]
+    assert still_alive([read_pid(sleeper)]) == []
+    assert list(private_tmp.iterdir()) == [], "the cancel token's folder was left behind"
+
+
+@linux_only
+def test_broken_process_pool_becomes_error_results(tmp_path: Path) -> None:
+    sleeper = write_script(tmp_path, "sleeper.py", SLEEPER)
+    # Waits until the sleeper runs, then kills the pool worker that started it.
+    killer = write_script(
+        tmp_path,
+        "killer.py",
+        f"""
+        import os, signal, time
+        while not os.path.exists({str(sleeper) + ".pid"!r}):
+            time.sleep(0.01)
+        os.kill(os.getppid(), signal.SIGKILL)
+        """,
+    )
+    later, _ = marker_script(tmp_path, "later.py")
+
+    began = time.monotonic()
+    with spawn_pool(2) as pool:
+        outcome = ParallelRunner(executor=pool).run_scripts([killer, sleeper, later], timeout=30)
+    wall = time.monotonic() - began
+
+    assert wall < 10
+    assert [r["status"] for r in outcome.results] == ["error"] * 3
+    assert all("pool" in (r["error"] or "") for r in outcome.results), outcome.results
+    assert outcome.failed == outcome.total == 3
+    assert still_alive([read_pid(sleeper)]) == [], "the dead worker's script was left running"
+
+
+def test_executor_factory_result_is_shut_down_but_a_passed_executor_is_not(
+    tmp_path: Path,
+) -> None:
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    made: list[Executor] = []
+
+    def factory() -> Executor:
+        made.append(ThreadPoolExecutor(1))
+        return made[-1]
+
+    assert ParallelRunner(executor=factory).run_scripts([script], timeout=10).success
+    with pytest.raises(RuntimeError, match="shutdown"):
+        made[0].submit(int)
+
+    with ThreadPoolExecutor(1) as mine:
+        assert ParallelRunner(executor=mine).run_scripts([script], timeout=10).success
+        assert mine.submit(int, "7").result() == 7
+
+
+# -- asyncio -----------------------------------------------------------------------------------
+
+
+def test_run_scripts_async_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    scripts = [
+        write_script(tmp_path, f"nap{i}.py", "import time\ntime.sleep(0.4)\n") for i in range(2)
+    ]
+
+    async def main() -> tuple[int, bool]:
+        ticks = 0
+        finished = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not finished.is_set():
+                ticks += 1
+                await asyncio.sleep(0.02)
+
+        tick_task = asyncio.create_task(ticker())
+        outcome = await ParallelRunner(2).run_scripts_async(scripts, timeout=10)
+        finished.set()
+        await tick_task
+        return ticks, outcome.success
+
+    ticks, success = asyncio.run(main())
+    assert success
+    assert ticks >= 10, f"the loop ticked only {ticks} times while the scripts ran"
+
+
+@linux_only
+def test_cancelling_the_awaiting_task_kills_the_batch_then_propagates(tmp_path: Path) -> None:
+    sleeper = write_script(tmp_path, "sleeper.py", SLEEPER)
+
+    async def main() -> float:
+        task = asyncio.create_task(ParallelRunner(1).run_scripts_async([sleeper], timeout=30))
+        await asyncio.to_thread(read_pid, sleeper)
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - cancelled_at
+
+    took = asyncio.run(main())
+    assert took < 2.5
+    # By the time CancelledError arrived the script was already gone.
+    assert still_alive([read_pid(sleeper)], within=0.1) == []
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+def test_batch_start_finish_and_errors_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pytest_codomyrmex_exec")
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    ParallelRunner(1).run_scripts([script, tmp_path / "absent.py"], timeout=10)
+    ours = [r for r in caplog.records if r.name == "pytest_codomyrmex_exec.parallel_runner"]
+    text = "\n".join(r.getMessage() for r in ours)
+    assert "running 2 script(s)" in text
+    assert "started" in text
+    assert "ok.py" in text
+    assert "batch finished" in text
+    assert "1 passed" in text
+    assert any(
+        r.levelno >= logging.WARNING and "absent.py" in r.getMessage() for r in caplog.records
+    )

@@ -1,0 +1,545 @@
+"""run_script against real child processes: each numbered guarantee of issue 2, one by one."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+import pytest_codomyrmex_exec
+from pytest_codomyrmex_exec import ScriptResult, ScriptStatus, run_script
+
+REPO_ROOT = Path(pytest_codomyrmex_exec.__file__).resolve().parent.parent
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+
+
+def error_of(result: ScriptResult) -> str:
+    """The result's error text; a result that should carry one but does not fails here."""
+    assert result["error"] is not None, result
+    return result["error"]
+
+
+def write_script(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie nobody reaps (PID 1 in a container) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def still_alive(pids: Iterable[int], within: float = 2.0) -> list[int]:
+    """The pids still running after waiting up to ``within`` seconds for them to go."""
+    pids = list(pids)
+    deadline = time.monotonic() + within
+    while True:
+        alive = [pid for pid in pids if is_alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def read_pids(path: Path) -> list[int]:
+    deadline = time.monotonic() + 5
+    while not path.exists() or not path.read_text().endswith("\n"):
+        assert time.monotonic() < deadline, "the script never wrote its pids"
+        time.sleep(0.01)
+    return [int(p) for p in path.read_text().split()]
+
+
+def kill_quietly(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# A script that starts a grandchild which inherits (and so holds) its stdout and stderr, and
+# records both pids. ``argv[1]`` is the pid file; ``argv[2]`` what to do next.
+TREE_SCRIPT = """
+    import os, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(sys.argv[1], "w") as fh:
+        fh.write(f"{os.getpid()} {child.pid}\\n")
+    print("tree started", flush=True)
+    if sys.argv[2] == "hang":
+        time.sleep(60)
+    sys.exit(3)
+"""
+
+
+# -- 1. a timeout kills the whole tree ---------------------------------------------------------
+
+
+@linux_only
+def test_timeout_kills_script_and_grandchild_holding_pipes(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "tree.py", TREE_SCRIPT)
+    pid_file = tmp_path / "pids"
+    began = time.monotonic()
+    result = run_script(script, timeout=1, args=[str(pid_file), "hang"])
+    wall = time.monotonic() - began
+    pids = read_pids(pid_file)
+    try:
+        assert result["status"] == ScriptStatus.TIMEOUT
+        assert wall < 1 + 2, f"took {wall:.2f} s"
+        assert "timed out" in error_of(result)
+        assert "tree started" in result["stdout"]  # output survives a timeout, as str
+        assert still_alive(pids) == [], "a process of the script's tree survived the timeout"
+    finally:
+        kill_quietly(pids)
+
+
+# -- 2. an exited script's leftovers don't hold it up ------------------------------------------
+
+
+@linux_only
+def test_exit_with_background_child_holding_pipes_returns_real_status(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "tree.py", TREE_SCRIPT)
+    pid_file = tmp_path / "pids"
+    began = time.monotonic()
+    result = run_script(script, timeout=30, args=[str(pid_file), "exit"])
+    wall = time.monotonic() - began
+    pids = read_pids(pid_file)
+    try:
+        assert result["status"] == ScriptStatus.FAILED
+        assert result["exit_code"] == 3
+        assert wall < 3, f"took {wall:.2f} s: waited for the leftover child"
+        assert "tree started" in result["stdout"]
+        assert still_alive(pids) == [], "the leftover background child was not killed"
+    finally:
+        kill_quietly(pids)
+
+
+@linux_only
+def test_child_escaping_the_group_delays_the_result_by_at_most_the_drain(tmp_path: Path) -> None:
+    # setsid() takes the grandchild out of reach of killpg; it still holds the pipes. The
+    # script's own result must come back after a bounded drain, not when the escapee exits.
+    script = write_script(
+        tmp_path,
+        "escape.py",
+        """
+        import os, subprocess, sys, time
+        flag = sys.argv[1] + ".ready"
+        subprocess.Popen([sys.executable, "-c",
+            "import os, sys, time; os.setsid(); open(sys.argv[1], 'w').close(); time.sleep(20)",
+            flag])
+        while not os.path.exists(flag):
+            time.sleep(0.01)
+        print("parent done", flush=True)
+        """,
+    )
+    began = time.monotonic()
+    cpu_began = time.process_time()
+    result = run_script(script, timeout=30, args=[str(tmp_path / "x")])
+    wall = time.monotonic() - began
+    cpu = time.process_time() - cpu_began
+    escapees = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _cmdline_mentions(int(p.name), str(tmp_path / "x.ready"))
+    ]
+    kill_quietly(escapees)
+    assert result["status"] == ScriptStatus.PASSED
+    assert "parent done" in result["stdout"]
+    assert wall < 3, f"took {wall:.2f} s"
+    assert cpu < 0.5, f"the drain used {cpu:.2f} s of CPU: it spins instead of waiting"
+
+
+def _cmdline_mentions(pid: int, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+# -- 3. output ---------------------------------------------------------------------------------
+
+
+def test_invalid_utf8_is_replaced_not_an_error(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "bytes.py",
+        r"""
+        import sys
+        sys.stdout.buffer.write(b"ok \xff\xfe end\n")
+        sys.stderr.buffer.write(b"err \xc3\n")
+        """,
+    )
+    result = run_script(script, timeout=10)
+    assert result["status"] == ScriptStatus.PASSED
+    assert result["stdout"] == "ok \ufffd\ufffd end\n"
+    assert result["stderr"] == "err \ufffd\n"
+
+
+def test_output_is_str_after_timeout(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "slow.py",
+        """
+        import sys, time
+        print("before the hang", flush=True)
+        sys.stderr.write("on stderr\\n"); sys.stderr.flush()
+        time.sleep(30)
+        """,
+    )
+    result = run_script(script, timeout=0.5)
+    assert result["status"] == ScriptStatus.TIMEOUT
+    assert isinstance(result["stdout"], str)
+    assert isinstance(result["stderr"], str)
+    assert result["stdout"] == "before the hang\n"
+    assert result["stderr"] == "on stderr\n"
+
+
+def test_capture_keeps_head_and_tail_with_a_marker(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "chatty.py",
+        """
+        import sys
+        w = sys.stdout.write
+        w("HEAD-LINE\\n")
+        for _ in range(2000):
+            w("x" * 1000 + "\\n")
+        w("TAIL-LINE\\n")
+        """,
+    )
+    result = run_script(script, timeout=10, output_limit=4096)
+    out = result["stdout"]
+    assert result["status"] == ScriptStatus.PASSED
+    assert out.startswith("HEAD-LINE\n")
+    assert out.endswith("TAIL-LINE\n")
+    assert "truncated" in out
+    assert len(out) < 4096 + 200
+
+
+@linux_only
+def test_gigantic_output_leaves_parent_memory_flat(tmp_path: Path) -> None:
+    # 500 MB through the pipe; the parent is a fresh interpreter so its peak RSS is its own.
+    writer = write_script(
+        tmp_path,
+        "flood.py",
+        """
+        import sys
+        block = b"y" * (1 << 20)
+        write = sys.stdout.buffer.write
+        for _ in range(500):
+            write(block)
+        """,
+    )
+    probe = textwrap.dedent(
+        """
+        import resource, sys
+        from pytest_codomyrmex_exec import run_script
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = run_script(sys.argv[1], timeout=60)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(result["status"].value, len(result["stdout"]), before, after)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(writer)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    status, kept, before_kib, after_kib = done.stdout.split()
+    assert status == "passed"
+    assert int(kept) < 2 * 1024 * 1024
+    grew_mib = (int(after_kib) - int(before_kib)) / 1024
+    assert grew_mib < 32, f"parent RSS grew by {grew_mib:.0f} MiB for 500 MB of output"
+
+
+# -- 4. stdin ----------------------------------------------------------------------------------
+
+
+def test_stdin_is_empty_so_reading_it_does_not_hang(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "reader.py", "import sys\nprint(repr(sys.stdin.read()))\n")
+    began = time.monotonic()
+    result = run_script(script, timeout=5)
+    assert result["status"] == ScriptStatus.PASSED
+    assert result["stdout"] == "''\n"
+    assert time.monotonic() - began < 3
+
+
+# -- 5. paths ----------------------------------------------------------------------------------
+
+PRINT_CWD = "import os\nprint(os.getcwd())\n"
+
+
+def test_relative_path_is_resolved_against_callers_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = write_script(tmp_path / "sub", "where.py", PRINT_CWD)
+    monkeypatch.chdir(tmp_path)
+    result = run_script(os.path.join("sub", "where.py"), timeout=10)
+    assert result["status"] == ScriptStatus.PASSED
+    assert result["script"] == str(script)
+    assert result["name"] == "where.py"
+
+
+def test_default_cwd_is_the_scripts_folder_and_cwd_can_be_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = write_script(tmp_path / "home", "where.py", PRINT_CWD)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert run_script(script, timeout=10)["stdout"].strip() == str(tmp_path / "home")
+    assert run_script(script, timeout=10, cwd="elsewhere")["stdout"].strip() == str(elsewhere)
+
+
+def test_path_with_spaces_and_non_ascii(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path / "dir with spaces" / "ünïcødé",
+        "my script é.py",
+        'import sys\nsys.stdout.buffer.write("héllo wörld ✓\\n".encode())\n',
+    )
+    result = run_script(script, timeout=10)
+    assert result["status"] == ScriptStatus.PASSED, result["error"]
+    assert result["stdout"] == "héllo wörld ✓\n"
+    assert result["name"] == "my script é.py"
+
+
+def test_pythonpath_gets_src_folders_up_to_five_parents_and_keeps_inherited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "r"
+    level1 = root / "l1"
+    script_dir = level1 / "l2" / "l3" / "l4" / "l5" / "l6"
+    script = write_script(
+        script_dir, "show.py", "import os\nprint(os.environ.get('PYTHONPATH', ''))\n"
+    )
+    for folder in (script_dir / "src", level1 / "src", root / "src"):  # root is a 6th parent
+        folder.mkdir()
+    (level1 / "l2" / "l3" / "src").write_text("a file, not a folder")
+    monkeypatch.setenv("PYTHONPATH", "/inherited/path")
+
+    result = run_script(script, timeout=10)
+
+    expected = [str(script_dir / "src"), str(level1 / "src"), "/inherited/path"]
+    assert result["stdout"].strip().split(os.pathsep) == expected
+
+
+def test_interpreter_by_relative_path_or_by_name_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = write_script(tmp_path / "scripts", "hi.py", "print('hi')\n")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "mypython").symlink_to(sys.executable)
+    monkeypatch.chdir(tmp_path)
+    # Relative to the caller, although the child starts in the script's folder.
+    by_path = run_script(script, timeout=10, python=os.path.join("tools", "mypython"))
+    assert by_path["status"] == ScriptStatus.PASSED, by_path["error"]
+    # A bare name is looked up on the child's PATH.
+    by_name = run_script(script, timeout=10, python="mypython", env={"PATH": str(tools)})
+    assert by_name["status"] == ScriptStatus.PASSED, by_name["error"]
+
+
+def test_env_adds_and_removes_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODOMYRMEX_DROP_ME", "1")
+    script = write_script(
+        tmp_path,
+        "env.py",
+        "import os\nprint(os.environ.get('EXTRA'), os.environ.get('CODOMYRMEX_DROP_ME'))\n",
+    )
+    result = run_script(script, timeout=10, env={"EXTRA": "yes", "CODOMYRMEX_DROP_ME": None})
+    assert result["stdout"] == "yes None\n"
+
+
+# -- 6. memory limit ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def parent_thread() -> Iterable[None]:
+    """A live extra thread in the parent: where preexec_fn would be unsafe."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="busy-parent")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_AS is Unix-only")
+@pytest.mark.usefixtures("parent_thread")
+def test_memory_limit_exceeded_fails_with_clear_error(tmp_path: Path) -> None:
+    assert threading.active_count() > 1
+    script = write_script(tmp_path, "hog.py", "data = bytearray(2 * 1024**3)\nprint('got it')\n")
+    result = run_script(script, timeout=20, memory_limit_mb=256)
+    assert result["status"] == ScriptStatus.FAILED
+    assert result["memory_limit_exceeded"] is True
+    assert "memory limit" in error_of(result)
+    assert "256" in error_of(result)
+    assert "got it" not in result["stdout"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_AS is Unix-only")
+@pytest.mark.usefixtures("parent_thread")
+def test_memory_limit_leaves_a_modest_script_alone(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "modest.py",
+        "import resource\n"
+        "data = bytearray(20 * 1024**2)\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS)[0])\n",
+    )
+    result = run_script(script, timeout=20, memory_limit_mb=512)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    assert int(result["stdout"]) == 512 * 1024 * 1024  # enforced in the child itself
+
+
+# -- 7. signals --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL], ids=lambda s: s.name)
+def test_killed_by_signal_reports_negative_code_and_signal_name(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    script = write_script(
+        tmp_path,
+        "die.py",
+        f"""
+        import os, resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the test folder
+        os.kill(os.getpid(), {int(sig)})
+        """,
+    )
+    result = run_script(script, timeout=10)
+    assert result["status"] == ScriptStatus.FAILED
+    assert result["exit_code"] == -int(sig)
+    assert result["signal"] == sig.name
+    assert sig.name in error_of(result)
+    assert result["memory_limit_exceeded"] is False
+
+
+# -- 8. bad input ------------------------------------------------------------------------------
+
+
+def test_missing_script_is_an_error_result(tmp_path: Path) -> None:
+    result = run_script(tmp_path / "absent.py", timeout=5)
+    assert result["status"] == ScriptStatus.ERROR
+    assert "not found" in error_of(result)
+    assert "absent.py" in error_of(result)
+
+
+def test_directory_instead_of_script_is_an_error_result(tmp_path: Path) -> None:
+    result = run_script(tmp_path, timeout=5)
+    assert result["status"] == ScriptStatus.ERROR
+    assert "not a file" in error_of(result)
+
+
+def test_missing_cwd_is_an_error_result(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    result = run_script(script, timeout=5, cwd=tmp_path / "no-such-dir")
+    assert result["status"] == ScriptStatus.ERROR
+    assert "working directory" in error_of(result)
+    assert "no-such-dir" in error_of(result)
+
+
+def test_missing_interpreter_is_an_error_result(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    result = run_script(script, timeout=5, python=tmp_path / "bin" / "python9")
+    assert result["status"] == ScriptStatus.ERROR
+    assert "interpreter" in error_of(result)
+    assert "python9" in error_of(result)
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, float("nan"), True, "5"], ids=repr)
+def test_invalid_timeout_raises_value_error(tmp_path: Path, timeout: object) -> None:
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    with pytest.raises(ValueError, match="timeout"):
+        run_script(script, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_invalid_output_limit_raises_before_anything_starts(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    script = write_script(tmp_path, "touch.py", f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(ValueError, match="output limit"):
+        run_script(script, timeout=5, output_limit=1)
+    time.sleep(0.3)
+    assert not marker.exists(), "the script was started although the call was rejected"
+
+
+def test_invalid_memory_limit_raises_value_error(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        run_script(script, timeout=5, memory_limit_mb=-5)
+
+
+# -- 9. logging --------------------------------------------------------------------------------
+
+
+def test_start_finish_and_errors_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pytest_codomyrmex_exec")
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    run_script(script, timeout=5)
+    run_script(tmp_path / "absent.py", timeout=5)
+
+    ours = [r for r in caplog.records if r.name.startswith("pytest_codomyrmex_exec")]
+    messages = [r.getMessage() for r in ours]
+    assert any("starting" in m and "ok.py" in m for m in messages), messages
+    assert any("finished" in m and "ok.py" in m and "passed" in m for m in messages), messages
+    errors = [r for r in ours if r.levelno >= logging.WARNING]
+    assert any("absent.py" in r.getMessage() for r in errors), messages
+
+
+# -- exit codes, arguments, cancellation -------------------------------------------------------
+
+
+def test_allowed_exit_codes_decide_pass_or_fail(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "three.py", "raise SystemExit(3)\n")
+    assert run_script(script, timeout=5, allowed_exit_codes=[0, 3])["status"] == "passed"
+    failed = run_script(script, timeout=5)
+    assert failed["status"] == ScriptStatus.FAILED
+    assert failed["exit_code"] == 3
+    assert failed["error"] == "exit code 3"
+
+
+def test_args_reach_the_script_verbatim(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "argv.py", "import sys\nprint(sys.argv[1:])\n")
+    result = run_script(script, timeout=5, args=["one two", "--flag", ""])
+    assert result["stdout"] == "['one two', '--flag', '']\n"
+
+
+def test_cancel_event_stops_a_running_script_promptly(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "sleeper.py", "import time\ntime.sleep(30)\n")
+    event = threading.Event()
+    timer = threading.Timer(0.3, event.set)
+    timer.start()
+    began = time.monotonic()
+    try:
+        result = run_script(script, timeout=30, cancel_event=event)
+    finally:
+        timer.join()
+    assert result["status"] == ScriptStatus.CANCELLED
+    assert time.monotonic() - began < 2
