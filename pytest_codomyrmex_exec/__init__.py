@@ -7,6 +7,7 @@ The pytest plugin lives in :mod:`pytest_codomyrmex_exec.plugin` and is loaded by
 from __future__ import annotations
 
 from .async_runner import AsyncParallelRunner
+from .async_script import run_script_async
 from .parallel_runner import ParallelRunner, ProgressEvent
 from .results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
 from .runner import run_script
@@ -34,4 +35,5 @@ __all__ = [
     "ScriptResult",
     "ScriptStatus",
     "run_script",
+    "run_script_async",
 ]

@@ -43,9 +43,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScriptFile | None:
     options = parent.config.stash[OPTIONS_KEY]
-    if options.patterns and is_script(file_path, options.patterns):
-        return ScriptFile.from_parent(parent, path=file_path)
-    return None
+    if not options.patterns or not is_script(file_path, options.patterns):
+        return None
+    # A test module (python_files, e.g. test_*.py) stays a test module even if its name
+    # also fits a script pattern: collecting it twice would run it twice.
+    if is_script(file_path, tuple(parent.config.getini("python_files"))):
+        return None
+    return ScriptFile.from_parent(parent, path=file_path)
 
 
 @pytest.hookimpl(wrapper=True)

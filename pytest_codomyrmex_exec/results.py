@@ -150,4 +150,3 @@ class AsyncExecutionResult:
             "results": dict(self.results),
             "errors": dict(self.errors),
         }
-
