@@ -41,15 +41,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ExecSession(config), _SESSION_PLUGIN)
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScriptFile | None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(
+    file_path: Path, parent: pytest.Collector
+) -> Generator[None, list[pytest.Collector], list[pytest.Collector]]:
+    collectors = yield
     options = parent.config.stash[OPTIONS_KEY]
     if not options.patterns or not is_script(file_path, options.patterns):
-        return None
+        return collectors
     # A test module (python_files, e.g. test_*.py) stays a test module even if its name
     # also fits a script pattern: collecting it twice would run it twice.
     if is_script(file_path, tuple(parent.config.getini("python_files"))):
-        return None
-    return ScriptFile.from_parent(parent, path=file_path)
+        return collectors
+    # pytest's python plugin makes a test module of any .py named on the command line, and
+    # collecting that module would import (run) the script: the script item replaces it.
+    kept = [c for c in collectors if not isinstance(c, pytest.Module)]
+    return [*kept, ScriptFile.from_parent(parent, path=file_path)]
 
 
 @pytest.hookimpl(wrapper=True)

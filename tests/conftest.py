@@ -1,0 +1,206 @@
+"""Shared helpers for the plugin tests: real pytest sessions on real scripts, and their traces.
+
+Only the ``px`` fixture lives here (nothing autouse), so the engine tests are unaffected.
+Scripts written with ``track=True`` record their pid (and may record their children's) in a
+folder; :meth:`ExecPytester.assert_no_process_left` then proves nothing outlived the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# pytest's own start-up dominates a short inner session; hypothesis alone costs ~0.4 s of it.
+# Blocking plugins these tests never use keeps the suite fast (blocking an absent one is a no-op).
+_FAST_ADDOPTS = "-p no:hypothesispytest -p no:benchmark"
+
+RUN_TIMEOUT = 120.0
+"""Seconds an inner session may take before the test fails instead of hanging the suite."""
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie nobody reaps yet counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def still_alive(pids: Iterable[int], within: float = 2.0) -> list[int]:
+    """The pids still running after waiting up to ``within`` s (SIGKILL is not instant)."""
+    pending = list(pids)
+    deadline = time.monotonic() + within
+    while True:
+        pending = [pid for pid in pending if is_alive(pid)]
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(0.02)
+
+
+@dataclass
+class Case:
+    """One junit ``testcase``: its outcome as pytest counts it, its time and messages."""
+
+    name: str
+    classname: str
+    time: float
+    outcome: str
+    messages: list[str] = field(default_factory=list)
+
+
+def parse_junit(path: Path) -> list[Case]:
+    """Every testcase of a junit file in document order (parsing proves the XML is valid)."""
+    cases = []
+    for element in ET.parse(path).getroot().iter("testcase"):
+        tags = {child.tag for child in element}
+        if "error" in tags:
+            outcome = "error"
+        elif "failure" in tags:
+            outcome = "failed"
+        elif "skipped" in tags:
+            outcome = "skipped"
+        else:
+            outcome = "passed"
+        messages = [
+            f"{child.get('message', '')}\n{child.text or ''}"
+            for child in element
+            if child.tag in ("error", "failure", "skipped")
+        ]
+        cases.append(
+            Case(
+                name=element.get("name", ""),
+                classname=element.get("classname", ""),
+                time=float(element.get("time", "nan")),
+                outcome=outcome,
+                messages=messages,
+            )
+        )
+    return cases
+
+
+class ExecPytester:
+    """A :class:`pytest.Pytester` with the few things every plugin test needs."""
+
+    def __init__(self, pytester: pytest.Pytester) -> None:
+        self.pytester = pytester
+        self.path = pytester.path
+        self.pid_dir = pytester.path / "pids"
+        self.pid_dir.mkdir()
+        self.junit_path = pytester.path / "junit.xml"
+
+    # -- writing the project ------------------------------------------------------------------
+
+    def tracker(self) -> str:
+        """Lines that record the running process's pid; ``_track(pid)`` records another."""
+        return textwrap.dedent(
+            f"""\
+            import os as _os
+            def _track(pid):
+                open(_os.path.join({str(self.pid_dir)!r}, str(pid)), "w").close()
+            _track(_os.getpid())
+            """
+        )
+
+    def script(self, relpath: str, body: str = "", *, track: bool = False) -> Path:
+        """Write a script (``body`` is dedented); ``track`` prepends the pid recorder."""
+        path = self.path / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = textwrap.dedent(body)
+        if track:
+            # After the mark lines would also work; first keeps line numbers predictable.
+            text = self.tracker() + text
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def ini(self, **keys: str) -> None:
+        """Write ``pytest.ini`` with the given ``[pytest]`` keys."""
+        lines = ["[pytest]", *(f"{key} = {value}" for key, value in keys.items())]
+        self.pytester.makeini("\n".join(lines) + "\n")
+
+    def conftest(self, body: str) -> None:
+        self.pytester.makeconftest(textwrap.dedent(body))
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, *args: str, timeout: float = RUN_TIMEOUT) -> pytest.RunResult:
+        """A pytest session in a subprocess (processes, signals and timing are real)."""
+        return self.pytester.runpytest_subprocess(*args, timeout=timeout)
+
+    def run_inprocess(self, *args: str) -> pytest.RunResult:
+        """A pytest session in this process: for collection and option checks only."""
+        return self.pytester.runpytest_inprocess(*args)
+
+    def junit_args(self) -> tuple[str, str]:
+        return ("--junitxml", str(self.junit_path))
+
+    def junit(self) -> list[Case]:
+        return parse_junit(self.junit_path)
+
+    def junit_by_name(self) -> dict[str, Case]:
+        cases = self.junit()
+        by_name = {case.name: case for case in cases}
+        assert len(by_name) == len(cases), f"duplicate testcases: {[c.name for c in cases]}"
+        return by_name
+
+    def lines(self, name: str) -> list[str]:
+        """The lines of a file the scripts appended to (empty if none did)."""
+        path = self.path / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def pids(self) -> list[int]:
+        return sorted(int(p.name) for p in self.pid_dir.iterdir())
+
+    def wait_for_pids(self, count: int, within: float = 30.0) -> list[int]:
+        deadline = time.monotonic() + within
+        while len(self.pids()) < count:
+            assert time.monotonic() < deadline, f"only {len(self.pids())} of {count} started"
+            time.sleep(0.02)
+        return self.pids()
+
+    def assert_no_process_left(self, at_least: int) -> None:
+        """Every recorded process is gone; ``at_least`` keeps the check from being vacuous."""
+        pids = self.pids()
+        assert len(pids) >= at_least, f"expected >= {at_least} recorded processes, got {pids}"
+        left = still_alive(pids)
+        for pid in left:  # do not leak them into the rest of the suite
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes outlived the run: {left}"
+
+    def cleanup(self) -> None:
+        for pid in self.pids():
+            if is_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[ExecPytester]:
+    monkeypatch.setenv("PYTEST_ADDOPTS", _FAST_ADDOPTS)
+    helper = ExecPytester(pytester)
+    yield helper
+    helper.cleanup()
+
+
+@pytest.fixture(params=["process", "async"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Both parallel engines: every --exec-parallel behaviour must hold for each."""
+    return str(request.param)
