@@ -44,10 +44,15 @@ class ScriptFile(pytest.File):
             raise self.CollectError(str(exc)) from None
         except OSError as exc:
             raise self.CollectError(f"{self.path}: cannot read: {exc}") from None
-        item = ScriptItem.from_parent(self, name=self.path.stem)
         for mark in marks:
-            item.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **mark.kwargs))
-        return [item]
+            try:
+                decorator = getattr(pytest.mark, mark.name)
+            except pytest.fail.Exception as exc:  # --strict-markers: an unregistered mark
+                raise self.CollectError(f"{self.path}:{mark.lineno}: {exc.msg}") from None
+            # On the file, not the item: marks a conftest adds to the item are closer and win
+            # per keyword, as marks on a test function beat marks on its module.
+            self.add_marker(decorator(*mark.args, **mark.kwargs))
+        return [ScriptItem.from_parent(self, name=self.path.stem)]
 
 
 class ScriptItem(pytest.Item):
@@ -117,6 +122,20 @@ class ScriptItem(pytest.Item):
         if isinstance(excinfo.value, ScriptNotStarted):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
+
+    def shape_report(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
+        """Make the item's report say what happened to the script, in the script's terms."""
+        if call.when == "call":
+            result = self.stash.get(RESULT_KEY, None)
+            if result is not None:
+                # With --exec-parallel the call phase only reads a finished result: report the
+                # script's own run time, not the microseconds of reading it or its time queued.
+                report.duration = result["execution_time"]
+                report.stop = report.start + report.duration
+        elif call.excinfo is not None and isinstance(call.excinfo.value, ScriptNotStarted):
+            # pytest renders setup errors as a traceback through its own internals, without
+            # asking repr_failure; the cause (missing cwd, bad exec mark) is the whole story.
+            report.longrepr = str(call.excinfo.value)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         # A line number is required: pytest asserts one when it reports a skip location.

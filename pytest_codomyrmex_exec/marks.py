@@ -55,6 +55,9 @@ def _parse_lines(path: Path, text: str) -> Iterator[ScriptMark]:
         if call is None:
             raise MarkError(f"{where}: malformed mark line {line.strip()!r}")
         name = call["name"]
+        if name.startswith("_"):
+            # pytest.mark refuses such names with an AttributeError, not a useful message.
+            raise MarkError(f"{where}: mark names must not start with '_': {line.strip()!r}")
         if call["call"] is None:
             yield ScriptMark(name, (), {}, lineno)
             continue
@@ -62,15 +65,21 @@ def _parse_lines(path: Path, text: str) -> Iterator[ScriptMark]:
             node = ast.parse(f"_{call['call']}", mode="eval").body
         except SyntaxError as exc:
             raise MarkError(f"{where}: mark {name!r} has invalid arguments: {exc.msg}") from None
-        assert isinstance(node, ast.Call)
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            # e.g. "exec(timeout=1)(priority=2)": a call of a call, not one argument list.
+            raise MarkError(f"{where}: malformed mark line {line.strip()!r}")
         try:
             args = tuple(ast.literal_eval(arg) for arg in node.args)
             kwargs = {}
             for keyword in node.keywords:
                 if keyword.arg is None:
                     raise ValueError("**kwargs")
+                if keyword.arg in kwargs:  # ast.parse accepts it; only the compiler objects
+                    raise MarkError(f"{where}: mark {name!r} repeats keyword {keyword.arg!r}")
                 kwargs[keyword.arg] = ast.literal_eval(keyword.value)
-        except ValueError:
+        # literal_eval raises TypeError for a literal it cannot build ({[1]: 2}, {[1]}) and
+        # RecursionError or MemoryError for absurd nesting: all mean "not a usable literal".
+        except (ValueError, TypeError, RecursionError, MemoryError):
             raise MarkError(
                 f"{where}: mark {name!r} arguments must be Python literals "
                 f"(strings, numbers, lists, dicts, True/False/None): {line.strip()!r}"

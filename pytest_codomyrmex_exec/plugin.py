@@ -64,13 +64,8 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if call.when == "call" and isinstance(item, ScriptItem):
-        result = item.stash.get(RESULT_KEY, None)
-        if result is not None:
-            # With --exec-parallel the call phase only reads a finished result: report the
-            # script's own run time, not the microseconds of reading it or its time queued.
-            report.duration = result["execution_time"]
-            report.stop = report.start + report.duration
+    if isinstance(item, ScriptItem):
+        item.shape_report(report, call)
     return report
 
 
