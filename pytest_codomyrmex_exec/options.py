@@ -109,19 +109,30 @@ def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | Non
     return None
 
 
-def _number(text: str, where: str, *, allow_zero: bool) -> float:
+def _number(text: str, where: str, *, allow_zero: bool, allow_inf: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise pytest.UsageError(f"{where}: expected a number, got {text!r}") from None
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
         raise pytest.UsageError(f"{where}: expected a positive number, got {text!r}")
+    if math.isinf(value) and not allow_inf:
+        raise pytest.UsageError(f"{where}: expected a finite number, got {text!r}")
     return value
+
+
+def _parallel(config: pytest.Config) -> bool:
+    if config.getoption("exec_parallel"):
+        return True
+    try:
+        return bool(config.getini("exec_parallel"))
+    except ValueError as exc:  # pytest's own bool parsing: "invalid truth value 'maybe'"
+        raise pytest.UsageError(f"ini option 'exec_parallel': {exc}") from None
 
 
 def resolve_options(config: pytest.Config) -> ExecOptions:
     """Validate every option once, at configure time; a bad value is a UsageError naming it."""
-    parallel = bool(config.getoption("exec_parallel")) or bool(config.getini("exec_parallel"))
+    parallel = _parallel(config)
 
     workers = default_workers()
     picked = _pick(config, "exec_workers", "exec_workers")
@@ -144,13 +155,14 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
     timeout: float | None = None
     picked = _pick(config, "exec_timeout", "exec_timeout")
     if picked:
-        seconds = _number(*picked, allow_zero=True)
+        seconds = _number(*picked, allow_zero=True, allow_inf=True)  # inf, like 0: none
         timeout = math.inf if seconds == 0 else seconds
 
     memory: float | None = None
     picked = _pick(config, "exec_memory_limit", "exec_memory_limit")
     if picked:
-        memory = _number(*picked, allow_zero=False)
+        # An infinite limit would pass here and then break every launch: refuse it now.
+        memory = _number(*picked, allow_zero=False, allow_inf=False)
 
     python: str | None = None
     picked = _pick(config, "exec_python", "exec_python")

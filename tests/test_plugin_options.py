@@ -1,0 +1,225 @@
+"""Options and ini keys: validation, and which source wins for each script's settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+from conftest import ExecPytester
+
+SLEEPER = "import time\ntime.sleep(30)\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--exec-workers", "0"),
+        ("--exec-workers", "-2"),
+        ("--exec-workers", "two"),
+        ("--exec-workers", "1.5"),
+        ("--exec-backend", "threads"),
+        ("--exec-timeout", "-1"),
+        ("--exec-timeout", "nan"),
+        ("--exec-timeout", "soon"),
+        ("--exec-memory-limit", "0"),
+        ("--exec-memory-limit", "-1"),
+        ("--exec-memory-limit", "nan"),
+        ("--exec-memory-limit", "inf"),
+        ("--exec-memory-limit", "lots"),
+        ("--exec-python", "/no/such/python"),
+        ("--exec-python", "."),
+        ("--exec-python", "not_executable.txt"),
+        ("--exec-order", "random"),
+    ],
+)
+def test_bad_option_value_is_a_usage_error_naming_it(
+    px: ExecPytester, option: str, value: str
+) -> None:
+    (px.path / "not_executable.txt").write_text("")
+    px.script("a_script.py")
+    result = px.run_inprocess(option, value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {option}: *{value}*"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("exec_parallel", "maybe"),
+        ("exec_workers", "0"),
+        ("exec_backend", "threads"),
+        ("exec_timeout", "-3"),
+        ("exec_memory_limit", "0"),
+        ("exec_python", "/no/such/python"),
+        ("exec_order", "random"),
+    ],
+)
+def test_bad_ini_value_is_a_usage_error_naming_the_key(
+    px: ExecPytester, key: str, value: str
+) -> None:
+    px.ini(**{key: value})
+    px.script("a_script.py")
+    result = px.run_inprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: ini option '{key}': *{value}*"])
+
+
+def test_command_line_value_is_checked_before_the_ini_value_is_used(px: ExecPytester) -> None:
+    px.ini(exec_workers="0")
+    px.script("a_script.py")
+    px.run_inprocess("--exec-workers", "2").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "marks", "expected"),
+    [
+        pytest.param(
+            {"exec_timeout": "3", "timeout": "4"},
+            ["--exec-timeout", "2", "--timeout", "5"],
+            ["exec(timeout=0.5)", "timeout(6)"],
+            "0.5",
+            id="exec-mark",
+        ),
+        pytest.param(
+            {"exec_timeout": "3", "timeout": "4"},
+            ["--exec-timeout", "0.6", "--timeout", "5"],
+            ["timeout(6)"],
+            "0.6",
+            id="command-line",
+        ),
+        pytest.param(
+            {"exec_timeout": "0.7", "timeout": "4"},
+            ["--timeout", "5"],
+            ["timeout(6)"],
+            "0.7",
+            id="ini",
+        ),
+        pytest.param(
+            {"timeout": "4"}, ["--timeout", "5"], ["timeout(0.8)"], "0.8", id="timeout-mark"
+        ),
+        pytest.param({"timeout": "4"}, ["--timeout", "0.9"], [], "0.9", id="timeout-option"),
+        pytest.param({"timeout": "0.6"}, [], [], "0.6", id="timeout-ini"),
+    ],
+)
+def test_timeout_precedence(
+    px: ExecPytester, ini: dict[str, str], args: list[str], marks: list[str], expected: str
+) -> None:
+    px.ini(**ini)
+    lines = "".join(f"# pytest.mark.{mark}\n" for mark in marks)
+    px.script("sleepy_script.py", lines + SLEEPER, track=True)
+    started = time.monotonic()
+    result = px.run(*args)
+    elapsed = time.monotonic() - started
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*sleepy_script.py timed out after {expected} s*"])
+    assert elapsed < 10, "pytest-timeout or a longer timeout decided instead"
+    px.assert_no_process_left(at_least=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "marks"),
+    [
+        pytest.param(["--exec-timeout", "0", "--timeout", "0.3"], [], id="option-zero"),
+        pytest.param(["--exec-timeout", "0.3"], ["exec(timeout=0)"], id="mark-zero"),
+    ],
+)
+def test_zero_means_no_timeout_and_still_wins(
+    px: ExecPytester, args: list[str], marks: list[str]
+) -> None:
+    lines = "".join(f"# pytest.mark.{mark}\n" for mark in marks)
+    px.script("slow_script.py", lines + "import time\ntime.sleep(1)\n")
+    px.run(*args).assert_outcomes(passed=1)
+
+
+SETTINGS_HOOK = """\
+def pytest_exec_script_started(item, settings):
+    with open("settings.txt", "a") as out:
+        out.write(f"{item.name} {settings.timeout} {settings.memory_limit_mb}\\n")
+"""
+
+
+def test_defaults_without_any_option(px: ExecPytester) -> None:
+    px.conftest(SETTINGS_HOOK)
+    px.script("plain_script.py")
+    px.run_inprocess("-p", "no:timeout").assert_outcomes(passed=1)
+    assert px.lines("settings.txt") == ["plain_script 60.0 None"]
+
+
+def test_memory_limit_option_ini_and_mark(px: ExecPytester) -> None:
+    report_limit = """\
+import resource
+soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+print("limit", soft // (1024 * 1024))
+assert soft // (1024 * 1024) == EXPECTED, soft
+"""
+    px.ini(exec_memory_limit="500")
+    px.script("ini_script.py", report_limit.replace("EXPECTED", "500"))
+    px.script(
+        "mark_script.py",
+        "# pytest.mark.exec(memory_limit_mb=300)\n" + report_limit.replace("EXPECTED", "300"),
+    )
+    px.script("hog_script.py", "block = bytearray(900 * 1024 * 1024)\n")
+    result = px.run("-rA")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*hog_script.py failed: memory limit of 500 MB exceeded*"])
+    cli = px.run("-rA", "--exec-memory-limit", "400", "-k", "hog")
+    cli.assert_outcomes(failed=1, deselected=2)
+    cli.stdout.fnmatch_lines(["*hog_script.py failed: memory limit of 400 MB exceeded*"])
+
+
+@pytest.mark.parametrize("source", ["option", "ini"])
+def test_exec_python_is_the_interpreter_scripts_run_with(px: ExecPytester, source: str) -> None:
+    wrapper = px.path / "wrapped-python"
+    log = px.path / "wrapper.log"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    px.script("a_script.py", "import sys\nprint(sys.argv)\n")
+    px.script("b_script.py", "raise SystemExit(3)\n")
+    if source == "ini":
+        px.ini(exec_python=str(wrapper))
+        args: tuple[str, ...] = ()
+    else:
+        args = ("--exec-python", os.path.relpath(wrapper, px.path))
+    result = px.run(*args)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*b_script.py failed: exit code 3*"])
+    assert sorted(line.rsplit("/", 1)[1] for line in px.lines("wrapper.log")) == [
+        "a_script.py",
+        "b_script.py",
+    ]
+
+
+# Each script records how many scripts are running as it starts, then stays a while.
+CONCURRENCY = """\
+import os, pathlib, time
+running = pathlib.Path("running")
+running.mkdir(exist_ok=True)
+me = running / str(os.getpid())
+me.touch()
+with open("concurrency.txt", "a") as out:
+    out.write(f"{len(list(running.iterdir()))}\\n")
+time.sleep(0.5)
+me.unlink()
+"""
+
+
+def test_workers_bound_the_scripts_running_at_once(px: ExecPytester, backend: str) -> None:
+    for name in "abcde":
+        px.script(f"{name}_script.py", CONCURRENCY)
+    result = px.run("--exec-parallel", "--exec-workers", "2", "--exec-backend", backend)
+    result.assert_outcomes(passed=5)
+    counts = [int(n) for n in px.lines("concurrency.txt")]
+    assert len(counts) == 5
+    assert max(counts) == 2
+
+
+def test_parallel_workers_and_backend_from_ini(px: ExecPytester) -> None:
+    px.ini(exec_parallel="true", exec_workers="3", exec_backend="async")
+    for name in "abcdef":
+        px.script(f"{name}_script.py", CONCURRENCY)
+    result = px.run()
+    result.assert_outcomes(passed=6)
+    counts = [int(n) for n in px.lines("concurrency.txt")]
+    assert max(counts) == 3
