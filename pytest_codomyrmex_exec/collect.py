@@ -132,6 +132,11 @@ class ScriptItem(pytest.Item):
                 # script's own run time, not the microseconds of reading it or its time queued.
                 report.duration = result["execution_time"]
                 report.stop = report.start + report.duration
+            if report.skipped and isinstance(report.longrepr, tuple):
+                # A cancelled script: pytest.skip() located the skip in outcome.py; the
+                # script is where it belongs, as for a skip mark.
+                reason = report.longrepr[2]
+                report.longrepr = (str(self.path), 1, reason)
         elif call.excinfo is not None and isinstance(call.excinfo.value, ScriptNotStarted):
             # pytest renders setup errors as a traceback through its own internals, without
             # asking repr_failure; the cause (missing cwd, bad exec mark) is the whole story.

@@ -41,7 +41,7 @@ def failure_header(label: str, result: ScriptResult) -> str:
     if status == ScriptStatus.TIMEOUT:
         return f"{label} {error}"
     if result["memory_limit_exceeded"]:
-        return f"{label} failed: {error}, after {_duration(result)}"
+        return f"{label} failed: {error} after {_duration(result)}"
     if result["signal"]:
         return f"{label} failed: killed by signal {result['signal']} after {_duration(result)}"
     return f"{label} failed: exit code {result['exit_code']} after {_duration(result)}"

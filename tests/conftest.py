@@ -158,6 +158,19 @@ class ExecPytester:
         assert len(by_name) == len(cases), f"duplicate testcases: {[c.name for c in cases]}"
         return by_name
 
+    @staticmethod
+    def section(result: pytest.RunResult, title: str) -> list[str]:
+        """The lines under pytest's ``____ title ____`` heading, up to the next heading."""
+        lines = result.outlines
+        starts = [i for i, line in enumerate(lines) if line.strip("_ ") == title]
+        assert starts, f"no section {title!r} in the output"
+        body = []
+        for line in lines[starts[0] + 1 :]:
+            if line.startswith(("___", "===", "---")):
+                break
+            body.append(line)
+        return body
+
     def lines(self, name: str) -> list[str]:
         """The lines of a file the scripts appended to (empty if none did)."""
         path = self.path / name
@@ -195,6 +208,8 @@ class ExecPytester:
 @pytest.fixture
 def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[ExecPytester]:
     monkeypatch.setenv("PYTEST_ADDOPTS", _FAST_ADDOPTS)
+    # Wide enough that pytest does not cut the short summary lines the tests read.
+    monkeypatch.setenv("COLUMNS", "240")
     helper = ExecPytester(pytester)
     yield helper
     helper.cleanup()
