@@ -1,0 +1,132 @@
+"""--exec-parallel: start order, completion-order reports, honest durations; both backends."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ExecPytester
+
+# Appends the script's name to order.txt as it starts: the start order, read back in the test.
+RECORD_START = """\
+import pathlib
+with open(pathlib.Path(__file__).parent / "order.txt", "a") as _out:
+    _out.write(pathlib.Path(__file__).stem + "\\n")
+"""
+
+
+def test_reports_come_in_completion_order(px: ExecPytester, backend: str) -> None:
+    px.script("a_slow_script.py", "import time\ntime.sleep(1)\n")
+    px.script("b_fast_script.py", "")
+    result = px.run("-v", "--exec-parallel", "--exec-backend", backend, *px.junit_args())
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["b_fast_script.py::b_fast_script PASSED*", "a_slow_script.py::a_slow_script PASSED*"]
+    )
+    assert [case.name for case in px.junit()] == ["b_fast_script", "a_slow_script"]
+
+
+def test_starts_follow_priority_then_collection_order(px: ExecPytester, backend: str) -> None:
+    for name, priority in [("a", None), ("b", -5), ("c", 3), ("d", -5), ("e", None), ("f", 0)]:
+        mark = "" if priority is None else f"# pytest.mark.exec(priority={priority})\n"
+        px.script(f"{name}_script.py", mark + RECORD_START)
+    args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
+    px.run(*args).assert_outcomes(passed=6)
+    assert px.lines("order.txt") == [
+        "b_script",
+        "d_script",
+        "a_script",
+        "e_script",
+        "f_script",
+        "c_script",
+    ]
+
+
+def test_test_functions_run_normally_beside_scripts(px: ExecPytester, backend: str) -> None:
+    px.pytester.makepyfile(
+        test_mod="""
+        import time
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def resource():
+            with open("fixture.log", "a") as out:
+                out.write("setup\\n")
+            yield
+            with open("fixture.log", "a") as out:
+                out.write("teardown\\n")
+
+        def test_one(resource):
+            time.sleep(0.3)
+
+        def test_two(resource):
+            time.sleep(0.3)
+
+        def test_three_fails(resource):
+            assert 1 == 2
+        """
+    )
+    for name in "abc":
+        px.script(f"{name}_script.py", "print('ok')\n")
+    px.script("d_fail_script.py", "raise SystemExit(4)\n")
+    result = px.run("-rA", "--exec-parallel", "--exec-backend", backend, *px.junit_args())
+    result.assert_outcomes(passed=5, failed=2)
+    assert {case.name: case.outcome for case in px.junit()} == {
+        "a_script": "passed",
+        "b_script": "passed",
+        "c_script": "passed",
+        "d_fail_script": "failed",
+        "test_one": "passed",
+        "test_two": "passed",
+        "test_three_fails": "failed",
+    }
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED test_mod.py::test_three_fails - assert 1 == 2",
+            "FAILED d_fail_script.py::d_fail_script - d_fail_script.py failed: exit code 4*",
+        ]
+    )
+    # Script reports never tore the module's fixture down between its tests.
+    assert px.lines("fixture.log") == ["setup", "teardown"]
+
+
+def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, backend: str) -> None:
+    px.script("first_script.py", "import time\ntime.sleep(0.8)\n")
+    px.script("second_script.py", "import time\ntime.sleep(0.8)\n")
+    args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
+    result = px.run(*args, "--durations=0", "--durations-min=0", *px.junit_args())
+    result.assert_outcomes(passed=2)
+    assert result.duration >= 1.6, "the two scripts did not run one after the other"
+    for case in px.junit():
+        assert 0.75 <= case.time < 1.3, (case.name, case.time)
+    durations = {
+        m["nodeid"]: float(m["seconds"])
+        for line in result.outlines
+        if (m := re.match(r"(?P<seconds>\d+\.\d+)s call\s+(?P<nodeid>\S+)$", line))
+    }
+    assert set(durations) == {"first_script.py::first_script", "second_script.py::second_script"}
+    assert all(0.75 <= seconds < 1.3 for seconds in durations.values()), durations
+
+
+def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend: str) -> None:
+    sleeps = {"a_short": 0.0, "b_long": 0.4, "c_mid": 0.2}
+    for name, seconds in sleeps.items():
+        px.script(f"{name}_script.py", RECORD_START + f"import time\ntime.sleep({seconds})\n")
+    args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
+
+    def start_order(*extra: str) -> list[str]:
+        (px.path / "order.txt").unlink(missing_ok=True)
+        px.run(*args, *extra).assert_outcomes(passed=3)
+        return px.lines("order.txt")
+
+    # Nothing remembered yet: collection order. Then the longest first.
+    assert start_order() == ["a_short_script", "b_long_script", "c_mid_script"]
+    assert start_order() == ["b_long_script", "c_mid_script", "a_short_script"]
+    assert start_order("--exec-order", "collection") == [
+        "a_short_script",
+        "b_long_script",
+        "c_mid_script",
+    ]
+    # An explicit priority beats any remembered duration.
+    mid = px.path / "c_mid_script.py"
+    mid.write_text("# pytest.mark.exec(priority=-1)\n" + mid.read_text())
+    assert start_order() == ["c_mid_script", "b_long_script", "a_short_script"]
