@@ -36,6 +36,7 @@ dead pool worker can be found (Linux, via ``/proc``) and killed."""
 
 # How often the batch loop looks at futures when nothing woke it. It bounds the delay of a
 # "started" event on a foreign executor, whose futures give no callback when they start.
+_INTERRUPT_WAIT = 10.0
 _POLL = 0.05
 
 # run_script keywords a per-script config may override: all but the two the runner owns.
@@ -389,7 +390,10 @@ class ParallelRunner:
                         job = waiting.popleft()
                         finish(job, make_result(job.script, ScriptStatus.CANCELLED))
                     for future, job in list(running.items()):
-                        if future.cancel():  # still queued in the executor: it never started
+                        # Only our own pool's cancel() is trustworthy: a Dask future cancels
+                        # "successfully" while its script keeps running on a worker. Elsewhere
+                        # the token stops running scripts and makes queued ones return at once.
+                        if own_threads and future.cancel():  # still queued: it never started
                             del running[future]
                             finish(job, make_result(job.script, ScriptStatus.CANCELLED))
 
@@ -415,9 +419,11 @@ class ParallelRunner:
         except BaseException as exc:
             # KeyboardInterrupt, or a bug: stop the scripts and wait for them, then propagate.
             batch.cancel(f"interrupted by {type(exc).__name__}")
-            for future in running:
-                future.cancel()
-            wait_futures(list(running))
+            if own_threads:
+                for future in running:
+                    future.cancel()
+            # Bounded: a foreign executor might never get to its queue; the token is set.
+            wait_futures(list(running), timeout=_INTERRUPT_WAIT)
             raise
         finally:
             if executor_failed and not own_threads:
