@@ -1,0 +1,189 @@
+"""Living with the rest: pytest-timeout, -x/--maxfail, Ctrl-C, pytest-xdist and our own hooks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ExecPytester
+
+PARALLEL_MODES = [
+    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
+    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
+]
+MODES = [pytest.param([], id="inline"), *PARALLEL_MODES]
+
+SLOW_TEST = """
+import time
+
+def test_slow_function():
+    time.sleep(5)
+"""
+
+
+def sleeper_with_child(px: ExecPytester, *, stubborn: bool = False) -> str:
+    """A tracked script that starts a tracked child in its group, then sleeps a long time.
+
+    ``stubborn`` scripts ignore SIGTERM: only the SIGKILL after the grace period stops them.
+    """
+    ignore = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if stubborn else ""
+    return (
+        px.tracker()
+        + ignore
+        + (
+            "import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "_track(child.pid)\n"
+            "time.sleep(30)\n"
+        )
+    )
+
+
+def wait_then_fail(px: ExecPytester, pids: int) -> str:
+    """A script that fails once ``pids`` processes have recorded themselves (all started)."""
+    return (
+        "import os, time\n"
+        "deadline = time.monotonic() + 20\n"
+        f"while len(os.listdir({str(px.pid_dir)!r})) < {pids} and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "raise SystemExit(1)\n"
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["signal", "thread"])
+def test_pytest_timeout_never_times_a_script_item(
+    px: ExecPytester, mode: list[str], method: str
+) -> None:
+    px.script("steady_script.py", "import time\ntime.sleep(1.5)\nprint('done')\n")
+    if method == "signal":
+        # Ordinary tests are still pytest-timeout's: only script items time themselves.
+        # (With the thread method pytest-timeout would end the whole process here.)
+        px.pytester.makepyfile(test_slow=SLOW_TEST)
+    args = ("--timeout", "0.5", "--timeout-method", method, "--exec-timeout", "10", *mode)
+    result = px.run("-rA", *args)
+    assert "INTERNALERROR" not in result.stdout.str()
+    if method == "signal":
+        result.assert_outcomes(passed=1, failed=1)
+        result.stdout.fnmatch_lines(["FAILED test_slow.py::test_slow_function - Failed: Timeout*"])
+    else:
+        result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["PASSED steady_script.py::steady_script"])
+
+
+@pytest.mark.parametrize(("option", "failing"), [("-x", 1), ("--maxfail=2", 2)])
+def test_fail_fast_kills_running_scripts_and_ends_quickly(
+    px: ExecPytester, backend: str, option: str, failing: int
+) -> None:
+    sleepers = 4
+    for i in range(sleepers):
+        px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=i == 0))
+    for i in range(failing):
+        px.script(f"fail{i}_script.py", wait_then_fail(px, 2 * sleepers))
+    started = time.monotonic()
+    result = px.run(
+        option, "--exec-parallel", "--exec-workers", "8", "--exec-backend", backend, timeout=60
+    )
+    elapsed = time.monotonic() - started
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(failed=failing)
+    result.stdout.fnmatch_lines([f"*stopping after {failing} failures*"])
+    assert elapsed < 10, f"pytest took {elapsed:.1f} s to stop"
+    px.assert_no_process_left(at_least=2 * sleepers)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: list[str]) -> None:
+    sleepers = 3 if mode else 1  # inline, only one script runs at a time
+    for i in range(sleepers):
+        px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=i == 0))
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-workers", "4"]
+    with subprocess.Popen(
+        [*command, *mode],
+        cwd=px.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as proc:
+        try:
+            px.wait_for_pids(2 * sleepers)
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            output, _ = proc.communicate(timeout=15)
+            elapsed = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = output.decode(errors="replace")
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, text
+    assert "KeyboardInterrupt" in text
+    assert "INTERNALERROR" not in text
+    assert elapsed < 5, f"pytest took {elapsed:.1f} s to stop"
+    px.assert_no_process_left(at_least=2 * sleepers)
+
+
+@pytest.mark.parametrize("mode", [pytest.param([], id="xdist"), *PARALLEL_MODES])
+def test_xdist_runs_every_script_exactly_once(px: ExecPytester, mode: list[str]) -> None:
+    record = "import pathlib\nwith open('runs.txt', 'a') as out:\n    out.write(__file__ + '\\n')\n"
+    names = [f"s{i}" for i in range(8)]
+    for name in names:
+        failing = name in ("s2", "s5")
+        px.script(f"jobs/{name}_script.py", record + ("raise SystemExit(1)\n" if failing else ""))
+    px.pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = px.run("-n", "2", *mode, *px.junit_args())
+    result.assert_outcomes(passed=7, failed=2)
+    runs = sorted(line.rsplit("/", 1)[1] for line in px.lines("jobs/runs.txt"))
+    assert runs == sorted(f"{name}_script.py" for name in names)
+    outcomes = {case.name: case.outcome for case in px.junit()}
+    assert outcomes == {
+        **{f"{name}_script": "passed" for name in names if name not in ("s2", "s5")},
+        "s2_script": "failed",
+        "s5_script": "failed",
+        "test_plain": "passed",
+    }
+
+
+HOOK_LOG = """\
+import json
+
+def pytest_exec_script_started(item, settings):
+    with open("hooks.jsonl", "a") as out:
+        out.write(json.dumps(["started", item.nodeid, settings.timeout, list(settings.args)]))
+        out.write("\\n")
+
+def pytest_exec_script_finished(item, result):
+    with open("hooks.jsonl", "a") as out:
+        out.write(json.dumps(["finished", item.nodeid, result["status"], result["exit_code"]]))
+        out.write("\\n")
+    # Re-shaping what the report shows.
+    result["stdout"] += "seen by the hook\\n"
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_own_hooks_see_every_script_once(px: ExecPytester, mode: list[str]) -> None:
+    import json
+
+    px.conftest(HOOK_LOG)
+    px.script("a_script.py", '# pytest.mark.exec(timeout=7, args=["x"])\nprint("from a")\n')
+    px.script("b_script.py", "raise SystemExit(3)\n")
+    px.script("c_script.py", '# pytest.mark.skip(reason="never started")\n')
+    result = px.run("-rA", *mode)
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["from a", "seen by the hook"])
+    calls = [json.loads(line) for line in px.lines("hooks.jsonl")]
+    assert sorted(map(tuple, calls)) == sorted(
+        [
+            ("started", "a_script.py::a_script", 7, ["x"]),
+            ("finished", "a_script.py::a_script", "passed", 0),
+            ("started", "b_script.py::b_script", 60.0, []),
+            ("finished", "b_script.py::b_script", "failed", 3),
+        ]
+    )
+    for nodeid in ("a_script.py::a_script", "b_script.py::b_script"):
+        kinds = [kind for kind, seen, *_ in calls if seen == nodeid]
+        assert kinds == ["started", "finished"]
