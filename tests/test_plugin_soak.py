@@ -1,0 +1,101 @@
+"""Soak: a few hundred scripts ending every possible way, run with --exec-parallel at once.
+
+Every script must get exactly one report with the right outcome, the counts must add up, no
+process (scripts or what they left running) may outlive the run, and pytest's own memory must
+stay bounded although some scripts flood their output.
+"""
+
+from __future__ import annotations
+
+from conftest import ExecPytester
+
+# How many scripts of each kind, and the outcome each must get.
+KINDS: dict[str, tuple[int, str]] = {
+    "pass": (150, "passed"),
+    "fail": (60, "failed"),
+    "timeout": (16, "failed"),
+    "segv": (12, "failed"),
+    "sigkill": (12, "failed"),
+    "flood": (20, "passed"),
+    "leftover": (30, "passed"),
+}
+
+BODIES = {
+    "pass": "print('all good')\n",
+    "fail": "def work():\n    raise RuntimeError('soak failure')\n\nwork()\n",
+    "timeout": "# pytest.mark.exec(timeout=1)\nimport time\ntime.sleep(30)\n",
+    "segv": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
+    "sigkill": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    # 3 MB on stdout, 1 MB on stderr: far more than is kept for a report.
+    "flood": (
+        "import sys\n"
+        "line = 'x' * 1023 + '\\n'\n"
+        "sys.stdout.write(line * 3072)\n"
+        "sys.stderr.write(line * 1024)\n"
+    ),
+    # A background child that would outlive the script if nothing killed its group.
+    "leftover": (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "_track(child.pid)\n"
+    ),
+}
+
+RECORD_MEMORY = """\
+import resource
+
+def pytest_sessionfinish(session):
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("peak_rss_kib.txt", "w") as out:
+        out.write(str(peak_kib))
+"""
+
+PEAK_RSS_LIMIT_MIB = 300
+
+
+def test_soak(px: ExecPytester, backend: str) -> None:
+    px.conftest(RECORD_MEMORY)
+    expected: dict[str, str] = {}
+    for kind, (count, outcome) in KINDS.items():
+        for i in range(count):
+            name = f"{kind}_{i:03d}_script"
+            px.script(f"soak/{kind}/{name}.py", BODIES[kind], track=True)
+            expected[name] = outcome
+    total = len(expected)
+    assert total == 300
+
+    result = px.run(
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--exec-parallel",
+        "--exec-workers",
+        "8",
+        "--exec-backend",
+        backend,
+        *px.junit_args(),
+        timeout=180,
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    passed = sum(1 for outcome in expected.values() if outcome == "passed")
+    result.assert_outcomes(passed=passed, failed=total - passed)
+
+    cases = px.junit()
+    assert len(cases) == total, "each script exactly one report"
+    assert {case.name: case.outcome for case in cases} == expected
+    by_name = {case.name: case for case in cases}
+    for name, case in by_name.items():
+        if name.startswith("timeout_"):
+            assert "timed out after 1 s" in case.messages[0]
+            assert 0.9 <= case.time < 2.5, (name, case.time)
+        elif name.startswith("segv_"):
+            assert "SIGSEGV" in case.messages[0]
+        elif name.startswith("sigkill_"):
+            assert "SIGKILL" in case.messages[0]
+        elif name.startswith("fail_"):
+            assert "RuntimeError: soak failure" in case.messages[0]
+
+    # Every script and every child a script left behind is gone.
+    px.assert_no_process_left(at_least=total + KINDS["leftover"][0])
+    peak_mib = int((px.path / "peak_rss_kib.txt").read_text()) / 1024
+    assert peak_mib < PEAK_RSS_LIMIT_MIB, f"pytest peaked at {peak_mib:.0f} MiB"
