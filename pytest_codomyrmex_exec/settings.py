@@ -71,7 +71,8 @@ def _exec_mark_values(item: pytest.Item) -> dict[str, Any]:
 
 
 def _pytest_timeout(item: pytest.Item) -> float | None:
-    """pytest-timeout's setting for this item (mark, then option, then ini), if it is loaded."""
+    """pytest-timeout's setting for this item, if it is loaded, looked up in its own order:
+    mark, then option, then the PYTEST_TIMEOUT variable, then ini."""
     config = item.config
     if not config.pluginmanager.hasplugin("timeout"):
         return None
@@ -80,6 +81,7 @@ def _pytest_timeout(item: pytest.Item) -> float | None:
     if mark is not None:
         candidates.append(mark.kwargs.get("timeout", mark.args[0] if mark.args else None))
     candidates.append(config.getoption("timeout", None))
+    candidates.append(os.environ.get("PYTEST_TIMEOUT"))
     candidates.append(config.getini("timeout"))
     for value in candidates:
         if value is None or value == "":

@@ -118,6 +118,23 @@ def test_timeout_precedence(
     px.assert_no_process_left(at_least=1)
 
 
+def test_pytest_timeout_environment_variable_sits_between_option_and_ini(
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_TIMEOUT", "0.7")
+    px.ini(timeout="4")
+    px.script("sleepy_script.py", SLEEPER)
+    px.script("sleepier_script.py", "# pytest.mark.timeout(0.4)\n" + SLEEPER)
+    result = px.run("-v")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*sleepy_script.py timed out after 0.7 s*",
+            "*sleepier_script.py timed out after 0.4 s*",
+        ]
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "marks"),
     [
@@ -213,6 +230,15 @@ def test_workers_bound_the_scripts_running_at_once(px: ExecPytester, backend: st
     counts = [int(n) for n in px.lines("concurrency.txt")]
     assert len(counts) == 5
     assert max(counts) == 2
+
+
+def test_auto_workers_is_the_cpu_count_capped_at_eight(px: ExecPytester) -> None:
+    expected = min(os.cpu_count() or 1, 8)
+    for i in range(expected + 1):
+        px.script(f"s{i}_script.py", CONCURRENCY)
+    result = px.run("--exec-parallel", "--exec-workers", "auto")
+    result.assert_outcomes(passed=expected + 1)
+    assert max(int(n) for n in px.lines("concurrency.txt")) == expected
 
 
 def test_parallel_workers_and_backend_from_ini(px: ExecPytester) -> None:
