@@ -133,9 +133,34 @@ def test_unparsable_script_fails_alone_showing_the_syntax_error(
     px: ExecPytester, mode: list[str]
 ) -> None:
     px.script("a_broken_script.py", "print('fine')\ndef oops(:\n    pass\n")
+    (px.path / "c_latin1_script.py").write_bytes(b"# pytest.mark.slow\nprint('caf\xe9')\n")
     px.script("b_good_script.py", "print('fine')\n")
     px.script("test_plain.py", "def test_x():\n    pass\n")
     result = px.run("-rA", *mode)
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*a_broken_script.py failed: exit code 1*", "*SyntaxError*"])
+    result.stdout.fnmatch_lines(["*c_latin1_script.py failed: exit code 1*", "*SyntaxError*"])
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+@pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
+def test_collect_only_runs_nothing(px: ExecPytester, mode: list[str]) -> None:
+    px.script("a_script.py", TRACE_BODY)
+    result = px.run("--collect-only", "-q", *mode)
+    assert collected(result) == ["a_script.py::a_script"]
+    assert not list(px.path.rglob("*.ran"))
+
+
+@pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
+def test_collection_error_stops_the_run_unless_told_to_continue(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.script("a_script.py", TRACE_BODY)
+    px.script("b_bad_script.py", "# pytest.mark.exec(timeout=\n")
+    stopped = px.run(*mode)
+    assert stopped.ret == pytest.ExitCode.INTERRUPTED
+    stopped.stdout.fnmatch_lines(["*Interrupted: 1 error during collection*"])
+    assert not list(px.path.rglob("*.ran"))
+    continued = px.run("--continue-on-collection-errors", *mode)
+    continued.assert_outcomes(passed=1, errors=1)
+    assert [p.name for p in px.path.rglob("*.ran")] == ["a_script.ran"]

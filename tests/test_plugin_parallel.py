@@ -65,6 +65,13 @@ def test_test_functions_run_normally_beside_scripts(px: ExecPytester, backend: s
             assert 1 == 2
         """
     )
+    px.conftest(
+        """\
+        def pytest_runtest_logreport(report):
+            with open("reports.txt", "a") as out:
+                out.write(f"{report.nodeid} {report.when}\\n")
+        """
+    )
     for name in "abc":
         px.script(f"{name}_script.py", "print('ok')\n")
     px.script("d_fail_script.py", "raise SystemExit(4)\n")
@@ -87,6 +94,13 @@ def test_test_functions_run_normally_beside_scripts(px: ExecPytester, backend: s
     )
     # Script reports never tore the module's fixture down between its tests.
     assert px.lines("fixture.log") == ["setup", "teardown"]
+    # Every item: setup, call, teardown, one after the other, never mixed with another item.
+    reports = [line.split() for line in px.lines("reports.txt")]
+    assert len(reports) == 3 * 7
+    for first in range(0, len(reports), 3):
+        nodeids = {nodeid for nodeid, _ in reports[first : first + 3]}
+        assert len(nodeids) == 1, reports[first : first + 3]
+        assert [when for _, when in reports[first : first + 3]] == ["setup", "call", "teardown"]
 
 
 def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, backend: str) -> None:
