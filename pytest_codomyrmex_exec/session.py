@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import signal
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -15,6 +18,27 @@ from .marks import MarkError
 from .settings import child_environment
 
 _WAKE = 0.5
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while the backend kills the scripts; raise it afterwards.
+
+    Users press Ctrl-C twice. The backend's threads are daemons: a second KeyboardInterrupt
+    leaving ``close()`` early would let the interpreter exit while they still had scripts to
+    kill, and those would run on. ``close()`` is bounded (the kill grace, at most its timeout).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _starts_early(item: ScriptItem) -> bool:
@@ -78,7 +102,8 @@ class ExecSession:
             self._backend.start(self._jobs(), child_environment())
             self._run(session)
         finally:
-            self._backend.close()
+            with _ctrl_c_deferred():
+                self._backend.close()
         return True
 
     def _plan(self, items: Sequence[pytest.Item]) -> None:

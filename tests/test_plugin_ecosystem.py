@@ -95,11 +95,8 @@ def test_fail_fast_kills_running_scripts_and_ends_quickly(
     px.assert_no_process_left(at_least=2 * sleepers)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: list[str]) -> None:
-    sleepers = 3 if mode else 1  # inline, only one script runs at a time
-    for i in range(sleepers):
-        px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=i == 0))
+def interrupt(px: ExecPytester, mode: list[str], processes: int, presses: int) -> tuple[str, float]:
+    """Run pytest, press Ctrl-C ``presses`` times once ``processes`` are up; output, seconds."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-workers", "4"]
     with subprocess.Popen(
         [*command, *mode],
@@ -109,21 +106,43 @@ def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: list[str]) -> No
         stderr=subprocess.STDOUT,
     ) as proc:
         try:
-            px.wait_for_pids(2 * sleepers)
-            proc.send_signal(signal.SIGINT)
+            px.wait_for_pids(processes)
             started = time.monotonic()
+            for press in range(presses):
+                if press:
+                    time.sleep(0.3)  # while the first one is still killing the scripts
+                proc.send_signal(signal.SIGINT)
             output, _ = proc.communicate(timeout=15)
             elapsed = time.monotonic() - started
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    text = output.decode(errors="replace")
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, text
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output.decode(errors="replace")
+    return output.decode(errors="replace"), elapsed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: list[str]) -> None:
+    sleepers = 3 if mode else 1  # inline, only one script runs at a time
+    for i in range(sleepers):
+        px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=i == 0))
+    text, elapsed = interrupt(px, mode, 2 * sleepers, presses=1)
     assert "KeyboardInterrupt" in text
     assert "INTERNALERROR" not in text
     assert elapsed < 5, f"pytest took {elapsed:.1f} s to stop"
     px.assert_no_process_left(at_least=2 * sleepers)
+
+
+@pytest.mark.parametrize("mode", PARALLEL_MODES)
+def test_second_ctrl_c_does_not_abandon_the_scripts(px: ExecPytester, mode: list[str]) -> None:
+    # SIGTERM is ignored, so killing them takes the whole grace period: time for a second press.
+    for i in range(3):
+        px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=True))
+    text, elapsed = interrupt(px, mode, 6, presses=2)
+    assert "INTERNALERROR" not in text
+    assert elapsed < 5, f"pytest took {elapsed:.1f} s to stop"
+    px.assert_no_process_left(at_least=6)
 
 
 @pytest.mark.parametrize("mode", [pytest.param([], id="xdist"), *PARALLEL_MODES])
