@@ -36,6 +36,8 @@ def test_plugin_loads_without_being_asked_for(px: ExecPytester) -> None:
 def test_default_pattern_collects_script_files_only(px: ExecPytester) -> None:
     px.script("a_script.py", TRACE_BODY)
     px.script("sub/b_script.py", TRACE_BODY)
+    px.script("pkg/__init__.py", "")
+    px.script("pkg/c_script.py", TRACE_BODY)
     px.script("script.py", TRACE_BODY)
     px.script("notes_script.txt", TRACE_BODY)
     px.script("helpers.py", TRACE_BODY)
@@ -43,6 +45,7 @@ def test_default_pattern_collects_script_files_only(px: ExecPytester) -> None:
     result = px.run_inprocess("--collect-only", "-q")
     assert collected(result) == [
         "a_script.py::a_script",
+        "pkg/c_script.py::c_script",
         "sub/b_script.py::b_script",
         "test_plain.py::test_x",
     ]

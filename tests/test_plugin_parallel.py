@@ -140,6 +140,11 @@ def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend:
         "b_long_script",
         "c_mid_script",
     ]
+    assert start_order("-o", "exec_order=collection") == [
+        "a_short_script",
+        "b_long_script",
+        "c_mid_script",
+    ]
     # An explicit priority beats any remembered duration.
     mid = px.path / "c_mid_script.py"
     mid.write_text("# pytest.mark.exec(priority=-1)\n" + mid.read_text())
