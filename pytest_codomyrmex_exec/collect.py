@@ -6,6 +6,7 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 from ._launch import LaunchPlan, plan_launch
@@ -22,7 +23,21 @@ RESULT_KEY = pytest.StashKey[ScriptResult]()
 """A script's result, set by the parallel session before the item's report is made."""
 RUNS_KEY = pytest.StashKey[int]()
 """How many runs the result took (more than one with ``max_runs``)."""
+HOOK_ERROR_KEY = pytest.StashKey[Exception]()
+"""What a pytest_exec_* hook raised for this item with --exec-parallel; fails its call."""
 _SETTINGS_KEY = pytest.StashKey["ScriptSettings | MarkError"]()
+
+
+# pytest's, pluggy's and this plugin's code: frames left out when a user's hook raised.
+_PLUMBING = (
+    Path(pytest.__file__).parent.parent / "_pytest",
+    Path(pluggy.__file__).parent,
+    Path(__file__).parent,
+)
+
+
+def _is_plumbing(path: Path) -> bool:
+    return any(path.is_relative_to(folder) for folder in _PLUMBING)
 
 
 def is_script(file_path: Path, patterns: tuple[str, ...]) -> bool:
@@ -92,6 +107,9 @@ class ScriptItem(pytest.Item):
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
 
     def runtest(self) -> None:
+        hook_error = self.stash.get(HOOK_ERROR_KEY, None)
+        if hook_error is not None:
+            raise hook_error
         result = self.stash.get(RESULT_KEY, None)
         if result is None:
             result = self._run_inline()
@@ -121,6 +139,11 @@ class ScriptItem(pytest.Item):
             return excinfo.value.render()
         if isinstance(excinfo.value, ScriptNotStarted):
             return str(excinfo.value)
+        if not self.config.getoption("fulltrace", False):
+            # A pytest_exec_* hook raised: show its frames, not pytest's, pluggy's or ours.
+            kept = excinfo.traceback.filter(lambda entry: not _is_plumbing(Path(entry.path)))
+            if kept:
+                excinfo.traceback = kept
         return super().repr_failure(excinfo, style=style)
 
     def shape_report(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from .backends import JobEvent, ScriptBackend, ScriptJob, make_backend
-from .collect import OPTIONS_KEY, RESULT_KEY, RUNS_KEY, ScriptItem
+from .collect import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, RUNS_KEY, ScriptItem
 from .durations import load_durations
 from .marks import MarkError
 from .settings import child_environment
@@ -39,6 +39,20 @@ def _ctrl_c_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
     if received:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _failing_the_item(item: ScriptItem) -> Iterator[None]:
+    """Keep what a pytest_exec_* hook raises for the item's own call phase.
+
+    Here the hooks run between items, outside any test protocol: an exception would end the
+    session with an internal error. Inline, the same exception fails the script's item; so
+    it does here, when the item's turn comes.
+    """
+    try:
+        yield
+    except Exception as exc:
+        item.stash.setdefault(HOOK_ERROR_KEY, exc)
 
 
 def _starts_early(item: ScriptItem) -> bool:
@@ -173,10 +187,12 @@ class ExecSession:
             block = False
             item = self._background[event.key]
             if event.result is None:
-                item.ihook.pytest_exec_script_started(item=item, settings=item.settings())
+                with _failing_the_item(item):
+                    item.ihook.pytest_exec_script_started(item=item, settings=item.settings())
                 continue
             item.stash[RESULT_KEY] = event.result
             item.stash[RUNS_KEY] = event.runs
-            item.ihook.pytest_exec_script_finished(item=item, result=event.result)
+            with _failing_the_item(item):
+                item.ihook.pytest_exec_script_finished(item=item, result=event.result)
             self._ready.append(item)
             self._outstanding -= 1

@@ -206,3 +206,27 @@ def test_own_hooks_see_every_script_once(px: ExecPytester, mode: list[str]) -> N
     for nodeid in ("a_script.py::a_script", "b_script.py::b_script"):
         kinds = [kind for kind, seen, *_ in calls if seen == nodeid]
         assert kinds == ["started", "finished"]
+
+
+@pytest.mark.parametrize("hook", ["started", "finished"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_raising_hook_fails_its_script_not_the_session(
+    px: ExecPytester, mode: list[str], hook: str
+) -> None:
+    px.conftest(
+        f"""\
+        def pytest_exec_script_{hook}(item):
+            if item.name == "b_script":
+                raise ValueError("the hook broke")
+        """
+    )
+    for name in "abc":
+        px.script(f"{name}_script.py")
+    result = px.run("-rf", *mode)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["conftest.py:3: ValueError", "FAILED b_script.py::b_script - ValueError: the hook broke"]
+    )
+    # The hook's own frames, not a trail through pytest's and pluggy's.
+    result.stdout.no_fnmatch_line("*site-packages*")
