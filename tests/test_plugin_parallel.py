@@ -110,19 +110,20 @@ def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, backend: str) 
     result = px.run(*args, "--durations=0", "--durations-min=0", *px.junit_args())
     result.assert_outcomes(passed=2)
     assert result.duration >= 1.6, "the two scripts did not run one after the other"
+    # Queue time counted would make the second at least 1.6 s.
     for case in px.junit():
-        assert 0.75 <= case.time < 1.3, (case.name, case.time)
+        assert 0.75 <= case.time < 1.5, (case.name, case.time)
     durations = {
         m["nodeid"]: float(m["seconds"])
         for line in result.outlines
         if (m := re.match(r"(?P<seconds>\d+\.\d+)s call\s+(?P<nodeid>\S+)$", line))
     }
     assert set(durations) == {"first_script.py::first_script", "second_script.py::second_script"}
-    assert all(0.75 <= seconds < 1.3 for seconds in durations.values()), durations
+    assert all(0.75 <= seconds < 1.5 for seconds in durations.values()), durations
 
 
 def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend: str) -> None:
-    sleeps = {"a_short": 0.0, "b_long": 0.4, "c_mid": 0.2}
+    sleeps = {"a_short": 0.0, "b_long": 0.5, "c_mid": 0.25}
     for name, seconds in sleeps.items():
         px.script(f"{name}_script.py", RECORD_START + f"import time\ntime.sleep({seconds})\n")
     args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
