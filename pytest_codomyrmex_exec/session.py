@@ -107,6 +107,8 @@ class ExecSession:
             raise session.Interrupted(f"{count} error{'s' if count != 1 else ''} during collection")
         if session.config.option.collectonly:
             return True
+        if session.config.getoption("setuponly", False):
+            return None  # --setup-only/--setup-plan: pytest's loop runs no call phase, no script
         if not any(isinstance(item, ScriptItem) for item in session.items):
             return None  # nothing for us: pytest's own loop runs the tests
 

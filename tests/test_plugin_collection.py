@@ -154,6 +154,17 @@ def test_collect_only_runs_nothing(px: ExecPytester, mode: list[str]) -> None:
     assert not list(px.path.rglob("*.ran"))
 
 
+@pytest.mark.parametrize("option", ["--setup-plan", "--setup-only"])
+@pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
+def test_setup_plan_and_setup_only_run_no_script(
+    px: ExecPytester, mode: list[str], option: str
+) -> None:
+    px.script("a_script.py", TRACE_BODY)
+    result = px.run(option, *mode)
+    assert result.ret == pytest.ExitCode.OK
+    assert not list(px.path.rglob("*.ran"))
+
+
 @pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
 def test_collection_error_stops_the_run_unless_told_to_continue(
     px: ExecPytester, mode: list[str]
