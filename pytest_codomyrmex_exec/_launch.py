@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import uuid
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import final
 
 from .results import ScriptResult, ScriptStatus, make_result
+
+RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"
+"""Set in every script's environment, unique per run. Descendants inherit it even when they
+leave the script's process group (``setsid``, a daemon's double fork), so they can be found."""
 
 SRC_SEARCH_DEPTH = 5
 """How many parents of the script's folder are searched for a ``src/`` folder."""
@@ -31,7 +36,14 @@ _RLIMIT_BOOTSTRAP = (
     "os.execv(sys.argv[2],sys.argv[2:])"
 )
 
-_MEMORY_ERROR_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory")
+# What an allocation refused by RLIMIT_AS leaves in stderr: Python's MemoryError, C's
+# ENOMEM text, C++'s bad_alloc. A bare crash signal is not taken as proof on its own.
+_MEMORY_ERROR_MARKERS = (
+    "MemoryError",
+    "Cannot allocate memory",
+    "out of memory",
+    "std::bad_alloc",
+)
 
 
 class InvalidArgument(ValueError):
@@ -50,6 +62,8 @@ class LaunchPlan:
     timeout: float | None
     memory_limit_mb: float | None
     allowed_exit_codes: frozenset[int]
+    tag: str
+    """This run's value of :data:`RUN_TAG_VAR`, to find what escaped the process group."""
 
 
 def validate_timeout(timeout: float | None) -> float | None:
@@ -160,6 +174,8 @@ def plan_launch(
     if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
         return error(f"Python interpreter not found or not executable: {interpreter}")
 
+    tag = uuid.uuid4().hex
+    child_env[RUN_TAG_VAR] = tag
     pythonpath = _pythonpath(script.parent, child_env.get("PYTHONPATH"))
     if pythonpath:
         child_env["PYTHONPATH"] = pythonpath
@@ -177,6 +193,7 @@ def plan_launch(
         timeout=seconds,
         memory_limit_mb=memory,
         allowed_exit_codes=codes,
+        tag=tag,
     )
 
 
@@ -220,16 +237,18 @@ def finished_result(
     if returncode in plan.allowed_exit_codes:
         return result(ScriptStatus.PASSED, None)
 
-    memory_hit = plan.memory_limit_mb is not None and (
-        sig in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS")
-        or any(marker in stderr[-4096:] for marker in _MEMORY_ERROR_MARKERS)
+    limit = plan.memory_limit_mb
+    memory_hit = limit is not None and any(
+        marker in stderr[-4096:] for marker in _MEMORY_ERROR_MARKERS
     )
     if memory_hit:
-        assert plan.memory_limit_mb is not None
-        reason = f"memory limit of {plan.memory_limit_mb:g} MB exceeded"
+        reason = f"memory limit of {limit:g} MB exceeded"
         reason += f" (killed by {sig})" if sig else f" (exit code {returncode})"
     elif sig:
         reason = f"killed by signal {sig} (exit code {returncode})"
+        if limit is not None and sig in ("SIGSEGV", "SIGABRT", "SIGBUS"):
+            # Native code often crashes rather than report a refused allocation.
+            reason += f"; the memory limit of {limit:g} MB may be the cause"
     else:
         reason = f"exit code {returncode}"
     return result(ScriptStatus.FAILED, reason, memory_hit)
@@ -239,3 +258,33 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     """Send ``sig`` to a script's process group; a group that is already gone is fine."""
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def kill_tagged(variable: str, value: str) -> int:
+    """Kill every process whose environment has ``variable=value``, and its process group.
+
+    Linux only (the environment is read from ``/proc/<pid>/environ``); elsewhere, and for
+    processes we may not read, nothing is done. Returns how many processes were found.
+    """
+    if not os.path.isdir("/proc"):
+        return 0
+    needle = f"{variable}={value}".encode()
+    own_group = os.getpgrp()
+    found = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle not in fh.read().split(b"\0"):
+                    continue
+            group = os.getpgid(pid)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found += 1
+        if group != own_group:
+            kill_group(group)
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return found

@@ -12,9 +12,16 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 
 from ._capture import DEFAULT_OUTPUT_LIMIT, BoundedOutput
-from ._launch import LaunchPlan, finished_result, kill_group, plan_launch
+from ._launch import (
+    RUN_TAG_VAR,
+    LaunchPlan,
+    finished_result,
+    kill_group,
+    kill_tagged,
+    plan_launch,
+)
 from .results import ScriptResult, ScriptStatus, make_result
-from .runner import DRAIN_LIMIT, TERMINATE_GRACE
+from .runner import DRAIN_LIMIT, ESCAPE_CHECK, TERMINATE_GRACE
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +89,11 @@ async def run_script_async(
         elapsed = plan.timeout if timed_out and plan.timeout else time.monotonic() - started
         # The script has exited: whatever it left in its group would hold our pipes open.
         kill_group(pid)
-        await _drain(child)
+        await _drain(child, plan.tag)
     except asyncio.CancelledError:
         logger.debug("cancelled %s: stopping its process tree", plan.script)
         # Shielded so a second cancellation cannot leave the tree running or unreaped.
-        await asyncio.shield(_stop_after_cancel(pid, child))
+        await asyncio.shield(_stop_after_cancel(pid, child, plan.tag))
         raise
     finally:
         transport.close()
@@ -150,14 +157,19 @@ async def _terminate(pid: int, child: _ChildProtocol) -> None:
     await child.exited
 
 
-async def _drain(child: _ChildProtocol) -> None:
+async def _drain(child: _ChildProtocol, tag: str) -> None:
     """Let the pipes reach EOF, but not forever: an escaped grandchild may hold one."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(child.pipes_closed), DRAIN_LIMIT)
+        await asyncio.wait_for(asyncio.shield(child.pipes_closed), ESCAPE_CHECK)
+        return
+    # Still open after the group was killed: something left the group. Find it by the tag.
+    kill_tagged(RUN_TAG_VAR, tag)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(child.pipes_closed), DRAIN_LIMIT - ESCAPE_CHECK)
 
 
-async def _stop_after_cancel(pid: int, child: _ChildProtocol) -> None:
+async def _stop_after_cancel(pid: int, child: _ChildProtocol, tag: str) -> None:
     if not child.exited.done():
         await _terminate(pid, child)
     kill_group(pid)
-    await _drain(child)
+    await _drain(child, tag)

@@ -19,6 +19,8 @@ from .settings import ScriptSettings, child_environment, resolve_settings
 
 OPTIONS_KEY = pytest.StashKey[ExecOptions]()
 """The session's resolved options, in ``config.stash``."""
+SESSION_TAG_KEY = pytest.StashKey[str]()
+"""This session's value of ``SESSION_TAG_VAR``, in ``config.stash``."""
 RESULT_KEY = pytest.StashKey[ScriptResult]()
 """A script's result, set by the parallel session before the item's report is made."""
 RUNS_KEY = pytest.StashKey[int]()
@@ -118,7 +120,7 @@ class ScriptItem(pytest.Item):
     def _run_inline(self) -> ScriptResult:
         settings = self.settings()
         self.ihook.pytest_exec_script_started(item=self, settings=settings)
-        base_env = child_environment()
+        base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
         runs = 0
         while True:
             result = run_script(self.path, base_env=base_env, **settings.run_kwargs())

@@ -8,7 +8,6 @@ import inspect
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, final
 
 from ._capture import BoundedOutput
-from ._launch import kill_group, plan_launch, validate_timeout
+from ._launch import kill_tagged, plan_launch, validate_timeout
 from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
 from .runner import run_script
 
@@ -539,27 +538,7 @@ def _executor_error(job: _Job, exc: BaseException) -> ScriptResult:
 
 
 def _kill_leftovers(marker: str) -> None:
-    """Kill processes (and their groups) of this batch that outlived their pool worker.
-
-    Linux only: the marker is found in ``/proc/<pid>/environ``. Elsewhere nothing is done.
-    """
-    if not os.path.isdir("/proc"):
-        return
-    needle = f"{BATCH_ENV_VAR}={marker}".encode()
-    own_group = os.getpgrp()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                if needle not in fh.read().split(b"\0"):
-                    continue
-            group = os.getpgid(pid)
-        except OSError:  # gone, or not ours to read
-            continue
-        logger.warning("killing process %d (group %d) left behind by a dead worker", pid, group)
-        if group != own_group:
-            kill_group(group)
-        with suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    """Kill processes of this batch that outlived their pool worker (found by the marker)."""
+    found = kill_tagged(BATCH_ENV_VAR, marker)
+    if found:
+        logger.warning("killed %d process(es) left behind by a dead pool worker", found)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
 from . import hookspecs
-from .collect import OPTIONS_KEY, RESULT_KEY, ScriptFile, ScriptItem, is_script
+from ._launch import kill_tagged
+from .collect import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .durations import save_durations
 from .marks import EXEC_MARKER_HELP
 from .options import add_options, resolve_options
+from .settings import SESSION_TAG_VAR
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
+_LEFTOVERS_KEY = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", EXEC_MARKER_HELP)
     options = resolve_options(config)
     config.stash[OPTIONS_KEY] = options
+    config.stash[SESSION_TAG_KEY] = uuid.uuid4().hex
     if options.parallel and not _xdist_active(config):
         from .session import ExecSession  # imported only when the feature is on
 
@@ -87,3 +92,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if isinstance(item, ScriptItem) and (result := item.stash.get(RESULT_KEY, None))
     ]
     save_durations(session.config, measured)
+    # Scripts are killed with their process group; this catches what left the group on
+    # purpose (setsid, a daemon) and would otherwise outlive the run.
+    session.config.stash[_LEFTOVERS_KEY] = kill_tagged(
+        SESSION_TAG_VAR, session.config.stash[SESSION_TAG_KEY]
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    leftovers = terminalreporter.config.stash.get(_LEFTOVERS_KEY, 0)
+    if leftovers:
+        terminalreporter.write_sep(
+            "-",
+            f"codomyrmex-exec: killed {leftovers} process(es) that scripts left running "
+            "outside their process group",
+            yellow=True,
+        )

@@ -12,7 +12,14 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from ._capture import DEFAULT_OUTPUT_LIMIT, BoundedOutput
-from ._launch import LaunchPlan, finished_result, kill_group, plan_launch
+from ._launch import (
+    RUN_TAG_VAR,
+    LaunchPlan,
+    finished_result,
+    kill_group,
+    kill_tagged,
+    plan_launch,
+)
 from .results import ScriptResult, ScriptStatus, make_result
 
 logger = logging.getLogger(__name__)
@@ -22,6 +29,10 @@ TERMINATE_GRACE = 1.0
 
 DRAIN_LIMIT = 1.0
 """Seconds to keep reading pipes after the script has exited (or been killed)."""
+
+ESCAPE_CHECK = 0.1
+"""Pipes still open this long after the group was killed: something left the group holding
+them (``setsid``, a daemon). It is found by the run's tag and killed."""
 
 _CANCEL_POLL = 0.05
 _READ_SIZE = 65536
@@ -154,12 +165,16 @@ def _supervise(
         if exit_watch.fd is not None:
             # An exited child's pidfd stays readable: left in, it would make the drain spin.
             selector.unregister(exit_watch.fd)
-        drain_until = time.monotonic() + DRAIN_LIMIT
+        drain_started = time.monotonic()
+        swept = False
         while selector.get_map():
-            remaining = drain_until - time.monotonic()
-            if remaining <= 0:
+            waited = time.monotonic() - drain_started
+            if waited >= DRAIN_LIMIT:
                 break
-            _pump(selector, outputs, remaining)
+            if not swept and waited >= ESCAPE_CHECK:
+                kill_tagged(RUN_TAG_VAR, plan.tag)
+                swept = True
+            _pump(selector, outputs, (DRAIN_LIMIT if swept else ESCAPE_CHECK) - waited)
         returncode = proc.wait()
     finally:
         selector.close()

@@ -12,7 +12,14 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from .backends import JobEvent, ScriptBackend, ScriptJob, make_backend
-from .collect import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, RUNS_KEY, ScriptItem
+from .collect import (
+    HOOK_ERROR_KEY,
+    OPTIONS_KEY,
+    RESULT_KEY,
+    RUNS_KEY,
+    SESSION_TAG_KEY,
+    ScriptItem,
+)
 from .durations import load_durations
 from .marks import MarkError
 from .settings import child_environment
@@ -115,7 +122,7 @@ class ExecSession:
         self._plan(session.items)
         self._backend = make_backend(self.config.stash[OPTIONS_KEY], self._events)
         try:
-            self._backend.start(self._jobs(), child_environment())
+            self._backend.start(self._jobs(), child_environment(self.config.stash[SESSION_TAG_KEY]))
             self._run(session)
         finally:
             with _ctrl_c_deferred():

@@ -48,13 +48,20 @@ class ScriptSettings:
         }
 
 
-def child_environment() -> dict[str, str]:
+SESSION_TAG_VAR = "CODOMYRMEX_EXEC_SESSION"
+"""Set in every script's environment, one value per pytest session: at the end of the session
+whatever still carries it (a daemon a script left behind) is found and killed."""
+
+
+def child_environment(session_tag: str) -> dict[str, str]:
     """The environment scripts inherit: ours, less the variables that belong to pytest."""
-    return {
+    env = {
         key: value
         for key, value in os.environ.items()
         if key not in _PYTEST_ONLY_ENV and not key.startswith(_PYTEST_ONLY_ENV_PREFIXES)
     }
+    env[SESSION_TAG_VAR] = session_tag
+    return env
 
 
 def _exec_mark_values(item: pytest.Item) -> dict[str, Any]:

@@ -230,3 +230,28 @@ def test_a_raising_hook_fails_its_script_not_the_session(
     )
     # The hook's own frames, not a trail through pytest's and pluggy's.
     result.stdout.no_fnmatch_line("*site-packages*")
+
+
+DAEMON = """\
+import subprocess, sys
+# setsid and no inherited pipes: out of reach of the group kill and of the output drain.
+daemon = subprocess.Popen(
+    [sys.executable, "-c", "import time; time.sleep(60)"],
+    start_new_session=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+)
+_track(daemon.pid)
+print("started a daemon")
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_daemon_left_outside_the_group_does_not_outlive_the_run(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.script("daemon_script.py", DAEMON, track=True)
+    result = px.run(*mode)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*codomyrmex-exec: killed 1 process(es) that scripts left*"])
+    px.assert_no_process_left(at_least=2)
