@@ -32,7 +32,6 @@ class ScriptSettings:
     allowed_exit_codes: tuple[int, ...] = (0,)
     python: str | None = None
     priority: int = 0
-    explicit_priority: bool = False
     max_runs: int = 1
 
     def run_kwargs(self) -> dict[str, Any]:
@@ -126,6 +125,5 @@ def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSettings:
         allowed_exit_codes=tuple(marked.get("allowed_exit_codes", (0,))),
         python=options.python,
         priority=int(marked.get("priority", 0)),
-        explicit_priority="priority" in marked,
         max_runs=int(marked.get("max_runs", 1)),
     )
