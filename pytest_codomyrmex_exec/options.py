@@ -126,7 +126,9 @@ def _parallel(config: pytest.Config) -> bool:
         return True
     try:
         return bool(config.getini("exec_parallel"))
-    except ValueError as exc:  # pytest's own bool parsing: "invalid truth value 'maybe'"
+    except (ValueError, pytest.UsageError) as exc:
+        # pytest's own bool parsing says "invalid truth value 'maybe'" (as a ValueError
+        # before pytest 9.2, a UsageError since) without naming the key: name it.
         raise pytest.UsageError(f"ini option 'exec_parallel': {exc}") from None
 
 
