@@ -6,7 +6,6 @@ script starts and when it finishes, and on ``close()`` stop whatever still runs.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import queue
@@ -15,15 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
-from . import scheduler as sched
-from .async_script import run_script_async
 from .collect import should_retry
 from .options import ExecOptions
 from .parallel_runner import ParallelRunner, ProgressEvent
 from .results import ScriptResult, ScriptStatus, make_result
 from .settings import ScriptSettings
+
+if TYPE_CHECKING:
+    from . import scheduler as sched
 
 _CLOSE_TIMEOUT = 10.0
 
@@ -200,8 +200,12 @@ class AsyncBackend:
     """The :class:`AsyncScheduler` on an event loop of its own thread, asyncio subprocesses."""
 
     def __init__(self, workers: int, events: queue.SimpleQueue[JobEvent]) -> None:
+        # Imported here: asyncio and the scheduler cost start-up time every other run skips.
+        from . import scheduler
+
+        self._kinds = scheduler.JobEventKind
         self._outbox = _Outbox(events)
-        self._scheduler = sched.AsyncScheduler(max_concurrency=workers, event_sink=self._sink)
+        self._scheduler = scheduler.AsyncScheduler(max_concurrency=workers, event_sink=self._sink)
         self._keys: dict[str, ScriptJob] = {}
         self._thread: threading.Thread | None = None
 
@@ -215,6 +219,8 @@ class AsyncBackend:
         self._thread.start()
 
     def _serve(self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str]) -> None:
+        import asyncio
+
         try:
             asyncio.run(self._main(jobs, base_env))
         except Exception as exc:
@@ -236,16 +242,16 @@ class AsyncBackend:
         if job is None:
             return
         kind = event.kind
-        if kind == sched.JobEventKind.STARTED:
+        if kind == self._kinds.STARTED:
             self._outbox.started(job.key)
-        elif kind == sched.JobEventKind.COMPLETED:
+        elif kind == self._kinds.COMPLETED:
             record = self._scheduler.get_job(event.job_id)
             assert record is not None
             result, runs = record.result
             self._outbox.finished(job.key, result, runs)
-        elif kind == sched.JobEventKind.CANCELLED:
+        elif kind == self._kinds.CANCELLED:
             self._outbox.finished(job.key, _cancelled(job.path), event.runs)
-        elif kind == sched.JobEventKind.FAILED:
+        elif kind == self._kinds.FAILED:
             # Only reached if the engine itself broke: the script's failures are results.
             failure = make_result(str(job.path), ScriptStatus.ERROR, error=event.error)
             self._outbox.finished(job.key, failure, event.runs)
@@ -267,6 +273,8 @@ def _run_kwargs(settings: ScriptSettings, base_env: Mapping[str, str]) -> dict[s
 async def _run_with_retries(
     job: ScriptJob, base_env: Mapping[str, str]
 ) -> tuple[ScriptResult, int]:
+    from .async_script import run_script_async
+
     runs = 0
     while True:
         result = await run_script_async(job.path, **_run_kwargs(job.settings, base_env))

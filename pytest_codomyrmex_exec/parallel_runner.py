@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -22,7 +21,7 @@ from typing import Any, Literal, final
 from ._capture import BoundedOutput
 from ._launch import kill_tagged, plan_launch, validate_timeout
 from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
-from .runner import run_script
+from .runner import CancelEvent, run_script
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +110,9 @@ class _Batch:
         self._lock = threading.Lock()
         self._reason: str | None = None
         self._folder: str | None = None
-        self.token: threading.Event | FileCancelToken
+        self.token: CancelEvent | FileCancelToken
         if own_threads:
-            self.token = threading.Event()
+            self.token = CancelEvent()
         else:
             self._folder = tempfile.mkdtemp(prefix="codomyrmex-exec-")
             self.token = FileCancelToken(os.path.join(self._folder, "cancel"))
@@ -138,6 +137,8 @@ class _Batch:
         self.wakeup.set()
 
     def close(self) -> None:
+        if isinstance(self.token, CancelEvent):
+            self.token.close()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
 
@@ -234,6 +235,8 @@ class ParallelRunner:
         scripts are killed and waited for, and ``CancelledError`` propagates."""
         jobs = self._prepare(scripts, timeout, cwd, env, configs)
         batch = self._open_batch()
+        import asyncio  # only here: plain run_scripts callers should not pay for asyncio
+
         loop = asyncio.get_running_loop()
         try:
             work = loop.run_in_executor(None, self._execute, jobs, batch)

@@ -7,6 +7,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
@@ -42,6 +43,36 @@ class CancelSignal(Protocol):
     """Anything with ``is_set()``: a ``threading.Event``, or a token a process pool can pickle."""
 
     def is_set(self) -> bool: ...
+
+
+class CancelEvent:
+    """A cancel flag that wakes every ``run_script`` waiting on it at once, in this process.
+
+    Other :class:`CancelSignal` objects are polled every few milliseconds; this one puts the
+    read end of a pipe into each script's selector, so many waiting scripts cost nothing until
+    it is set. Close it once no ``run_script`` uses it any more.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self._lock = threading.Lock()
+        self._set = False
+
+    def set(self) -> None:
+        with self._lock:
+            if not self._set:
+                self._set = True
+                os.write(self._write, b"!")  # never read: it stays readable for everyone
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def fileno(self) -> int:
+        return self._read
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 def run_script(
@@ -140,6 +171,9 @@ def _supervise(
             selector.register(fd, selectors.EVENT_READ)
         if exit_watch.fd is not None:
             selector.register(exit_watch.fd, selectors.EVENT_READ)
+        woken_on_cancel = isinstance(cancel_event, CancelEvent)
+        if isinstance(cancel_event, CancelEvent):
+            selector.register(cancel_event.fileno(), selectors.EVENT_READ)
 
         while not exit_watch.exited():
             if cancel_event is not None and cancel_event.is_set():
@@ -150,10 +184,13 @@ def _supervise(
                 timed_out = True
                 break
             wait = None if deadline is None else deadline - now
-            if cancel_event is not None or exit_watch.fd is None:
+            if (cancel_event is not None and not woken_on_cancel) or exit_watch.fd is None:
                 wait = _CANCEL_POLL if wait is None else min(wait, _CANCEL_POLL)
             _pump(selector, outputs, wait)
         elapsed = time.monotonic() - started
+        if isinstance(cancel_event, CancelEvent):
+            # Once set it stays readable: left in, it would make the waits below spin.
+            selector.unregister(cancel_event.fileno())
 
         if timed_out or cancelled:
             _terminate(proc.pid, exit_watch, selector, outputs)

@@ -7,7 +7,8 @@ import queue
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import pytest
 
@@ -63,15 +64,14 @@ def _failing_the_item(item: ScriptItem) -> Iterator[None]:
 
 
 def _starts_early(item: ScriptItem) -> bool:
-    """Can the script run before its turn? Not if a mark may skip it or its settings are bad.
+    """Can the script run before its turn? Not if a mark is decided at setup or settings are bad.
 
-    skip/skipif/xfail(run=False) are decided by pytest's skipping plugin at setup; rather than
-    re-implement its condition evaluation, such scripts wait for their turn and run inline.
+    skip/skipif/xfail are evaluated by pytest's skipping plugin in the item's setup phase;
+    rather than re-implement that, such scripts wait for their turn and run inline through
+    the full test protocol. Every other script's report is replayed without one.
     """
     for mark in item.iter_markers():
-        if mark.name in ("skip", "skipif"):
-            return False
-        if mark.name == "xfail" and mark.kwargs.get("run", True) is False:
+        if mark.name in ("skip", "skipif", "xfail"):
             return False
     try:
         item.settings()
@@ -80,22 +80,14 @@ def _starts_early(item: ScriptItem) -> bool:
     return True
 
 
-def _keeps_fixtures(previous: pytest.Item, following: pytest.Item, script: pytest.Item) -> bool:
-    """Would reporting ``script`` between two ordinary tests tear down fixtures they share?
-
-    Reporting tears the setup stack down to what the script's own chain needs; if the two
-    tests share a module or class the script is not in, their fixtures would be rebuilt.
-    """
-    shared = set(previous.listchain()) & set(following.listchain())
-    return shared <= set(script.listchain())
-
-
 class ExecSession:
     """Owns the run loop when ``--exec-parallel`` is on (registered in ``pytest_configure``).
 
-    Ordinary test functions still run one by one in this process; script reports are
-    interleaved in the order the scripts finish. The loop always knows the item it runs
-    next before it runs the current one, so every report carries a correct ``nextitem``.
+    Ordinary test functions (and scripts that must run inline) still go through pytest's test
+    protocol one by one, in collection order, each with the next of them as ``nextitem``.
+    Scripts that ran in the background have their reports replayed between them, in the
+    order they finish, the way pytest-xdist's controller replays its workers' reports: they
+    have no fixtures, so they never touch the setup state and tear nothing down.
     """
 
     def __init__(self, config: pytest.Config) -> None:
@@ -103,7 +95,7 @@ class ExecSession:
         self._events: queue.SimpleQueue[JobEvent] = queue.SimpleQueue()
         self._background: list[ScriptItem] = []
         self._ordinary: deque[pytest.Item] = deque()
-        self._ready: deque[pytest.Item] = deque()
+        self._ready: deque[ScriptItem] = deque()
         self._outstanding = 0
         self._backend: ScriptBackend | None = None
 
@@ -153,35 +145,23 @@ class ExecSession:
         return sorted(jobs, key=start_order)
 
     def _run(self, session: pytest.Session) -> None:
-        current = self._next(None, block=True)
-        while current is not None:
-            following = self._next(current, block=False)
-            self.config.hook.pytest_runtest_protocol(item=current, nextitem=following)
+        while True:
+            self._absorb_events(block=False)
+            if self._ready:
+                _replay(self._ready.popleft())
+            elif self._ordinary:
+                item = self._ordinary.popleft()
+                following = self._ordinary[0] if self._ordinary else None
+                self.config.hook.pytest_runtest_protocol(item=item, nextitem=following)
+            elif self._outstanding:
+                self._absorb_events(block=True)
+                continue
+            else:
+                return
             if session.shouldfail:
                 raise session.Failed(session.shouldfail)
             if session.shouldstop:
                 raise session.Interrupted(session.shouldstop)
-            current = following if following is not None else self._next(current, block=True)
-
-    def _next(self, previous: pytest.Item | None, *, block: bool) -> pytest.Item | None:
-        """Commit to the item that runs after ``previous``; wait for a script only if ``block``."""
-        while True:
-            self._absorb_events(block=False)
-            if (
-                self._ready
-                and self._ordinary
-                and previous is not None
-                and not isinstance(previous, ScriptItem)
-                and not _keeps_fixtures(previous, self._ordinary[0], self._ready[0])
-            ):
-                return self._ordinary.popleft()
-            if self._ready:
-                return self._ready.popleft()
-            if self._ordinary:
-                return self._ordinary.popleft()
-            if not (block and self._outstanding):
-                return None
-            self._absorb_events(block=True)
 
     def _absorb_events(self, *, block: bool) -> None:
         """Take the backend's news: start hooks, results into the items, finished scripts ready."""
@@ -205,3 +185,29 @@ class ExecSession:
                 item.ihook.pytest_exec_script_finished(item=item, result=event.result)
             self._ready.append(item)
             self._outstanding -= 1
+
+
+def _replay(item: ScriptItem) -> None:
+    """Report a script that already ran: setup, call and teardown reports, in order.
+
+    The same hooks as pytest's own protocol for the reports (makereport, logreport, logstart,
+    logfinish), so the terminal, junitxml, --durations and other plugins see an ordinary
+    test; no capture and no setup state, since the work happened in another process.
+    """
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    if _report_phase(item, "setup", item.setup).passed:
+        _report_phase(item, "call", item.runtest)
+    _report_phase(item, "teardown", item.teardown)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+def _report_phase(
+    item: ScriptItem, when: Literal["setup", "call", "teardown"], func: Callable[[], None]
+) -> pytest.TestReport:
+    call = pytest.CallInfo.from_call(
+        func, when=when, reraise=(pytest.exit.Exception, KeyboardInterrupt)
+    )
+    report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    item.ihook.pytest_runtest_logreport(report=report)
+    return report

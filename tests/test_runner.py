@@ -19,6 +19,7 @@ import pytest
 
 import pytest_codomyrmex_exec
 from pytest_codomyrmex_exec import ScriptResult, ScriptStatus, run_script, run_script_async
+from pytest_codomyrmex_exec.runner import CancelEvent
 
 REPO_ROOT = Path(pytest_codomyrmex_exec.__file__).resolve().parent.parent
 
@@ -551,15 +552,23 @@ def test_args_reach_the_script_verbatim(tmp_path: Path) -> None:
     assert result["stdout"] == "['one two', '--flag', '']\n"
 
 
-def test_cancel_event_stops_a_running_script_promptly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["threading.Event", "CancelEvent"])
+def test_cancel_event_stops_a_running_script_promptly(tmp_path: Path, kind: str) -> None:
     script = write_script(tmp_path, "sleeper.py", "import time\ntime.sleep(30)\n")
-    event = threading.Event()
+    event: threading.Event | CancelEvent = (
+        threading.Event() if kind == "threading.Event" else CancelEvent()
+    )
     timer = threading.Timer(0.3, event.set)
     timer.start()
     began = time.monotonic()
+    cpu_began = time.process_time()
     try:
         result = run_script(script, timeout=30, cancel_event=event)
     finally:
         timer.join()
+        if isinstance(event, CancelEvent):
+            event.close()
     assert result["status"] == ScriptStatus.CANCELLED
     assert time.monotonic() - began < 2
+    # The script ignores nothing, so it dies at SIGTERM: no second of grace spent spinning.
+    assert time.process_time() - cpu_began < 0.3
