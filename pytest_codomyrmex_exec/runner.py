@@ -57,12 +57,14 @@ class CancelEvent:
         self._read, self._write = os.pipe()
         self._lock = threading.Lock()
         self._set = False
+        self._closed = False
 
     def set(self) -> None:
         with self._lock:
-            if not self._set:
-                self._set = True
+            # After close() the descriptor may already belong to another file: never write.
+            if not self._set and not self._closed:
                 os.write(self._write, b"!")  # never read: it stays readable for everyone
+            self._set = True
 
     def is_set(self) -> bool:
         return self._set
@@ -71,6 +73,10 @@ class CancelEvent:
         return self._read
 
     def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         os.close(self._read)
         os.close(self._write)
 

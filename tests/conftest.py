@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_codomyrmex_exec import ScriptResult
+
 # pytest's own start-up dominates a short inner session; hypothesis alone costs ~0.4 s of it.
 # Blocking plugins these tests never use keeps the suite fast (blocking an absent one is a no-op).
 _FAST_ADDOPTS = "-p no:hypothesispytest -p no:benchmark"
@@ -51,6 +53,20 @@ def still_alive(pids: Iterable[int], within: float = 2.0) -> list[int]:
         if not pending or time.monotonic() >= deadline:
             return pending
         time.sleep(0.02)
+
+
+def error_of(result: ScriptResult) -> str:
+    """The result's error text; a result that should carry one but does not fails here."""
+    assert result["error"] is not None, result
+    return result["error"]
+
+
+def write_script(folder: Path, name: str, body: str) -> Path:
+    """Write ``body`` (dedented) to ``folder/name``, creating the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
 
 
 @dataclass

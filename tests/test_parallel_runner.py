@@ -9,16 +9,15 @@ import multiprocessing
 import os
 import sys
 import tempfile
-import textwrap
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import error_of, still_alive, write_script
 
-from pytest_codomyrmex_exec import ParallelRunner, ProgressEvent, ScriptResult
+from pytest_codomyrmex_exec import ParallelRunner, ProgressEvent
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -29,19 +28,6 @@ SLEEPER = """
         fh.write(f"{os.getpid()}\\n")
     time.sleep(30)
 """
-
-
-def error_of(result: ScriptResult) -> str:
-    """The result's error text; a result that should carry one but does not fails here."""
-    assert result["error"] is not None, result
-    return result["error"]
-
-
-def write_script(folder: Path, name: str, body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(textwrap.dedent(body), encoding="utf-8")
-    return path
 
 
 def marker_script(folder: Path, name: str) -> tuple[Path, Path]:
@@ -57,28 +43,6 @@ def read_pid(script: Path) -> int:
         assert time.monotonic() < deadline, f"{script.name} never wrote its pid"
         time.sleep(0.01)
     return int(path.read_text())
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # an unreaped zombie is dead
-
-
-def still_alive(pids: Iterable[int], within: float = 2.0) -> list[int]:
-    pids = list(pids)
-    deadline = time.monotonic() + within
-    while True:
-        alive = [pid for pid in pids if is_alive(pid)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.02)
 
 
 def spawn_pool(workers: int) -> ProcessPoolExecutor:

@@ -16,51 +16,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from conftest import error_of, still_alive, write_script
 
 import pytest_codomyrmex_exec
-from pytest_codomyrmex_exec import ScriptResult, ScriptStatus, run_script, run_script_async
+from pytest_codomyrmex_exec import ScriptStatus, run_script, run_script_async
 from pytest_codomyrmex_exec.runner import CancelEvent
 
 REPO_ROOT = Path(pytest_codomyrmex_exec.__file__).resolve().parent.parent
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
-
-
-def error_of(result: ScriptResult) -> str:
-    """The result's error text; a result that should carry one but does not fails here."""
-    assert result["error"] is not None, result
-    return result["error"]
-
-
-def write_script(folder: Path, name: str, body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(textwrap.dedent(body), encoding="utf-8")
-    return path
-
-
-def is_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie nobody reaps (PID 1 in a container) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def still_alive(pids: Iterable[int], within: float = 2.0) -> list[int]:
-    """The pids still running after waiting up to ``within`` seconds for them to go."""
-    pids = list(pids)
-    deadline = time.monotonic() + within
-    while True:
-        alive = [pid for pid in pids if is_alive(pid)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.02)
 
 
 def read_pids(path: Path) -> list[int]:
@@ -572,3 +536,16 @@ def test_cancel_event_stops_a_running_script_promptly(tmp_path: Path, kind: str)
     assert time.monotonic() - began < 2
     # The script ignores nothing, so it dies at SIGTERM: no second of grace spent spinning.
     assert time.process_time() - cpu_began < 0.3
+
+
+def test_cancel_event_set_after_close_writes_nowhere(tmp_path: Path) -> None:
+    # ParallelRunner.cancel() can reach a batch just after it finished and closed its event;
+    # the closed descriptor's number may already be another file's by then.
+    event = CancelEvent()
+    event.close()
+    bystander = tmp_path / "bystander"
+    with bystander.open("wb") as fh:  # likely to reuse the freed descriptor number
+        event.set()
+        fh.flush()
+    assert event.is_set()
+    assert bystander.read_bytes() == b""
