@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal, final
+from typing import Literal, cast, final
 
 import pytest
 
@@ -134,6 +134,17 @@ def _parallel(config: pytest.Config) -> bool:
         raise pytest.UsageError(f"ini option 'exec_parallel': {exc}") from None
 
 
+def _choice(config: pytest.Config, name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices`` from the command line or ini file, else ``default``."""
+    picked = _pick(config, name, name)
+    if picked is None:
+        return default
+    text, where = picked
+    if text not in choices:
+        raise pytest.UsageError(f"{where}: expected one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
 def resolve_options(config: pytest.Config) -> ExecOptions:
     """Validate every option once, at configure time; a bad value is a UsageError naming it."""
     parallel = _parallel(config)
@@ -148,13 +159,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
             )
         workers = int(text)
 
-    backend: Backend = DEFAULT_BACKEND
-    picked = _pick(config, "exec_backend", "exec_backend")
-    if picked:
-        text, where = picked
-        if text not in BACKENDS:
-            raise pytest.UsageError(f"{where}: expected one of {', '.join(BACKENDS)}, got {text!r}")
-        backend = "async" if text == "async" else "process"
+    backend = cast(Backend, _choice(config, "exec_backend", BACKENDS, DEFAULT_BACKEND))
 
     timeout: float | None = None
     picked = _pick(config, "exec_timeout", "exec_timeout")
@@ -176,13 +181,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
             raise pytest.UsageError(f"{where}: no executable interpreter at {text!r}")
         python = os.path.abspath(text)
 
-    order: Order = "duration"
-    picked = _pick(config, "exec_order", "exec_order")
-    if picked:
-        text, where = picked
-        if text not in ORDERS:
-            raise pytest.UsageError(f"{where}: expected one of {', '.join(ORDERS)}, got {text!r}")
-        order = "collection" if text == "collection" else "duration"
+    order = cast(Order, _choice(config, "exec_order", ORDERS, "duration"))
 
     patterns = tuple(str(p) for p in config.getini("exec_script_patterns"))
     return ExecOptions(
