@@ -5,6 +5,7 @@ Shared by the blocking and the asyncio runners so both check input and read outc
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -288,3 +289,21 @@ def kill_tagged(variable: str, value: str) -> int:
         with suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return found
+
+
+def start_failed(logger: logging.Logger, plan: LaunchPlan, exc: OSError) -> ScriptResult:
+    """The ``error`` result (and its log line) for a child that could not be started."""
+    logger.warning("cannot start %s: %s", plan.script, exc)
+    return make_result(str(plan.script), ScriptStatus.ERROR, error=f"cannot start: {exc}")
+
+
+def log_finished(logger: logging.Logger, plan: LaunchPlan, result: ScriptResult) -> None:
+    """One line per finished script: debug normally, a warning when it could not run."""
+    log = logger.warning if result["status"] == ScriptStatus.ERROR else logger.debug
+    log(
+        "finished %s: %s (exit code %s) in %.3f s",
+        plan.script,
+        result["status"].value,
+        result["exit_code"],
+        result["execution_time"],
+    )

@@ -18,9 +18,11 @@ from ._launch import (
     finished_result,
     kill_group,
     kill_tagged,
+    log_finished,
     plan_launch,
+    start_failed,
 )
-from .results import ScriptResult, ScriptStatus, make_result
+from .results import ScriptResult
 from .runner import DRAIN_LIMIT, ESCAPE_CHECK, TERMINATE_GRACE
 
 logger = logging.getLogger(__name__)
@@ -75,8 +77,7 @@ async def run_script_async(
             start_new_session=True,
         )
     except OSError as exc:
-        logger.warning("cannot start %s: %s", plan.script, exc)
-        return make_result(str(plan.script), ScriptStatus.ERROR, error=f"cannot start: {exc}")
+        return start_failed(logger, plan, exc)
 
     pid = transport.get_pid()
     timed_out = False
@@ -109,13 +110,7 @@ async def run_script_async(
         timed_out=timed_out,
         cancelled=False,
     )
-    logger.debug(
-        "finished %s: %s (exit code %s) in %.3f s",
-        plan.script,
-        result["status"].value,
-        result["exit_code"],
-        result["execution_time"],
-    )
+    log_finished(logger, plan, result)
     return result
 
 

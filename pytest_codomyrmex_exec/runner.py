@@ -19,7 +19,9 @@ from ._launch import (
     finished_result,
     kill_group,
     kill_tagged,
+    log_finished,
     plan_launch,
+    start_failed,
 )
 from .results import ScriptResult, ScriptStatus, make_result
 
@@ -140,18 +142,10 @@ def run_script(
             start_new_session=True,
         )
     except OSError as exc:
-        logger.warning("cannot start %s: %s", plan.script, exc)
-        return make_result(str(plan.script), ScriptStatus.ERROR, error=f"cannot start: {exc}")
+        return start_failed(logger, plan, exc)
 
     result = _supervise(proc, plan, started, stdout, stderr, cancel_event)
-    log = logger.warning if result["status"] == ScriptStatus.ERROR else logger.debug
-    log(
-        "finished %s: %s (exit code %s) in %.3f s",
-        plan.script,
-        result["status"].value,
-        result["exit_code"],
-        result["execution_time"],
-    )
+    log_finished(logger, plan, result)
     return result
 
 
