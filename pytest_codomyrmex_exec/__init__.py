@@ -1,7 +1,8 @@
 """pytest-codomyrmex-exec: run Python scripts as tests, in parallel, in real subprocesses.
 
-This package's top level is the execution library; it imports neither pytest nor pluggy.
-The pytest plugin lives in :mod:`pytest_codomyrmex_exec.plugin` and is loaded by pytest.
+This package's top level is the execution library (re-exported from
+:mod:`pytest_codomyrmex_exec.engine`); it imports neither pytest nor pluggy. The pytest plugin
+lives in :mod:`pytest_codomyrmex_exec.plugin` and is loaded by pytest.
 
 Names are imported on first use: pytest loads this package at every start-up through the
 plugin, and most runs need neither asyncio nor the pools.
@@ -13,12 +14,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .async_runner import AsyncParallelRunner
-    from .async_script import run_script_async
-    from .parallel_runner import ParallelRunner, ProgressEvent
-    from .results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
-    from .runner import CancelEvent, run_script
-    from .scheduler import (
+    from .engine.async_runner import AsyncParallelRunner
+    from .engine.events import RunEvent, RunEventKind
+    from .engine.parallel import ParallelRunner, ProgressEvent
+    from .engine.results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
+    from .engine.run import CancelEvent, run_script
+    from .engine.run_async import run_script_async
+    from .engine.scheduler import (
         AsyncJob,
         AsyncJobStatus,
         AsyncScheduler,
@@ -26,18 +28,22 @@ if TYPE_CHECKING:
         JobEventKind,
         SchedulerMetrics,
     )
+    from .engine.spec import ScriptSpec
 
 _HOMES = {
     "AsyncParallelRunner": "async_runner",
-    "run_script_async": "async_script",
-    "ParallelRunner": "parallel_runner",
-    "ProgressEvent": "parallel_runner",
+    "run_script_async": "run_async",
+    "ParallelRunner": "parallel",
+    "ProgressEvent": "parallel",
     "AsyncExecutionResult": "results",
     "ExecutionResult": "results",
     "ScriptResult": "results",
     "ScriptStatus": "results",
-    "CancelEvent": "runner",
-    "run_script": "runner",
+    "CancelEvent": "run",
+    "run_script": "run",
+    "RunEvent": "events",
+    "RunEventKind": "events",
+    "ScriptSpec": "spec",
     "AsyncJob": "scheduler",
     "AsyncJobStatus": "scheduler",
     "AsyncScheduler": "scheduler",
@@ -58,8 +64,11 @@ __all__ = [
     "JobEventKind",
     "ParallelRunner",
     "ProgressEvent",
+    "RunEvent",
+    "RunEventKind",
     "SchedulerMetrics",
     "ScriptResult",
+    "ScriptSpec",
     "ScriptStatus",
     "run_script",
     "run_script_async",
@@ -70,7 +79,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    value = getattr(importlib.import_module(f"{__name__}.engine.{home}"), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

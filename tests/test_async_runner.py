@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pytest_codomyrmex_exec.async_runner import AsyncParallelRunner, TaskSpec
-from pytest_codomyrmex_exec.results import AsyncExecutionResult
+from pytest_codomyrmex_exec.engine.async_runner import AsyncParallelRunner, TaskSpec
+from pytest_codomyrmex_exec.engine.results import AsyncExecutionResult
 
 
 async def _sleep_return(delay: float, value: Any) -> Any:
@@ -208,7 +208,7 @@ def test_a_raising_callback_is_logged_and_does_not_break_the_run(
     runner = AsyncParallelRunner(on_task_complete=callback)
     tasks = [(f"t{i}", _sleep_return, (0.0, i)) for i in range(3)]
 
-    with caplog.at_level(logging.ERROR, logger="pytest_codomyrmex_exec.async_runner"):
+    with caplog.at_level(logging.ERROR, logger="pytest_codomyrmex_exec.engine.async_runner"):
         result = asyncio.run(runner.run(tasks))
 
     assert result.results == {"t0": 0, "t1": 1, "t2": 2}

@@ -379,7 +379,7 @@ def test_batch_start_finish_and_errors_are_logged(
     caplog.set_level(logging.DEBUG, logger="pytest_codomyrmex_exec")
     script = write_script(tmp_path, "ok.py", "pass\n")
     ParallelRunner(1).run_scripts([script, tmp_path / "absent.py"], timeout=10)
-    ours = [r for r in caplog.records if r.name == "pytest_codomyrmex_exec.parallel_runner"]
+    ours = [r for r in caplog.records if r.name == "pytest_codomyrmex_exec.engine.parallel"]
     text = "\n".join(r.getMessage() for r in ours)
     assert "running 2 script(s)" in text
     assert "started" in text

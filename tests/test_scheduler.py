@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_codomyrmex_exec.scheduler import (
+from pytest_codomyrmex_exec.engine.scheduler import (
     AsyncJob,
     AsyncJobStatus,
     AsyncScheduler,
@@ -404,7 +404,7 @@ def test_a_raising_event_sink_is_logged_and_does_not_break_scheduling(
     scheduler = AsyncScheduler(event_sink=sink)
     ids = [scheduler.schedule(_sleep_return, args=(0.0, i)) for i in range(3)]
 
-    with caplog.at_level(logging.ERROR, logger="pytest_codomyrmex_exec.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="pytest_codomyrmex_exec.engine.scheduler"):
         asyncio.run(scheduler.run_all())
 
     assert [scheduler.get_job(i).result for i in ids] == [0, 1, 2]  # type: ignore[union-attr]
@@ -609,7 +609,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups are POSIX")
 def test_cancelling_a_running_script_job_kills_its_process_tree(tmp_path: Path) -> None:
-    from pytest_codomyrmex_exec.async_script import run_script_async
+    from pytest_codomyrmex_exec.engine.run_async import run_script_async
 
     pids_file = tmp_path / "pids.txt"
     script = tmp_path / "tree_script.py"

@@ -7,11 +7,25 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .results import ScriptResult
-    from .settings import ScriptSettings
+    from ..engine import ScriptResult, ScriptSpec
+    from .backends import ScriptBackend
 
 
-def pytest_exec_script_started(item: pytest.Item, settings: ScriptSettings) -> None:
+@pytest.hookspec(firstresult=True)
+def pytest_exec_make_backend(config: pytest.Config) -> ScriptBackend | None:
+    """Return the backend that runs script items with ``--exec-parallel``.
+
+    Called once per session, in ``pytest_runtestloop``, before any script starts; the first
+    non-``None`` result wins (like pytest-xdist's ``pytest_xdist_make_scheduler``). The
+    built-in ``async`` and ``process`` backends (``--exec-backend``) are the default
+    implementations, run last. A backend is any object with ``start``, ``cancel``,
+    ``join`` and ``alive`` (see ``pytest_codomyrmex_exec.plugin.backends.ScriptBackend``).
+
+    :param config: the pytest config; ``--exec-workers`` and the other options are on it.
+    """
+
+
+def pytest_exec_script_started(item: pytest.Item, settings: ScriptSpec) -> None:
     """A script item's process was started (or is about to be, when run inline).
 
     Called in pytest's main thread. With ``--exec-parallel`` scripts start in the
@@ -19,7 +33,7 @@ def pytest_exec_script_started(item: pytest.Item, settings: ScriptSettings) -> N
     script that started while an ordinary test function ran, right after that test.
 
     :param item: the script's test item.
-    :param settings: the resolved settings it runs with (timeout, env, cwd, ...).
+    :param settings: the :class:`ScriptSpec` it runs with (timeout, env, cwd, ...).
     """
 
 

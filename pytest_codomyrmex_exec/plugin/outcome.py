@@ -6,7 +6,7 @@ from typing import final
 
 import pytest
 
-from .results import ScriptResult, ScriptStatus
+from ..engine import ScriptResult, ScriptStatus
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header; the full output is in the sections."""

@@ -34,6 +34,8 @@ class ScriptResult(TypedDict):
     error: str | None
     signal: str | None
     memory_limit_exceeded: bool
+    attempts: int
+    """Runs made: more than 1 after retries (``max_runs``), 0 if it never started."""
 
 
 def make_result(
@@ -47,6 +49,7 @@ def make_result(
     execution_time: float = 0.0,
     signal: str | None = None,
     memory_limit_exceeded: bool = False,
+    attempts: int = 1,
 ) -> ScriptResult:
     """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
     return ScriptResult(
@@ -60,6 +63,7 @@ def make_result(
         error=error,
         signal=signal,
         memory_limit_exceeded=memory_limit_exceeded,
+        attempts=attempts,
     )
 
 

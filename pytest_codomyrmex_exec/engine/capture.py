@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import final
 
-DEFAULT_OUTPUT_LIMIT = 1024 * 1024
-"""Bytes kept per stream by default (half from the start, half from the end)."""
+from .spec import DEFAULT_OUTPUT_LIMIT
+
+__all__ = ["DEFAULT_OUTPUT_LIMIT", "BoundedOutput"]
 
 
 @final

@@ -9,13 +9,11 @@ from typing import Any
 import pluggy
 import pytest
 
-from ._launch import LaunchPlan, plan_launch
+from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
-from .results import ScriptResult, ScriptStatus
-from .runner import run_script
-from .settings import ScriptSettings, child_environment, resolve_settings
+from .settings import child_environment, resolve_settings
 
 OPTIONS_KEY = pytest.StashKey[ExecOptions]()
 """The session's resolved options, in ``config.stash``."""
@@ -23,11 +21,9 @@ SESSION_TAG_KEY = pytest.StashKey[str]()
 """This session's value of ``SESSION_TAG_VAR``, in ``config.stash``."""
 RESULT_KEY = pytest.StashKey[ScriptResult]()
 """A script's result, set by the parallel session before the item's report is made."""
-RUNS_KEY = pytest.StashKey[int]()
-"""How many runs the result took (more than one with ``max_runs``)."""
 HOOK_ERROR_KEY = pytest.StashKey[Exception]()
 """What a pytest_exec_* hook raised for this item with --exec-parallel; fails its call."""
-_SETTINGS_KEY = pytest.StashKey["ScriptSettings | MarkError"]()
+_SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
 
 
 # pytest's, pluggy's and this plugin's code: frames left out when a user's hook raised.
@@ -42,13 +38,13 @@ def _is_plumbing(path: Path) -> bool:
     return any(path.is_relative_to(folder) for folder in _PLUMBING)
 
 
+def _setup_only(config: pytest.Config) -> bool:
+    """--setup-only / --setup-plan: pytest runs setups but no test; no script runs either."""
+    return bool(config.getoption("setuponly", False) or config.getoption("setupplan", False))
+
+
 def is_script(file_path: Path, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns)
-
-
-def should_retry(result: ScriptResult, runs: int, max_runs: int) -> bool:
-    """A failed or timed-out run is tried again while runs are left; errors never are."""
-    return runs < max_runs and result["status"] in (ScriptStatus.FAILED, ScriptStatus.TIMEOUT)
 
 
 class ScriptFile(pytest.File):
@@ -80,7 +76,7 @@ class ScriptItem(pytest.Item):
         """The script's path as pytest shows it (relative to the rootdir)."""
         return self.nodeid.split("::", 1)[0]
 
-    def settings(self) -> ScriptSettings:
+    def settings(self) -> ScriptSpec:
         """Resolve (once) how this script runs; raises MarkError for a bad exec mark."""
         cached = self.stash.get(_SETTINGS_KEY, None)
         if cached is None:
@@ -95,41 +91,36 @@ class ScriptItem(pytest.Item):
 
     def setup(self) -> None:
         try:
-            settings = self.settings()
+            self.settings()
         except MarkError as exc:
             raise ScriptNotStarted(str(exc)) from None
         result = self.stash.get(RESULT_KEY, None)
-        if result is None:
-            # Run inline: check what can be checked before the call phase, so a missing
-            # interpreter or cwd is an error (could not run), not a failure of the script.
-            plan = plan_launch(self.path, base_env={}, **settings.run_kwargs())
-            if not isinstance(plan, LaunchPlan):
-                raise ScriptNotStarted(f"{self.label} could not run: {plan['error']}")
-        elif result["status"] == ScriptStatus.ERROR:
+        if result is None and not _setup_only(self.config):
+            # Inline, the script runs here, in setup, so that one that cannot start (no
+            # interpreter, no cwd, an exec that fails) is an error, as it is in parallel.
+            result = self._run_inline()
+        if result is not None and result["status"] == ScriptStatus.ERROR:
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
 
     def runtest(self) -> None:
         hook_error = self.stash.get(HOOK_ERROR_KEY, None)
         if hook_error is not None:
             raise hook_error
-        result = self.stash.get(RESULT_KEY, None)
-        if result is None:
-            result = self._run_inline()
-        raise_for_result(self, self.label, result)
+        raise_for_result(self, self.label, self.stash[RESULT_KEY])
 
     def _run_inline(self) -> ScriptResult:
-        settings = self.settings()
-        self.ihook.pytest_exec_script_started(item=self, settings=settings)
+        spec = self.settings()
+        try:
+            self.ihook.pytest_exec_script_started(item=self, settings=spec)
+        except Exception as exc:
+            self.stash[HOOK_ERROR_KEY] = exc
         base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
-        runs = 0
-        while True:
-            result = run_script(self.path, base_env=base_env, **settings.run_kwargs())
-            runs += 1
-            if not should_retry(result, runs, settings.max_runs):
-                break
-        self.stash[RUNS_KEY] = runs
+        result = run_spec(spec, base_env=base_env)
         self.stash[RESULT_KEY] = result
-        self.ihook.pytest_exec_script_finished(item=self, result=result)
+        try:
+            self.ihook.pytest_exec_script_finished(item=self, result=result)
+        except Exception as exc:
+            self.stash.setdefault(HOOK_ERROR_KEY, exc)
         return result
 
     def repr_failure(
@@ -150,6 +141,9 @@ class ScriptItem(pytest.Item):
 
     def shape_report(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
         """Make the item's report say what happened to the script, in the script's terms."""
+        if call.when == "setup" and RESULT_KEY in self.stash and report.passed:
+            # Run inline during setup: its time is the call's, not counted twice.
+            report.duration = max(report.duration - self.stash[RESULT_KEY]["execution_time"], 0)
         if call.when == "call":
             result = self.stash.get(RESULT_KEY, None)
             if result is not None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import ast
-import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
 
+from ..engine import RUN_KEYWORDS
+
 EXEC_MARKER_HELP = (
-    "exec(priority=0, timeout=None, env=None, cwd=None, memory_limit_mb=None, args=None, "
-    "allowed_exit_codes=None, max_runs=1): how a *_script.py item runs; lower priority starts "
-    "first"
+    f"exec({', '.join(RUN_KEYWORDS)}): how a script item runs (docs: the exec mark); "
+    "lower priority starts first, timeout=0 means none"
 )
 
 _MARK_LINE = re.compile(r"# pytest\.mark\.(?P<rest>.*)$")
@@ -87,69 +87,14 @@ def _parse_lines(path: Path, text: str) -> Iterator[ScriptMark]:
         yield ScriptMark(name, args, kwargs, lineno)
 
 
-# The exec marker's keywords and the check each value must pass.
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_positive_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
-def _is_str_map(value: object) -> bool:
-    return isinstance(value, Mapping) and all(
-        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in value.items()
-    )
-
-
-def _is_str_list(value: object) -> bool:
-    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-
-
-def _is_int_list(value: object) -> bool:
-    return (
-        isinstance(value, list | tuple | set | frozenset)
-        and bool(value)
-        and all(_is_int(v) for v in value)
-    )
-
-
-_EXEC_KEYWORDS: dict[str, tuple[str, Any]] = {
-    "priority": ("an int", _is_int),
-    "timeout": (
-        "a number of seconds >= 0 (0: no timeout)",
-        lambda v: _is_positive_number(v) or (_is_int(v) and v == 0),
-    ),
-    "env": ("a dict of str to str (None unsets)", _is_str_map),
-    "cwd": ("a path string", lambda v: isinstance(v, str | Path)),
-    "memory_limit_mb": ("a positive number of MB", _is_positive_number),
-    "args": ("a list of str", _is_str_list),
-    "allowed_exit_codes": ("a non-empty list of ints", _is_int_list),
-    "max_runs": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
-}
-
-
 def check_exec_mark(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the exec mark's keywords, or raise :class:`MarkError` saying what is wrong.
-
-    ``None`` is accepted for every keyword and means "not set here".
-    """
+    """Return the exec mark's keywords (any :class:`ScriptSpec` field), or raise
+    :class:`MarkError`. Values are checked when the spec is built; ``None`` means "not set
+    here"."""
     if args:
         raise MarkError(f"exec mark takes keyword arguments only, got positional {args!r}")
-    checked: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key not in _EXEC_KEYWORDS:
-            known = ", ".join(_EXEC_KEYWORDS)
-            raise MarkError(f"exec mark: unknown keyword {key!r} (known: {known})")
-        if value is None:
-            continue
-        expected, check = _EXEC_KEYWORDS[key]
-        if not check(value):
-            raise MarkError(f"exec mark: {key}={value!r} is not {expected}")
-        checked[key] = value
-    return checked
+    unknown = [key for key in kwargs if key not in RUN_KEYWORDS]
+    if unknown:
+        known = ", ".join(RUN_KEYWORDS)
+        raise MarkError(f"exec mark: unknown keyword {unknown[0]!r} (known: {known})")
+    return {key: value for key, value in kwargs.items() if value is not None}

@@ -12,20 +12,16 @@ from typing import Literal
 
 import pytest
 
-from .backends import JobEvent, ScriptBackend, ScriptJob, make_backend
-from .collect import (
-    HOOK_ERROR_KEY,
-    OPTIONS_KEY,
-    RESULT_KEY,
-    RUNS_KEY,
-    SESSION_TAG_KEY,
-    ScriptItem,
-)
+from ..engine import RunEvent, RunEventKind
+from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
+from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
 from .marks import MarkError
 from .settings import child_environment
 
 _WAKE = 0.5
+_STOP_REPORT_AFTER = 10.0
+"""Seconds to wait for the backend to wind down before saying that it does not."""
 
 
 @contextlib.contextmanager
@@ -92,11 +88,11 @@ class ExecSession:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self._events: queue.SimpleQueue[JobEvent] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[RunEvent] = queue.SimpleQueue()
         self._background: list[ScriptItem] = []
         self._ordinary: deque[pytest.Item] = deque()
         self._ready: deque[ScriptItem] = deque()
-        self._outstanding = 0
+        self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
 
     @pytest.hookimpl(tryfirst=True)
@@ -112,14 +108,29 @@ class ExecSession:
             return None  # nothing for us: pytest's own loop runs the tests
 
         self._plan(session.items)
-        self._backend = make_backend(self.config.stash[OPTIONS_KEY], self._events)
+        backend: ScriptBackend = self.config.hook.pytest_exec_make_backend(config=self.config)
+        self._backend = backend
         try:
-            self._backend.start(self._jobs(), child_environment(self.config.stash[SESSION_TAG_KEY]))
+            base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
+            backend.start(self._jobs(), base_env, self._events.put)
             self._run(session)
         finally:
             with _ctrl_c_deferred():
-                self._backend.close()
+                self._stop(backend)
         return True
+
+    def _stop(self, backend: ScriptBackend) -> None:
+        """Cancel for good, wait for the background, and say so if it will not stop."""
+        backend.cancel()
+        if not backend.join(_STOP_REPORT_AFTER):
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            message = (
+                f"codomyrmex-exec: the backend did not stop within {_STOP_REPORT_AFTER:g} s; "
+                "waiting for it so that no script outlives the run"
+            )
+            if reporter is not None:
+                reporter.write_line(message, yellow=True)
+            backend.join(24 * 3600.0)
 
     def _plan(self, items: Sequence[pytest.Item]) -> None:
         for item in items:
@@ -127,20 +138,20 @@ class ExecSession:
                 self._background.append(item)
             else:
                 self._ordinary.append(item)
-        self._outstanding = len(self._background)
+        self._unfinished = set(range(len(self._background)))
 
     def _jobs(self) -> list[ScriptJob]:
         """Jobs in start order: priority, then (optionally) longest remembered duration first."""
         by_duration = self.config.stash[OPTIONS_KEY].order == "duration"
         remembered = load_durations(self.config) if by_duration else {}
         jobs = [
-            ScriptJob(key=index, path=item.path, settings=item.settings())
+            ScriptJob(key=index, spec=item.settings())
             for index, item in enumerate(self._background)
         ]
 
-        def start_order(job: ScriptJob) -> tuple[int, float, int]:
+        def start_order(job: ScriptJob) -> tuple[float, float, int]:
             hint = remembered.get(self._background[job.key].nodeid, 0.0)
-            return (job.settings.priority, -hint, job.key)
+            return (job.spec.priority, -hint, job.key)
 
         return sorted(jobs, key=start_order)
 
@@ -153,7 +164,7 @@ class ExecSession:
                 item = self._ordinary.popleft()
                 following = self._ordinary[0] if self._ordinary else None
                 self.config.hook.pytest_runtest_protocol(item=item, nextitem=following)
-            elif self._outstanding:
+            elif self._unfinished:
                 self._absorb_events(block=True)
                 continue
             else:
@@ -170,21 +181,40 @@ class ExecSession:
                 # A timeout keeps the wait interruptible by Ctrl-C on every platform.
                 event = self._events.get(timeout=_WAKE) if block else self._events.get_nowait()
             except queue.Empty:
-                if block:
-                    continue
-                return
-            block = False
-            item = self._background[event.key]
-            if event.result is None:
-                with _failing_the_item(item):
-                    item.ihook.pytest_exec_script_started(item=item, settings=item.settings())
+                if not block:
+                    return
+                self._check_backend()
                 continue
+            block = False
+            self._take(event)
+
+    def _take(self, event: RunEvent) -> None:
+        item = self._background[event.key]
+        if event.kind == RunEventKind.STARTED and event.attempt == 1:
+            with _failing_the_item(item):
+                item.ihook.pytest_exec_script_started(item=item, settings=item.settings())
+        elif event.kind == RunEventKind.FINISHED and event.key in self._unfinished:
+            assert event.result is not None
+            self._unfinished.discard(event.key)
             item.stash[RESULT_KEY] = event.result
-            item.stash[RUNS_KEY] = event.runs
             with _failing_the_item(item):
                 item.ihook.pytest_exec_script_finished(item=item, result=event.result)
             self._ready.append(item)
-            self._outstanding -= 1
+
+    def _check_backend(self) -> None:
+        """A backend that died with scripts unreported would leave us waiting forever."""
+        backend = self._backend
+        if backend is None or backend.alive() or not self._unfinished:
+            return
+        while True:  # what it posted before it ended comes first
+            try:
+                self._take(self._events.get_nowait())
+            except queue.Empty:
+                break
+        for key in sorted(self._unfinished):
+            spec = self._background[key].settings()
+            result = engine_broke(spec, "the backend stopped before the script was reported")
+            self._take(RunEvent(RunEventKind.FINISHED, key, spec.script, 0.0, result))
 
 
 def _replay(item: ScriptItem) -> None:

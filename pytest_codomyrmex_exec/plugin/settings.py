@@ -1,50 +1,21 @@
-"""A script item's settings, resolved: exec mark > command line > ini > pytest-timeout > default."""
+"""A script item's ScriptSpec: exec mark > command line > ini > pytest-timeout > default."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, final
+from typing import Any
 
 import pytest
 
+from ..engine import DEFAULT_TIMEOUT, ScriptSpec
 from .marks import MarkError, check_exec_mark
-from .options import DEFAULT_TIMEOUT, ExecOptions
+from .options import ExecOptions
 
 # Variables pytest sets for itself; a script that runs pytest must not inherit them.
 _PYTEST_ONLY_ENV = ("PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_VERSION")
 _PYTEST_ONLY_ENV_PREFIXES = ("PYTEST_XDIST_",)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ScriptSettings:
-    """How one script runs; the engine keywords plus scheduling."""
-
-    timeout: float | None
-    env: Mapping[str, str | None] = field(default_factory=dict)
-    cwd: Path | None = None
-    memory_limit_mb: float | None = None
-    args: tuple[str, ...] = ()
-    allowed_exit_codes: tuple[int, ...] = (0,)
-    python: str | None = None
-    priority: int = 0
-    max_runs: int = 1
-
-    def run_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``run_script`` / ``run_script_async``."""
-        return {
-            "timeout": self.timeout,
-            "env": self.env,
-            "cwd": self.cwd,
-            "memory_limit_mb": self.memory_limit_mb,
-            "args": self.args,
-            "allowed_exit_codes": self.allowed_exit_codes,
-            "python": self.python,
-        }
 
 
 SESSION_TAG_VAR = "CODOMYRMEX_EXEC_SESSION"
@@ -76,12 +47,13 @@ def _exec_mark_values(item: pytest.Item) -> dict[str, Any]:
     return merged
 
 
-def _pytest_timeout(item: pytest.Item) -> float | None:
+def _pytest_timeout(item: pytest.Item, default: float) -> float | None:
     """pytest-timeout's setting for this item, if it is loaded, looked up in its own order:
-    mark, then option, then the PYTEST_TIMEOUT variable, then ini."""
+    mark, then option, then the PYTEST_TIMEOUT variable, then ini; ``default`` if none is
+    set. Its 0 means no timeout."""
     config = item.config
     if not config.pluginmanager.hasplugin("timeout"):
-        return None
+        return default
     mark = item.get_closest_marker("timeout")
     candidates: list[object] = []
     if mark is not None:
@@ -97,33 +69,47 @@ def _pytest_timeout(item: pytest.Item) -> float | None:
         except ValueError:
             continue  # pytest-timeout reports its own bad values
         return None if seconds <= 0 or math.isnan(seconds) else seconds
-    return None
+    return default
 
 
-def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSettings:
-    """Resolve the item's settings; raises :class:`MarkError` for a bad exec mark."""
+def no_timeout_if_zero(seconds: float) -> float | None:
+    """pytest-timeout's convention, and ours on the command line and in marks: 0 means none."""
+    return None if seconds == 0 or math.isinf(seconds) else seconds
+
+
+def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
+    """Resolve the item's spec; raises :class:`MarkError` for a bad exec mark."""
     marked = _exec_mark_values(item)
 
     timeout: float | None
     if "timeout" in marked:
-        timeout = float(marked["timeout"]) or None
+        timeout = marked["timeout"]
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            timeout = no_timeout_if_zero(timeout)
     elif options.timeout is not None:
-        timeout = None if math.isinf(options.timeout) else options.timeout
+        timeout = no_timeout_if_zero(options.timeout)
     else:
-        timeout = _pytest_timeout(item) or DEFAULT_TIMEOUT
+        timeout = _pytest_timeout(item, DEFAULT_TIMEOUT)
 
-    cwd = None
-    if "cwd" in marked:
-        cwd = Path(item.path).parent / str(marked["cwd"])
+    keywords: dict[str, Any] = {
+        "python": options.python,
+        "memory_limit_mb": options.memory_limit_mb,
+        **marked,
+        "timeout": timeout,
+    }
+    if isinstance(marked.get("cwd"), str):
+        keywords["cwd"] = Path(item.path).parent / marked["cwd"]
+    try:
+        return ScriptSpec.build(item.path, **keywords)
+    except (TypeError, ValueError) as exc:
+        raise MarkError(f"{item.nodeid}: exec mark: {_culprit(item, marked, exc)}") from None
 
-    return ScriptSettings(
-        timeout=timeout,
-        env=dict(marked.get("env", {})),
-        cwd=cwd,
-        memory_limit_mb=marked.get("memory_limit_mb", options.memory_limit_mb),
-        args=tuple(marked.get("args", ())),
-        allowed_exit_codes=tuple(marked.get("allowed_exit_codes", (0,))),
-        python=options.python,
-        priority=int(marked.get("priority", 0)),
-        max_runs=int(marked.get("max_runs", 1)),
-    )
+
+def _culprit(item: pytest.Item, marked: dict[str, Any], failure: Exception) -> str:
+    """Which marked keyword the spec refused, as ``key=value is not valid: why``."""
+    for key, value in marked.items():
+        try:
+            ScriptSpec.build(item.path, **{key: value})
+        except (TypeError, ValueError) as exc:
+            return f"{key}={value!r} is not valid: {exc}"
+    return str(failure)  # a combination (stdin with stdin_file): the spec says which

@@ -177,6 +177,7 @@ class AsyncScheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._requests: list[Callable[[], None]] = []
+        self._closed = False
 
     @property
     def max_concurrency(self) -> int:
@@ -225,9 +226,13 @@ class AsyncScheduler:
         )
         self._jobs[job_id] = job
         self._counts[AsyncJobStatus.PENDING] += 1
-        heapq.heappush(self._queue, (priority, next(self._sequence), job_id))
         logger.debug("scheduled job %s (%s), priority %s", job.name, job_id, priority)
         self._emit(JobEventKind.SCHEDULED, job)
+        if self._closed:
+            # A closed scheduler stays closed: work arriving after close() never runs.
+            self._finish(job, AsyncJobStatus.CANCELLED)
+            return job_id
+        heapq.heappush(self._queue, (priority, next(self._sequence), job_id))
         if self._wakeup is not None:
             self._wakeup.set()
         return job_id
@@ -429,6 +434,29 @@ class AsyncScheduler:
         return sum(
             self.cancel(job.id) for job in list(self._jobs.values()) if not job.status.is_final
         )
+
+    def close(self) -> int:
+        """Cancel every pending and running job, and every job scheduled from now on.
+
+        A closed scheduler stays closed: this is the cancel that cannot be lost to a job
+        that was still being prepared when it came. Returns how many jobs it cancelled.
+        """
+        self._check_thread("close")
+        self._closed = True
+        return self.cancel_all()
+
+    def close_threadsafe(self) -> concurrent.futures.Future[int]:
+        """:meth:`close` from any thread, whether ``run_all`` runs, has not started or ended.
+
+        The scheduler is marked closed at once, before the future resolves, so a job
+        scheduled after this call returns is cancelled whatever the loop is doing.
+        """
+        self._closed = True
+        return self._request(self.cancel_all)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def cancel_threadsafe(self, job_id: str) -> concurrent.futures.Future[bool]:
         """:meth:`cancel` from any thread; the future resolves to what ``cancel`` returned."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 import shutil
@@ -16,12 +15,13 @@ from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecu
 from concurrent.futures import wait as wait_futures
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Literal, final
+from typing import Any, final
 
-from ._capture import BoundedOutput
-from ._launch import kill_tagged, plan_launch, validate_timeout
+from .events import RunEvent, RunEventKind
+from .launch import COLD, Launcher, kill_tagged
 from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
-from .runner import CancelEvent, run_script
+from .run import CancelEvent, run_spec
+from .spec import DEFAULT_TIMEOUT, RUN_KEYWORDS, InvalidSpec, ScriptSpec, validate_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -37,42 +37,18 @@ dead pool worker can be found (Linux, via ``/proc``) and killed."""
 _INTERRUPT_WAIT = 10.0
 _POLL = 0.05
 
-# run_script keywords a per-script config may override: all but the two the runner owns.
-# Read from the signature so a keyword added to run_script is accepted here at once.
-_RUNNER_OWNED = frozenset({"script_path", "cancel_event"})
-_RUN_SCRIPT_PARAMS = inspect.signature(run_script).parameters
-CONFIG_KEYS = frozenset(_RUN_SCRIPT_PARAMS) - _RUNNER_OWNED
-"""Keys allowed in a per-script config: ``run_script``'s keyword arguments."""
-_RUN_SCRIPT_DEFAULTS = {
-    name: p.default for name, p in _RUN_SCRIPT_PARAMS.items() if p.default is not p.empty
-}
-_PLAN_PARAMS = frozenset(inspect.signature(plan_launch).parameters) - {"script_path"}
+CONFIG_KEYS = frozenset(RUN_KEYWORDS)
+"""Keys allowed in a per-script config: the :class:`ScriptSpec` fields."""
 
 _FAILING = frozenset({ScriptStatus.FAILED, ScriptStatus.TIMEOUT, ScriptStatus.ERROR})
 
-ProgressKind = Literal["started", "finished"]
-
 # Keyed by a script's path (str or os.PathLike). Typed ``Any`` because a Mapping's key type is
 # invariant: ``dict[Path, ...]`` would not match ``Mapping[str | PathLike[str], ...]``.
-ScriptConfigs = Mapping[Any, Mapping[str, Any]]
+ScriptConfigs = Mapping[Any, "Mapping[str, Any] | ScriptSpec"]
 
-
-@final
-@dataclass(frozen=True, slots=True)
-class ProgressEvent:
-    """One step of a batch, passed to ``progress_callback``.
-
-    Every script gets exactly one ``"finished"`` event (``result`` set). A ``"started"`` event
-    (``result`` is ``None``) comes before it for every script that was handed to a worker;
-    scripts cancelled or refused before that get only ``"finished"``.
-    """
-
-    kind: ProgressKind
-    script: str
-    """Absolute path of the script."""
-    index: int
-    """Position of the script in the list given to ``run_scripts``."""
-    result: ScriptResult | None = None
+ProgressEvent = RunEvent
+"""The events ``progress_callback`` receives: :class:`RunEvent` (``index`` is the script's
+position in the list given to ``run_scripts``)."""
 
 
 @final
@@ -98,8 +74,11 @@ class FileCancelToken:
 @dataclass(frozen=True, slots=True)
 class _Job:
     index: int
-    script: str
-    kwargs: dict[str, Any]
+    spec: ScriptSpec
+
+    @property
+    def script(self) -> str:
+        return self.spec.script
 
 
 class _Batch:
@@ -179,6 +158,7 @@ class ParallelRunner:
         fail_fast: bool = False,
         progress_callback: Callable[[ProgressEvent], object] | None = None,
         executor: Executor | Callable[[], Executor] | None = None,
+        launcher: Launcher = COLD,
     ) -> None:
         if max_workers is None:
             max_workers = min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS_CAP)
@@ -198,18 +178,22 @@ class ParallelRunner:
         self.fail_fast = fail_fast
         self.progress_callback = progress_callback
         self._executor = executor
+        self._launcher = launcher
         self._lock = threading.Lock()
         self._batches: set[_Batch] = set()
+        self._closed = False
 
     # -- public API ---------------------------------------------------------------------------
 
     def run_scripts(
         self,
         scripts: Iterable[str | os.PathLike[str]],
-        timeout: float | None = 60,
+        timeout: float | None = DEFAULT_TIMEOUT,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str | None] | None = None,
         configs: ScriptConfigs | None = None,
+        *,
+        base_env: Mapping[str, str] | None = None,
     ) -> ExecutionResult:
         """Run ``scripts`` and return their results, one per script, in input order.
 
@@ -218,28 +202,36 @@ class ParallelRunner:
         arguments for that script alone; its ``env`` is added on top of the batch's ``env``,
         every other key replaces the batch value. Invalid arguments raise ``ValueError`` or
         ``TypeError`` before any script starts; nothing a script or the pool does raises.
+        ``base_env`` replaces ``os.environ`` as the environment the scripts start from.
         """
-        jobs = self._prepare(scripts, timeout, cwd, env, configs)
-        return self._execute(jobs, self._open_batch())
+        batch = self._open_batch()  # first: a cancel() from now on reaches this batch
+        try:
+            jobs = self._prepare(scripts, timeout, cwd, env, configs)
+        except BaseException:
+            self._close_batch(batch)
+            raise
+        return self._execute(jobs, batch, base_env)
 
     async def run_scripts_async(
         self,
         scripts: Iterable[str | os.PathLike[str]],
-        timeout: float | None = 60,
+        timeout: float | None = DEFAULT_TIMEOUT,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str | None] | None = None,
         configs: ScriptConfigs | None = None,
+        *,
+        base_env: Mapping[str, str] | None = None,
     ) -> ExecutionResult:
         """:meth:`run_scripts` without blocking the event loop (it runs on the loop's
         default executor). If the awaiting task is cancelled the batch is cancelled, its
         scripts are killed and waited for, and ``CancelledError`` propagates."""
-        jobs = self._prepare(scripts, timeout, cwd, env, configs)
         batch = self._open_batch()
         import asyncio  # only here: plain run_scripts callers should not pay for asyncio
 
-        loop = asyncio.get_running_loop()
         try:
-            work = loop.run_in_executor(None, self._execute, jobs, batch)
+            jobs = self._prepare(scripts, timeout, cwd, env, configs)
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(None, self._execute, jobs, batch, base_env)
         except BaseException:
             self._close_batch(batch)
             raise
@@ -258,12 +250,33 @@ class ParallelRunner:
 
         Running scripts are killed and the rest are not started; all are recorded
         ``"cancelled"``. Returns at once; the ``run_scripts`` call returns within about two
-        seconds (the kill grace plus output draining). A later ``run_scripts`` is unaffected.
+        seconds (the kill grace plus output draining). A batch still being prepared when
+        this is called is cancelled too. A later ``run_scripts`` is unaffected; to refuse
+        later batches as well, use :meth:`close`.
         """
+        self._cancel_batches("ParallelRunner.cancel() was called")
+
+    def close(self) -> None:
+        """Cancel the running batches and every later one: a closed runner stays cancelled.
+
+        From any thread. Every script of a ``run_scripts`` call made after this is recorded
+        ``"cancelled"`` without starting.
+        """
+        with self._lock:
+            self._closed = True
+        self._cancel_batches("the ParallelRunner was closed")
+
+    def __enter__(self) -> ParallelRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _cancel_batches(self, reason: str) -> None:
         with self._lock:
             batches = list(self._batches)
         for batch in batches:
-            batch.cancel("ParallelRunner.cancel() was called")
+            batch.cancel(reason)
 
     # -- preparing a batch --------------------------------------------------------------------
 
@@ -282,19 +295,28 @@ class ParallelRunner:
         per_script = _normalise_configs(configs, paths)
         jobs = []
         for index, path in enumerate(paths):
-            override = per_script.get(path, {})
-            kwargs: dict[str, Any] = {"timeout": timeout, "cwd": cwd, "env": env}
-            kwargs.update({k: v for k, v in override.items() if k != "env"})
-            if override.get("env") is not None:
-                kwargs["env"] = {**(env or {}), **override["env"]}
-            _check_arguments(path, kwargs)
-            jobs.append(_Job(index, path, _portable(kwargs)))
+            override = per_script.get(path)
+            try:
+                if isinstance(override, ScriptSpec):
+                    spec = override
+                else:
+                    keywords: dict[str, Any] = {"timeout": timeout, "cwd": cwd, "env": env}
+                    keywords.update((override or {}).items())
+                    if override and override.get("env") is not None:
+                        keywords["env"] = {**(env or {}), **override["env"]}
+                    spec = ScriptSpec.build(path, **{**keywords, "env": keywords["env"] or {}})
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{path}: {exc}") from exc
+            jobs.append(_Job(index, spec))
         return jobs
 
     def _open_batch(self) -> _Batch:
         batch = _Batch(own_threads=self._executor is None)
         with self._lock:
             self._batches.add(batch)
+            closed = self._closed
+        if closed:
+            batch.cancel("the ParallelRunner was closed")
         return batch
 
     def _close_batch(self, batch: _Batch) -> None:
@@ -304,7 +326,9 @@ class ParallelRunner:
 
     # -- running a batch ----------------------------------------------------------------------
 
-    def _execute(self, jobs: list[_Job], batch: _Batch) -> ExecutionResult:
+    def _execute(
+        self, jobs: list[_Job], batch: _Batch, base_env: Mapping[str, str] | None
+    ) -> ExecutionResult:
         started = time.monotonic()
         try:
             if not jobs:
@@ -317,7 +341,7 @@ class ParallelRunner:
                 self.fail_fast,
             )
             try:
-                results = self._drive(executor, jobs, batch)
+                results = self._drive(executor, jobs, batch, base_env)
             finally:
                 if owned:
                     executor.shutdown(wait=True, cancel_futures=True)
@@ -349,7 +373,13 @@ class ParallelRunner:
             raise TypeError(f"the executor factory returned {made!r}, not an Executor")
         return made, True
 
-    def _drive(self, executor: Executor, jobs: list[_Job], batch: _Batch) -> list[ScriptResult]:
+    def _drive(
+        self,
+        executor: Executor,
+        jobs: list[_Job],
+        batch: _Batch,
+        base_env: Mapping[str, str] | None,
+    ) -> list[ScriptResult]:
         """Hand jobs to the executor, collect results, stop on fail-fast or cancel."""
         own_threads = self._executor is None
         # A foreign executor sizes itself unless the caller asked for a bound explicitly.
@@ -366,12 +396,12 @@ class ParallelRunner:
                 result["error"] = f"cancelled: {batch.reason}"
             results[job.index] = result
             logger.debug("finished %s: %s", job.script, result["status"].value)
-            self._emit(ProgressEvent("finished", job.script, job.index, result))
+            self._emit(RunEvent(RunEventKind.FINISHED, job.index, job.script, time.time(), result))
 
         def announce(job: _Job) -> None:
             announced.add(job.index)
             logger.debug("started %s", job.script)
-            self._emit(ProgressEvent("started", job.script, job.index))
+            self._emit(RunEvent(RunEventKind.STARTED, job.index, job.script, time.time()))
 
         try:
             while waiting or running:
@@ -379,10 +409,13 @@ class ParallelRunner:
                 while waiting and len(running) < limit and batch.reason is None:
                     job = waiting.popleft()
                     try:
-                        future = self._submit(executor, job, batch)
-                    except Exception as exc:  # a broken or shut-down pool: this script can't run
+                        future = self._submit(executor, job, batch, base_env)
+                    except Exception as exc:  # a broken or shut-down pool: no script can run
                         logger.error("cannot submit %s: %r", job.script, exc)
                         finish(job, _executor_error(job, exc))
+                        while waiting:  # one log line, not one per script
+                            refused = waiting.popleft()
+                            finish(refused, _executor_error(refused, exc))
                         continue
                     future.add_done_callback(lambda _: batch.wakeup.set())
                     running[future] = job
@@ -435,19 +468,30 @@ class ParallelRunner:
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
-    def _submit(self, executor: Executor, job: _Job, batch: _Batch) -> Future[ScriptResult]:
+    def _submit(
+        self,
+        executor: Executor,
+        job: _Job,
+        batch: _Batch,
+        base_env: Mapping[str, str] | None,
+    ) -> Future[ScriptResult]:
         if self._executor is None:
 
             def work() -> ScriptResult:
                 batch.wakeup.set()  # so the parent announces the start now, not at its next poll
-                return run_script(job.script, **job.kwargs, cancel_event=batch.token)
+                return run_spec(
+                    job.spec, base_env=base_env, cancel_event=batch.token, launcher=self._launcher
+                )
 
             return executor.submit(work)
         # Everything handed to a foreign executor must pickle: a module-level function, plain
         # values, and the file token; the marker lets a dead worker's script be found.
-        env = {**(job.kwargs["env"] or {}), BATCH_ENV_VAR: batch.marker}
+        spec = job.spec.replace(env={**job.spec.env, BATCH_ENV_VAR: batch.marker})
         call = functools.partial(
-            run_script, job.script, **{**job.kwargs, "env": env}, cancel_event=batch.token
+            run_spec,
+            spec,
+            base_env=None if base_env is None else dict(base_env),
+            cancel_event=batch.token,
         )
         return executor.submit(call)
 
@@ -466,18 +510,23 @@ def _absolute(path: str | os.PathLike[str]) -> str:
 
 def _normalise_configs(
     configs: ScriptConfigs | None, paths: list[str]
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Mapping[str, Any] | ScriptSpec]:
     """Key each config by absolute path, so same-named scripts in two folders stay apart."""
     if configs is None:
         return {}
-    normalised: dict[str, dict[str, Any]] = {}
+    normalised: dict[str, Mapping[str, Any] | ScriptSpec] = {}
     for key, config in configs.items():
         path = _absolute(key)
         if path in normalised:
             raise ValueError(f"configs has more than one entry for {path}")
+        if isinstance(config, ScriptSpec):
+            if config.script != path:
+                raise InvalidSpec(f"configs for {path} holds a ScriptSpec of {config.script}")
+            normalised[path] = config
+            continue
         if not isinstance(config, Mapping):
             raise TypeError(
-                f"configs for {path} must be a mapping of run_script keyword arguments, "
+                f"configs for {path} must be a ScriptSpec or a mapping of its fields, "
                 f"got {type(config).__name__}"
             )
         unknown = sorted(set(config) - CONFIG_KEYS)
@@ -493,32 +542,6 @@ def _normalise_configs(
     if unused:
         logger.warning("configs given for scripts not in this batch: %s", ", ".join(unused))
     return normalised
-
-
-def _check_arguments(script: str, kwargs: dict[str, Any]) -> None:
-    """Raise now, naming the script, for arguments run_script would reject in a worker."""
-    call = {**_RUN_SCRIPT_DEFAULTS, **kwargs}
-    try:
-        plan_launch(script, **{name: call[name] for name in _PLAN_PARAMS})
-        BoundedOutput(call["output_limit"])
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{script}: {exc}") from exc
-
-
-def _portable(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Plain, picklable values: a process pool or a remote executor must ship them."""
-    out = dict(kwargs)
-    for key in ("cwd", "python"):
-        if out.get(key) is not None:
-            out[key] = os.fspath(out[key])
-    for key in ("env", "base_env"):
-        if out.get(key) is not None:
-            out[key] = dict(out[key])
-    if "args" in out:
-        out["args"] = [os.fspath(a) for a in out["args"]]
-    if "allowed_exit_codes" in out:
-        out["allowed_exit_codes"] = tuple(out["allowed_exit_codes"])
-    return out
 
 
 def _outcome(future: Future[ScriptResult], job: _Job) -> tuple[ScriptResult, bool]:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from .results import ScriptResult, ScriptStatus
+from ..engine import ScriptResult, ScriptStatus
 
 CACHE_KEY = "codomyrmex_exec/durations"
 

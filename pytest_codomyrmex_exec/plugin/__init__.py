@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from ..engine import kill_tagged
 from . import hookspecs
-from ._launch import kill_tagged
-from .collect import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .durations import save_durations
+from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
 from .options import add_options, resolve_options
 from .settings import SESSION_TAG_VAR
@@ -33,6 +33,15 @@ def _xdist_active(config: pytest.Config) -> bool:
     if hasattr(config, "workerinput"):
         return True
     return config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exec_make_backend(config: pytest.Config) -> object:
+    """The built-in backends, chosen by ``--exec-backend``; other plugins may come first."""
+    from .backends import make_builtin_backend
+
+    options = config.stash[OPTIONS_KEY]
+    return make_builtin_backend(options.backend, options.workers)
 
 
 def pytest_configure(config: pytest.Config) -> None:

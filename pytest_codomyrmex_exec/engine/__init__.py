@@ -1,0 +1,155 @@
+"""The execution engine: run Python scripts in real subprocesses, alone or many at once.
+
+It imports neither pytest nor pluggy. The pytest plugin uses it only through the names
+exported here. Names are imported on first use: pytest loads this package at every
+start-up through the plugin, and most runs need neither asyncio nor the pools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .async_runner import AsyncParallelRunner
+    from .events import EventSink, RunEvent, RunEventKind, Subscription
+    from .launch import (
+        COLD,
+        RUN_TAG_VAR,
+        Child,
+        ColdLauncher,
+        Launcher,
+        LaunchPlan,
+        kill_tagged,
+        package_root,
+        plan_launch,
+    )
+    from .parallel import ParallelRunner, ProgressEvent
+    from .results import (
+        AsyncExecutionResult,
+        ExecutionResult,
+        ScriptResult,
+        ScriptStatus,
+        make_result,
+    )
+    from .run import CancelEvent, CancelSignal, run_script, run_spec
+    from .run_async import run_script_async, run_spec_async
+    from .scheduler import (
+        AsyncJob,
+        AsyncJobStatus,
+        AsyncScheduler,
+        JobEvent,
+        JobEventKind,
+        SchedulerMetrics,
+    )
+    from .spec import (
+        DEFAULT_OUTPUT_LIMIT,
+        DEFAULT_TIMEOUT,
+        RUN_KEYWORDS,
+        InvalidSpec,
+        ScriptSpec,
+        validate_memory_limit,
+        validate_timeout,
+    )
+    from .stop import TERMINATE_GRACE
+
+_HOMES = {
+    "AsyncParallelRunner": "async_runner",
+    "EventSink": "events",
+    "RunEvent": "events",
+    "RunEventKind": "events",
+    "Subscription": "events",
+    "COLD": "launch",
+    "RUN_TAG_VAR": "launch",
+    "Child": "launch",
+    "ColdLauncher": "launch",
+    "LaunchPlan": "launch",
+    "Launcher": "launch",
+    "kill_tagged": "launch",
+    "package_root": "launch",
+    "plan_launch": "launch",
+    "ParallelRunner": "parallel",
+    "ProgressEvent": "parallel",
+    "AsyncExecutionResult": "results",
+    "ExecutionResult": "results",
+    "ScriptResult": "results",
+    "ScriptStatus": "results",
+    "make_result": "results",
+    "CancelEvent": "run",
+    "CancelSignal": "run",
+    "run_script": "run",
+    "run_spec": "run",
+    "run_script_async": "run_async",
+    "run_spec_async": "run_async",
+    "AsyncJob": "scheduler",
+    "AsyncJobStatus": "scheduler",
+    "AsyncScheduler": "scheduler",
+    "JobEvent": "scheduler",
+    "JobEventKind": "scheduler",
+    "SchedulerMetrics": "scheduler",
+    "DEFAULT_OUTPUT_LIMIT": "spec",
+    "DEFAULT_TIMEOUT": "spec",
+    "RUN_KEYWORDS": "spec",
+    "InvalidSpec": "spec",
+    "ScriptSpec": "spec",
+    "validate_memory_limit": "spec",
+    "validate_timeout": "spec",
+    "TERMINATE_GRACE": "stop",
+}
+
+__all__ = [
+    "COLD",
+    "DEFAULT_OUTPUT_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "RUN_KEYWORDS",
+    "RUN_TAG_VAR",
+    "TERMINATE_GRACE",
+    "AsyncExecutionResult",
+    "AsyncJob",
+    "AsyncJobStatus",
+    "AsyncParallelRunner",
+    "AsyncScheduler",
+    "CancelEvent",
+    "CancelSignal",
+    "Child",
+    "ColdLauncher",
+    "EventSink",
+    "ExecutionResult",
+    "InvalidSpec",
+    "JobEvent",
+    "JobEventKind",
+    "LaunchPlan",
+    "Launcher",
+    "ParallelRunner",
+    "ProgressEvent",
+    "RunEvent",
+    "RunEventKind",
+    "SchedulerMetrics",
+    "ScriptResult",
+    "ScriptSpec",
+    "ScriptStatus",
+    "Subscription",
+    "kill_tagged",
+    "make_result",
+    "package_root",
+    "plan_launch",
+    "run_script",
+    "run_script_async",
+    "run_spec",
+    "run_spec_async",
+    "validate_memory_limit",
+    "validate_timeout",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

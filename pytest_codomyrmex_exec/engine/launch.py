@@ -1,0 +1,363 @@
+"""From a ScriptSpec to a running child: the launch plan, the launcher seam, the kill helpers.
+
+A :class:`Launcher` starts a plan and hands back a :class:`Child`: a pid, a process group,
+the two output descriptors and a way to notice the exit. The cold launcher forks a fresh
+interpreter with ``subprocess.Popen``; a fork server plugs in here too (its children are not
+our children, so exit is reported through a descriptor instead of ``waitid``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol, final
+
+from .results import ScriptResult, ScriptStatus, make_result
+from .spec import ScriptSpec
+
+logger = logging.getLogger(__name__)
+
+RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"
+"""Set in every script's environment, unique per run. Descendants inherit it even when they
+leave the script's process group (``setsid``, a daemon's double fork), so they can be found."""
+
+SRC_SEARCH_DEPTH = 5
+"""How many parents of the script's folder are searched for a ``src/`` folder."""
+
+# Sets the address-space limit in the child and then replaces itself with the real interpreter.
+# A tiny bootstrap instead of ``preexec_fn``: preexec_fn is unsafe once the parent has threads
+# (every pool, every event loop, pytest with plugins) and it disables vfork.
+_RLIMIT_BOOTSTRAP = (
+    "import os,resource,sys;"
+    "n=int(sys.argv[1]);"
+    "resource.setrlimit(resource.RLIMIT_AS,(n,n));"
+    "os.execv(sys.argv[2],sys.argv[2:])"
+)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LaunchPlan:
+    """A spec resolved against the world: absolute paths, the full environment, the argv."""
+
+    spec: ScriptSpec
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    tag: str
+    """This run's value of :data:`RUN_TAG_VAR`, to find what escaped the process group."""
+    stdin_file: str | None = None
+    """A file to read the script's stdin from; ``None`` with ``stdin`` text or no input."""
+
+    @property
+    def script(self) -> str:
+        return self.spec.script
+
+
+def _pythonpath(script_dir: Path, inherited: str | None) -> str | None:
+    """Prepend the nearest ``src/`` folders (script dir and up to 5 parents) to PYTHONPATH."""
+    found: list[str] = []
+    folder = script_dir
+    for _ in range(SRC_SEARCH_DEPTH + 1):
+        candidate = folder / "src"
+        if candidate.is_dir():
+            found.append(str(candidate))
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if inherited:
+        found.append(inherited)
+    return os.pathsep.join(found) if found else None
+
+
+def _resolve_interpreter(interpreter: str, search_path: str) -> str:
+    """An absolute interpreter path: a bare name is looked up on the child's PATH, a relative
+    path is taken from the caller's directory (the child starts in another one)."""
+    if os.sep not in interpreter and not (os.altsep and os.altsep in interpreter):
+        return shutil.which(interpreter, path=search_path) or interpreter
+    return os.path.abspath(interpreter)
+
+
+def package_root(script: Path) -> tuple[Path, str]:
+    """The folder above the script's package (the top of its ``__init__.py`` chain) and the
+    script's dotted module name from there."""
+    parts = [script.stem]
+    folder = script.parent
+    while (folder / "__init__.py").is_file() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return folder, ".".join(parts)
+
+
+def plan_launch(
+    spec: ScriptSpec, base_env: dict[str, str] | None = None
+) -> LaunchPlan | ScriptResult:
+    """Resolve ``spec``; return a plan, or an ``error`` result saying what is missing."""
+    script = Path(spec.script)
+
+    def error(message: str) -> ScriptResult:
+        return make_result(spec.script, ScriptStatus.ERROR, error=message)
+
+    if not script.exists():
+        return error(f"script not found: {script}")
+    if not script.is_file():
+        return error(f"not a file: {script}")
+
+    work_dir = spec.cwd if spec.cwd is not None else str(script.parent)
+    if not os.path.isdir(work_dir):
+        return error(f"working directory does not exist: {work_dir}")
+
+    stdin_file = None
+    if spec.stdin_file is not None:
+        stdin_file = os.path.join(script.parent, spec.stdin_file)
+        if not os.path.isfile(stdin_file):
+            return error(f"stdin_file not found: {stdin_file}")
+
+    child_env = dict(os.environ if base_env is None else base_env)
+    for key, value in spec.env.items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+
+    interpreter = spec.python if spec.python is not None else sys.executable
+    if not interpreter:
+        return error("no Python interpreter: sys.executable is empty and none was given")
+    interpreter = _resolve_interpreter(interpreter, child_env.get("PATH", os.defpath))
+    if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
+        return error(f"Python interpreter not found or not executable: {interpreter}")
+
+    tag = uuid.uuid4().hex
+    child_env[RUN_TAG_VAR] = tag
+    extra_paths: list[str] = []
+    target = [str(script)]
+    if spec.as_module:
+        root, module = package_root(script)
+        extra_paths.append(str(root))
+        target = ["-m", module]
+    pythonpath = _pythonpath(script.parent, child_env.get("PYTHONPATH"))
+    joined = os.pathsep.join([*extra_paths, *([pythonpath] if pythonpath else [])])
+    if joined:
+        child_env["PYTHONPATH"] = joined
+
+    argv = [interpreter, *target, *spec.args]
+    if spec.memory_limit_mb is not None:
+        limit_bytes = int(spec.memory_limit_mb * 1024 * 1024)
+        argv = [interpreter, "-I", "-S", "-c", _RLIMIT_BOOTSTRAP, str(limit_bytes), *argv]
+
+    return LaunchPlan(
+        spec=spec, argv=argv, cwd=work_dir, env=child_env, tag=tag, stdin_file=stdin_file
+    )
+
+
+# -- the launcher seam ----------------------------------------------------------------------
+
+
+class Child(Protocol):
+    """A started script, as the stop sequence sees it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def pgid(self) -> int:
+        """The script's own process group (it leads a new session)."""
+        ...
+
+    @property
+    def stdout_fd(self) -> int: ...
+
+    @property
+    def stderr_fd(self) -> int: ...
+
+    @property
+    def exit_fd(self) -> int | None:
+        """Readable once the script has exited (a pidfd), or ``None``: then poll ``exited``."""
+        ...
+
+    def exited(self) -> bool:
+        """Has the script exited? Must not reap it: the group id must stay valid for killpg."""
+        ...
+
+    def wait(self) -> int:
+        """Reap the exited script; its return code (negative: killed by that signal)."""
+        ...
+
+    def close(self) -> None:
+        """Release descriptors; kill and reap the script if it still runs."""
+        ...
+
+
+class Launcher(Protocol):
+    """Starts scripts. Raises ``OSError`` when one cannot be started."""
+
+    def spawn(self, plan: LaunchPlan) -> Child: ...
+
+
+def _stdin_source(plan: LaunchPlan) -> IO[bytes] | int:
+    """Empty input, the spec's text, or the spec's file. Text goes through an unlinked temporary
+    file, never a pipe: a script that does not read its input must not block us."""
+    if plan.stdin_file is not None:
+        return open(plan.stdin_file, "rb")
+    if plan.spec.stdin is None:
+        return subprocess.DEVNULL
+    holder = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the caller after Popen)
+    holder.write(plan.spec.stdin.encode())
+    holder.seek(0)
+    return holder
+
+
+@final
+class ColdChild:
+    """A child started by ``Popen``: exit is noticed through a pidfd, or by ``waitid`` polls."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self._proc = proc
+        self._out = proc.stdout
+        self._err = proc.stderr
+        self._exit_fd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            with suppress(OSError):
+                self._exit_fd = os.pidfd_open(proc.pid)
+        self._exited = False
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def pgid(self) -> int:
+        return self._proc.pid  # start_new_session: the child leads its own group
+
+    @property
+    def stdout_fd(self) -> int:
+        return self._out.fileno()
+
+    @property
+    def stderr_fd(self) -> int:
+        return self._err.fileno()
+
+    @property
+    def exit_fd(self) -> int | None:
+        return self._exit_fd
+
+    def exited(self) -> bool:
+        if not self._exited:
+            self._exited = self._check(blocking=False)
+        return self._exited
+
+    def _check(self, *, blocking: bool) -> bool:
+        if self._proc.returncode is not None:
+            return True
+        if not hasattr(os, "waitid"):  # macOS before Python 3.13: reaping is the only look
+            if blocking:
+                self._proc.wait()
+                return True
+            return self._proc.poll() is not None
+        flags = os.WEXITED | os.WNOWAIT | (0 if blocking else os.WNOHANG)
+        try:
+            return os.waitid(os.P_PID, self.pid, flags) is not None
+        except ChildProcessError:
+            return True
+
+    def wait(self) -> int:
+        self._check(blocking=True)
+        self._exited = True
+        return self._proc.wait()
+
+    def close(self) -> None:
+        if self._proc.returncode is None:
+            # Only when something went wrong on our side (KeyboardInterrupt): leave nothing.
+            kill_group(self.pgid)
+            self._proc.wait()
+        self._out.close()
+        self._err.close()
+        if self._exit_fd is not None:
+            os.close(self._exit_fd)
+            self._exit_fd = None
+
+
+@final
+class ColdLauncher:
+    """Starts each script in a fresh interpreter, in a new session, with empty stdin."""
+
+    def spawn(self, plan: LaunchPlan) -> ColdChild:
+        stdin = _stdin_source(plan)
+        try:
+            proc = subprocess.Popen(
+                plan.argv,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=plan.cwd,
+                env=plan.env,
+                start_new_session=True,
+            )
+        finally:
+            if not isinstance(stdin, int):
+                stdin.close()
+        return ColdChild(proc)
+
+
+COLD = ColdLauncher()
+"""The default launcher."""
+
+
+# -- killing --------------------------------------------------------------------------------
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to a script's process group; a group that is already gone is fine."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def kill_tagged(variable: str, value: str) -> int:
+    """Kill every process whose environment has ``variable=value``, and its process group.
+
+    Linux only (the environment is read from ``/proc/<pid>/environ``); elsewhere, and for
+    processes we may not read, nothing is done. Returns how many processes were found.
+    """
+    if not os.path.isdir("/proc"):
+        return 0
+    needle = f"{variable}={value}".encode()
+    own_group = os.getpgrp()
+    me = os.getpid()
+    found = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle not in fh.read().split(b"\0"):
+                    continue
+            group = os.getpgid(pid)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found += 1
+        if group != own_group:
+            kill_group(group)
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return found

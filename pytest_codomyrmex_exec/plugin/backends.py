@@ -1,0 +1,213 @@
+"""The built-in backends of the parallel session: the async scheduler and the process pool.
+
+A backend takes jobs in start order, runs at most ``workers`` at once and passes the
+engine's :class:`RunEvent` stream to the session's sink: ``started`` and ``finished`` for
+every script (``output`` too when asked for), each event keyed by the job's key. Other
+plugins provide more through the ``pytest_exec_make_backend`` hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, final
+
+from ..engine import (
+    EventSink,
+    ParallelRunner,
+    RunEvent,
+    RunEventKind,
+    ScriptResult,
+    ScriptSpec,
+    ScriptStatus,
+    Subscription,
+    make_result,
+    run_spec_async,
+)
+
+if TYPE_CHECKING:
+    from ..engine import AsyncScheduler, JobEvent
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ScriptJob:
+    """One script for a backend: the session's key for it, and how it runs."""
+
+    key: int
+    spec: ScriptSpec
+    output: bool = False
+    """Send ``output`` events for it (live output)."""
+
+
+class ScriptBackend(Protocol):
+    """What the parallel session drives. ``cancel`` may be called from any thread, any time,
+    also before ``start`` or after the end; once called, nothing new starts."""
+
+    def start(
+        self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
+    ) -> None:
+        """Start running ``jobs`` (already in start order) in the background."""
+
+    def cancel(self) -> None:
+        """Stop for good: kill running scripts, report the rest ``cancelled``."""
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the background to end; ``True`` once it has."""
+
+    def alive(self) -> bool:
+        """Is the background still working (or yet to start)?"""
+
+
+def engine_broke(spec: ScriptSpec, exc: BaseException | str) -> ScriptResult:
+    """The ``error`` result for a script the backend itself failed to run."""
+    cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return make_result(
+        spec.script, ScriptStatus.ERROR, error=f"the engine broke: {cause}", attempts=0
+    )
+
+
+def finished_event(job: ScriptJob, result: ScriptResult) -> RunEvent:
+    return RunEvent(RunEventKind.FINISHED, job.key, job.spec.script, time.time(), result)
+
+
+class _Thread:
+    """The background thread a built-in backend runs in."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    def run(self, target: Any, *args: Any) -> None:
+        self._thread = threading.Thread(target=target, args=args, name=self._name, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def alive(self) -> bool:
+        return self._thread is None or self._thread.is_alive()
+
+
+@final
+class ProcessBackend:
+    """The :class:`ParallelRunner`: a thread per running script, each waiting on its child."""
+
+    def __init__(self, workers: int) -> None:
+        self._runner = ParallelRunner(workers, progress_callback=self._progress)
+        self._thread = _Thread("codomyrmex-exec-runner")
+        self._jobs: Sequence[ScriptJob] = ()
+        self._sink: EventSink | None = None
+
+    def start(
+        self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
+    ) -> None:
+        self._jobs, self._sink = jobs, sink
+        self._thread.run(self._serve, base_env)
+
+    def _serve(self, base_env: Mapping[str, str]) -> None:
+        configs = {job.spec.script: job.spec for job in self._jobs}
+        try:
+            self._runner.run_scripts(list(configs), configs=configs, base_env=base_env)
+        except Exception as exc:
+            assert self._sink is not None
+            for job in self._jobs:  # the session ignores a second "finished" for a key
+                self._sink(finished_event(job, engine_broke(job.spec, exc)))
+
+    def _progress(self, event: RunEvent) -> None:
+        assert self._sink is not None
+        self._sink(dataclasses.replace(event, key=self._jobs[event.index].key))
+
+    def cancel(self) -> None:
+        self._runner.close()
+
+    def join(self, timeout: float) -> bool:
+        return self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.alive()
+
+
+@final
+class AsyncBackend:
+    """The :class:`AsyncScheduler` on an event loop of its own thread: each script is one job
+    at its own priority; the engine retries it and reports its events."""
+
+    def __init__(self, workers: int) -> None:
+        # Imported here: asyncio and the scheduler cost start-up time every other run skips.
+        from ..engine import AsyncScheduler, JobEventKind
+
+        self._kinds = JobEventKind
+        self._scheduler: AsyncScheduler = AsyncScheduler(
+            max_concurrency=workers, event_sink=self._job_event
+        )
+        self._thread = _Thread("codomyrmex-exec-scheduler")
+        self._by_name: dict[str, ScriptJob] = {}
+        self._sink: EventSink | None = None
+
+    def start(
+        self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
+    ) -> None:
+        self._sink = sink
+        self._thread.run(self._serve, jobs, base_env)
+
+    def _serve(self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str]) -> None:
+        import asyncio
+
+        try:
+            asyncio.run(self._main(jobs, base_env))
+        except Exception as exc:
+            assert self._sink is not None
+            for job in jobs:
+                self._sink(finished_event(job, engine_broke(job.spec, exc)))
+
+    async def _main(self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str]) -> None:
+        assert self._sink is not None
+        for job in jobs:  # in start order: equal priorities keep it (first in, first out)
+            events = Subscription(self._sink, job.key, output=job.output)
+            # Known by name before scheduling: a closed scheduler cancels it inside schedule().
+            name = f"#{job.key} {job.spec.script}"
+            self._by_name[name] = job
+            self._scheduler.schedule(
+                run_spec_async,
+                name=name,
+                args=(job.spec,),
+                kwargs={"base_env": base_env, "events": events},
+                priority=job.spec.priority,
+            )
+        await self._scheduler.run_all()
+
+    def _job_event(self, event: JobEvent) -> None:
+        # The engine reports started/finished itself; the scheduler only knows about the
+        # jobs that never got to run or whose coroutine was cancelled or broke.
+        job = self._by_name.get(event.name)
+        if job is None or self._sink is None:
+            return
+        if event.kind == self._kinds.CANCELLED:
+            result = make_result(
+                job.spec.script, ScriptStatus.CANCELLED, error="cancelled", attempts=event.runs
+            )
+            self._sink(finished_event(job, result))
+        elif event.kind == self._kinds.FAILED:
+            self._sink(finished_event(job, engine_broke(job.spec, event.error or "unknown")))
+
+    def cancel(self) -> None:
+        self._scheduler.close_threadsafe()
+
+    def join(self, timeout: float) -> bool:
+        return self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.alive()
+
+
+def make_builtin_backend(backend: str, workers: int) -> ScriptBackend:
+    if backend == "async":
+        return AsyncBackend(workers)
+    return ProcessBackend(workers)
