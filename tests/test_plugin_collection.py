@@ -27,7 +27,9 @@ def test_entry_point_points_at_the_plugin_module() -> None:
 def test_plugin_loads_without_being_asked_for(px: ExecPytester) -> None:
     px.script("hello_script.py", "print('hello')\n")
     version = px.run("--version", "--version")
-    version.stdout.fnmatch_lines(["*pytest-codomyrmex-exec-* at *pytest_codomyrmex_exec*plugin*__init__.py"])
+    version.stdout.fnmatch_lines(
+        ["*pytest-codomyrmex-exec-* at *pytest_codomyrmex_exec*plugin*__init__.py"]
+    )
     result = px.run("-v")
     result.stdout.fnmatch_lines(["hello_script.py::hello_script PASSED*"])
     result.assert_outcomes(passed=1)

@@ -467,7 +467,7 @@ def test_invalid_timeout_raises_value_error(tmp_path: Path, timeout: object) -> 
 def test_invalid_output_limit_raises_before_anything_starts(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     script = write_script(tmp_path, "touch.py", f"open({str(marker)!r}, 'w').close()\n")
-    with pytest.raises(ValueError, match="output.limit"):
+    with pytest.raises(ValueError, match=r"output.limit"):
         run_script(script, timeout=5, output_limit=1)
     time.sleep(0.3)
     assert not marker.exists(), "the script was started although the call was rejected"

@@ -57,7 +57,9 @@ def validate_memory_limit(memory_limit_mb: object) -> float | None:
     if memory_limit_mb is None:
         return None
     if isinstance(memory_limit_mb, bool) or not isinstance(memory_limit_mb, int | float):
-        raise InvalidSpecType(f"memory_limit_mb must be a number of megabytes, got {memory_limit_mb!r}")
+        raise InvalidSpecType(
+            f"memory_limit_mb must be a number of megabytes, got {memory_limit_mb!r}"
+        )
     if not math.isfinite(memory_limit_mb) or memory_limit_mb <= 0:
         raise InvalidSpec(
             f"memory_limit_mb must be a positive number of megabytes, got {memory_limit_mb!r}"
