@@ -62,7 +62,7 @@ class Arm:
 def plugin_backends() -> tuple[str, str]:
     """``(default, other)`` backend names, read from the plugin so a changed default shows."""
     try:
-        from pytest_codomyrmex_exec import options
+        from pytest_codomyrmex_exec.plugin import options
     except ImportError:
         return "process", "async"
     default = str(options.DEFAULT_BACKEND)

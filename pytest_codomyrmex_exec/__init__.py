@@ -10,7 +10,6 @@ plugin, and most runs need neither asyncio nor the pools.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,28 +28,6 @@ if TYPE_CHECKING:
         SchedulerMetrics,
     )
     from .engine.spec import ScriptSpec
-
-_HOMES = {
-    "AsyncParallelRunner": "async_runner",
-    "run_script_async": "run_async",
-    "ParallelRunner": "parallel",
-    "ProgressEvent": "parallel",
-    "AsyncExecutionResult": "results",
-    "ExecutionResult": "results",
-    "ScriptResult": "results",
-    "ScriptStatus": "results",
-    "CancelEvent": "run",
-    "run_script": "run",
-    "RunEvent": "events",
-    "RunEventKind": "events",
-    "ScriptSpec": "spec",
-    "AsyncJob": "scheduler",
-    "AsyncJobStatus": "scheduler",
-    "AsyncScheduler": "scheduler",
-    "JobEvent": "scheduler",
-    "JobEventKind": "scheduler",
-    "SchedulerMetrics": "scheduler",
-}
 
 __all__ = [
     "AsyncExecutionResult",
@@ -76,10 +53,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
+    if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.engine.{home}"), name)
+    from . import engine  # lazy itself: only the module that holds ``name`` is imported
+
+    value = getattr(engine, name)
     globals()[name] = value  # later lookups skip this function
     return value
 

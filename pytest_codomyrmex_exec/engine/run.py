@@ -8,7 +8,8 @@ import selectors
 import threading
 import time
 from collections.abc import Generator, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, final
 
 from .events import RunEventKind, Subscription
 from .launch import COLD, Child, Launcher, LaunchPlan, plan_launch
@@ -182,6 +183,50 @@ def run_spec(
         announce_retry(result, attempt, events)
 
 
+@final
+@dataclass(slots=True)
+class Attempt:
+    """One started run: what the stop sequence and its pump work on."""
+
+    plan: LaunchPlan
+    child: Child
+    output: Output
+    control: Control
+    started: float
+
+    def supervise(self) -> Generator[Wait, None, ScriptResult]:
+        return supervise(self.child, self.plan, self.output, self.control, self.started)
+
+    def end(self, result: ScriptResult) -> tuple[ScriptResult, bool]:
+        log_finished(self.plan, result)
+        return result, True
+
+
+def begin_attempt(
+    spec: ScriptSpec,
+    base_env: Mapping[str, str] | None,
+    cancel: CancelSignal | None,
+    events: Subscription | None,
+    launcher: Launcher,
+    attempt: int,
+) -> Attempt | ScriptResult:
+    """Start one attempt; or the result of one that could not start (never started)."""
+    plan = prepare(spec, base_env, cancel)
+    if not isinstance(plan, LaunchPlan):
+        return plan
+    logger.debug("starting %s (timeout=%s)", plan.script, spec.timeout)
+    started = time.monotonic()
+    try:
+        child = launcher.spawn(plan)
+    except OSError as exc:
+        return start_failed(plan, exc)
+    if events is not None:
+        events.emit(RunEventKind.STARTED, plan.script, attempt=attempt)
+    output = Output(plan, child, events)
+    output.attempt = attempt
+    return Attempt(plan, child, output, Control(), started)
+
+
 def _attempt(
     spec: ScriptSpec,
     base_env: Mapping[str, str] | None,
@@ -190,38 +235,20 @@ def _attempt(
     launcher: Launcher,
     attempt: int,
 ) -> tuple[ScriptResult, bool]:
-    plan = prepare(spec, base_env, cancel)
-    if not isinstance(plan, LaunchPlan):
-        return plan, False
-    logger.debug("starting %s (timeout=%s)", plan.script, spec.timeout)
-    started = time.monotonic()
+    begun = begin_attempt(spec, base_env, cancel, events, launcher, attempt)
+    if not isinstance(begun, Attempt):
+        return begun, False
     try:
-        child = launcher.spawn(plan)
-    except OSError as exc:
-        return start_failed(plan, exc), False
-    try:
-        if events is not None:
-            events.emit(RunEventKind.STARTED, plan.script, attempt=attempt)
-        output = Output(plan, child, events)
-        output.attempt = attempt
-        control = Control()
-        result = _pump(
-            supervise(child, plan, output, control, started), child, output, control, cancel
-        )
+        result = _pump(begun, cancel)
     finally:
-        child.close()
-    log_finished(plan, result)
-    return result, True
+        begun.child.close()
+    return begun.end(result)
 
 
-def _pump(
-    sequence: Generator[Wait, None, ScriptResult],
-    child: Child,
-    output: Output,
-    control: Control,
-    cancel: CancelSignal | None,
-) -> ScriptResult:
+def _pump(attempt: Attempt, cancel: CancelSignal | None) -> ScriptResult:
     """Drive the stop sequence: read output with a selector until each wait is over."""
+    sequence = attempt.supervise()
+    child, output, control = attempt.child, attempt.output, attempt.control
     cancel_fd = cancel.fileno() if isinstance(cancel, CancelEvent) else None
     polled_cancel = cancel is not None and cancel_fd is None
     for fd in output.open:

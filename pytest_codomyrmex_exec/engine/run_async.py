@@ -12,15 +12,23 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from .events import RunEventKind, Subscription
-from .launch import COLD, Child, Launcher, LaunchPlan
+from .events import Subscription
+from .launch import COLD, Launcher
 from .results import ScriptResult
-from .run import _READ_SIZE, announce_retry, finish_attempts, prepare, should_retry, spec_of
+from .run import (
+    _READ_SIZE,
+    Attempt,
+    announce_retry,
+    begin_attempt,
+    finish_attempts,
+    should_retry,
+    spec_of,
+)
 from .spec import DEFAULT_TIMEOUT, ScriptSpec
-from .stop import POLL, Control, Output, Wait, log_finished, start_failed, supervise
+from .stop import POLL, Wait
 
 logger = logging.getLogger("pytest_codomyrmex_exec.engine")
 
@@ -72,37 +80,25 @@ async def _attempt(
     launcher: Launcher,
     attempt: int,
 ) -> tuple[ScriptResult, bool]:
-    plan = prepare(spec, base_env, None)
-    if not isinstance(plan, LaunchPlan):
-        return plan, False
-    logger.debug("starting %s (timeout=%s)", plan.script, spec.timeout)
-    started = time.monotonic()
+    begun = begin_attempt(spec, base_env, None, events, launcher, attempt)
+    if not isinstance(begun, Attempt):
+        return begun, False
     try:
-        child = launcher.spawn(plan)
-    except OSError as exc:
-        return start_failed(plan, exc), False
-    try:
-        if events is not None:
-            events.emit(RunEventKind.STARTED, plan.script, attempt=attempt)
-        output = Output(plan, child, events)
-        output.attempt = attempt
-        control = Control()
-        pump = _LoopPump(child, output, control)
-        result = await pump.drive(supervise(child, plan, output, control, started))
+        result = await _LoopPump(begun).drive()
     finally:
-        child.close()
-    log_finished(plan, result)
-    return result, True
+        begun.child.close()
+    return begun.end(result)
 
 
 class _LoopPump:
     """Reads the child's pipes from the event loop and wakes the sequence when a wait may end."""
 
-    def __init__(self, child: Child, output: Output, control: Control) -> None:
+    def __init__(self, attempt: Attempt) -> None:
         self._loop = asyncio.get_running_loop()
-        self._child = child
-        self._output = output
-        self._control = control
+        self._attempt = attempt
+        self._child = attempt.child
+        self._output = attempt.output
+        self._control = attempt.control
         self._wake: asyncio.Future[None] | None = None
         self._watched: set[int] = set()
 
@@ -131,7 +127,8 @@ class _LoopPump:
             self._loop.remove_reader(fd)
             self._watched.discard(fd)
 
-    async def drive(self, sequence: Generator[Wait, None, ScriptResult]) -> ScriptResult:
+    async def drive(self) -> ScriptResult:
+        sequence = self._attempt.supervise()
         for fd in self._output.open:
             os.set_blocking(fd, False)
             self._loop.add_reader(fd, self._readable, fd)
