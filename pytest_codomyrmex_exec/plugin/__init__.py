@@ -29,10 +29,16 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def _xdist_active(config: pytest.Config) -> bool:
-    """True on an xdist worker or controller: xdist already spreads items over processes."""
+    """True on an xdist worker or controller: xdist already spreads items over processes.
+
+    xdist distributes only with a ``--dist`` mode *and* workers (``-n``/``--tx``, which its
+    ``pytest_cmdline_main`` has turned into ``tx`` by now): ``--dist loadscope`` alone, e.g.
+    in ``addopts``, runs every item in this process, so --exec-parallel must stay on."""
     if hasattr(config, "workerinput"):
         return True
-    return config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+    if not config.pluginmanager.hasplugin("xdist"):
+        return False
+    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
 
 
 @pytest.hookimpl(trylast=True)

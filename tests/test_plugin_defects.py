@@ -1,0 +1,122 @@
+"""Regression tests for defects found by using the plugin as a new user would (issue 7).
+
+Each test runs a real pytest session on real scripts and would fail before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+from conftest import ExecPytester
+
+MODES = [pytest.param([], id="inline"), pytest.param(["--exec-parallel"], id="parallel")]
+
+# Every mode a script can run in: inline, and each parallel backend.
+ALL_MODES = [
+    pytest.param([], id="inline"),
+    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
+    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
+]
+
+# Prints each script's resolved timeout as the run starts (the hook pytest calls per script).
+TIMEOUT_HOOK = """\
+def pytest_exec_script_started(item, settings):
+    with open("timeouts.txt", "a") as out:
+        out.write(f"{item.name} {settings.timeout}\\n")
+"""
+
+
+# -- --dist without workers -------------------------------------------------------------------
+
+# "waiter" passes only if "maker" runs at the same time: proof that scripts ran in parallel.
+WAITER = """\
+import pathlib, sys, time
+deadline = time.monotonic() + 8
+while not pathlib.Path("made").exists():
+    if time.monotonic() > deadline:
+        sys.exit("maker never ran alongside me")
+    time.sleep(0.02)
+"""
+MAKER = "import pathlib\npathlib.Path('made').touch()\n"
+
+
+@pytest.mark.parametrize(
+    "addopts",
+    [
+        pytest.param("--dist loadscope", id="dist-only"),
+        pytest.param("--dist load -n 0", id="zero-workers"),
+    ],
+)
+def test_dist_mode_without_xdist_workers_keeps_exec_parallel_on(
+    px: ExecPytester, addopts: str
+) -> None:
+    # xdist distributes nothing without workers: every item runs here, so --exec-parallel
+    # must still run the scripts side by side (it used to switch itself off silently).
+    px.ini(addopts=addopts, exec_order="collection")
+    px.script("a_waiter_script.py", WAITER)
+    px.script("b_maker_script.py", MAKER)
+    result = px.run("--exec-parallel", "--exec-workers", "2")
+    result.assert_outcomes(passed=2)
+
+
+def test_with_xdist_workers_xdist_still_distributes(px: ExecPytester) -> None:
+    px.ini(addopts="--dist loadscope")
+    px.conftest(
+        """\
+        def pytest_exec_script_started(item, settings):
+            import os
+            with open("workers.txt", "a") as out:
+                out.write(os.environ.get("PYTEST_XDIST_WORKER", "none") + "\\n")
+        """
+    )
+    px.script("a_script.py")
+    px.script("b_script.py")
+    px.run("-n", "2", "--exec-parallel").assert_outcomes(passed=2)
+    assert all(line.startswith("gw") for line in px.lines("workers.txt")), px.lines("workers.txt")
+
+
+# -- pytest-timeout's 0, and huge timeouts ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "marks"),
+    [
+        pytest.param(["--timeout", "0"], [], id="option"),
+        pytest.param(["--timeout", "5"], ["timeout(0)"], id="mark"),
+    ],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_pytest_timeout_zero_means_no_timeout(
+    px: ExecPytester, args: list[str], marks: list[str], mode: list[str]
+) -> None:
+    px.conftest(TIMEOUT_HOOK)
+    px.ini(timeout="3")
+    lines = "".join(f"# pytest.mark.{mark}\n" for mark in marks)
+    px.script("slow_script.py", lines + "import time\ntime.sleep(0.2)\n")
+    px.run(*args, *mode).assert_outcomes(passed=1)
+    # Not the 60 s default, not the ini's 3 s: none at all.
+    assert px.lines("timeouts.txt") == ["slow_script None"]
+
+
+def test_library_huge_timeout_means_no_timeout(px: ExecPytester) -> None:
+    from pytest_codomyrmex_exec import ScriptSpec, run_script
+
+    script = px.script("quick_script.py", "print('done')\n")
+    for timeout in (1e9, 30 * 24 * 3600.0, float("inf")):
+        result = run_script(script, timeout=timeout)
+        assert result["status"] == "passed", result
+        assert result["stdout"].strip() == "done"
+        assert ScriptSpec.build(script, timeout=timeout).timeout is None
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_huge_timeouts_behave_as_no_timeout(px: ExecPytester, mode: list[str]) -> None:
+    px.conftest(TIMEOUT_HOOK)
+    px.script("option_script.py", "print('ran')\n")
+    px.script("mark_script.py", "# pytest.mark.exec(timeout=2592000)\nprint('ran')\n")
+    result = px.run("--exec-timeout", "1e9", *mode)
+    result.assert_outcomes(passed=2)
+    assert sorted(px.lines("timeouts.txt")) == ["mark_script None", "option_script None"]
