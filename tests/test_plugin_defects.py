@@ -5,10 +5,6 @@ Each test runs a real pytest session on real scripts and would fail before its f
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-
 import pytest
 from conftest import ExecPytester
 
@@ -120,3 +116,42 @@ def test_huge_timeouts_behave_as_no_timeout(px: ExecPytester, mode: list[str]) -
     result = px.run("--exec-timeout", "1e9", *mode)
     result.assert_outcomes(passed=2)
     assert sorted(px.lines("timeouts.txt")) == ["mark_script None", "option_script None"]
+
+
+# -- values the engine cannot take are usage errors naming the option ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "named"),
+    [
+        pytest.param("option", "1e300", "--exec-memory-limit", id="memory-option"),
+        pytest.param("ini", "1e300", "ini option 'exec_memory_limit'", id="memory-ini"),
+        pytest.param("option", "1e20", "--exec-memory-limit", id="memory-option-1e20"),
+    ],
+)
+def test_memory_limit_beyond_any_address_space_is_a_usage_error(
+    px: ExecPytester, source: str, value: str, named: str
+) -> None:
+    px.script("a_script.py", "open('ran', 'w').close()\n")
+    if source == "ini":
+        px.ini(exec_memory_limit=value)
+        result = px.run()
+    else:
+        result = px.run("--exec-memory-limit", value)
+    # One usage error naming where the value came from, not an error per script.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {named}: '{value}' *larger than any address space*"])
+    assert not (px.path / "ran").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", "None"), ("inf", "None"), ("1e300", "None"), ("2.5", "2.5")],
+)
+def test_timeout_option_follows_the_engine_rules(
+    px: ExecPytester, value: str, expected: str
+) -> None:
+    px.conftest(TIMEOUT_HOOK)
+    px.script("a_script.py")
+    px.run_inprocess("--exec-timeout", value).assert_outcomes(passed=1)
+    assert px.lines("timeouts.txt") == [f"a_script {expected}"]
