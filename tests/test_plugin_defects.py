@@ -5,6 +5,9 @@ Each test runs a real pytest session on real scripts and would fail before its f
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 from conftest import ExecPytester
 
@@ -155,3 +158,43 @@ def test_timeout_option_follows_the_engine_rules(
     px.script("a_script.py")
     px.run_inprocess("--exec-timeout", value).assert_outcomes(passed=1)
     assert px.lines("timeouts.txt") == [f"a_script {expected}"]
+
+
+# -- --exec-python PATH as two arguments ---------------------------------------------------------
+
+
+def test_exec_python_with_equals_keeps_the_rootdir_and_ini(px: ExecPytester) -> None:
+    px.ini(exec_timeout="7")
+    px.conftest(TIMEOUT_HOOK)
+    px.script("a_script.py", "import sys\nprint(sys.executable)\n")
+    # An interpreter outside the project: as a test path it would move the rootdir to "/".
+    result = px.run(f"--exec-python={sys.executable}", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"rootdir: {px.path}", "configfile: tox.ini"])
+    assert px.lines("timeouts.txt") == ["a_script 7.0"]  # the project's ini was read
+
+
+@pytest.mark.parametrize("where", ["command-line", "PYTEST_ADDOPTS"])
+def test_exec_python_as_two_arguments_is_a_usage_error(
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    px.ini(exec_timeout="7")
+    px.script("a_script.py", "open('ran', 'w').close()\n")
+    if where == "command-line":
+        result = px.run("--exec-python", sys.executable)
+    else:
+        addopts = os.environ.get("PYTEST_ADDOPTS", "")
+        monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} --exec-python {sys.executable}")
+        result = px.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --exec-python: write --exec-python={sys.executable} *"])
+    assert not (px.path / "ran").exists()
+
+
+def test_exec_python_as_two_arguments_in_ini_addopts_is_harmless(px: ExecPytester) -> None:
+    # The ini file's addopts are read after pytest has chosen the rootdir: nothing moves.
+    px.ini(addopts=f"--exec-python {sys.executable}")
+    px.script("a_script.py")
+    result = px.run()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"rootdir: {px.path}"])

@@ -198,7 +198,7 @@ def test_exec_python_is_the_interpreter_scripts_run_with(px: ExecPytester, sourc
         px.ini(exec_python=str(wrapper))
         args: tuple[str, ...] = ()
     else:
-        args = ("--exec-python", os.path.relpath(wrapper, px.path))
+        args = (f"--exec-python={os.path.relpath(wrapper, px.path)}",)
     result = px.run(*args)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*b_script.py failed: exit code 3*"])

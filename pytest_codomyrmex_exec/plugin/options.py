@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, final
 
@@ -85,6 +86,31 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("exec_memory_limit", "per-script memory limit in MB", default="")
     parser.addini("exec_python", "interpreter the scripts run with", default="")
     parser.addini("exec_order", "start order: duration or collection", default="duration")
+
+
+PATH_OPTIONS = ("--exec-python",)
+"""Options whose value is a path: given as a separate argument, pytest takes the value for a
+test path, since it picks the rootdir and ini file before any plugin's options exist."""
+
+
+def refuse_separate_path_values(args: Sequence[str]) -> None:
+    """Raise a UsageError for ``--exec-python PATH`` (two arguments) in ``args``.
+
+    pytest reads ``PATH`` as a test path when it decides the rootdir and ini file, before
+    plugin options are known: the rootdir would move to PATH's folder (or to a common
+    ancestor such as ``/``) and the project's ini file could be ignored. ``=`` keeps the value
+    in one argument, out of that decision. ``args`` are the command line and
+    ``PYTEST_ADDOPTS``; the ini file's ``addopts`` come after the decision and are harmless.
+    """
+    for option, value in itertools.pairwise(args):
+        if option == "--":  # what follows is positional
+            return
+        if option in PATH_OPTIONS and not value.startswith("-"):
+            raise pytest.UsageError(
+                f"{option}: write {option}={value} (one argument). Given as two, pytest "
+                f"takes {value!r} for a test path before plugin options exist, which moves "
+                "the rootdir and can leave the project's ini file unread."
+            )
 
 
 @final
