@@ -198,3 +198,69 @@ def test_exec_python_as_two_arguments_in_ini_addopts_is_harmless(px: ExecPyteste
     result = px.run()
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"rootdir: {px.path}"])
+
+
+# -- a script that cannot start is an error, inline and in parallel -----------------------------
+
+# A conftest that gives one script an argument of 3 MB: execve refuses it (E2BIG).
+HUGE_ARGS = """\
+import pytest
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.name == "huge_args_script":
+            item.add_marker(pytest.mark.exec(args=["x" * 3_000_000]))
+"""
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_a_script_that_cannot_start_is_an_error(px: ExecPytester, mode: list[str]) -> None:
+    # An "interpreter" whose shebang points nowhere: exec fails with ENOENT.
+    broken = px.path / "broken-python"
+    broken.write_text("#!/nonexistent/python\n")
+    broken.chmod(0o755)
+    px.conftest(HUGE_ARGS)
+    px.script("no_python_script.py", f"# pytest.mark.exec(python={str(broken)!r})\n")
+    px.script("huge_args_script.py")
+    px.script("fine_script.py")
+    result = px.run("-rA", *mode, *px.junit_args())
+    result.assert_outcomes(errors=2, passed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR no_python_script.py::no_python_script - *could not run*",
+            "ERROR huge_args_script.py::huge_args_script - *could not run*",
+        ]
+    )
+    cases = px.junit_by_name()
+    assert cases["no_python_script"].outcome == "error"
+    assert cases["huge_args_script"].outcome == "error"
+    assert "Traceback" not in result.stdout.str()
+
+
+# -- values execve cannot take are short errors naming the mark --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mark", "complaint"),
+    [
+        pytest.param('exec(env={"A=B": "1"})', "env={'A=B': '1'} is not valid", id="env-key-eq"),
+        pytest.param(
+            'exec(env={"A": "x\\x00y"})', "env={'A': 'x\\x00y'} is not valid", id="nul-env"
+        ),
+        pytest.param('exec(args=["a\\x00b"])', "args=['a\\x00b'] is not valid", id="nul-arg"),
+    ],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_env_and_args_execve_refuses_are_short_errors_naming_the_mark(
+    px: ExecPytester, mark: str, complaint: str, mode: list[str]
+) -> None:
+    px.script("bad_script.py", f"# pytest.mark.{mark}\nopen('ran', 'w').close()\n")
+    px.script("fine_script.py")
+    result = px.run(*mode)
+    result.assert_outcomes(errors=1, passed=1)
+    section = px.section(result, "ERROR at setup of script bad_script.py")
+    text = "\n".join(section)
+    assert f"bad_script.py::bad_script: exec mark: {complaint}" in text
+    assert "subprocess.py" not in result.stdout.str()
+    assert len([line for line in section if line.strip()]) <= 2, section
+    assert not (px.path / "ran").exists()
