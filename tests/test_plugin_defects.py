@@ -299,3 +299,64 @@ def test_a_script_with_double_colons_in_its_name_is_labelled_by_its_path(
         ]
     )
     assert [case.outcome for case in px.junit()] == ["failed"]
+
+
+# -- the backend hook, as docs/plugin.md describes it ------------------------------------------
+
+SMALL_BACKEND = """\
+import threading
+
+from pytest_codomyrmex_exec.engine import CancelEvent, Subscription, run_spec
+
+
+class OneAtATime:
+    '''A backend as docs/plugin.md describes one: the engine does the runs.'''
+
+    def __init__(self):
+        self.stop = CancelEvent()
+        self.thread = None
+
+    def start(self, jobs, base_env, sink):
+        def work():
+            for job in jobs:
+                with open("custom.txt", "a") as out:
+                    out.write(job.spec.script.rsplit("/", 1)[1] + "\\n")
+                events = Subscription(sink, job.key, output=job.output)
+                run_spec(job.spec, base_env=base_env, cancel_event=self.stop, events=events)
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def cancel(self):
+        self.stop.set()
+
+    def join(self, timeout):
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.alive()
+
+    def alive(self):
+        return self.thread is None or self.thread.is_alive()
+
+
+def pytest_exec_make_backend(config):
+    with open("backends.txt", "a") as out:
+        out.write("asked\\n")
+    return OneAtATime() if config.getoption("exec_backend") is None else None
+"""
+
+
+def test_a_conftest_backend_runs_the_scripts(px: ExecPytester) -> None:
+    px.conftest(SMALL_BACKEND)
+    px.script("ok_script.py", "import os\nprint(os.environ['CODOMYRMEX_EXEC_SESSION'])\n")
+    px.script("bad_script.py", "raise SystemExit(3)\n")
+    result = px.run("--exec-parallel", "-rA", *px.junit_args())
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*bad_script.py failed: exit code 3*"])
+    assert px.lines("backends.txt") == ["asked"]  # once per session
+    assert sorted(px.lines("custom.txt")) == ["bad_script.py", "ok_script.py"]
+    # Returning None leaves the choice to --exec-backend.
+    builtin = px.run("--exec-parallel", "--exec-backend", "process")
+    builtin.assert_outcomes(passed=1, failed=1)
+    assert px.lines("backends.txt") == ["asked", "asked"]
+    assert len(px.lines("custom.txt")) == 2
