@@ -229,6 +229,9 @@ def test_a_script_that_cannot_start_is_an_error(px: ExecPytester, mode: list[str
         [
             "ERROR no_python_script.py::no_python_script - *could not run*",
             "ERROR huge_args_script.py::huge_args_script - *could not run*",
+            "*no_python_script.py could not run: cannot start: *the interpreter its '#!' line "
+            "names does not*",
+            "*huge_args_script.py could not run: cannot start: *Argument list too long*",
         ]
     )
     cases = px.junit_by_name()
