@@ -39,7 +39,7 @@ def test_bad_option_value_is_a_usage_error_naming_it(
 ) -> None:
     (px.path / "not_executable.txt").write_text("")
     px.script("a_script.py")
-    result = px.run_inprocess(option, value)
+    result = px.run_inprocess(f"{option}={value}")  # one argument, as --exec-python needs
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {option}: *{value}*"])
 
