@@ -5,6 +5,7 @@ Each test runs a real pytest session on real scripts and would fail before its f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -101,14 +102,21 @@ def test_pytest_timeout_zero_means_no_timeout(
 
 
 def test_library_huge_timeout_means_no_timeout(px: ExecPytester) -> None:
-    from pytest_codomyrmex_exec import ScriptSpec, run_script
+    from pytest_codomyrmex_exec import ScriptSpec, run_script, run_script_async
 
     script = px.script("quick_script.py", "print('done')\n")
     for timeout in (1e9, 30 * 24 * 3600.0, float("inf")):
-        result = run_script(script, timeout=timeout)
-        assert result["status"] == "passed", result
-        assert result["stdout"].strip() == "done"
+        for result in (
+            run_script(script, timeout=timeout),
+            asyncio.run(run_script_async(script, timeout=timeout)),
+        ):
+            assert result["status"] == "passed", result
+            assert result["stdout"].strip() == "done"
         assert ScriptSpec.build(script, timeout=timeout).timeout is None
+    # Just under the longest single wait the OS takes (about 24.8 days): kept as a timeout,
+    # and a quick script still passes (no wait handed to the OS overflows).
+    assert ScriptSpec.build(script, timeout=20 * 24 * 3600.0).timeout == 20 * 24 * 3600.0
+    assert run_script(script, timeout=20 * 24 * 3600.0)["status"] == "passed"
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
