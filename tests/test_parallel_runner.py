@@ -144,6 +144,29 @@ def test_unknown_config_key_names_script_and_key_before_anything_runs(tmp_path: 
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    ("where", "env", "error"),
+    [
+        ("batch", {"A": 1}, TypeError),
+        ("config", {"A": 1}, TypeError),
+        ("batch", {"A=B": "1"}, ValueError),
+        ("config", {"A": "x\0y"}, ValueError),
+    ],
+)
+def test_bad_env_is_refused_before_any_script_starts(
+    tmp_path: Path, where: str, env: dict[str, object], error: type[Exception]
+) -> None:
+    first, first_ran = marker_script(tmp_path, "first.py")
+    second, second_ran = marker_script(tmp_path, "second.py")
+    given: dict[str, object] = (
+        {"env": env} if where == "batch" else {"configs": {second: {"env": env}}}
+    )
+    with pytest.raises(error, match="env"):
+        ParallelRunner(2).run_scripts([first, second], **given)  # type: ignore[arg-type]
+    assert not first_ran.exists()
+    assert not second_ran.exists()
+
+
 # -- fail-fast and cancel ----------------------------------------------------------------------
 
 

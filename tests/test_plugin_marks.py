@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from conftest import ExecPytester
 
@@ -223,3 +226,105 @@ def test_bad_conftest_exec_mark_is_an_error_naming_the_script(
     result.assert_outcomes(errors=1, passed=1)
     result.stdout.fnmatch_lines(["bad_script.py::bad_script: exec mark: timeout='soon' is not *"])
     assert not list(px.path.glob("*.ran"))
+
+
+# -- marks are comments, read as Python reads the file -----------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_mark_on_the_first_line_after_a_utf8_bom_counts(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    (px.path / "bom_script.py").write_bytes(
+        b"\xef\xbb\xbf# pytest.mark.skip(reason='after a BOM')\n" + RAN.encode()
+    )
+    result = px.run("-rs", *mode)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] bom_script.py*: after a BOM"])
+    assert not list(px.path.glob("*.ran"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mark_like_lines_inside_strings_are_not_marks(px: ExecPytester, mode: list[str]) -> None:
+    px.script(
+        "documented_script.py",
+        '''\
+        """How to skip a script: put this line at the top of it:
+
+        # pytest.mark.skip(reason="in the docstring")
+        """
+        USAGE = """
+        # pytest.mark.xfail(reason="in a string literal")
+        """
+        TEMPLATE = '\\
+        # pytest.mark.this is no mark( at all'
+        # pytest.mark.slow
+        open(__file__ + ".ran", "w").close()
+        ''',
+    )
+    result = px.run("-m", "slow", "--strict-markers", "-o", "markers=slow: a real mark", *mode)
+    result.assert_outcomes(passed=1)
+    assert [p.name for p in px.path.glob("*.ran")] == ["documented_script.py.ran"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_coding_cookie_decodes_the_marks(px: ExecPytester, mode: list[str]) -> None:
+    source = (
+        "# -*- coding: latin-1 -*-\n"
+        '# pytest.mark.exec(args=["café"], env={"WHO": "Zoë"})\n'
+        "import os, sys\n"
+        'assert sys.argv[1:] == ["café"], ascii(sys.argv)\n'
+        'assert os.environ["WHO"] == "Zoë", ascii(os.environ["WHO"])\n'
+    )
+    (px.path / "latin_script.py").write_bytes(source.encode("latin-1"))
+    result = px.run("-rA", *mode)
+    result.assert_outcomes(passed=1)
+
+
+def test_malformed_mark_after_a_bom_names_the_right_line(px: ExecPytester) -> None:
+    (px.path / "bad_script.py").write_bytes(b"\xef\xbb\xbfimport sys\n# pytest.mark.exec(\n")
+    result = px.run_inprocess()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*bad_script.py:2: malformed mark line*"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_file_that_does_not_tokenize_keeps_its_marks(px: ExecPytester, mode: list[str]) -> None:
+    # Before the broken point: read from tokens, so the skip holds and nothing runs.
+    px.script(
+        "unterminated_script.py",
+        "# pytest.mark.skip(reason='not finished')\n" + RAN + "text = '''never closed\n",
+    )
+    # After it (a bad dedent on line 3): read as text lines, as in a file that tokenizes.
+    px.script(
+        "dedent_script.py",
+        "if True:\n        x = 1\n    y = 2\n# pytest.mark.xfail(reason='known broken')\n",
+    )
+    result = px.run("-rsx", *mode)
+    result.assert_outcomes(skipped=1, xfailed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "SKIPPED [[]1[]] unterminated_script.py*: not finished",
+            "XFAIL *dedent_script.py::dedent_script - known broken",
+        ]
+    )
+    assert not list(px.path.glob("*.ran"))
+
+
+def test_reading_the_marks_of_5000_scripts_takes_under_two_seconds(tmp_path: Path) -> None:
+    from pytest_codomyrmex_exec.plugin.marks import read_script_marks
+
+    # Marks on top, then a docstring and a body: only the head is tokenized.
+    marked = '# pytest.mark.exec(timeout=5, env={"A": "1"})\n"""Doc."""\n' + "x = 1\n" * 200
+    paths = []
+    for i in range(5000):
+        path = tmp_path / f"s{i:04}_script.py"
+        path.write_text(marked if i % 2 else "import sys\nprint(sys.argv)\n" * 100)
+        paths.append(path)
+    timings = []
+    for _ in range(3):  # the best of three: the machine may be busy with other work
+        started = time.monotonic()
+        marks = [read_script_marks(path) for path in paths]
+        timings.append(time.monotonic() - started)
+    assert sum(len(found) for found in marks) == 2500
+    assert min(timings) < 2.0, timings  # about 0.4 s on an idle laptop

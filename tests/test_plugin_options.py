@@ -39,7 +39,7 @@ def test_bad_option_value_is_a_usage_error_naming_it(
 ) -> None:
     (px.path / "not_executable.txt").write_text("")
     px.script("a_script.py")
-    result = px.run_inprocess(option, value)
+    result = px.run_inprocess(f"{option}={value}")  # one argument, as --exec-python needs
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {option}: *{value}*"])
 
@@ -198,7 +198,7 @@ def test_exec_python_is_the_interpreter_scripts_run_with(px: ExecPytester, sourc
         px.ini(exec_python=str(wrapper))
         args: tuple[str, ...] = ()
     else:
-        args = ("--exec-python", os.path.relpath(wrapper, px.path))
+        args = (f"--exec-python={os.path.relpath(wrapper, px.path)}",)
     result = px.run(*args)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*b_script.py failed: exit code 3*"])

@@ -10,7 +10,9 @@ reads output into the :class:`Output` until that wait is over.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 import time
 from collections.abc import Generator
@@ -221,7 +223,11 @@ def classify(
 def start_failed(plan: LaunchPlan, exc: OSError) -> ScriptResult:
     """The ``error`` result (and its log line) for a child that could not be started."""
     logger.warning("cannot start %s: %s", plan.script, exc)
-    return make_result(plan.script, ScriptStatus.ERROR, error=f"cannot start: {exc}")
+    error = f"cannot start: {exc}"
+    if exc.errno == errno.ENOENT and exc.filename and os.path.isfile(exc.filename):
+        # execve says ENOENT for a file that is there when its "#!" interpreter is not.
+        error += " (the file exists: the interpreter its '#!' line names does not)"
+    return make_result(plan.script, ScriptStatus.ERROR, error=error)
 
 
 def log_finished(plan: LaunchPlan, result: ScriptResult) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import uuid
 from collections.abc import Generator
 from pathlib import Path
@@ -13,7 +15,7 @@ from . import hookspecs
 from .durations import save_durations
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
-from .options import add_options, resolve_options
+from .options import add_options, refuse_separate_path_values, resolve_options
 from .settings import SESSION_TAG_VAR
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
@@ -28,11 +30,25 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # The earliest hook a pytest11 plugin gets, before any conftest is imported from a
+    # rootdir that a separated "--exec-python PATH" may have moved.
+    given = shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    refuse_separate_path_values([*given, *early_config.invocation_params.args])
+
+
 def _xdist_active(config: pytest.Config) -> bool:
-    """True on an xdist worker or controller: xdist already spreads items over processes."""
+    """True on an xdist worker or controller: xdist already spreads items over processes.
+
+    xdist distributes only with a ``--dist`` mode *and* workers (``-n``/``--tx``, which its
+    ``pytest_cmdline_main`` has turned into ``tx`` by now): ``--dist loadscope`` alone, e.g.
+    in ``addopts``, runs every item in this process, so --exec-parallel must stay on."""
     if hasattr(config, "workerinput"):
         return True
-    return config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+    if not config.pluginmanager.hasplugin("xdist"):
+        return False
+    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
 
 
 @pytest.hookimpl(trylast=True)

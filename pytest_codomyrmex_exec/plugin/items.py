@@ -47,6 +47,16 @@ def is_script(file_path: Path, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns)
 
 
+def item_name(path: Path) -> str:
+    """The item's name: the script's stem, with ``[ ]`` written ``( )``.
+
+    In a node id ``[`` starts parameters: pytest (9.2+) reads ``x.py::fail[1]_script`` back
+    as the item ``fail`` with parameters ``1]_script``, so ``--lf`` would never find the
+    item again, and the summary would show ``fail[1]_script]``.
+    """
+    return path.stem.replace("[", "(").replace("]", ")")
+
+
 class ScriptFile(pytest.File):
     """A script file; reading its ``# pytest.mark`` lines is all collection does with it."""
 
@@ -65,7 +75,7 @@ class ScriptFile(pytest.File):
             # On the file, not the item: marks a conftest adds to the item are closer and win
             # per keyword, as marks on a test function beat marks on its module.
             self.add_marker(decorator(*mark.args, **mark.kwargs))
-        return [ScriptItem.from_parent(self, name=self.path.stem)]
+        return [ScriptItem.from_parent(self, name=item_name(self.path))]
 
 
 class ScriptItem(pytest.Item):
@@ -73,8 +83,10 @@ class ScriptItem(pytest.Item):
 
     @property
     def label(self) -> str:
-        """The script's path as pytest shows it (relative to the rootdir)."""
-        return self.nodeid.split("::", 1)[0]
+        """The script's path as pytest shows it (relative to the rootdir): its file's node
+        id, not this id cut at "::", which a file name may itself contain (c::d_script.py)."""
+        assert self.parent is not None  # a ScriptFile, always
+        return self.parent.nodeid
 
     def settings(self) -> ScriptSpec:
         """Resolve (once) how this script runs; raises MarkError for a bad exec mark."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import codecs
+import io
 import re
-from collections.abc import Iterator, Mapping
+import tokenize
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
@@ -16,6 +19,9 @@ EXEC_MARKER_HELP = (
     "lower priority starts first, timeout=0 means none"
 )
 
+_MARK_PREFIX = "# pytest.mark."
+_MARK_BYTES = _MARK_PREFIX.encode()
+_CANDIDATE = re.compile(r"^# pytest\.mark\.", re.MULTILINE)  # "^": after "\n", as tokenize
 _MARK_LINE = re.compile(r"# pytest\.mark\.(?P<rest>.*)$")
 _MARK_CALL = re.compile(r"(?P<name>[A-Za-z_]\w*)\s*(?P<call>\(.*\))?\s*$")
 
@@ -34,19 +40,70 @@ class ScriptMark:
 
 
 def read_script_marks(path: Path) -> list[ScriptMark]:
-    """Find ``# pytest.mark.NAME`` / ``# pytest.mark.NAME(args)`` lines at column 0.
+    """Find ``# pytest.mark.NAME`` / ``# pytest.mark.NAME(args)`` comments at column 0.
 
-    Arguments must be Python literals; they are parsed with :mod:`ast`, never evaluated,
-    because collection must not run a line of the script.
+    The file is read as Python reads it: a UTF-8 BOM and a coding cookie (PEP 263) are
+    honoured, and only real comments count, found with :mod:`tokenize`, so a mark-like line
+    inside a docstring or string literal is not a mark. A file that stops tokenizing (an
+    unterminated string, a bad dedent) keeps the marks before that point, and from the line
+    where tokenizing failed on, column-0 mark lines are read as text: the script fails when
+    it runs, showing its SyntaxError, unless a mark there skips it. Arguments must be Python
+    literals; they are parsed with :mod:`ast`, never evaluated, because collection must not
+    run a line of the script.
     """
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    if "# pytest.mark." not in text:
+    data = path.read_bytes()
+    if _MARK_BYTES not in data:  # most scripts: no decoding, no tokenizing
         return []
-    return list(_parse_lines(path, text))
+    return list(_parse_lines(path, _mark_comments(_source_text(data))))
 
 
-def _parse_lines(path: Path, text: str) -> Iterator[ScriptMark]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+def _source_text(data: bytes) -> str:
+    """The script's text, decoded as Python would decode it."""
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        return data.decode(encoding)  # "utf-8-sig" when there is a BOM: it drops it
+    except (SyntaxError, LookupError, UnicodeDecodeError):
+        # An unknown cookie or bytes the cookie does not fit: Python refuses to run the
+        # script (a failure showing why); read its marks as well as UTF-8 allows.
+        return data.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="replace")
+
+
+def _mark_comments(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of every column-0 comment that starts like a mark."""
+    candidates = [found.start() for found in _CANDIDATE.finditer(text)]
+    if not candidates:
+        return
+    # Tokenizing costs about a millisecond per 50 lines: stop after the last line that could
+    # be a mark (marks usually sit at the top), so a long script costs what its head costs.
+    last = text.count("\n", 0, candidates[-1]) + 1
+    found: list[tuple[int, str]] = []
+    broken_at: int | None = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.start[0] > last:
+                break
+            if (
+                token.type == tokenize.COMMENT
+                and token.start[1] == 0
+                and token.string.startswith(_MARK_PREFIX)
+            ):
+                found.append((token.start[0], token.string))
+    except tokenize.TokenError as exc:
+        broken_at = exc.args[1][0]
+    except SyntaxError as exc:  # IndentationError, and a C tokenizer's complaints
+        broken_at = exc.lineno or 1
+    if broken_at is None:
+        yield from found
+        return
+    yield from ((lineno, line) for lineno, line in found if lineno < broken_at)
+    lines = io.StringIO(text).readlines()  # numbered as tokenize numbers them
+    for lineno, line in enumerate(lines[broken_at - 1 :], start=broken_at):
+        if line.startswith(_MARK_PREFIX):
+            yield lineno, line.rstrip("\r\n")
+
+
+def _parse_lines(path: Path, comments: Iterable[tuple[int, str]]) -> Iterator[ScriptMark]:
+    for lineno, line in comments:
         found = _MARK_LINE.match(line)
         if found is None:
             continue

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, final
 
 import pytest
+
+from ..engine import validate_memory_limit, validate_timeout
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PATTERNS = ["*_script.py"]
@@ -84,6 +88,31 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("exec_order", "start order: duration or collection", default="duration")
 
 
+PATH_OPTIONS = ("--exec-python",)
+"""Options whose value is a path: given as a separate argument, pytest takes the value for a
+test path, since it picks the rootdir and ini file before any plugin's options exist."""
+
+
+def refuse_separate_path_values(args: Sequence[str]) -> None:
+    """Raise a UsageError for ``--exec-python PATH`` (two arguments) in ``args``.
+
+    pytest reads ``PATH`` as a test path when it decides the rootdir and ini file, before
+    plugin options are known: the rootdir would move to PATH's folder (or to a common
+    ancestor such as ``/``) and the project's ini file could be ignored. ``=`` keeps the value
+    in one argument, out of that decision. ``args`` are the command line and
+    ``PYTEST_ADDOPTS``; the ini file's ``addopts`` come after the decision and are harmless.
+    """
+    for option, value in itertools.pairwise(args):
+        if option == "--":  # what follows is positional
+            return
+        if option in PATH_OPTIONS and not value.startswith("-"):
+            raise pytest.UsageError(
+                f"{option}: write {option}={value} (one argument). Given as two, pytest "
+                f"takes {value!r} for a test path before plugin options exist, which moves "
+                "the rootdir and can leave the project's ini file unread."
+            )
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class ExecOptions:
@@ -111,16 +140,20 @@ def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | Non
     return None
 
 
-def _number(text: str, where: str, *, allow_zero: bool, allow_inf: bool) -> float:
+def _number(text: str, where: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise pytest.UsageError(f"{where}: expected a number, got {text!r}") from None
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        raise pytest.UsageError(f"{where}: expected a positive number, got {text!r}")
-    if math.isinf(value) and not allow_inf:
-        raise pytest.UsageError(f"{where}: expected a finite number, got {text!r}")
-    return value
+
+
+def _validated(check: Callable[[object], float | None], text: str, where: str) -> float | None:
+    """``text`` as the engine's validator ``check`` takes it; its refusal, a UsageError
+    naming the option or ini key (not an error of every script, blamed on its exec mark)."""
+    try:
+        return check(_number(text, where))
+    except ValueError as exc:
+        raise pytest.UsageError(f"{where}: {text!r} is not usable: {exc}") from None
 
 
 def _parallel(config: pytest.Config) -> bool:
@@ -164,14 +197,17 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
     timeout: float | None = None
     picked = _pick(config, "exec_timeout", "exec_timeout")
     if picked:
-        seconds = _number(*picked, allow_zero=True, allow_inf=True)  # inf, like 0: none
-        timeout = math.inf if seconds == 0 else seconds
+        # 0 means none (as in pytest-timeout); so do infinity and anything beyond the
+        # engine's longest wait (validate_timeout gives None): all become math.inf here.
+        text, where = picked
+        checked = None if _number(text, where) == 0 else _validated(validate_timeout, text, where)
+        timeout = math.inf if checked is None else checked
 
     memory: float | None = None
     picked = _pick(config, "exec_memory_limit", "exec_memory_limit")
     if picked:
-        # An infinite limit would pass here and then break every launch: refuse it now.
-        memory = _number(*picked, allow_zero=False, allow_inf=False)
+        # What setrlimit cannot take (inf, 1e300) would break every launch: refuse it now.
+        memory = _validated(validate_memory_limit, *picked)
 
     python: str | None = None
     picked = _pick(config, "exec_python", "exec_python")
