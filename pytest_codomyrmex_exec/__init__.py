@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .engine.async_runner import AsyncParallelRunner
     from .engine.events import RunEvent, RunEventKind
+    from .engine.forkserver import WarmLauncher
     from .engine.parallel import ParallelRunner, ProgressEvent
     from .engine.results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
     from .engine.run import CancelEvent, run_script
@@ -44,6 +45,7 @@ _HOMES = {
     "RunEvent": "events",
     "RunEventKind": "events",
     "ScriptSpec": "spec",
+    "WarmLauncher": "forkserver",
     "AsyncJob": "scheduler",
     "AsyncJobStatus": "scheduler",
     "AsyncScheduler": "scheduler",
@@ -70,6 +72,7 @@ __all__ = [
     "ScriptResult",
     "ScriptSpec",
     "ScriptStatus",
+    "WarmLauncher",
     "run_script",
     "run_script_async",
 ]
