@@ -108,7 +108,7 @@ def _write_tag_into_environ_block(tag: str) -> None:
     try:
         with open("/proc/self/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[48]), int(fields[49])  # env_start, env_end (fields 50, 51)
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50, 51
         with open("/proc/self/environ", "rb") as fh:
             block = fh.read()
     except (OSError, IndexError, ValueError):

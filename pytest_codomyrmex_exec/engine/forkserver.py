@@ -294,6 +294,8 @@ class WarmLauncher:
         self._closed = False
         self.cold_starts: dict[str, str] = {}
         """Scripts started cold, with the reason (the last one per script)."""
+        self.warm_starts = 0
+        """How many scripts were forked from a server."""
 
     @property
     def server_pid(self) -> int | None:
@@ -408,6 +410,7 @@ class WarmLauncher:
                 server = self._running_server()
                 try:
                     pid = server.spawn(request, handed)
+                    self.warm_starts += 1
                 except _TooLarge:
                     raise
                 except OSError:
