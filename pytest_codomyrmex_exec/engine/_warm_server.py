@@ -1,8 +1,9 @@
 """The warm-start server: a program, run by :class:`~.forkserver.WarmLauncher`, never imported.
 
-It is started as ``python -c <bootstrap> <this file> <socket fd> <preload...>``; the bootstrap
-notes ``sys.modules`` as interpreter start-up left it and executes this file's code. Stdlib
-only, no relative imports. The server:
+It is started as ``python <this file> <socket fd> <preload path> <preload...>``, the way a
+script is started, so that what start-up leaves in ``sys.modules`` is what a script's cold
+start sees. Stdlib only, no relative imports, no ``from __future__`` (it would stay loaded).
+The server:
 
 1. imports the preload list (nothing of its own yet), and notes ``sys.modules`` again: what
    a forked script may keep;
@@ -17,25 +18,25 @@ only, no relative imports. The server:
 """
 
 # ruff: noqa: E402 -- the order of imports is the point: preload first, machinery after.
-from __future__ import annotations
-
 import os
 import sys
+
+_STARTUP = frozenset(sys.modules)
+"""What interpreter start-up imported: every cold start of a script has these."""
+del sys.path[0]  # this file's folder: not the scripts' path, and it must shadow nothing
+_MAIN = sys.modules["__main__"]  # holds our globals alive once a child replaces __main__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is no start-up import: a forked script must not find it loaded
     from typing import Any
 
-_STARTUP: set[str] = set(globals().get("_STARTUP", sys.modules))
 # -- 1. preload ------------------------------------------------------------------------------
 
-if sys.path and sys.path[0] == "":  # ``-c`` put the server's cwd first: not the scripts' path
-    del sys.path[0]
 _BASE_PATH = list(sys.path)
-_SOCKET_FD = int(sys.argv[2])
-_PRELOAD_PATH = [os.path.abspath(p) for p in sys.argv[3].split(os.pathsep) if p]
-_PRELOAD = [name for name in sys.argv[4:] if name]
-_preload_error: str | None = None
+_SOCKET_FD = int(sys.argv[1])
+_PRELOAD_PATH = [os.path.abspath(p) for p in sys.argv[2].split(os.pathsep) if p]
+_PRELOAD = [name for name in sys.argv[3:] if name]
+_preload_error = ""
 sys.path[:0] = _PRELOAD_PATH  # the launcher's PYTHONPATH, for finding the preload list only
 for _name in _PRELOAD:
     try:
@@ -64,7 +65,7 @@ import select
 import signal
 import socket
 
-_SIGNALS_AT_START: dict[int, Any] = {}
+_SIGNALS_AT_START: "dict[int, Any]" = {}
 """The handlers as start-up and the preload list left them (a cold import sets the same)."""
 for _number in range(1, signal.NSIG):
     try:
@@ -404,7 +405,7 @@ class _Server:
 
 def _main() -> None:
     sock = socket.socket(fileno=_SOCKET_FD)
-    if _preload_error is not None:
+    if _preload_error:
         _send(sock, ("error", _preload_error))
         return
     _send(sock, ("ready", os.getpid()))

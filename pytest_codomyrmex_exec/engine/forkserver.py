@@ -62,11 +62,6 @@ _CHILD_PATH_VARIABLES = frozenset({"PYTHONPATH"})
 """``PYTHON*`` variables the child applies itself."""
 
 _SERVER = Path(__file__).with_name("_warm_server.py")
-_BOOTSTRAP = (
-    "import sys;_S=set(sys.modules);p=sys.argv[1];"
-    "exec(compile(open(p,'rb').read(),p,'exec'),"
-    "{'__name__':'__codomyrmex_warm__','_STARTUP':_S,'__builtins__':__builtins__})"
-)
 _MAX_MESSAGE = 1 << 20
 _READY_TIMEOUT = 120.0
 """Seconds the server may take to import its preload list."""
@@ -169,15 +164,7 @@ class _Server:
             with suppress(OSError):
                 ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
             self.proc = subprocess.Popen(
-                [
-                    python,
-                    "-c",
-                    _BOOTSTRAP,
-                    str(_SERVER),
-                    str(theirs.fileno()),
-                    preload_path,
-                    *preload,
-                ],
+                [python, str(_SERVER), str(theirs.fileno()), preload_path, *preload],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
@@ -197,10 +184,10 @@ class _Server:
         try:
             hello = self._receive()
         except OSError as exc:
+            cause = self.death() if isinstance(exc, ConnectionError) else str(exc)
             self.kill()
-            raise OSError(f"the warm-start server did not start: {exc}") from None
-        finally:
-            self.sock.settimeout(None)
+            raise _Broken(f"{python} ended before it was ready ({cause})") from None
+        self.sock.settimeout(None)
         if hello[0] != "ready":
             self.kill()
             raise _Broken(str(hello[1]))
@@ -417,6 +404,12 @@ class WarmLauncher:
                     if not server.alive():
                         server.kill()
                         self._server = None  # the next script starts a new server
+                    raise
+                except BaseException:
+                    # Interrupted mid-conversation (Ctrl-C): the socket may still hold this
+                    # request's answer. Retire the server (it kills what it forked for us).
+                    self._server = None
+                    server.kill()
                     raise
             ok = True
         finally:
