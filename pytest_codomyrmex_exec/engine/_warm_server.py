@@ -23,7 +23,8 @@ import sys
 
 _STARTUP = frozenset(sys.modules)
 """What interpreter start-up imported: every cold start of a script has these."""
-del sys.path[0]  # this file's folder: not the scripts' path, and it must shadow nothing
+if sys.path and sys.path[0] == os.path.dirname(os.path.realpath(__file__)):
+    del sys.path[0]  # this file's folder: not the scripts' path, and it must shadow nothing
 _MAIN = sys.modules["__main__"]  # holds our globals alive once a child replaces __main__
 
 TYPE_CHECKING = False

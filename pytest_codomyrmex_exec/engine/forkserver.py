@@ -74,7 +74,14 @@ def _interpreter_path(python: str) -> str:
 
 @final
 class WarmChild:
-    """A script forked by the server: not our child, so its exit comes through a pipe."""
+    """A script forked by the server: not our child, so its exit comes through a pipe.
+
+    The server reaps the script as soon as it exits, so unlike a cold start's zombie the
+    leader's pid is free again when the stop sequence kills what is left in its group. The
+    group id stays taken while any member lives (Linux frees a pid only once no process,
+    group or session uses it), so that kill reaches the leftovers; with none left it finds
+    no group, short of the pid being reused as a new group's id within those milliseconds.
+    """
 
     def __init__(self, pid: int, stdout: int, stderr: int, exit_read: int, server: _Server):
         self._pid = pid
@@ -165,8 +172,11 @@ class _Server:
                 ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
             self.proc = subprocess.Popen(
                 [python, str(_SERVER), str(theirs.fileno()), preload_path, *preload],
+                # Never pytest's captured output of whichever test started the server; how
+                # the server ended (exit code, signal) is what a dead server's report says.
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 env=server_env,
                 start_new_session=True,
