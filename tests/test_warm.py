@@ -33,9 +33,11 @@ from test_plugin_ecosystem import (  # noqa: F401
     test_a_daemon_left_outside_the_group_does_not_outlive_the_run,
     test_ctrl_c_kills_every_script_tree,
     test_fail_fast_kills_running_scripts_and_ends_quickly,
+    test_second_ctrl_c_does_not_abandon_the_scripts,
 )
 from test_plugin_outcomes import test_outcome_table  # noqa: F401
 from test_plugin_settings import test_exec_mark_settings  # noqa: F401
+from test_plugin_soak import test_soak  # noqa: F401
 from test_runner import (  # noqa: F401
     parent_thread,
     test_a_crash_under_a_memory_limit_is_not_called_a_memory_hit,
