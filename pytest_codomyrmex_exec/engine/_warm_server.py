@@ -29,7 +29,7 @@ _MAIN = sys.modules["__main__"]  # holds our globals alive once a child replaces
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is no start-up import: a forked script must not find it loaded
-    from typing import Any
+    from typing import Any, NoReturn
 
 # -- 1. preload ------------------------------------------------------------------------------
 
@@ -138,7 +138,7 @@ def _sys_path(request: dict[str, object]) -> list[str]:
     return [first, *rest]
 
 
-def _finish(code: int) -> None:
+def _finish(code: int) -> "NoReturn":
     """Leave as ``Py_FinalizeEx`` would: join threads, atexit callbacks, flush the streams."""
     threading = sys.modules.get("threading")
     if threading is not None:
@@ -208,6 +208,16 @@ def _become(request: dict[str, object], fds: list[int], sync_write: int) -> None
     for target_fd, fd in enumerate(fds[:3]):
         os.dup2(fd, target_fd)
     _close_other_fds()
+    try:
+        module, target = _prepare(request)
+    except BaseException as exc:  # say why on the script's stderr, as a cold start would
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        _finish(1)
+    _run(module, target)
+
+
+def _prepare(request: dict[str, object]) -> tuple[bool, str]:
+    """Signals, environment, limits, argv, path, modules and seeds as a cold start has them."""
     for number, handler in _SIGNALS_AT_START.items():
         try:
             if signal.getsignal(number) is not handler:
@@ -244,7 +254,11 @@ def _become(request: dict[str, object], fds: list[int], sync_write: int) -> None
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         numpy_random.seed()
+    return module, target
 
+
+def _run(module: bool, target: str) -> None:
+    """Run the script as ``__main__`` and leave with CPython's exit code for how it ended."""
     code = 0
     try:
         if module:
@@ -265,7 +279,7 @@ def _become(request: dict[str, object], fds: list[int], sync_write: int) -> None
     _finish(code)
 
 
-def _finish_by_signal(number: int) -> None:
+def _finish_by_signal(number: int) -> "NoReturn":
     """An uncaught KeyboardInterrupt ends a cold interpreter by SIGINT: the same here."""
     with contextlib.suppress(BaseException):
         sys.stdout.flush()
