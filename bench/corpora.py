@@ -33,6 +33,8 @@ _CPU = (
     "    pass\n"
 )
 _SLEEP = "import time\ntime.sleep({seconds})\n"
+# Imports numpy and sums a small array: a cold start pays numpy's import for every script.
+_NUMPY = "import numpy as np\nprint(int(np.arange({index} + 100).sum()))\n"
 
 _PEER = '''\
 """The hand-written peer: one parametrized test that runs each script in a subprocess."""
@@ -130,6 +132,14 @@ SPECS: Final[dict[str, CorpusSpec]] = {
         2,
         _skewed,
         f"40 scripts sleeping {SHORT_SLEEP} s, then one of {LONG_SLEEP} s sorted last by name",
+    ),
+    "numpy": CorpusSpec(
+        "numpy",
+        30,
+        2,
+        2,
+        _numbered("numpy", _NUMPY),
+        "30 scripts that import numpy and sum a small array",
     ),
     "scale-500": _scale(500),
     "scale-5000": _scale(5000),

@@ -28,6 +28,10 @@ _RATIO_TARGETS = (
     ("sleep", "xdist", 0.50),
     ("sleep", "floor", 1.30),
 )
+# (corpus, limit): the warm arm (--exec-warm) against the cold-start floor (issue 10).
+WARM = "plugin-warm"
+"""Key of the plugin with ``--exec-warm`` (``bench/run.py --warm``)."""
+_WARM_TARGETS = (("tiny", 0.50), ("numpy", 0.30))
 SKEW_LIMIT = 0.80
 """The skewed corpus's second run (remembered durations) against its first."""
 ORDER_OFF_LIMIT = 0.90
@@ -226,6 +230,15 @@ def targets(corpora: dict[str, CorpusSummary]) -> list[Target]:
                 "x",
                 best=summary.best_ratio(peer),
             )
+        )
+
+    for corpus, limit in _WARM_TARGETS:
+        summary = corpora.get(corpus)
+        if summary is None or WARM not in summary.arms:
+            continue
+        # No "best possible" here: warm scripts start faster than the floor's interpreters.
+        found.append(
+            Target(f"{corpus}: plugin warm / floor", summary.ratio(WARM, "floor"), "<=", limit, "x")
         )
 
     skewed = corpora.get("skewed")

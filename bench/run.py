@@ -35,12 +35,16 @@ from measure import (
     run_once,
     wait_for_quiet,
 )
-from report import PLUGIN, ArmSummary, CorpusSummary, render, targets
+from report import PLUGIN, WARM, ArmSummary, CorpusSummary, render, targets
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 ALL_CORPORA = ("tiny", "cpu", "sleep", "skewed", "scale")
+WARM_CORPORA = ("tiny", "numpy")
+"""What ``--warm`` runs unless ``--corpora`` says otherwise."""
+WARM_PRELOAD = {"numpy": "numpy"}
+"""``--exec-preload`` of the warm arm, per corpus."""
 
 
 @final
@@ -84,6 +88,7 @@ def make_arms(
     serial: bool,
     cache: bool,
     empty: Path,
+    warm: bool = False,
 ) -> list[Arm]:
     """The arms of one corpus, in the order each round runs them."""
     spec, count = corpus.spec, corpus.spec.count
@@ -163,6 +168,23 @@ def make_arms(
                 f"plugin ({other})",
                 spec.workers,
                 _pytest(python, *plugin, "--exec-backend", other),
+                corpus.folder,
+                expect_passed=count,
+            )
+        )
+    if warm:
+        preload = WARM_PRELOAD.get(spec.name)
+        arms.append(
+            Arm(
+                WARM,
+                f"plugin warm ({default}{', preload ' + preload if preload else ''})",
+                spec.workers,
+                _pytest(
+                    python,
+                    *plugin,
+                    "--exec-warm",
+                    *(("--exec-preload", preload) if preload else ()),
+                ),
                 corpus.folder,
                 expect_passed=count,
             )
@@ -282,7 +304,7 @@ def _corpus_names(requested: str, quick: bool) -> list[str]:
         elif name in SPECS:
             names.append(name)
         else:
-            known = ", ".join([*ALL_CORPORA, "scale-500", "scale-5000"])
+            known = ", ".join([*ALL_CORPORA, "numpy", "scale-500", "scale-5000"])
             raise SystemExit(f"unknown corpus {name!r} (known: {known})")
     return names
 
@@ -295,8 +317,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument(
         "--corpora",
-        default=",".join(ALL_CORPORA),
-        help="comma-separated: tiny, cpu, sleep, skewed, scale (= scale-500 and scale-5000)",
+        help="comma-separated: tiny, cpu, sleep, skewed, numpy, scale (= scale-500 and "
+        f"scale-5000); default {','.join(ALL_CORPORA)}, with --warm {','.join(WARM_CORPORA)}",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="add the plugin with --exec-warm as an arm (issue 10's targets)",
     )
     parser.add_argument(
         "--quick",
@@ -347,6 +374,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = 3 if args.quick else 5
+    if args.corpora is None:
+        args.corpora = ",".join(WARM_CORPORA if args.warm else ALL_CORPORA)
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be >= 1 and --warmup >= 0")
     return args
@@ -392,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 serial=not (args.quick or args.no_serial),
                 cache=not args.no_cache,
                 empty=empty,
+                warm=args.warm and name != "skewed",
             )
             summaries[name] = run_corpus(
                 corpus,
@@ -417,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "quick": args.quick,
                 "cache": not args.no_cache,
                 "serial": not (args.quick or args.no_serial),
+                "warm": args.warm,
                 "quiet": dataclasses.asdict(quiet),
                 "backends": {"default": backends[0], "other": backends[1]},
             },

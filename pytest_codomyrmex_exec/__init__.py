@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .engine.async_runner import AsyncParallelRunner
     from .engine.events import RunEvent, RunEventKind
+    from .engine.forkserver import WarmLauncher
     from .engine.parallel import ParallelRunner, ProgressEvent
     from .engine.results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
     from .engine.run import CancelEvent, run_script
@@ -47,6 +48,7 @@ __all__ = [
     "ScriptResult",
     "ScriptSpec",
     "ScriptStatus",
+    "WarmLauncher",
     "run_script",
     "run_script_async",
 ]

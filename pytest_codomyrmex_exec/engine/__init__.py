@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .async_runner import AsyncParallelRunner
     from .events import EventSink, RunEvent, RunEventKind, Subscription
+    from .forkserver import WARM_SUPPORTED, WarmChild, WarmLauncher
     from .launch import (
         COLD,
         RUN_TAG_VAR,
@@ -59,6 +60,9 @@ _HOMES = {
     "RunEvent": "events",
     "RunEventKind": "events",
     "Subscription": "events",
+    "WARM_SUPPORTED": "forkserver",
+    "WarmChild": "forkserver",
+    "WarmLauncher": "forkserver",
     "COLD": "launch",
     "RUN_TAG_VAR": "launch",
     "Child": "launch",
@@ -104,6 +108,7 @@ __all__ = [
     "RUN_KEYWORDS",
     "RUN_TAG_VAR",
     "TERMINATE_GRACE",
+    "WARM_SUPPORTED",
     "AsyncExecutionResult",
     "AsyncJob",
     "AsyncJobStatus",
@@ -129,6 +134,8 @@ __all__ = [
     "ScriptSpec",
     "ScriptStatus",
     "Subscription",
+    "WarmChild",
+    "WarmLauncher",
     "kill_tagged",
     "make_result",
     "package_root",

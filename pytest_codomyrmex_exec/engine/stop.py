@@ -154,6 +154,16 @@ def supervise(
         kill_tagged(RUN_TAG_VAR, plan.tag)
         yield Wait(drain_start + DRAIN_LIMIT, for_exit=False)
     returncode = child.wait()
+    lost: str | None = getattr(child, "lost", None)  # a fork server died with the script
+    if lost is not None:
+        return make_result(
+            spec.script,
+            ScriptStatus.ERROR,
+            error=lost,
+            stdout=output.text("stdout"),
+            stderr=output.text("stderr"),
+            execution_time=elapsed,
+        )
     return classify(
         plan,
         returncode=returncode,

@@ -55,9 +55,10 @@ def _xdist_active(config: pytest.Config) -> bool:
 def pytest_exec_make_backend(config: pytest.Config) -> object:
     """The built-in backends, chosen by ``--exec-backend``; other plugins may come first."""
     from .backends import make_builtin_backend
+    from .warm import launcher_for
 
     options = config.stash[OPTIONS_KEY]
-    return make_builtin_backend(options.backend, options.workers)
+    return make_builtin_backend(options.backend, options.workers, launcher_for(config))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,6 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
     options = resolve_options(config)
     config.stash[OPTIONS_KEY] = options
     config.stash[SESSION_TAG_KEY] = uuid.uuid4().hex
+    if options.warm:
+        from .warm import configure_warm
+
+        configure_warm(config)
     if options.parallel and not _xdist_active(config):
         from .session import ExecSession  # imported only when the feature is on
 

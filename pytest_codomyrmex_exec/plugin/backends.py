@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 from ..engine import (
+    COLD,
     EventSink,
+    Launcher,
     ParallelRunner,
     RunEvent,
     RunEventKind,
@@ -99,8 +101,8 @@ class _Thread:
 class ProcessBackend:
     """The :class:`ParallelRunner`: a thread per running script, each waiting on its child."""
 
-    def __init__(self, workers: int) -> None:
-        self._runner = ParallelRunner(workers, progress_callback=self._progress)
+    def __init__(self, workers: int, launcher: Launcher = COLD) -> None:
+        self._runner = ParallelRunner(workers, progress_callback=self._progress, launcher=launcher)
         self._thread = _Thread("codomyrmex-exec-runner")
         self._jobs: Sequence[ScriptJob] = ()
         self._sink: EventSink | None = None
@@ -139,7 +141,8 @@ class AsyncBackend:
     """The :class:`AsyncScheduler` on an event loop of its own thread: each script is one job
     at its own priority; the engine retries it and reports its events."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, launcher: Launcher = COLD) -> None:
+        self._launcher = launcher
         # Imported here: asyncio and the scheduler cost start-up time every other run skips.
         from ..engine import AsyncScheduler, JobEventKind
 
@@ -178,7 +181,7 @@ class AsyncBackend:
                 run_spec_async,
                 name=name,
                 args=(job.spec,),
-                kwargs={"base_env": base_env, "events": events},
+                kwargs={"base_env": base_env, "events": events, "launcher": self._launcher},
                 priority=job.spec.priority,
             )
         await self._scheduler.run_all()
@@ -207,7 +210,7 @@ class AsyncBackend:
         return self._thread.alive()
 
 
-def make_builtin_backend(backend: str, workers: int) -> ScriptBackend:
+def make_builtin_backend(backend: str, workers: int, launcher: Launcher = COLD) -> ScriptBackend:
     if backend == "async":
-        return AsyncBackend(workers)
-    return ProcessBackend(workers)
+        return AsyncBackend(workers, launcher)
+    return ProcessBackend(workers, launcher)

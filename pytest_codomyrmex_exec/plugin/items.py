@@ -126,8 +126,10 @@ class ScriptItem(pytest.Item):
             self.ihook.pytest_exec_script_started(item=self, settings=spec)
         except Exception as exc:
             self.stash[HOOK_ERROR_KEY] = exc
+        from .warm import launcher_for  # not at the top: warm.py imports this module
+
         base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
-        result = run_spec(spec, base_env=base_env)
+        result = run_spec(spec, base_env=base_env, launcher=launcher_for(self.config))
         self.stash[RESULT_KEY] = result
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)

@@ -73,6 +73,18 @@ def add_options(parser: pytest.Parser) -> None:
         help="start order among equal priorities: duration (longest first, remembered from "
         "the last run) or collection (default duration; ini: exec_order)",
     )
+    group.addoption(
+        "--exec-warm",
+        action="store_true",
+        default=None,
+        help="fork scripts from a pre-warmed interpreter (Linux; ini: exec_warm)",
+    )
+    group.addoption(
+        "--exec-preload",
+        metavar="MODULES",
+        default=None,
+        help="modules the warm interpreter imports once, comma-separated (ini: exec_preload)",
+    )
     parser.addini(
         "exec_script_patterns",
         "glob patterns of script files",
@@ -86,6 +98,12 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("exec_memory_limit", "per-script memory limit in MB", default="")
     parser.addini("exec_python", "interpreter the scripts run with", default="")
     parser.addini("exec_order", "start order: duration or collection", default="duration")
+    parser.addini(
+        "exec_warm", "fork scripts from a pre-warmed interpreter", type="bool", default=False
+    )
+    parser.addini(
+        "exec_preload", "modules the warm interpreter imports once", type="args", default=[]
+    )
 
 
 PATH_OPTIONS = ("--exec-python",)
@@ -127,6 +145,10 @@ class ExecOptions:
     memory_limit_mb: float | None
     python: str | None
     order: Order
+    warm: bool = False
+    """Fork scripts from a pre-warmed interpreter (``--exec-warm``)."""
+    preload: tuple[str, ...] = ()
+    """Modules the warm interpreter imports once (``--exec-preload``)."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -156,15 +178,29 @@ def _validated(check: Callable[[object], float | None], text: str, where: str) -
         raise pytest.UsageError(f"{where}: {text!r} is not usable: {exc}") from None
 
 
-def _parallel(config: pytest.Config) -> bool:
-    if config.getoption("exec_parallel"):
+def _flag(config: pytest.Config, name: str) -> bool:
+    if config.getoption(name):
         return True
     try:
-        return bool(config.getini("exec_parallel"))
+        return bool(config.getini(name))
     except (ValueError, pytest.UsageError) as exc:
         # pytest's own bool parsing says "invalid truth value 'maybe'" (as a ValueError
         # before pytest 9.2, a UsageError since) without naming the key: name it.
-        raise pytest.UsageError(f"ini option 'exec_parallel': {exc}") from None
+        raise pytest.UsageError(f"ini option {name!r}: {exc}") from None
+
+
+def _preload(config: pytest.Config) -> tuple[str, ...]:
+    """Module names from --exec-preload (comma-separated), else the ini list."""
+    given = config.getoption("exec_preload")
+    if given is not None:
+        where, items = "--exec-preload", [str(given)]
+    else:
+        where, items = "ini option 'exec_preload'", [str(i) for i in config.getini("exec_preload")]
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise pytest.UsageError(f"{where}: not a module name: {name!r}")
+    return tuple(names)
 
 
 def _choice(config: pytest.Config, name: str, choices: tuple[str, ...], default: str) -> str:
@@ -180,7 +216,7 @@ def _choice(config: pytest.Config, name: str, choices: tuple[str, ...], default:
 
 def resolve_options(config: pytest.Config) -> ExecOptions:
     """Validate every option once, at configure time; a bad value is a UsageError naming it."""
-    parallel = _parallel(config)
+    parallel = _flag(config, "exec_parallel")
 
     workers = default_workers()
     picked = _pick(config, "exec_workers", "exec_workers")
@@ -219,6 +255,13 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
 
     order = cast(Order, _choice(config, "exec_order", ORDERS, "duration"))
 
+    warm = _flag(config, "exec_warm")
+    if warm:
+        from ..engine import WARM_SUPPORTED
+
+        if not WARM_SUPPORTED:
+            raise pytest.UsageError("--exec-warm needs fork() and SCM_RIGHTS (Linux, macOS)")
+
     patterns = tuple(str(p) for p in config.getini("exec_script_patterns"))
     return ExecOptions(
         patterns=patterns,
@@ -229,4 +272,6 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         memory_limit_mb=memory,
         python=python,
         order=order,
+        warm=warm,
+        preload=_preload(config),
     )

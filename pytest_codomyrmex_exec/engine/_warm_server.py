@@ -1,0 +1,430 @@
+"""The warm-start server: a program, run by :class:`~.forkserver.WarmLauncher`, never imported.
+
+It is started as ``python <this file> <socket fd> <preload path> <preload...>``, the way a
+script is started, so that what start-up leaves in ``sys.modules`` is what a script's cold
+start sees. Stdlib only, no relative imports, no ``from __future__`` (it would stay loaded).
+The server:
+
+1. imports the preload list (nothing of its own yet), and notes ``sys.modules`` again: what
+   a forked script may keep;
+2. imports its own machinery, stays single-threaded, and waits on its socket;
+3. for each request (a plan and four descriptors: stdin, stdout, stderr, exit report)
+   forks a child that becomes a fresh-looking interpreter running the script (see
+   :func:`_become`), waits until the child leads its own session, and answers with its pid;
+4. reaps each child as it exits (a pidfd per child, or polling) and writes its return code
+   to the child's exit-report pipe, then closes it;
+5. ends when the socket reaches EOF (the parent closed it, or died): it kills the process
+   group of every script still running, reaps them and exits.
+"""
+
+# ruff: noqa: E402 -- the order of imports is the point: preload first, machinery after.
+import os
+import sys
+
+_STARTUP = frozenset(sys.modules)
+"""What interpreter start-up imported: every cold start of a script has these."""
+if sys.path and sys.path[0] == os.path.dirname(os.path.realpath(__file__)):
+    del sys.path[0]  # this file's folder: not the scripts' path, and it must shadow nothing
+_MAIN = sys.modules["__main__"]  # holds our globals alive once a child replaces __main__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is no start-up import: a forked script must not find it loaded
+    from typing import Any, NoReturn
+
+# -- 1. preload ------------------------------------------------------------------------------
+
+_BASE_PATH = list(sys.path)
+_SOCKET_FD = int(sys.argv[1])
+_PRELOAD_PATH = [os.path.abspath(p) for p in sys.argv[2].split(os.pathsep) if p]
+_PRELOAD = [name for name in sys.argv[3:] if name]
+_preload_error = ""
+sys.path[:0] = _PRELOAD_PATH  # the launcher's PYTHONPATH, for finding the preload list only
+for _name in _PRELOAD:
+    try:
+        __import__(_name)
+    except BaseException as _exc:
+        _preload_error = f"cannot preload {_name!r}: {type(_exc).__name__}: {_exc}"
+        break
+del sys.path[: len(_PRELOAD_PATH)]
+_KEEP: frozenset[str] = frozenset(sys.modules) | _STARTUP
+"""What a forked script keeps in ``sys.modules``: start-up imports and the preload list."""
+
+import runpy
+
+_KEEP_FOR_MODULE: frozenset[str] = frozenset(sys.modules)
+"""``python -m`` imports runpy at start-up: a module run keeps what runpy brought."""
+
+# -- 2. the server's own machinery ---------------------------------------------------------
+
+import atexit
+import builtins
+import contextlib
+import ctypes
+import marshal
+import resource
+import select
+import signal
+import socket
+
+_SIGNALS_AT_START: "dict[int, Any]" = {}
+"""The handlers as start-up and the preload list left them (a cold import sets the same)."""
+for _number in range(1, signal.NSIG):
+    try:
+        _SIGNALS_AT_START[_number] = signal.getsignal(_number)
+    except (OSError, ValueError):
+        continue
+
+_MAX_MESSAGE = 1 << 20
+_SOURCE_LOADER = sys.modules["_frozen_importlib_external"].SourceFileLoader
+_RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"
+_TAG_PLACEHOLDER = os.environ.get(_RUN_TAG_VAR, "")
+
+
+def _send(sock: socket.socket, message: tuple[str, str | int]) -> None:
+    sock.send(marshal.dumps(message))
+
+
+# -- 3. the child ------------------------------------------------------------------------------
+
+
+def _close_other_fds() -> None:
+    try:
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # close_range(2) where there is one
+    except OSError:
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) > 2:
+                with contextlib.suppress(OSError):
+                    os.close(int(name))
+
+
+def _write_tag_into_environ_block(tag: str) -> None:
+    """Make ``/proc/<pid>/environ`` carry this run's tag, as a fresh interpreter's would.
+
+    That file shows the environment block the process was started with (the server's),
+    not ``os.environ``. The server was started with a placeholder of the tag's length;
+    overwrite it in place (our copy-on-write copy of the server's stack) so that what the
+    script leaves outside its group, forked without ``exec``, is found by the run's tag.
+    """
+    if len(tag) != len(_TAG_PLACEHOLDER) or not _TAG_PLACEHOLDER:
+        return
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50, 51
+        with open("/proc/self/environ", "rb") as fh:
+            block = fh.read()
+    except (OSError, IndexError, ValueError):
+        return
+    needle = f"{_RUN_TAG_VAR}={_TAG_PLACEHOLDER}".encode()
+    offset = block.find(needle)
+    if offset < 0 or start + offset + len(needle) > end:
+        return
+    value = tag.encode()
+    ctypes.memmove(start + offset + len(needle) - len(value), value, len(value))
+
+
+def _sys_path(request: dict[str, object]) -> list[str]:
+    """``sys.path`` as a cold start computes it: the script's real folder (the cwd for
+    ``-m``), then PYTHONPATH entries made absolute, then the interpreter's own entries."""
+    target = str(request["target"])
+    first = os.getcwd() if request["module"] else os.path.dirname(os.path.realpath(target))
+    rest: list[str] = []
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    entries = pythonpath.split(os.pathsep) if pythonpath else []
+    for entry in [*entries, *_BASE_PATH]:
+        absolute = os.path.abspath(entry)
+        if absolute not in rest:
+            rest.append(absolute)
+    return [first, *rest]
+
+
+def _finish(code: int) -> "NoReturn":
+    """Leave as ``Py_FinalizeEx`` would: join threads, atexit callbacks, flush the streams."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        with contextlib.suppress(BaseException):
+            threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:
+            if code == 0:
+                code = 120  # what CPython exits with when flushing stdout fails
+    os._exit(code & 0xFF if code >= 0 else 255)
+
+
+def _exit_code(exc: BaseException) -> int:
+    """CPython's handling of an uncaught SystemExit (``handle_system_exit``)."""
+    code = exc.code if isinstance(exc, SystemExit) else None
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    with contextlib.suppress(BaseException):
+        print(code, file=sys.stderr)
+    return 1
+
+
+def _report(exc: BaseException, target: str, module: bool) -> None:
+    """The traceback a cold start prints: from the script's frame (or runpy's, for ``-m``)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if module and code.co_name == "_run_module_as_main":
+            break
+        if not module and code.co_filename == target and code.co_name == "<module>":
+            break
+        tb = tb.tb_next
+    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+
+
+def _run_path(target: str) -> None:
+    """What ``python script.py`` does: a fresh ``__main__`` module runs the file's code."""
+    main = type(sys)("__main__")
+    main.__dict__.update(
+        __file__=target,
+        __cached__=None,
+        __builtins__=builtins,
+        __loader__=_SOURCE_LOADER("__main__", target),
+    )
+    sys.modules["__main__"] = main
+    with open(target, "rb") as fh:
+        source = fh.read()
+    code = compile(source, target, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+
+
+def _become(request: dict[str, object], fds: list[int], sync_write: int) -> None:
+    """In the forked child: turn into the script's own fresh-looking interpreter and run it."""
+    os.setsid()
+    try:
+        os.chdir(str(request["cwd"]))
+    except OSError as exc:
+        os.write(sync_write, f"cannot enter {request['cwd']}: {exc}".encode())
+        os._exit(127)
+    os.close(sync_write)  # the server now knows the group exists: killpg works from here on
+    for target_fd, fd in enumerate(fds[:3]):
+        os.dup2(fd, target_fd)
+    _close_other_fds()
+    try:
+        module, target = _prepare(request)
+    except BaseException as exc:  # say why on the script's stderr, as a cold start would
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        _finish(1)
+    _run(module, target)
+
+
+def _prepare(request: dict[str, object]) -> tuple[bool, str]:
+    """Signals, environment, limits, argv, path, modules and seeds as a cold start has them."""
+    for number, handler in _SIGNALS_AT_START.items():
+        try:
+            if signal.getsignal(number) is not handler:
+                signal.signal(number, handler)
+        except (OSError, ValueError, TypeError):
+            continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+    env = request["env"]
+    assert isinstance(env, dict)
+    os.environ.clear()
+    os.environ.update(env)
+    _write_tag_into_environ_block(str(env.get(_RUN_TAG_VAR, "")))
+    limit = request["memory"]
+    if isinstance(limit, int):
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    module = bool(request["module"])
+    target = str(request["target"])
+    args = [str(a) for a in request["args"]]  # type: ignore[attr-defined]
+    sys.argv[:] = [target if not module else "-m", *args]
+    sys.orig_argv[:] = [sys.executable, *(["-m"] if module else []), target, *args]
+    sys.path[:] = _sys_path(request)
+    for finder in list(sys.path_importer_cache.values()):
+        if finder is not None and hasattr(finder, "invalidate_caches"):
+            finder.invalidate_caches()
+    keep = _KEEP_FOR_MODULE if module else _KEEP
+    for name in [n for n in sys.modules if n not in keep or n == "__main__"]:
+        del sys.modules[name]
+    # The fork duplicated the generators' state: draw fresh seeds, as a new process would.
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed()
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+    return module, target
+
+
+def _run(module: bool, target: str) -> None:
+    """Run the script as ``__main__`` and leave with CPython's exit code for how it ended."""
+    code = 0
+    try:
+        if module:
+            main = type(sys)("__main__")
+            main.__dict__["__builtins__"] = builtins
+            sys.modules["__main__"] = main  # runpy runs the module in __main__'s namespace
+            runpy._run_module_as_main(target)  # type: ignore[attr-defined]
+        else:
+            _run_path(target)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt as exc:
+        _report(exc, target, module)
+        _finish_by_signal(signal.SIGINT)
+    except BaseException as exc:
+        _report(exc, target, module)
+        code = 1
+    _finish(code)
+
+
+def _finish_by_signal(number: int) -> "NoReturn":
+    """An uncaught KeyboardInterrupt ends a cold interpreter by SIGINT: the same here."""
+    with contextlib.suppress(BaseException):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
+    os._exit(130)
+
+
+# -- 4. the server loop -------------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)
+        self.children: dict[int, int] = {}  # pid -> exit report write end
+        self.pidfds: dict[int, int] = {}  # pidfd -> pid
+        self.use_pidfd = hasattr(os, "pidfd_open")
+
+    def serve(self) -> None:
+        while True:
+            timeout = None if self.use_pidfd or not self.children else 20
+            for fd, _ in self.poller.poll(timeout):
+                if fd == self.sock.fileno():
+                    if not self.handle_request():
+                        self.shutdown()
+                        return
+                else:
+                    self.reap(self.pidfds[fd])
+            if not self.use_pidfd:
+                self.reap_any()
+
+    def handle_request(self) -> bool:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 4)
+        except ConnectionError:
+            return False
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        try:
+            request = marshal.loads(data)
+            reply = self.spawn(request, fds)
+        except Exception as exc:
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        finally:
+            for fd in fds[:3]:
+                os.close(fd)
+        try:
+            _send(self.sock, reply)
+        except OSError:
+            return False
+        return True
+
+    def spawn(self, request: dict[str, object], fds: list[int]) -> tuple[str, str | int]:
+        if len(fds) != 4:
+            for fd in fds[3:]:
+                os.close(fd)
+            return ("error", f"expected 4 descriptors, got {len(fds)}")
+        exit_write = fds[3]
+        sync_read, sync_write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (exit_write, sync_read, sync_write):
+                os.close(fd)
+            raise
+        if pid == 0:  # the child: never returns
+            try:
+                os.close(sync_read)
+                _become(request, fds, sync_write)
+            finally:
+                os._exit(127)
+        os.close(sync_write)
+        problem = b""
+        while True:  # EOF once the child leads its session (or an error first)
+            chunk = os.read(sync_read, 4096)
+            if not chunk:
+                break
+            problem += chunk
+        os.close(sync_read)
+        self.track(pid, exit_write)
+        if problem:
+            return ("error", problem.decode(errors="replace"))
+        return ("ok", pid)
+
+    def track(self, pid: int, exit_write: int) -> None:
+        self.children[pid] = exit_write
+        if self.use_pidfd:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                self.use_pidfd = False
+            else:
+                self.pidfds[pidfd] = pid
+                self.poller.register(pidfd, select.POLLIN)
+                return
+        self.reap_any()
+
+    def reap(self, pid: int) -> None:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return
+        self.report(pid, os.waitstatus_to_exitcode(status))
+
+    def reap_any(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if done:
+                self.report(pid, os.waitstatus_to_exitcode(status))
+
+    def report(self, pid: int, code: int) -> None:
+        exit_write = self.children.pop(pid)
+        for pidfd, owner in list(self.pidfds.items()):
+            if owner == pid:
+                self.poller.unregister(pidfd)
+                os.close(pidfd)
+                del self.pidfds[pidfd]
+        with contextlib.suppress(OSError):  # the launcher gave up on this script
+            os.write(exit_write, f"{code}\n".encode())
+        os.close(exit_write)
+
+    def shutdown(self) -> None:
+        """The launcher is gone: leave nothing running behind it."""
+        for pid in list(self.children):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            self.reap(pid)
+
+
+def _main() -> None:
+    sock = socket.socket(fileno=_SOCKET_FD)
+    if _preload_error:
+        _send(sock, ("error", _preload_error))
+        return
+    _send(sock, ("ready", os.getpid()))
+    _Server(sock).serve()
+
+
+_main()

@@ -1,0 +1,451 @@
+"""Warm start: scripts forked from a pre-warmed interpreter, behind the launcher seam.
+
+:class:`WarmLauncher` starts a server process once (``_warm_server.py``: its own session,
+single-threaded, the preload list imported) and talks to it over a Unix socket pair. For
+each script it sends the plan and four descriptors (stdin, the write ends of stdout and
+stderr, the write end of an exit-report pipe) with ``SCM_RIGHTS``; the server forks a child
+that makes itself look like a fresh interpreter and runs the script, and answers with the
+child's pid. The child leads its own session, so ``killpg`` from here works as for a cold
+start. The server reaps the child and writes its return code to the exit-report pipe, whose
+read end is the :class:`WarmChild`'s ``exit_fd``.
+
+What only a fresh interpreter can honour (another interpreter, interpreter options, a
+variable read at interpreter start-up, ``warm=False``) starts cold instead; see
+:meth:`WarmLauncher.fallback_reason`. If the server dies, the scripts it was running are
+killed and become ``error`` results naming the cause; the next script starts a new server.
+
+Linux (and other systems with ``fork`` and ``socket.send_fds``) only; elsewhere every
+script starts cold, with that as the reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import marshal
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from pathlib import Path
+from types import TracebackType
+from typing import final
+
+from .launch import (
+    _RLIMIT_BOOTSTRAP,
+    COLD,
+    RUN_TAG_VAR,
+    Child,
+    LaunchPlan,
+    _resolve_interpreter,
+    _stdin_source,
+    kill_group,
+    plan_launch,
+    signal_name,
+)
+from .spec import ScriptSpec
+
+logger = logging.getLogger(__name__)
+
+WARM_SUPPORTED = hasattr(os, "fork") and hasattr(socket, "send_fds") and sys.platform != "win32"
+"""Can this platform warm-start at all (``fork`` and ``SCM_RIGHTS``)?"""
+
+START_UP_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE")
+"""Variables besides ``PYTHON*`` that an interpreter reads once, at start-up (the locale
+decides the encodings of the standard streams and of file names)."""
+
+_CHILD_PATH_VARIABLES = frozenset({"PYTHONPATH"})
+"""``PYTHON*`` variables the child applies itself."""
+
+_SERVER = Path(__file__).with_name("_warm_server.py")
+_MAX_MESSAGE = 1 << 20
+_READY_TIMEOUT = 120.0
+"""Seconds the server may take to import its preload list."""
+_TAG_LENGTH = 32  # uuid4().hex, as plan_launch makes the run tag
+
+
+def _interpreter_path(python: str) -> str:
+    return os.path.abspath(_resolve_interpreter(python, os.environ.get("PATH", os.defpath)))
+
+
+@final
+class WarmChild:
+    """A script forked by the server: not our child, so its exit comes through a pipe.
+
+    The server reaps the script as soon as it exits, so unlike a cold start's zombie the
+    leader's pid is free again when the stop sequence kills what is left in its group. The
+    group id stays taken while any member lives (Linux frees a pid only once no process,
+    group or session uses it), so that kill reaches the leftovers; with none left it finds
+    no group, short of the pid being reused as a new group's id within those milliseconds.
+    """
+
+    def __init__(self, pid: int, stdout: int, stderr: int, exit_read: int, server: _Server):
+        self._pid = pid
+        self._stdout = stdout
+        self._stderr = stderr
+        self._exit = exit_read
+        self._server = server
+        self._buffer = b""
+        self._code: int | None = None
+        self.lost: str | None = None
+        """Why the script's fate is unknown (its server died); ``None`` normally. The stop
+        sequence makes such a run an ``error`` naming the cause."""
+        os.set_blocking(exit_read, False)
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def pgid(self) -> int:
+        return self._pid  # the child called setsid() before the server answered
+
+    @property
+    def stdout_fd(self) -> int:
+        return self._stdout
+
+    @property
+    def stderr_fd(self) -> int:
+        return self._stderr
+
+    @property
+    def exit_fd(self) -> int | None:
+        return self._exit if self._exit >= 0 else None
+
+    def exited(self) -> bool:
+        if self._code is None and self.lost is None:
+            self._read(blocking=False)
+        return self._code is not None or self.lost is not None
+
+    def _read(self, *, blocking: bool) -> None:
+        if self._exit < 0:
+            return
+        os.set_blocking(self._exit, blocking)
+        try:
+            while b"\n" not in self._buffer:
+                chunk = os.read(self._exit, 64)
+                if not chunk:
+                    break
+                self._buffer += chunk
+        except BlockingIOError:
+            return
+        if b"\n" in self._buffer:
+            self._code = int(self._buffer.split(b"\n", 1)[0])
+            return
+        # EOF without a status: the server died and took the only record of the exit.
+        cause = self._server.death()
+        self.lost = f"the warm-start server died ({cause}) while the script ran"
+        logger.warning("%s: %s; killing its process group", self._pid, self.lost)
+        kill_group(self.pgid)
+
+    def wait(self) -> int:
+        while self._code is None and self.lost is None:
+            self._read(blocking=True)
+        return self._code if self._code is not None else -signal.SIGKILL
+
+    def close(self) -> None:
+        if not self.exited():
+            # Only when something went wrong on our side (KeyboardInterrupt): leave nothing.
+            kill_group(self.pgid)
+            self.wait()
+        for fd in (self._stdout, self._stderr, self._exit):
+            if fd >= 0:
+                with suppress(OSError):
+                    os.close(fd)
+        self._stdout = self._stderr = self._exit = -1
+
+
+class _Server:
+    """One server process and the socket to it."""
+
+    def __init__(self, python: str, preload: tuple[str, ...], env: Mapping[str, str]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server_env = dict(env)
+        preload_path = server_env.pop("PYTHONPATH", "")
+        server_env[RUN_TAG_VAR] = "0" * _TAG_LENGTH  # overwritten in each child (see server)
+        try:
+            with suppress(OSError):
+                ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
+            self.proc = subprocess.Popen(
+                [python, str(_SERVER), str(theirs.fileno()), preload_path, *preload],
+                # Never pytest's captured output of whichever test started the server; how
+                # the server ended (exit code, signal) is what a dead server's report says.
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=server_env,
+                start_new_session=True,
+                cwd="/",
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.python = python
+        self.env = server_env
+        self.sock.settimeout(_READY_TIMEOUT)
+        try:
+            hello = self._receive()
+        except OSError as exc:
+            cause = self.death() if isinstance(exc, ConnectionError) else str(exc)
+            self.kill()
+            raise _Broken(f"{python} ended before it was ready ({cause})") from None
+        self.sock.settimeout(None)
+        if hello[0] != "ready":
+            self.kill()
+            raise _Broken(str(hello[1]))
+        logger.debug("warm-start server %d ready (preloaded %s)", self.proc.pid, preload)
+
+    def _receive(self) -> tuple[str, object]:
+        data = self.sock.recv(_MAX_MESSAGE)
+        if not data:
+            raise ConnectionResetError(errno.ECONNRESET, "the server closed its socket")
+        reply = marshal.loads(data)
+        assert isinstance(reply, tuple)
+        assert len(reply) == 2
+        return (str(reply[0]), reply[1])
+
+    def spawn(self, request: dict[str, object], fds: list[int]) -> int:
+        """Send one request; the child's pid. ``OSError`` when the server cannot."""
+        payload = marshal.dumps(request)
+        if len(payload) > _MAX_MESSAGE:
+            raise _TooLarge(f"the plan is {len(payload)} bytes, more than {_MAX_MESSAGE}")
+        try:
+            socket.send_fds(self.sock, [payload], fds)
+            kind, value = self._receive()
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise _TooLarge(
+                    f"the plan ({len(payload)} bytes) does not fit the socket"
+                ) from None
+            raise OSError(f"the warm-start server died ({self.death()})") from None
+        if kind != "ok" or not isinstance(value, int):
+            raise OSError(f"the warm-start server could not start the script: {value}")
+        return value
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def death(self) -> str:
+        """How the server ended, once it has (waits a moment for a dying one)."""
+        try:
+            code = self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            return "its socket closed"
+        if code < 0:
+            return f"killed by {signal_name(-code)}"
+        return f"exit code {code}"
+
+    def kill(self) -> None:
+        with suppress(OSError):
+            self.sock.close()
+        if self.proc.poll() is None:
+            with suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5.0)  # EOF on its socket: it kills its scripts, exits
+        if self.proc.poll() is None:
+            kill_group(self.proc.pid)
+            self.proc.wait()
+
+
+class _TooLarge(OSError):
+    """The plan does not fit one message: the script starts cold instead."""
+
+
+class _Broken(OSError):
+    """The server cannot start (a preload failed to import): it will not get better."""
+
+
+@final
+class WarmLauncher:
+    """Start scripts by forking them from a pre-warmed interpreter (a fork server).
+
+    ``python`` is the server's interpreter (default: this one); ``preload`` names modules
+    it imports once, so that scripts importing them find them loaded; ``env`` is the
+    server's environment (default: ``os.environ``), which should be the scripts' base
+    environment: variables an interpreter reads at start-up are compared with it. The server
+    starts at the first warm spawn. Thread-safe; use as a context manager, or ``close()``.
+    """
+
+    def __init__(
+        self,
+        python: str | None = None,
+        preload: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.python = _interpreter_path(python or sys.executable)
+        self.preload = tuple(preload)
+        for name in self.preload:
+            if not name or not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"preload: not a module name: {name!r}")
+        self.env = dict(os.environ if env is None else env)
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._broken: str | None = None
+        self._closed = False
+        self.cold_starts: dict[str, str] = {}
+        """Scripts started cold, with the reason (the last one per script)."""
+        self.warm_starts = 0
+        """How many scripts were forked from a server."""
+
+    @property
+    def server_pid(self) -> int | None:
+        """The running server's pid, if one runs."""
+        server = self._server
+        return server.proc.pid if server is not None and server.alive() else None
+
+    def __enter__(self) -> WarmLauncher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the server (it kills any script it still runs). Later spawns start cold."""
+        with self._lock:
+            self._closed = True
+            server, self._server = self._server, None
+        if server is not None:
+            server.kill()
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def fallback_reason(self, plan: LaunchPlan) -> str | None:
+        """Why ``plan`` must start cold, or ``None`` when it can start warm."""
+        if not WARM_SUPPORTED:
+            return "this platform has no fork server (needs fork and SCM_RIGHTS)"
+        if self._closed:
+            return "the warm-start server is closed"
+        spec = plan.spec
+        if not spec.warm:
+            return "warm=False"
+        shape = _parse_argv(plan)
+        if isinstance(shape, str):
+            return shape
+        if os.path.abspath(plan.argv[0]) != self.python:
+            return f"another interpreter ({plan.argv[0]})"
+        for key in sorted(set(plan.env) | set(self.env)):
+            if key == RUN_TAG_VAR or key in _CHILD_PATH_VARIABLES:
+                continue
+            if key.startswith("PYTHON") or key in START_UP_VARIABLES:
+                mine, theirs = plan.env.get(key), self.env.get(key)
+                if mine != theirs:
+                    change = "unset" if mine is None else f"{key}={mine}"
+                    return f"{change} (read at interpreter start-up)"
+        return None
+
+    def reason_for(self, spec: ScriptSpec, base_env: Mapping[str, str] | None = None) -> str | None:
+        """:meth:`fallback_reason` for a spec: what the plugin reports before a run."""
+        plan = plan_launch(spec, None if base_env is None else dict(base_env))
+        if not isinstance(plan, LaunchPlan):
+            return None  # it will not start at all; its error says why
+        return self.fallback_reason(plan)
+
+    # -- starting -------------------------------------------------------------------------
+
+    def spawn(self, plan: LaunchPlan) -> Child:
+        reason = self.fallback_reason(plan)
+        if reason is None:
+            try:
+                return self._spawn_warm(plan)
+            except _TooLarge as exc:
+                reason = str(exc)
+        logger.info("starting %s cold: %s", plan.script, reason)
+        self.cold_starts[plan.script] = reason
+        return COLD.spawn(plan)
+
+    def _running_server(self) -> _Server:
+        if self._broken is not None:
+            raise OSError(f"the warm-start server could not start: {self._broken}")
+        server = self._server
+        if server is not None and not server.alive():
+            logger.warning("the warm-start server died (%s); starting a new one", server.death())
+            server.kill()
+            server = self._server = None
+        if server is None:
+            try:
+                server = _Server(self.python, self.preload, self.env)
+            except _Broken as exc:
+                self._broken = str(exc)
+                raise OSError(f"the warm-start server could not start: {exc}") from None
+            self._server = server
+        return server
+
+    def _spawn_warm(self, plan: LaunchPlan) -> WarmChild:
+        shape = _parse_argv(plan)
+        assert not isinstance(shape, str)  # fallback_reason said it fits
+        module, target, args = shape
+        memory = plan.spec.memory_limit_mb
+        request: dict[str, object] = {
+            "cwd": plan.cwd,
+            "env": plan.env,
+            "module": module,
+            "target": target,
+            "args": list(args),
+            "memory": None if memory is None else int(memory * 1024 * 1024),
+        }
+        stdin = _stdin_source(plan)
+        stdin_fd = os.open(os.devnull, os.O_RDONLY) if isinstance(stdin, int) else stdin.fileno()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        exit_read, exit_write = os.pipe()
+        handed = [stdin_fd, out_write, err_write, exit_write]
+        ok = False
+        try:
+            with self._lock:
+                server = self._running_server()
+                try:
+                    pid = server.spawn(request, handed)
+                    self.warm_starts += 1
+                except _TooLarge:
+                    raise
+                except OSError:
+                    if not server.alive():
+                        server.kill()
+                        self._server = None  # the next script starts a new server
+                    raise
+                except BaseException:
+                    # Interrupted mid-conversation (Ctrl-C): the socket may still hold this
+                    # request's answer. Retire the server (it kills what it forked for us).
+                    self._server = None
+                    server.kill()
+                    raise
+            ok = True
+        finally:
+            for fd in (out_write, err_write, exit_write):
+                os.close(fd)  # the child has its copies now (or never will)
+            if isinstance(stdin, int):
+                os.close(stdin_fd)
+            else:
+                stdin.close()
+            if not ok:
+                for fd in (out_read, err_read, exit_read):
+                    os.close(fd)
+        return WarmChild(pid, out_read, err_read, exit_read, server)
+
+
+def _parse_argv(plan: LaunchPlan) -> tuple[bool, str, tuple[str, ...]] | str:
+    """``(as_module, script or module, args)`` from the plan's argv, or why it cannot be
+    honoured in a forked child (interpreter options only a fresh interpreter takes)."""
+    argv = list(plan.argv)
+    if argv[1:5] == ["-I", "-S", "-c", _RLIMIT_BOOTSTRAP]:
+        argv = argv[6:]  # the memory-limit bootstrap: the child sets the limit itself
+    rest = argv[1:]
+    args = plan.spec.args
+    if rest[:1] == ["-m"] and len(rest) >= 2 and tuple(rest[2:]) == args:
+        return True, rest[1], args
+    if rest[:1] == [plan.spec.script] and tuple(rest[1:]) == args:
+        return False, rest[0], args
+    options = rest[: max(len(rest) - len(args) - 1, 0)]
+    return f"interpreter options {' '.join(options)}"

@@ -1,0 +1,93 @@
+"""--exec-warm: one warm-start server per run, shared by inline runs and both backends.
+
+:func:`configure_warm` builds the :class:`WarmLauncher` (its server starts at the first
+script) and stores it in ``config.stash``; :func:`launcher_for` is how items and backends
+fetch it. :class:`WarmReport` closes the server when the session ends (before the session's
+sweep for tagged leftovers) and says which scripts started cold, and why: a ``warm``
+junit property on every script item, and a summary line (one per script with ``-v``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ..engine import COLD, Launcher
+from .items import OPTIONS_KEY, SESSION_TAG_KEY, ScriptItem
+from .marks import MarkError
+from .settings import child_environment
+
+if TYPE_CHECKING:
+    from ..engine import WarmLauncher
+
+WARM_KEY = pytest.StashKey["WarmLauncher"]()
+"""The run's warm launcher, in ``config.stash`` (only with --exec-warm)."""
+_PLUGIN = "codomyrmex-exec-warm"
+
+
+def launcher_for(config: pytest.Config) -> Launcher:
+    """The launcher scripts start with: the warm one with --exec-warm, else the cold one."""
+    return config.stash.get(WARM_KEY, COLD)
+
+
+def configure_warm(config: pytest.Config) -> None:
+    """With --exec-warm: make the run's launcher and register its reporter."""
+    options = config.stash[OPTIONS_KEY]
+    if not options.warm:
+        return
+    from ..engine import WarmLauncher  # imported only when the feature is on
+
+    launcher = WarmLauncher(
+        python=options.python or sys.executable,
+        preload=options.preload,
+        # The scripts' base environment; it carries the session tag, so the server and all
+        # it forks are found by the session's sweep for leftovers, whatever happens.
+        env=child_environment(config.stash[SESSION_TAG_KEY]),
+    )
+    config.stash[WARM_KEY] = launcher
+    config.pluginmanager.register(WarmReport(config, launcher), _PLUGIN)
+
+
+class WarmReport:
+    """Hooks active with --exec-warm: the junit property, the summary, closing the server."""
+
+    def __init__(self, config: pytest.Config, launcher: WarmLauncher) -> None:
+        self.config = config
+        self.launcher = launcher
+        self.cold: dict[str, str] = {}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        if call.when != "setup" or not isinstance(item, ScriptItem):
+            return
+        try:
+            spec = item.settings()
+        except MarkError:
+            return
+        base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
+        reason = self.launcher.reason_for(spec, base_env)
+        if reason is not None:
+            self.cold[item.nodeid] = reason
+        item.user_properties.append(("warm", "warm" if reason is None else f"cold: {reason}"))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        self.launcher.close()  # before the sweep: the server is ours, not a leftover
+
+    def pytest_unconfigure(self) -> None:
+        self.launcher.close()
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.cold:
+            return
+        terminalreporter.write_sep(
+            "-",
+            f"codomyrmex-exec: {len(self.cold)} script(s) started cold despite --exec-warm"
+            + ("" if self.config.option.verbose > 0 else " (-v says why)"),
+            yellow=True,
+        )
+        if self.config.option.verbose > 0:
+            for nodeid, reason in self.cold.items():
+                terminalreporter.write_line(f"{nodeid}: cold: {reason}")
