@@ -13,7 +13,8 @@ from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
-from .settings import child_environment, resolve_settings
+from .settings import child_environment, pytest_pythonpath, resolve_settings
+from .workdir import release_work_folder
 
 OPTIONS_KEY = pytest.StashKey[ExecOptions]()
 """The session's resolved options, in ``config.stash``."""
@@ -114,7 +115,9 @@ class ScriptItem(pytest.Item):
             self.ihook.pytest_exec_script_started(item=self, settings=spec)
         except Exception as exc:
             self.stash[HOOK_ERROR_KEY] = exc
-        base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
+        base_env = child_environment(
+            self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
+        )
         result = run_spec(spec, base_env=base_env)
         self.stash[RESULT_KEY] = result
         try:
@@ -129,7 +132,7 @@ class ScriptItem(pytest.Item):
         style: Any = None,
     ) -> str | Any:
         if isinstance(excinfo.value, ScriptFailed):
-            return excinfo.value.render()
+            return excinfo.value.render(str(self.config.getoption("tbstyle", "auto")))
         if isinstance(excinfo.value, ScriptNotStarted):
             return str(excinfo.value)
         if not self.config.getoption("fulltrace", False):
@@ -145,6 +148,7 @@ class ScriptItem(pytest.Item):
             # Run inline during setup: its time is the call's, not counted twice.
             report.duration = max(report.duration - self.stash[RESULT_KEY]["execution_time"], 0)
         if call.when == "call":
+            release_work_folder(self, report.passed)
             result = self.stash.get(RESULT_KEY, None)
             if result is not None:
                 # With --exec-parallel the call phase only reads a finished result: report the

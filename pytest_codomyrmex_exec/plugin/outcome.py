@@ -10,19 +10,66 @@ from ..engine import ScriptResult, ScriptStatus
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header; the full output is in the sections."""
+SHORT_TAIL_LINES = 6
+"""Lines of stderr under the header with ``--tb=short``: the failing frame and the error."""
+
+TIMEOUT_HINT = (
+    "raise the limit with an exec(timeout=SECONDS) mark, --exec-timeout SECONDS "
+    "or the ini key exec_timeout (0 = no limit)"
+)
+
+
+@final
+class ScriptFailureLine:
+    """``--tb=line``: pytest prints the report's body and then ``str(reprcrash)``; the body is
+    empty, so each failing script is the one line ``path: error line``."""
+
+    def __init__(self, line: str, message: str) -> None:
+        self.line = line
+        self.reprcrash = _Crash(line, message)
+
+    def toterminal(self, tw: object) -> None:
+        """Nothing: the line itself is written from ``reprcrash``."""
+
+    def __str__(self) -> str:
+        return self.line  # junit's failure text, and what pytest-xdist sends over the wire
+
+
+@final
+class _Crash:
+    """What pytest reads of a crash: ``str()`` for ``--tb=line``, ``message`` for ``-r``."""
+
+    def __init__(self, line: str, message: str) -> None:
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.line
 
 
 @final
 class ScriptFailed(Exception):
     """The script ran and failed: a non-allowed exit code, a signal, a timeout, a memory limit."""
 
-    def __init__(self, header: str, stderr_tail: str) -> None:
+    def __init__(
+        self, header: str, stderr_tail: str, *, line: str = "", hint: str | None = None
+    ) -> None:
         super().__init__(header)
         self.header = header
         self.stderr_tail = stderr_tail
+        self.line = line or header
+        self.hint = hint
 
-    def render(self) -> str:
-        return f"{self.header}\n{self.stderr_tail}" if self.stderr_tail else self.header
+    def render(self, style: str = "long") -> str | ScriptFailureLine:
+        """The report for pytest's ``--tb`` style: ``line`` one line, ``short`` the header and
+        the last lines of stderr, anything else (``long``, ``auto``, ``native``) all of it."""
+        if style == "line":
+            return ScriptFailureLine(self.line, self.header)
+        tail = self.stderr_tail
+        if style == "short":
+            tail = _tail(tail, SHORT_TAIL_LINES) if tail else tail
+        parts = [self.header, *([self.hint] if self.hint else []), *([tail] if tail else [])]
+        return "\n".join(parts)
 
 
 @final
@@ -52,6 +99,18 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(kept)
 
 
+def error_line(label: str, result: ScriptResult) -> str:
+    """``path: error line``: the last line of stderr (``ValueError: boom``) for a script that
+    exited with an error, else how it ended (``timed out after 2 s``, ``killed by signal``)."""
+    header = failure_header(label, result)
+    how = header.removeprefix(label).lstrip().removeprefix("failed: ")
+    status = result["status"]
+    stderr_lines = [line for line in result["stderr"].splitlines() if line.strip()]
+    if status != ScriptStatus.TIMEOUT and not result["signal"] and stderr_lines:
+        return f"{label}: {stderr_lines[-1].strip()} ({how.split(' after ')[0]})"
+    return f"{label}: {how}"
+
+
 def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
     """Attach the script's output the way pytest shows captured output of a test."""
     for name, text in (("stdout", result["stdout"]), ("stderr", result["stderr"])):
@@ -62,7 +121,10 @@ def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
 def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> None:
     """Return for a passed script; raise the exception that gives the table's outcome."""
     status = result["status"]
-    add_output_sections(item, result)
+    line_style = item.config.getoption("tbstyle", "auto") == "line"
+    if status == ScriptStatus.PASSED or not line_style:
+        # --tb=line: a failing script is one line, not followed by its captured output.
+        add_output_sections(item, result)
     if status == ScriptStatus.PASSED:
         return
     if status == ScriptStatus.CANCELLED:
@@ -70,4 +132,9 @@ def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> Non
         pytest.skip(reason if reason.startswith("cancelled") else f"cancelled: {reason}")
     if status == ScriptStatus.ERROR:
         raise ScriptNotStarted(f"{label} could not run: {result['error']}")
-    raise ScriptFailed(failure_header(label, result), _tail(result["stderr"], STDERR_TAIL_LINES))
+    raise ScriptFailed(
+        failure_header(label, result),
+        _tail(result["stderr"], STDERR_TAIL_LINES),
+        line=error_line(label, result),
+        hint=TIMEOUT_HINT if status == ScriptStatus.TIMEOUT else None,
+    )
