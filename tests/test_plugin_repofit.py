@@ -462,6 +462,30 @@ async def main():
     scheduler.close()
 
 asyncio.run(main())
+
+# The plugin's AsyncBackend (its scheduler on an event loop in a thread), without importing
+# pytest, which this interpreter may not have: the plugin package is registered bare, so
+# its __init__ (the pytest hooks) is skipped and only the backend module is loaded.
+import os, types
+import pytest_codomyrmex_exec
+from pytest_codomyrmex_exec import ScriptSpec
+plugin = types.ModuleType("pytest_codomyrmex_exec.plugin")
+plugin.__path__ = [os.path.join(pytest_codomyrmex_exec.__path__[0], "plugin")]
+sys.modules["pytest_codomyrmex_exec.plugin"] = plugin
+from pytest_codomyrmex_exec.plugin.backends import AsyncBackend, ScriptJob
+
+events = []
+backend = AsyncBackend(2)
+jobs = [ScriptJob(i, ScriptSpec(script=str(p))) for i, p in enumerate((ok, bad, slow))]
+backend.start(jobs, dict(os.environ), events.append)
+import time
+deadline = time.monotonic() + 30
+while sum(e.kind == "finished" for e in events) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+backend.cancel()  # from another thread, as the session does: kills the slow one
+assert backend.join(30)
+finished = {e.key: e.result["status"] for e in events if e.kind == "finished"}
+assert finished == {0: "passed", 1: "failed", 2: "cancelled"}, finished
 print("smoke ok", sys.version_info[:2])
 """
 
