@@ -22,6 +22,12 @@ MODES = [
     pytest.param([], id="inline"),
     pytest.param(["--exec-parallel"], id="parallel"),
 ]
+# For the run settings the engine implements: both parallel backends.
+ENGINE_MODES = [
+    pytest.param([], id="inline"),
+    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
+    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,7 +216,7 @@ print("sum", a + b)
 """
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ENGINE_MODES)
 def test_stdin_text_and_file(px: ExecPytester, mode: list[str]) -> None:
     px.ini(exec_script_patterns="algorithms/*.py")
     px.script("algorithms/text_prompt.py", "# pytest.mark.exec(stdin='3\\n4\\n')\n" + PROMPT)
@@ -220,13 +226,17 @@ def test_stdin_text_and_file(px: ExecPytester, mode: list[str]) -> None:
     (px.path / "algorithms" / "data").mkdir()
     (px.path / "algorithms" / "data" / "in.txt").write_text("5\n2\n")
     px.script("algorithms/no_input.py", PROMPT)
+    px.script("algorithms/lost_input.py", "# pytest.mark.exec(stdin_file='gone.txt')\n" + PROMPT)
     result = px.run("-rA", *mode, *px.junit_args())
     assert outcomes(px) == {
         "algorithms.text_prompt.text_prompt": "passed",
         "algorithms.file_prompt.file_prompt": "passed",
         "algorithms.no_input.no_input": "failed",  # empty stdin: EOF at once, never a hang
+        "algorithms.lost_input.lost_input": "error",  # could not start: says which file
     }
-    result.stdout.fnmatch_lines(["*EOFError*"])
+    result.stdout.fnmatch_lines_random(
+        ["*EOFError*", "*lost_input.py could not run: stdin_file not found: *algorithms/gone.txt"]
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -320,7 +330,7 @@ def test_exec_cwd_rootdir_and_bad_value(px: ExecPytester, monkeypatch: pytest.Mo
 # -- 7. run_for --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ENGINE_MODES)
 def test_run_for_passes_an_endless_demo_and_fails_an_early_crash(
     px: ExecPytester, mode: list[str]
 ) -> None:
@@ -368,18 +378,30 @@ def write_failures(px: ExecPytester) -> None:
     px.script("examples/ok.py", "print('fine')\n")
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, pytest.param(["-n", "2"], id="xdist")])
 def test_tb_line_is_one_line_per_failing_script(px: ExecPytester, mode: list[str]) -> None:
     write_failures(px)
     result = px.run("--tb=line", *mode)
     result.assert_outcomes(passed=1, failed=2)
     out = result.stdout.str()
     failures = out.split("= FAILURES =", 1)[1].split("short test summary", 1)[0]
-    lines = [line for line in failures.splitlines() if line.strip() and not line.startswith("=")]
-    assert sorted(lines) == [
-        "examples/fail.py: ValueError: boom 42 (exit code 1)",
-        "examples/slow.py: timed out after 0.5 s",
+    lines = [
+        line
+        for line in failures.splitlines()
+        if line.strip() and not line.startswith(("=", "[gw"))  # [gw0]: xdist's worker line
     ]
+    # path:line (the raising frame of the script, for editors), the error and the exit code.
+    assert sorted(lines) == [
+        "examples/fail.py:5: ValueError: boom 42 (exit code 1)",
+        # No line is known for a timeout; pytest-xdist's copy of the location always has one.
+        "examples/slow.py:0: timed out after 0.5 s"
+        if "-n" in mode
+        else "examples/slow.py: timed out after 0.5 s",
+    ]
+    assert "noise" not in out, "the captured output is left out with --tb=line"
+    result.stdout.fnmatch_lines(
+        ["FAILED examples/fail.py::fail - ValueError: boom 42 (exit code 1)"]
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)

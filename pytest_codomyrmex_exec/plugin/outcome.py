@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import final
 
 import pytest
@@ -20,31 +22,50 @@ TIMEOUT_HINT = (
 
 
 @final
-class ScriptFailureLine:
-    """``--tb=line``: pytest prints the report's body and then ``str(reprcrash)``; the body is
-    empty, so each failing script is the one line ``path: error line``."""
+@dataclass
+class FailureLocation:
+    """Where and how a script failed, for ``--tb=line``. Shaped like pytest's
+    ``ReprFileLocation`` (the same fields, a dataclass), so that pytest-xdist can carry it
+    from a worker; ``message`` is also what ``-r`` shows after the node id."""
 
-    def __init__(self, line: str, message: str) -> None:
-        self.line = line
-        self.reprcrash = _Crash(line, message)
-
-    def toterminal(self, tw: object) -> None:
-        """Nothing: the line itself is written from ``reprcrash``."""
+    path: str
+    lineno: int
+    """The script's line in the traceback's last frame in the script; 0 if unknown."""
+    message: str
 
     def __str__(self) -> str:
-        return self.line  # junit's failure text, and what pytest-xdist sends over the wire
+        where = f"{self.path}:{self.lineno}" if self.lineno else self.path
+        return f"{where}: {self.message}"
 
 
 @final
-class _Crash:
-    """What pytest reads of a crash: ``str()`` for ``--tb=line``, ``message`` for ``-r``."""
+@dataclass
+class _NoTraceback:
+    """An empty ``ReprTraceback`` look-alike: nothing is printed above the line."""
 
-    def __init__(self, line: str, message: str) -> None:
-        self.line = line
-        self.message = message
+    reprentries: list[object] = field(default_factory=list)
+    extraline: str | None = None
+    style: str = "line"
+
+    def toterminal(self, tw: object) -> None:
+        """Nothing."""
+
+
+@final
+class ScriptFailureLine:
+    """``--tb=line``: pytest prints the report's body and then ``str(reprcrash)``; the body is
+    empty, so each failing script is the one line ``path:line: error``."""
+
+    def __init__(self, location: FailureLocation) -> None:
+        self.reprcrash = location
+        self.reprtraceback = _NoTraceback()
+        self.sections: list[tuple[str, str, str]] = []
+
+    def toterminal(self, tw: object) -> None:
+        """Nothing: pytest writes the line itself, from ``reprcrash``."""
 
     def __str__(self) -> str:
-        return self.line
+        return str(self.reprcrash)  # junit's failure text
 
 
 @final
@@ -52,19 +73,24 @@ class ScriptFailed(Exception):
     """The script ran and failed: a non-allowed exit code, a signal, a timeout, a memory limit."""
 
     def __init__(
-        self, header: str, stderr_tail: str, *, line: str = "", hint: str | None = None
+        self,
+        header: str,
+        stderr_tail: str,
+        *,
+        location: FailureLocation | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__(header)
         self.header = header
         self.stderr_tail = stderr_tail
-        self.line = line or header
+        self.location = location
         self.hint = hint
 
     def render(self, style: str = "long") -> str | ScriptFailureLine:
         """The report for pytest's ``--tb`` style: ``line`` one line, ``short`` the header and
         the last lines of stderr, anything else (``long``, ``auto``, ``native``) all of it."""
-        if style == "line":
-            return ScriptFailureLine(self.line, self.header)
+        if style == "line" and self.location is not None:
+            return ScriptFailureLine(self.location)
         tail = self.stderr_tail
         if style == "short":
             tail = _tail(tail, SHORT_TAIL_LINES) if tail else tail
@@ -99,16 +125,25 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(kept)
 
 
-def error_line(label: str, result: ScriptResult) -> str:
-    """``path: error line``: the last line of stderr (``ValueError: boom``) for a script that
-    exited with an error, else how it ended (``timed out after 2 s``, ``killed by signal``)."""
+_FRAME = re.compile(r'^\s*File "(?P<path>.+)", line (?P<line>\d+)', re.M)
+
+
+def failure_location(label: str, result: ScriptResult) -> FailureLocation:
+    """``path:line: error``: the last line of stderr (``ValueError: boom``) and the exit code
+    for a script that exited with an error, at the script's line in the traceback's last
+    frame; else how it ended (``timed out after 2 s``, ``killed by signal SIGSEGV``)."""
     header = failure_header(label, result)
     how = header.removeprefix(label).lstrip().removeprefix("failed: ")
-    status = result["status"]
+    lineno = 0
+    for frame in _FRAME.finditer(result["stderr"]):
+        if frame["path"] == result["script"]:
+            lineno = int(frame["line"])
     stderr_lines = [line for line in result["stderr"].splitlines() if line.strip()]
-    if status != ScriptStatus.TIMEOUT and not result["signal"] and stderr_lines:
-        return f"{label}: {stderr_lines[-1].strip()} ({how.split(' after ')[0]})"
-    return f"{label}: {how}"
+    if result["status"] != ScriptStatus.TIMEOUT and not result["signal"] and stderr_lines:
+        message = f"{stderr_lines[-1].strip()} ({how.split(' after ')[0]})"
+    else:
+        message = how
+    return FailureLocation(label, lineno, message)
 
 
 def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
@@ -135,6 +170,6 @@ def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> Non
     raise ScriptFailed(
         failure_header(label, result),
         _tail(result["stderr"], STDERR_TAIL_LINES),
-        line=error_line(label, result),
+        location=failure_location(label, result),
         hint=TIMEOUT_HINT if status == ScriptStatus.TIMEOUT else None,
     )
