@@ -41,7 +41,9 @@ def _segment(text: str) -> str:
             if end < 0:
                 out.append(re.escape(char))
                 continue
-            inner = text[i:end].replace("\\", "\\\\")
+            # Escaped like fnmatch does: a backslash, and what a newer ``re`` would read as
+            # a nested set or a set operation (a FutureWarning, an error under -W error).
+            inner = re.sub(r"([\\\[&~|])", r"\\\1", text[i:end])
             i = end + 1
             if inner.startswith("!"):
                 inner = "^" + inner[1:]
@@ -70,6 +72,15 @@ def is_path_pattern(pattern: str) -> bool:
     return "/" in pattern
 
 
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(translate(pattern))
+    except re.error as exc:  # a reversed range, [z-a]
+        raise pytest.UsageError(
+            f"ini option 'exec_script_patterns': {pattern!r} is not a valid glob: {exc}"
+        ) from None
+
+
 @final
 class ScriptPatterns:
     """The session's script patterns; remembers which ones matched a collected file."""
@@ -77,7 +88,7 @@ class ScriptPatterns:
     def __init__(self, patterns: tuple[str, ...], rootdir: Path) -> None:
         self.patterns = patterns
         self.rootdir = rootdir
-        self._paths = [(p, re.compile(translate(p))) for p in patterns if is_path_pattern(p)]
+        self._paths = [(p, _compile(p)) for p in patterns if is_path_pattern(p)]
         self._names = [p for p in patterns if not is_path_pattern(p)]
         self.matched: set[str] = set()
 
