@@ -20,7 +20,7 @@ def dask_client() -> Iterator[object]:
     # Worker processes, so every job really crosses a process boundary (pickled there and back).
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

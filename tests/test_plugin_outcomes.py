@@ -130,8 +130,11 @@ def test_outcome_table(px: ExecPytester, mode: list[str]) -> None:
     )
 
     # Output so far of a timed-out script, and the crash's own output.
-    assert px.section(result, "script timeout_script.py") == [
-        "timeout_script.py timed out after 0.5 s"
+    timeout_report = px.section(result, "script timeout_script.py")
+    assert timeout_report[0] == "timeout_script.py timed out after 0.5 s"
+    assert timeout_report[1:] == [
+        "raise the limit with an exec(timeout=SECONDS) mark, --exec-timeout SECONDS "
+        "or the ini key exec_timeout (0 = no limit)"
     ]
     timeout_section = result.outlines.index("started, now hanging")
     assert "Captured stdout call" in result.outlines[timeout_section - 1]

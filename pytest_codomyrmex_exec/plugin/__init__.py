@@ -15,11 +15,17 @@ from . import hookspecs
 from .durations import save_durations
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
-from .options import add_options, refuse_separate_path_values, resolve_options
+from .options import DEFAULT_PATTERNS, add_options, refuse_separate_path_values, resolve_options
+from .patterns import NEVER_SCRIPTS, PATTERNS_KEY, ScriptPatterns
 from .settings import SESSION_TAG_VAR
+
+__all__ = ["ScriptFile", "ScriptItem"]
+"""Public names for conftests: ``isinstance(item, ScriptItem)`` tells script items apart."""
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
 _LEFTOVERS_KEY = pytest.StashKey[int]()
+_PYTHON_MODULE_KEY = pytest.StashKey[bool]()
+"""Set on the test module pytest's python plugin made for a file (not on a DoctestModule)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,10 +76,22 @@ def pytest_configure(config: pytest.Config) -> None:
         from .warm import configure_warm
 
         configure_warm(config)
+    config.stash[PATTERNS_KEY] = ScriptPatterns(options.patterns, config.rootpath)
     if options.parallel and not _xdist_active(config):
         from .session import ExecSession  # imported only when the feature is on
 
         config.pluginmanager.register(ExecSession(config), _SESSION_PLUGIN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makemodule(
+    module_path: Path, parent: pytest.Collector
+) -> Generator[None, object, object]:
+    """Tag the python plugin's own test module, the one collector a script file must lose."""
+    module = yield
+    if isinstance(module, pytest.Module):
+        module.stash[_PYTHON_MODULE_KEY] = True
+    return module
 
 
 @pytest.hookimpl(wrapper=True)
@@ -82,7 +100,9 @@ def pytest_collect_file(
 ) -> Generator[None, list[pytest.Collector], list[pytest.Collector]]:
     collectors = yield
     options = parent.config.stash[OPTIONS_KEY]
-    if not options.patterns or not is_script(file_path, options.patterns):
+    if not options.patterns or file_path.name in NEVER_SCRIPTS:
+        return collectors
+    if not parent.config.stash[PATTERNS_KEY].matches(file_path):
         return collectors
     # A test module (python_files, e.g. test_*.py) stays a test module even if its name
     # also fits a script pattern: collecting it twice would run it twice.
@@ -90,7 +110,9 @@ def pytest_collect_file(
         return collectors
     # pytest's python plugin makes a test module of any .py named on the command line, and
     # collecting that module would import (run) the script: the script item replaces it.
-    kept = [c for c in collectors if not isinstance(c, pytest.Module)]
+    # Every other collector stays: --doctest-modules' DoctestModule (a pytest.Module too)
+    # runs the file's doctests beside the script item.
+    kept = [c for c in collectors if not c.stash.get(_PYTHON_MODULE_KEY, False)]
     return [*kept, ScriptFile.from_parent(parent, path=file_path)]
 
 
@@ -129,7 +151,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     )
 
 
+def _warn_unmatched_patterns(terminalreporter: pytest.TerminalReporter) -> None:
+    """A terminal line, not a PytestWarning: under ``filterwarnings = error`` a warning would
+    fail every session that collects a subset of the tree (``pytest tests/``)."""
+    config = terminalreporter.config
+    patterns = config.stash.get(PATTERNS_KEY, None)
+    if patterns is None or list(patterns.patterns) == DEFAULT_PATTERNS or _xdist_active(config):
+        return  # the default selects nothing in most test trees; xdist's controller collects none
+    for pattern in patterns.unmatched():
+        where = f" (relative to the rootdir {config.rootpath})" if "/" in pattern else ""
+        terminalreporter.write_sep(
+            "-",
+            f"codomyrmex-exec: exec_script_patterns {pattern!r} matched no collected file{where}",
+            yellow=True,
+        )
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    _warn_unmatched_patterns(terminalreporter)
     leftovers = terminalreporter.config.stash.get(_LEFTOVERS_KEY, 0)
     if leftovers:
         terminalreporter.write_sep(

@@ -13,7 +13,8 @@ from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
-from .settings import child_environment, resolve_settings
+from .settings import child_environment, pytest_pythonpath, resolve_settings
+from .workdir import release_work_folder
 
 OPTIONS_KEY = pytest.StashKey[ExecOptions]()
 """The session's resolved options, in ``config.stash``."""
@@ -128,7 +129,9 @@ class ScriptItem(pytest.Item):
             self.stash[HOOK_ERROR_KEY] = exc
         from .warm import launcher_for  # not at the top: warm.py imports this module
 
-        base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
+        base_env = child_environment(
+            self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
+        )
         result = run_spec(spec, base_env=base_env, launcher=launcher_for(self.config))
         self.stash[RESULT_KEY] = result
         try:
@@ -143,7 +146,7 @@ class ScriptItem(pytest.Item):
         style: Any = None,
     ) -> str | Any:
         if isinstance(excinfo.value, ScriptFailed):
-            return excinfo.value.render()
+            return excinfo.value.render(str(self.config.getoption("tbstyle", "auto")))
         if isinstance(excinfo.value, ScriptNotStarted):
             return str(excinfo.value)
         if not self.config.getoption("fulltrace", False):
@@ -159,6 +162,7 @@ class ScriptItem(pytest.Item):
             # Run inline during setup: its time is the call's, not counted twice.
             report.duration = max(report.duration - self.stash[RESULT_KEY]["execution_time"], 0)
         if call.when == "call":
+            release_work_folder(self, report.passed)
             result = self.stash.get(RESULT_KEY, None)
             if result is not None:
                 # With --exec-parallel the call phase only reads a finished result: report the

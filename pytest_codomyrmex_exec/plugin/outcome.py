@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import final
 
 import pytest
@@ -10,19 +12,90 @@ from ..engine import ScriptResult, ScriptStatus
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header; the full output is in the sections."""
+SHORT_TAIL_LINES = 6
+"""Lines of stderr under the header with ``--tb=short``: the failing frame and the error."""
+
+TIMEOUT_HINT = (
+    "raise the limit with an exec(timeout=SECONDS) mark, --exec-timeout SECONDS "
+    "or the ini key exec_timeout (0 = no limit)"
+)
+
+
+@final
+@dataclass
+class FailureLocation:
+    """Where and how a script failed, for ``--tb=line``. Shaped like pytest's
+    ``ReprFileLocation`` (the same fields, a dataclass), so that pytest-xdist can carry it
+    from a worker; ``message`` is also what ``-r`` shows after the node id."""
+
+    path: str
+    lineno: int
+    """The script's line in the traceback's last frame in the script; 0 if unknown."""
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.lineno}" if self.lineno else self.path
+        return f"{where}: {self.message}"
+
+
+@final
+@dataclass
+class _NoTraceback:
+    """An empty ``ReprTraceback`` look-alike: nothing is printed above the line."""
+
+    reprentries: list[object] = field(default_factory=list)
+    extraline: str | None = None
+    style: str = "line"
+
+    def toterminal(self, tw: object) -> None:
+        """Nothing."""
+
+
+@final
+class ScriptFailureLine:
+    """``--tb=line``: pytest prints the report's body and then ``str(reprcrash)``; the body is
+    empty, so each failing script is the one line ``path:line: error``."""
+
+    def __init__(self, location: FailureLocation) -> None:
+        self.reprcrash = location
+        self.reprtraceback = _NoTraceback()
+        self.sections: list[tuple[str, str, str]] = []
+
+    def toterminal(self, tw: object) -> None:
+        """Nothing: pytest writes the line itself, from ``reprcrash``."""
+
+    def __str__(self) -> str:
+        return str(self.reprcrash)  # junit's failure text
 
 
 @final
 class ScriptFailed(Exception):
     """The script ran and failed: a non-allowed exit code, a signal, a timeout, a memory limit."""
 
-    def __init__(self, header: str, stderr_tail: str) -> None:
+    def __init__(
+        self,
+        header: str,
+        stderr_tail: str,
+        *,
+        location: FailureLocation | None = None,
+        hint: str | None = None,
+    ) -> None:
         super().__init__(header)
         self.header = header
         self.stderr_tail = stderr_tail
+        self.location = location
+        self.hint = hint
 
-    def render(self) -> str:
-        return f"{self.header}\n{self.stderr_tail}" if self.stderr_tail else self.header
+    def render(self, style: str = "long") -> str | ScriptFailureLine:
+        """The report for pytest's ``--tb`` style: ``line`` one line, ``short`` the header and
+        the last lines of stderr, anything else (``long``, ``auto``, ``native``) all of it."""
+        if style == "line" and self.location is not None:
+            return ScriptFailureLine(self.location)
+        tail = self.stderr_tail
+        if style == "short":
+            tail = _tail(tail, SHORT_TAIL_LINES) if tail else tail
+        parts = [self.header, *([self.hint] if self.hint else []), *([tail] if tail else [])]
+        return "\n".join(parts)
 
 
 @final
@@ -52,6 +125,27 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(kept)
 
 
+_FRAME = re.compile(r'^\s*File "(?P<path>.+)", line (?P<line>\d+)', re.M)
+
+
+def failure_location(label: str, result: ScriptResult) -> FailureLocation:
+    """``path:line: error``: the last line of stderr (``ValueError: boom``) and the exit code
+    for a script that exited with an error, at the script's line in the traceback's last
+    frame; else how it ended (``timed out after 2 s``, ``killed by signal SIGSEGV``)."""
+    header = failure_header(label, result)
+    how = header.removeprefix(label).lstrip().removeprefix("failed: ")
+    lineno = 0
+    for frame in _FRAME.finditer(result["stderr"]):
+        if frame["path"] == result["script"]:
+            lineno = int(frame["line"])
+    stderr_lines = [line for line in result["stderr"].splitlines() if line.strip()]
+    if result["status"] != ScriptStatus.TIMEOUT and not result["signal"] and stderr_lines:
+        message = f"{stderr_lines[-1].strip()} ({how.split(' after ')[0]})"
+    else:
+        message = how
+    return FailureLocation(label, lineno, message)
+
+
 def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
     """Attach the script's output the way pytest shows captured output of a test."""
     for name, text in (("stdout", result["stdout"]), ("stderr", result["stderr"])):
@@ -62,7 +156,10 @@ def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
 def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> None:
     """Return for a passed script; raise the exception that gives the table's outcome."""
     status = result["status"]
-    add_output_sections(item, result)
+    line_style = item.config.getoption("tbstyle", "auto") == "line"
+    if status == ScriptStatus.PASSED or not line_style:
+        # --tb=line: a failing script is one line, not followed by its captured output.
+        add_output_sections(item, result)
     if status == ScriptStatus.PASSED:
         return
     if status == ScriptStatus.CANCELLED:
@@ -70,4 +167,9 @@ def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> Non
         pytest.skip(reason if reason.startswith("cancelled") else f"cancelled: {reason}")
     if status == ScriptStatus.ERROR:
         raise ScriptNotStarted(f"{label} could not run: {result['error']}")
-    raise ScriptFailed(failure_header(label, result), _tail(result["stderr"], STDERR_TAIL_LINES))
+    raise ScriptFailed(
+        failure_header(label, result),
+        _tail(result["stderr"], STDERR_TAIL_LINES),
+        location=failure_location(label, result),
+        hint=TIMEOUT_HINT if status == ScriptStatus.TIMEOUT else None,
+    )

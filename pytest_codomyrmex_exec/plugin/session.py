@@ -17,7 +17,7 @@ from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
 from .marks import MarkError
-from .settings import child_environment
+from .settings import child_environment, pytest_pythonpath
 
 _WAKE = 0.5
 _STOP_REPORT_AFTER = 10.0
@@ -111,7 +111,9 @@ class ExecSession:
         backend: ScriptBackend = self.config.hook.pytest_exec_make_backend(config=self.config)
         self._backend = backend
         try:
-            base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
+            base_env = child_environment(
+                self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
+            )
             backend.start(self._jobs(), base_env, self._events.put)
             self._run(session)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from ..engine import DEFAULT_TIMEOUT, ScriptSpec
 from .marks import MarkError, check_exec_mark
 from .options import ExecOptions
+from .workdir import work_folder
 
 # Variables pytest sets for itself; a script that runs pytest must not inherit them.
 _PYTEST_ONLY_ENV = ("PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_VERSION")
@@ -23,15 +25,30 @@ SESSION_TAG_VAR = "CODOMYRMEX_EXEC_SESSION"
 whatever still carries it (a daemon a script left behind) is found and killed."""
 
 
-def child_environment(session_tag: str) -> dict[str, str]:
-    """The environment scripts inherit: ours, less the variables that belong to pytest."""
+def child_environment(session_tag: str, pythonpath: Sequence[Path] = ()) -> dict[str, str]:
+    """The environment scripts inherit: ours, less the variables that belong to pytest, with
+    ``pythonpath`` (pytest's ini entries) on ``PYTHONPATH`` ahead of the inherited value."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in _PYTEST_ONLY_ENV and not key.startswith(_PYTEST_ONLY_ENV_PREFIXES)
     }
     env[SESSION_TAG_VAR] = session_tag
+    entries = [str(path) for path in pythonpath]
+    if env.get("PYTHONPATH"):
+        entries.append(env["PYTHONPATH"])
+    if entries:
+        env["PYTHONPATH"] = os.pathsep.join(entries)
     return env
+
+
+def pytest_pythonpath(config: pytest.Config) -> list[Path]:
+    """pytest's ``pythonpath`` ini entries, absolute (pytest resolves them against the ini
+    file's folder); none when its python_path plugin is disabled."""
+    try:
+        return [Path(entry) for entry in config.getini("pythonpath")]
+    except ValueError:
+        return []
 
 
 def _exec_mark_values(item: pytest.Item) -> dict[str, Any]:
@@ -99,6 +116,8 @@ def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
     }
     if isinstance(marked.get("cwd"), str):
         keywords["cwd"] = Path(item.path).parent / marked["cwd"]
+    elif "cwd" not in marked:
+        keywords["cwd"] = work_folder(item, options)  # --exec-cwd; None: the script's folder
     try:
         return ScriptSpec.build(item.path, **keywords)
     except (TypeError, ValueError) as exc:

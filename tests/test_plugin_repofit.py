@@ -1,0 +1,542 @@
+"""Fitting real repositories (issue 11): trees laid out like real projects, not *_script.py.
+
+An ``examples/`` folder of plain demos, an ``algorithms/`` folder with doctests and ``input()``
+prompts, a package run as a module. Every behaviour runs in a real pytest session, inline and
+with ``--exec-parallel``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ExecPytester
+
+from pytest_codomyrmex_exec.plugin.patterns import ScriptPatterns
+
+MODES = [
+    pytest.param([], id="inline"),
+    pytest.param(["--exec-parallel"], id="parallel"),
+]
+# For the run settings the engine implements: both parallel backends.
+ENGINE_MODES = [
+    pytest.param([], id="inline"),
+    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
+    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def collected(result: pytest.RunResult) -> list[str]:
+    return sorted(line for line in result.outlines if "::" in line)
+
+
+def outcomes(px: ExecPytester) -> dict[str, str]:
+    return {f"{case.classname}.{case.name}": case.outcome for case in px.junit()}
+
+
+# -- 1. doctests stay --------------------------------------------------------------------------
+
+GCD = '''\
+def gcd(a, b):
+    """
+    >>> gcd(12, 18)
+    6
+    """
+    while b:
+        a, b = b, a % b
+    return a
+
+
+if __name__ == "__main__":
+    import doctest
+
+    doctest.testmod()
+    print(gcd(int(input("a? ")), int(input("b? "))))
+'''
+
+BROKEN_DOCTEST = '''\
+def square(x):
+    """
+    >>> square(3)
+    10
+    """
+    return x * x
+
+
+if __name__ == "__main__":
+    import doctest
+
+    doctest.testmod()  # prints the failure but exits 0: only the doctest item can catch it
+'''
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_doctests_run_beside_the_script_items(px: ExecPytester, mode: list[str]) -> None:
+    px.ini(exec_script_patterns="algorithms/*.py")
+    px.script("algorithms/gcd.py", "# pytest.mark.exec(stdin='12\\n18\\n')\n" + GCD)
+    px.script("algorithms/square.py", BROKEN_DOCTEST)
+    result = px.run("--doctest-modules", "-v", *mode, *px.junit_args())
+    result.assert_outcomes(passed=3, failed=1)
+    assert outcomes(px) == {
+        "algorithms.gcd.gcd": "passed",  # the script, fed its two numbers
+        "algorithms.gcd.gcd.gcd": "passed",  # its doctest
+        "algorithms.square.square": "passed",  # the script: testmod() exits 0
+        "algorithms.square.square.square": "failed",  # the doctest that testmod() hid
+    }
+    result.stdout.fnmatch_lines(["*FAILED algorithms/square.py::square.square*"])
+
+
+def test_without_doctest_modules_a_script_is_still_never_imported(px: ExecPytester) -> None:
+    px.ini(exec_script_patterns="algorithms/*.py")
+    px.script("algorithms/noisy.py", "open('imported.txt', 'w').close()\n")
+    result = px.run_inprocess("--collect-only", "-q", "algorithms/noisy.py")
+    assert collected(result) == ["algorithms/noisy.py::noisy"]
+    assert not (px.path / "imported.txt").exists()
+
+
+# -- 2. path patterns --------------------------------------------------------------------------
+
+
+def test_path_globs_unit() -> None:
+    root = Path("/repo")
+    patterns = ScriptPatterns(("examples/**/*.py", "tools/*.py", "*_demo.py", "x/[ab]?.py"), root)
+    selected = {
+        "examples/a.py": True,
+        "examples/deep/er/b.py": True,
+        "examplesX/a.py": False,
+        "tools/t.py": True,
+        "tools/sub/t.py": False,
+        "lib/run_demo.py": True,
+        "x/a1.py": True,
+        "x/c1.py": False,
+        "setup.py": False,
+    }
+    for relative, expected in selected.items():
+        assert patterns.matches(root / relative) is expected, relative
+    assert patterns.matches(Path("/elsewhere/tools/t.py")) is False
+    assert patterns.unmatched() == []
+    assert ScriptPatterns(("docs/*.py",), root).unmatched() == ["docs/*.py"]
+    with pytest.raises(pytest.UsageError, match=r"'x/\[z-a\].py' is not a valid glob"):
+        ScriptPatterns(("x/[z-a].py",), root)
+    # Brackets that a newer re would read as nested sets: no FutureWarning (-W error here).
+    assert ScriptPatterns(("x/[[]a].py",), root).matches(root / "x" / "[a].py")
+
+
+def write_example_repo(px: ExecPytester) -> None:
+    px.script("setup.py", "raise SystemExit('setup.py must not run')\n")
+    px.script("docs/conf.py", "raise SystemExit('conf.py must not run')\n")
+    px.script("mylib/core.py", "raise SystemExit('a library module must not run')\n")
+    px.script("examples/table.py", "print('table')\n")
+    px.script("examples/live/progress.py", "print('progress')\n")
+    px.script("examples/live/deeper/spinner.py", "print('spinner')\n")
+    px.script("tools/release.py", "print('release')\n")
+    px.script("tools/internal/helper.py", "raise SystemExit('not selected')\n")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_path_patterns_select_by_folder(px: ExecPytester, mode: list[str]) -> None:
+    px.ini(exec_script_patterns="examples/**/*.py tools/*.py")
+    write_example_repo(px)
+    result = px.run("-v", *mode)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*examples/table.py::table PASSED*",
+            "*examples/live/progress.py::progress PASSED*",
+            "*examples/live/deeper/spinner.py::spinner PASSED*",
+            "*tools/release.py::release PASSED*",
+        ]
+    )
+    assert "matched no collected file" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_pattern_that_matches_nothing_is_named(px: ExecPytester, mode: list[str]) -> None:
+    # The project's own filterwarnings = error must not turn the hint into a failure.
+    px.ini(exec_script_patterns="demos/*.py examples/*.py", filterwarnings="error")
+    px.script("examples/table.py", "print('table')\n")
+    result = px.run(*mode)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*codomyrmex-exec: exec_script_patterns 'demos/*.py' matched no collected file*"]
+    )
+    assert "'examples/*.py' matched no" not in result.stdout.str()
+
+    # The run that used to exit 5 with no hint at all.
+    px.ini(exec_script_patterns="example/*.py")
+    result = px.run()
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(
+        ["*exec_script_patterns 'example/*.py' matched no collected file (relative to the*"]
+    )
+
+
+def test_conftest_and_init_are_never_scripts(px: ExecPytester) -> None:
+    px.ini(exec_script_patterns="*.py")
+    px.conftest("")
+    px.script("pkg/__init__.py", "")
+    px.script("pkg/conftest.py", "")
+    px.script("pkg/demo.py", "print('demo')\n")
+    result = px.run_inprocess("--collect-only", "-q")
+    assert collected(result) == ["pkg/demo.py::demo"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_conftest_tells_script_items_apart_by_the_public_name(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.ini(exec_script_patterns="examples/*.py")
+    px.conftest(
+        """
+        import pytest
+        from pytest_codomyrmex_exec.plugin import ScriptItem
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                if isinstance(item, ScriptItem):
+                    item.add_marker(pytest.mark.demo)
+        """
+    )
+    px.script("examples/table.py", "print('table')\n")
+    px.script("test_lib.py", "def test_lib():\n    pass\n")
+    result = px.run("-m", "demo", "-p", "no:warnings", *mode)
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["examples/table.py .*"])
+
+
+# -- 5. what a script gets: stdin, modules, pythonpath -----------------------------------------
+
+PROMPT = """\
+a = int(input("first? "))
+b = int(input("second? "))
+assert a + b == 7, (a, b)
+print("sum", a + b)
+"""
+
+
+@pytest.mark.parametrize("mode", ENGINE_MODES)
+def test_stdin_text_and_file(px: ExecPytester, mode: list[str]) -> None:
+    px.ini(exec_script_patterns="algorithms/*.py")
+    px.script("algorithms/text_prompt.py", "# pytest.mark.exec(stdin='3\\n4\\n')\n" + PROMPT)
+    px.script(
+        "algorithms/file_prompt.py", "# pytest.mark.exec(stdin_file='data/in.txt')\n" + PROMPT
+    )
+    (px.path / "algorithms" / "data").mkdir()
+    (px.path / "algorithms" / "data" / "in.txt").write_text("5\n2\n")
+    px.script("algorithms/no_input.py", PROMPT)
+    px.script("algorithms/lost_input.py", "# pytest.mark.exec(stdin_file='gone.txt')\n" + PROMPT)
+    result = px.run("-rA", *mode, *px.junit_args())
+    assert outcomes(px) == {
+        "algorithms.text_prompt.text_prompt": "passed",
+        "algorithms.file_prompt.file_prompt": "passed",
+        "algorithms.no_input.no_input": "failed",  # empty stdin: EOF at once, never a hang
+        "algorithms.lost_input.lost_input": "error",  # could not start: says which file
+    }
+    result.stdout.fnmatch_lines_random(
+        ["*EOFError*", "*lost_input.py could not run: stdin_file not found: *algorithms/gone.txt"]
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_package_module_with_relative_imports(px: ExecPytester, mode: list[str]) -> None:
+    px.ini(exec_script_patterns="shop/cli.py shop/cli_plain.py")
+    px.script("shop/__init__.py", "")
+    px.script("shop/prices.py", "TAX = 0.25\n")
+    body = "from .prices import TAX\nassert __package__ == 'shop'\nprint('tax', TAX)\n"
+    px.script("shop/cli.py", "# pytest.mark.exec(as_module=True)\n" + body)
+    px.script("shop/cli_plain.py", body)
+    result = px.run("-rA", *mode, *px.junit_args())
+    assert outcomes(px) == {"shop.cli.cli": "passed", "shop.cli_plain.cli_plain": "failed"}
+    result.stdout.fnmatch_lines_random(["tax 0.25", "*ImportError: attempted relative import*"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pytest_pythonpath_reaches_scripts_ahead_of_the_inherited_one(
+    px: ExecPytester, mode: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    inherited = tmp_path / "inherited"
+    (inherited / "shared.py").parent.mkdir()
+    (inherited / "shared.py").write_text("WHO = 'inherited'\n")
+    monkeypatch.setenv("PYTHONPATH", str(inherited))
+    px.ini(exec_script_patterns="tools/*.py", pythonpath="lib")
+    px.script("lib/shared.py", "WHO = 'lib'\n")
+    px.script("tools/use.py", "import shared\nassert shared.WHO == 'lib', shared.__file__\n")
+    result = px.run(*mode)
+    result.assert_outcomes(passed=1)
+
+
+# -- 6. the working folder ---------------------------------------------------------------------
+
+WRITER = """\
+import os, pathlib, sys
+pathlib.Path("table.svg").write_text("<svg/>")
+with open(os.environ["CWD_LOG"], "a") as log:
+    log.write(f"{pathlib.Path(__file__).stem} {os.getcwd()}\\n")
+sys.exit(int(os.environ.get("EXIT", "0")) if "fail" in __file__ else 0)
+"""
+
+
+def cwd_log(px: ExecPytester) -> dict[str, Path]:
+    return {
+        name: Path(folder) for name, folder in (line.split(" ", 1) for line in px.lines("cwd.log"))
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exec_cwd_tmp_leaves_the_source_folder_untouched(
+    px: ExecPytester, mode: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CWD_LOG", str(px.path / "cwd.log"))
+    monkeypatch.setenv("EXIT", "3")
+    px.ini(exec_script_patterns="examples/*.py", tmp_path_retention_policy="failed")
+    px.script("examples/one.py", WRITER)
+    px.script("examples/two.py", WRITER)
+    px.script("examples/fail.py", WRITER)
+    px.script("examples/marked.py", "# pytest.mark.exec(cwd='.')\n" + WRITER)
+    before = sorted(p.name for p in (px.path / "examples").iterdir())
+    result = px.run("--exec-cwd", "tmp", *mode)
+    result.assert_outcomes(passed=3, failed=1)
+
+    # Only the script whose exec mark names its cwd wrote into the source folder.
+    after = sorted(p.name for p in (px.path / "examples").iterdir())
+    assert after == sorted([*before, "table.svg"])
+    folders = cwd_log(px)
+    assert folders["marked"] == px.path / "examples"
+    tmp_folders = [folders["one"], folders["two"], folders["fail"]]
+    assert len(set(tmp_folders)) == 3, "each script gets its own folder"
+    # Under pytest's basetemp (pytester passes --basetemp=<path>/runpytest-N).
+    assert all(f.parent.name.startswith("runpytest-") for f in tmp_folders), tmp_folders
+    # Kept for the failed script, removed for passed ones (tmp_path_retention_policy=failed).
+    assert (folders["fail"] / "table.svg").is_file()
+    assert not folders["one"].exists()
+    assert not folders["two"].exists()
+
+
+def test_exec_cwd_rootdir_and_bad_value(px: ExecPytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CWD_LOG", str(px.path / "cwd.log"))
+    px.ini(exec_script_patterns="examples/*.py", exec_cwd="rootdir")
+    px.script("examples/one.py", WRITER)
+    px.run().assert_outcomes(passed=1)
+    assert cwd_log(px)["one"] == px.path
+    assert (px.path / "table.svg").is_file()
+
+    result = px.run("--exec-cwd", "home")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--exec-cwd: expected one of script, tmp, rootdir, got 'home'*"])
+
+
+# -- 7. run_for --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ENGINE_MODES)
+def test_run_for_passes_an_endless_demo_and_fails_an_early_crash(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.ini(exec_script_patterns="examples/*.py")
+    px.script(
+        "examples/server.py",
+        "# pytest.mark.exec(run_for=1.0, timeout=30)\n"
+        "import time\nprint('serving', flush=True)\nwhile True:\n    time.sleep(0.05)\n",
+        track=True,
+    )
+    px.script(
+        "examples/crashy.py",
+        "# pytest.mark.exec(run_for=20)\n"
+        "import time\ntime.sleep(0.2)\nraise RuntimeError('crashed inside the window')\n",
+    )
+    px.script("examples/quick.py", "# pytest.mark.exec(run_for=20)\nprint('done early, exit 0')\n")
+    result = px.run("-rA", *mode, *px.junit_args())
+    assert outcomes(px) == {
+        "examples.server.server": "passed",
+        "examples.crashy.crashy": "failed",
+        "examples.quick.quick": "passed",
+    }
+    result.stdout.fnmatch_lines(["*RuntimeError: crashed inside the window*"])
+    # The crash ended its run at once, not after the 20 s window.
+    assert px.junit_by_name()["crashy"].time < 10
+    px.assert_no_process_left(at_least=1)
+
+
+# -- 8. --tb styles ----------------------------------------------------------------------------
+
+FAILING = """\
+import sys
+for i in range(30):
+    print(f"noise {i}", file=sys.stderr)
+def inner():
+    raise ValueError("boom 42")
+inner()
+"""
+
+
+def write_failures(px: ExecPytester) -> None:
+    px.ini(exec_script_patterns="examples/*.py")
+    px.script("examples/fail.py", FAILING)
+    px.script("examples/slow.py", "# pytest.mark.exec(timeout=0.5)\nimport time\ntime.sleep(30)\n")
+    px.script("examples/ok.py", "print('fine')\n")
+
+
+@pytest.mark.parametrize("mode", [*MODES, pytest.param(["-n", "2"], id="xdist")])
+def test_tb_line_is_one_line_per_failing_script(px: ExecPytester, mode: list[str]) -> None:
+    write_failures(px)
+    result = px.run("--tb=line", *mode)
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    failures = out.split("= FAILURES =", 1)[1].split("short test summary", 1)[0]
+    lines = [
+        line
+        for line in failures.splitlines()
+        if line.strip() and not line.startswith(("=", "[gw"))  # [gw0]: xdist's worker line
+    ]
+    # path:line (the raising frame of the script, for editors), the error and the exit code.
+    assert sorted(lines) == [
+        "examples/fail.py:5: ValueError: boom 42 (exit code 1)",
+        # No line is known for a timeout; pytest-xdist's copy of the location always has one.
+        "examples/slow.py:0: timed out after 0.5 s"
+        if "-n" in mode
+        else "examples/slow.py: timed out after 0.5 s",
+    ]
+    assert "noise" not in out, "the captured output is left out with --tb=line"
+    result.stdout.fnmatch_lines(
+        ["FAILED examples/fail.py::fail - ValueError: boom 42 (exit code 1)"]
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tb_short_long_native_and_no(px: ExecPytester, mode: list[str]) -> None:
+    write_failures(px)
+    result = px.run("--tb=short", *mode)
+    short = px.section(result, "script examples/fail.py")
+    assert short[0].startswith("examples/fail.py failed: exit code 1 after")
+    assert short[-1] == "ValueError: boom 42"
+    assert 2 <= len(short) <= 8
+    assert not any(line.startswith("noise") for line in short)
+    assert "Captured stderr call" in result.stdout.str()
+
+    for style in ("long", "native"):  # auto is long for a script (pytest's own default)
+        result = px.run(f"--tb={style}", *mode)
+        full = px.section(result, "script examples/fail.py")
+        assert full[0].startswith("examples/fail.py failed: exit code 1 after"), style
+        assert "noise 29" in full, style
+        assert "Traceback (most recent call last):" in full, style
+        assert full[-1] == "ValueError: boom 42"
+        # The timeout says how to raise the limit: mark keyword, option and ini key.
+        timeout = px.section(result, "script examples/slow.py")
+        assert timeout[0] == "examples/slow.py timed out after 0.5 s"
+        assert "exec(timeout=SECONDS)" in timeout[1]
+        assert "--exec-timeout" in timeout[1]
+        assert "exec_timeout" in timeout[1]
+
+    quiet = px.run("--tb=no", *mode)
+    quiet.assert_outcomes(passed=1, failed=2)
+    assert "FAILURES" not in quiet.stdout.str()
+    assert "boom 42" not in quiet.stdout.str()
+
+
+# -- 9. Python 3.13 with -W error --------------------------------------------------------------
+
+
+def find_python(version: str) -> str | None:
+    """A working ``pythonX.Y``: on PATH, or a pyenv install that its shim would not select."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates += sorted(Path(pyenv_root, "versions").glob(f"{version}*/bin/python{version}"))
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        probe = subprocess.run(
+            [str(candidate), "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == str(
+            tuple(int(p) for p in version.split("."))
+        ):
+            return str(candidate)
+    return None
+
+
+ASYNC_SMOKE = """\
+import asyncio, pathlib, sys, tempfile, warnings
+from pytest_codomyrmex_exec import AsyncScheduler, run_script_async
+
+folder = pathlib.Path(tempfile.mkdtemp())
+ok = folder / "ok.py"
+ok.write_text("print('hi')")
+bad = folder / "bad.py"
+bad.write_text("raise SystemExit(3)")
+slow = folder / "slow.py"
+slow.write_text("import time\\ntime.sleep(30)")
+
+async def main():
+    results = await asyncio.gather(
+        run_script_async(str(ok)),
+        run_script_async(str(bad)),
+        run_script_async(str(slow), timeout=0.5),
+    )
+    assert [r["status"] for r in results] == ["passed", "failed", "timeout"], results
+    scheduler = AsyncScheduler(max_concurrency=2)
+    ids = [scheduler.schedule(run_script_async, args=(str(p),)) for p in (ok, bad, ok)]
+    jobs = await scheduler.run_all()
+    assert [jobs[i].result["status"] for i in ids] == ["passed", "failed", "passed"]
+    scheduler.close()
+
+asyncio.run(main())
+
+# The plugin's AsyncBackend (its scheduler on an event loop in a thread), without importing
+# pytest, which this interpreter may not have: the plugin package is registered bare, so
+# its __init__ (the pytest hooks) is skipped and only the backend module is loaded.
+import os, types
+import pytest_codomyrmex_exec
+from pytest_codomyrmex_exec import ScriptSpec
+plugin = types.ModuleType("pytest_codomyrmex_exec.plugin")
+plugin.__path__ = [os.path.join(pytest_codomyrmex_exec.__path__[0], "plugin")]
+sys.modules["pytest_codomyrmex_exec.plugin"] = plugin
+from pytest_codomyrmex_exec.plugin.backends import AsyncBackend, ScriptJob
+
+events = []
+backend = AsyncBackend(2)
+jobs = [ScriptJob(i, ScriptSpec(script=str(p))) for i, p in enumerate((ok, bad, slow))]
+backend.start(jobs, dict(os.environ), events.append)
+import time
+deadline = time.monotonic() + 30
+while sum(e.kind == "finished" for e in events) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+backend.cancel()  # from another thread, as the session does: kills the slow one
+assert backend.join(30)
+finished = {e.key: e.result["status"] for e in events if e.kind == "finished"}
+assert finished == {0: "passed", 1: "failed", 2: "cancelled"}, finished
+print("smoke ok", sys.version_info[:2])
+"""
+
+
+def test_async_engine_on_python_3_13_with_warnings_as_errors(tmp_path: Path) -> None:
+    python = find_python("3.13")
+    if python is None:
+        pytest.skip("no Python 3.13 on this machine")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONDEVMODE": "1"}
+    run = subprocess.run(
+        [python, "-W", "error", "-c", ASYNC_SMOKE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "smoke ok (3, 13)" in run.stdout
+    assert "Warning" not in run.stderr, run.stderr
+
+
+def test_find_python_finds_this_interpreter() -> None:
+    # Keeps the 3.13 test from skipping for a broken finder rather than a missing Python.
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert find_python(version) is not None
