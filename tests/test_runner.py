@@ -549,3 +549,17 @@ def test_cancel_event_set_after_close_writes_nowhere(tmp_path: Path) -> None:
         fh.flush()
     assert event.is_set()
     assert bystander.read_bytes() == b""
+
+
+def test_pwd_names_the_working_folder_as_a_shell_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = write_script(tmp_path / "home", "pwd.py", "import os\nprint(os.environ['PWD'])\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PWD", str(tmp_path))  # what the shell that started us said
+    assert run_script(script, timeout=10)["stdout"].strip() == str(tmp_path / "home")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run_script(script, timeout=10, cwd=elsewhere)["stdout"].strip() == str(elsewhere)
+    # An explicit env entry still wins.
+    assert run_script(script, timeout=10, env={"PWD": "/x"})["stdout"].strip() == "/x"

@@ -123,6 +123,8 @@ def plan_launch(
             return error(f"stdin_file not found: {stdin_file}")
 
     child_env = dict(os.environ if base_env is None else base_env)
+    # As a shell would after cd: a script that reads PWD must not see pytest's folder.
+    child_env["PWD"] = os.path.abspath(work_dir)
     for key, value in spec.env.items():
         if value is None:
             child_env.pop(key, None)
