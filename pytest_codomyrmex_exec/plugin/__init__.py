@@ -14,9 +14,11 @@ from .durations import save_durations
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
 from .options import add_options, resolve_options
+from .report import RECORDS_KEY, RunRecords, junit_properties, shape_failure
 from .settings import SESSION_TAG_VAR
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
+_RECORDS_PLUGIN = "codomyrmex-exec-records"
 _LEFTOVERS_KEY = pytest.StashKey[int]()
 
 
@@ -49,6 +51,10 @@ def pytest_configure(config: pytest.Config) -> None:
     options = resolve_options(config)
     config.stash[OPTIONS_KEY] = options
     config.stash[SESSION_TAG_KEY] = uuid.uuid4().hex
+    records = config.stash[RECORDS_KEY] = RunRecords(options)
+    config.pluginmanager.register(records, _RECORDS_PLUGIN)
+    if options.report_path and not hasattr(config, "workerinput"):
+        records.open_stream(options.report_path)
     if options.parallel and not _xdist_active(config):
         from .session import ExecSession  # imported only when the feature is on
 
@@ -77,9 +83,18 @@ def pytest_collect_file(
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    if isinstance(item, ScriptItem) and call.when == "call":
+        result = item.stash.get(RESULT_KEY, None)
+        if result is not None:
+            # On the item before the reports are made: junit reads them from the teardown's.
+            item.user_properties.extend(junit_properties(item.config, result))
     report = yield
     if isinstance(item, ScriptItem):
         item.shape_report(report, call)
+        result = item.stash.get(RESULT_KEY, None)
+        if result is not None:
+            item.config.stash[RECORDS_KEY].note(item.nodeid, result)
+            shape_failure(item.config, report, call, result)
     return report
 
 

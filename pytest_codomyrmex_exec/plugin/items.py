@@ -106,7 +106,8 @@ class ScriptItem(pytest.Item):
         hook_error = self.stash.get(HOOK_ERROR_KEY, None)
         if hook_error is not None:
             raise hook_error
-        raise_for_result(self, self.label, self.stash[RESULT_KEY])
+        skip_codes = self.config.stash[OPTIONS_KEY].skip_exit_codes
+        raise_for_result(self, self.label, self.stash[RESULT_KEY], skip_codes)
 
     def _run_inline(self) -> ScriptResult:
         spec = self.settings()
