@@ -365,3 +365,118 @@ def test_report_survives_a_sigkilled_run(px: ExecPytester) -> None:
     reported = {str(line["nodeid"]).split("::")[1] for line in lines}
     assert reported == finished == {f"quick{index}_script" for index in range(quick)}
     assert all(line["status"] == "passed" for line in lines)
+
+
+# -- live output -----------------------------------------------------------------------------
+
+
+def write_live_project(px: ExecPytester) -> None:
+    marker = px.path / "b_finished"
+    px.script(
+        "a_script.py",
+        f"""\
+        import os, sys, time
+        print("a-early", flush=True)
+        # A line written in three pieces, while b writes its own lines: shown whole.
+        for piece in ("piece1-", "piece2-", "piece3"):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            time.sleep(0.15)
+        print(flush=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists({str(marker)!r}) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print("x" * 1500, flush=True)
+        sys.stdout.buffer.write(b"esc \\x1b[31m nul \\x00 bad \\xff end\\n")
+        sys.stdout.flush()
+        print("on stderr", file=sys.stderr, flush=True)
+        sys.stdout.write("no newline at the end")
+        """,
+    )
+    px.script(
+        "b_script.py",
+        f"""\
+        import pathlib, time
+        for i in range(3):
+            print(f"b-line {{i}}", flush=True)
+            time.sleep(0.1)
+        pathlib.Path({str(marker)!r}).touch()
+        """,
+    )
+
+
+def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
+    prefix = f"[{label}] "
+    return [line[len(prefix) :] for line in result.outlines if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("how", [["--exec-live"], ["-s"], ["-o", "exec_live=true"]])
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_live_output_streams_whole_prefixed_lines(
+    px: ExecPytester, mode: list[str], how: list[str]
+) -> None:
+    write_live_project(px)
+    result = px.run(*mode, *how)
+    result.assert_outcomes(passed=2)
+    a_lines = _live_lines(result, "a_script.py")
+    assert a_lines[:2] == ["a-early", "piece1-piece2-piece3"]
+    assert a_lines[2] == "x" * 1000 + "… [500 more characters]"
+    assert a_lines[3] == "esc \\x1b[31m nul \\x00 bad \ufffd end"
+    assert set(a_lines[4:]) == {"on stderr", "no newline at the end"}
+    assert _live_lines(result, "b_script.py") == ["b-line 0", "b-line 1", "b-line 2"]
+    # Live: a's first line came while b ran, before b's report and long before a's own.
+    outlines = result.outlines
+    early = outlines.index("[a_script.py] a-early")
+    b_report = next(i for i, line in enumerate(outlines) if line.startswith("b_script.py ."))
+    a_report = next(i for i, line in enumerate(outlines) if line.startswith("a_script.py ."))
+    assert early < b_report < a_report
+    assert outlines.index("[b_script.py] b-line 2") < b_report
+
+
+def test_live_output_inline(px: ExecPytester) -> None:
+    px.script("a_script.py", "import sys\nprint('one')\nprint('two', file=sys.stderr)\n")
+    result = px.run("--exec-live", "-v")
+    result.assert_outcomes(passed=1)
+    assert _live_lines(result, "a_script.py") == ["one", "two"]
+
+
+def test_live_output_is_coloured_per_script_on_a_colour_terminal(px: ExecPytester) -> None:
+    px.script("a_script.py", "print('from a')\n")
+    px.script("b_script.py", "print('from b')\n")
+    result = px.run("--exec-parallel", "--exec-live", "--color=yes")
+    text = result.stdout.str()
+    coloured = re.findall(r"\x1b\[(\d+)m\[(\w)_script\.py\]\x1b\[0m from \w", text)
+    assert {name for _, name in coloured} == {"a", "b"}
+    assert len({code for code, _ in coloured}) == 2, "both scripts in the same colour"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_live_output_is_off_by_default(px: ExecPytester, mode: list[str]) -> None:
+    px.script("a_script.py", "print('quiet please')\n")
+    result = px.run(*mode)
+    result.assert_outcomes(passed=1)
+    assert "quiet please" not in result.stdout.str()
+
+
+def test_parallel_runner_output_callback(tmp_path: Path) -> None:
+    """The engine side of live output for the process backend: chunks, on request only."""
+    from pytest_codomyrmex_exec import ParallelRunner, RunEvent
+
+    script = tmp_path / "talk_script.py"
+    script.write_text("import sys\nprint('out line')\nprint('err line', file=sys.stderr)\n")
+    progress: list[RunEvent] = []
+    runner = ParallelRunner(2, progress_callback=progress.append)
+    runner.run_scripts([script])
+    assert {event.kind.value for event in progress} == {"started", "finished"}
+
+    output: list[RunEvent] = []
+    runner.output_callback = output.append
+    runner.run_scripts([script, script])
+    assert {event.kind.value for event in output} == {"output"}
+    for index in (0, 1):
+        streams: dict[str | None, bytes] = {}
+        for event in output:
+            if event.key == index:  # chunks as read: a line may come in pieces
+                streams[event.stream] = streams.get(event.stream, b"") + event.chunk
+        assert streams == {"stdout": b"out line\n", "stderr": b"err line\n"}
+    assert [e.kind.value for e in progress].count("started") == 3

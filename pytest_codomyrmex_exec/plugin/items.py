@@ -116,7 +116,12 @@ class ScriptItem(pytest.Item):
         except Exception as exc:
             self.stash[HOOK_ERROR_KEY] = exc
         base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
-        result = run_spec(spec, base_env=base_env)
+        events = None
+        if self.config.stash[OPTIONS_KEY].live:
+            from .live import inline_subscription
+
+            events = inline_subscription(self.config, self.label)
+        result = run_spec(spec, base_env=base_env, events=events)
         self.stash[RESULT_KEY] = result
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)

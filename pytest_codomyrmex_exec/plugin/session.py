@@ -8,7 +8,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 
@@ -18,6 +18,9 @@ from .durations import load_durations
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
 from .marks import MarkError
 from .settings import child_environment
+
+if TYPE_CHECKING:
+    from .live import LiveOutput
 
 _WAKE = 0.5
 _STOP_REPORT_AFTER = 10.0
@@ -94,6 +97,11 @@ class ExecSession:
         self._ready: deque[ScriptItem] = deque()
         self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
+        self._live: LiveOutput | None = None
+        if config.stash[OPTIONS_KEY].live:
+            from .live import LiveOutput  # imported only when the feature is on
+
+            self._live = LiveOutput(config)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> object:
@@ -144,8 +152,9 @@ class ExecSession:
         """Jobs in start order: priority, then (optionally) longest remembered duration first."""
         by_duration = self.config.stash[OPTIONS_KEY].order == "duration"
         remembered = load_durations(self.config) if by_duration else {}
+        live = self._live is not None
         jobs = [
-            ScriptJob(key=index, spec=item.settings())
+            ScriptJob(key=index, spec=item.settings(), output=live)
             for index, item in enumerate(self._background)
         ]
 
@@ -190,6 +199,10 @@ class ExecSession:
 
     def _take(self, event: RunEvent) -> None:
         item = self._background[event.key]
+        if self._live is not None and event.kind in (RunEventKind.OUTPUT, RunEventKind.FINISHED):
+            self._live.take(event, item.label)  # output lines, written from this (main) thread
+        if event.kind == RunEventKind.OUTPUT:
+            return
         if event.kind == RunEventKind.STARTED and event.attempt == 1:
             with _failing_the_item(item):
                 item.ihook.pytest_exec_script_started(item=item, settings=item.settings())

@@ -1,0 +1,106 @@
+"""Live output (``--exec-live``): the scripts' output lines in the terminal as they are written.
+
+Chunks of output become whole lines per script and stream, so the lines of scripts running
+at once interleave but never mix; each line gets the script's label as a prefix, coloured
+per script where the terminal has colour. Lines are cut at :data:`LINE_LIMIT` characters,
+control characters are made visible, bytes that are not UTF-8 are replaced. Everything here
+runs on pytest's main thread (the parallel session hands the events over through its queue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, final
+
+import pytest
+
+from ..engine import RunEvent, RunEventKind, Subscription
+from .outcome import visible
+
+LINE_LIMIT = 1000
+"""Characters of a line that are shown; the rest is cut, with a count."""
+
+_PARTIAL_LIMIT = 4 * LINE_LIMIT
+"""Bytes of an unfinished line kept (UTF-8 takes up to 4 per character); the rest is only
+counted, so a script that never writes a newline cannot fill pytest's memory."""
+
+_COLOURS = ("cyan", "green", "yellow", "blue", "purple", "red")
+
+
+@final
+class _Line:
+    """The unfinished line of one stream of one script."""
+
+    __slots__ = ("data", "dropped")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, part: bytes) -> None:
+        room = _PARTIAL_LIMIT - len(self.data)
+        self.data += part[:room]
+        self.dropped += max(len(part) - room, 0)
+
+    def take(self) -> str:
+        text = self.data.decode("utf-8", errors="replace").rstrip("\r")
+        dropped = self.dropped
+        self.data, self.dropped = bytearray(), 0
+        if len(text) > LINE_LIMIT:
+            dropped += len(text) - LINE_LIMIT  # characters now, bytes before: near enough
+            text = text[:LINE_LIMIT]
+        text = visible(text)
+        return f"{text}… [{dropped} more characters]" if dropped else text
+
+
+@final
+class LiveOutput:
+    """Turns ``output`` events into prefixed terminal lines; ``finished`` flushes a script."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._plugins = config.pluginmanager  # looked up when writing: made after configure
+        self._lines: dict[tuple[object, str], _Line] = {}
+        self._colours: dict[object, str] = {}
+
+    def take(self, event: RunEvent, label: str) -> None:
+        """Take one event of the script called ``label``; other kinds than output and
+        finished are ignored."""
+        if event.kind == RunEventKind.OUTPUT and event.stream is not None:
+            line = self._lines.setdefault((event.key, event.stream), _Line())
+            *complete, rest = event.chunk.split(b"\n")
+            for part in complete:
+                line.add(part)
+                self._write(event.key, label, line.take())
+            line.add(rest)
+        elif event.kind == RunEventKind.FINISHED:
+            for stream in ("stdout", "stderr"):
+                unfinished = self._lines.pop((event.key, stream), _Line())
+                if unfinished.data or unfinished.dropped:
+                    self._write(event.key, label, unfinished.take())
+
+    def _write(self, key: object, label: str, text: str) -> None:
+        reporter: Any = self._plugins.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        colour = self._colours.setdefault(key, _COLOURS[len(self._colours) % len(_COLOURS)])
+        with self._uncaptured():
+            reporter.ensure_newline()
+            reporter.write(f"[{label}]", **{colour: True})
+            reporter.write(f" {text}\n", flush=True)
+
+    @contextlib.contextmanager
+    def _uncaptured(self) -> Iterator[None]:
+        """Inline, a script runs in its item's setup, while pytest captures fds 1 and 2."""
+        capture: Any = self._plugins.get_plugin("capturemanager")
+        if capture is None:
+            yield
+            return
+        with capture.global_and_fixture_disabled():
+            yield
+
+
+def inline_subscription(config: pytest.Config, label: str) -> Subscription:
+    """Events of an inline run (sent on this thread) straight to a :class:`LiveOutput`."""
+    live = LiveOutput(config)
+    return Subscription(lambda event: live.take(event, label), key=label, output=True)
