@@ -480,3 +480,40 @@ def test_parallel_runner_output_callback(tmp_path: Path) -> None:
                 streams[event.stream] = streams.get(event.stream, b"") + event.chunk
         assert streams == {"stdout": b"out line\n", "stderr": b"err line\n"}
     assert [e.kind.value for e in progress].count("started") == 3
+
+
+# -- coverage of what scripts run ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+    """pytest-cov with coverage's ``patch = subprocess``: the one setting a user adds."""
+    px.script(
+        "mypkg/__init__.py",
+        """\
+        def used_by_one():
+            return 1
+
+
+        def never_used():
+            return 2
+
+
+        def used_by_two():
+            return 3
+        """,
+    )
+    px.script("one_script.py", "import mypkg\nmypkg.used_by_one()\n")
+    px.script(
+        "jobs/two_script.py",
+        "import sys\nsys.path.insert(0, '..')\nimport mypkg\nmypkg.used_by_two()\n",
+    )
+    (px.path / ".coveragerc").write_text("[run]\npatch = subprocess\n")
+    report = px.path / "cov.json"
+    result = px.run("--cov=mypkg", f"--cov-report=json:{report}", *mode)
+    result.assert_outcomes(passed=2)
+    files = json.loads(report.read_text())["files"]
+    executed = set(files["mypkg/__init__.py"]["executed_lines"])
+    missing = set(files["mypkg/__init__.py"]["missing_lines"])
+    assert {2, 10} <= executed, "the lines the scripts ran were not counted"
+    assert missing == {6}, "never_used() ran?"
