@@ -517,3 +517,28 @@ def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]
     missing = set(files["mypkg/__init__.py"]["missing_lines"])
     assert {2, 10} <= executed, "the lines the scripts ran were not counted"
     assert missing == {6}, "never_used() ran?"
+
+
+# -- running scripts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+    px.script("stuck_script.py", "import time\ntime.sleep(12)\n")
+    px.script("quick_script.py", "import time\ntime.sleep(0.5)\n")
+    px.script("quiet_script.py", "import time\ntime.sleep(1)\n")
+    result = px.run(*mode, "--exec-workers", "3")
+    result.assert_outcomes(passed=3)
+    notices = [line for line in result.outlines if " running: " in line]
+    # 5 s after the last finish, once (the next would be 10 s later, after the end).
+    assert len(notices) == 1, notices
+    match = re.fullmatch(r"codomyrmex-exec: 1 running: stuck_script\.py (\d+) s", notices[0])
+    assert match, notices
+    assert 5 <= int(match[1]) <= 9
+
+
+def test_a_short_run_says_nothing_about_running_scripts(px: ExecPytester) -> None:
+    px.script("quick_script.py", "import time\ntime.sleep(1)\n")
+    result = px.run("--exec-parallel")
+    result.assert_outcomes(passed=1)
+    assert " running: " not in result.stdout.str()

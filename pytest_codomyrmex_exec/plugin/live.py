@@ -1,4 +1,5 @@
-"""Live output (``--exec-live``): the scripts' output lines in the terminal as they are written.
+"""Live output (``--exec-live``): the scripts' output lines in the terminal as they are written;
+and, with ``--exec-parallel``, which scripts are running when a wait grows long.
 
 Chunks of output become whole lines per script and stream, so the lines of scripts running
 at once interleave but never mix; each line gets the script's label as a prefix, coloured
@@ -10,6 +11,7 @@ runs on pytest's main thread (the parallel session hands the events over through
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any, final
 
@@ -104,3 +106,49 @@ def inline_subscription(config: pytest.Config, label: str) -> Subscription:
     """Events of an inline run (sent on this thread) straight to a :class:`LiveOutput`."""
     live = LiveOutput(config)
     return Subscription(lambda event: live.take(event, label), key=label, output=True)
+
+
+RUNNING_FIRST_NOTICE = 5.0
+"""Seconds without a script finishing before the parallel session says what is running."""
+
+RUNNING_LONGEST_GAP = 60.0
+"""The notices come after 5, 10, 20, 40, then every 60 s of quiet; a finish starts over."""
+
+_RUNNING_SHOWN = 5
+
+
+@final
+class RunningScripts:
+    """Which scripts run, since when; a notice when a wait has been long (``--exec-parallel``).
+
+    A stuck script shows up as the one whose time keeps growing in the notices. Quiet runs
+    print nothing: the first notice comes only after :data:`RUNNING_FIRST_NOTICE` seconds
+    without any script finishing.
+    """
+
+    def __init__(self) -> None:
+        self._since: dict[object, tuple[str, float]] = {}
+        self._quiet_since = time.monotonic()
+        self._gap = RUNNING_FIRST_NOTICE
+
+    def started(self, key: object, label: str, wall_time: float) -> None:
+        self._since.setdefault(key, (label, wall_time))
+
+    def finished(self, key: object) -> None:
+        self._since.pop(key, None)
+        self._quiet_since = time.monotonic()
+        self._gap = RUNNING_FIRST_NOTICE
+
+    def notice(self) -> str | None:
+        """The line to show now, if the wait has been long enough; else ``None``."""
+        now = time.monotonic()
+        if not self._since or now - self._quiet_since < self._gap:
+            return None
+        self._quiet_since = now
+        self._gap = min(self._gap * 2, RUNNING_LONGEST_GAP)
+        wall = time.time()
+        longest = sorted(self._since.values(), key=lambda entry: entry[1])
+        shown = [f"{label} {wall - since:.0f} s" for label, since in longest[:_RUNNING_SHOWN]]
+        more = len(longest) - len(shown)
+        tail = f", and {more} more" if more else ""
+        return f"codomyrmex-exec: {len(longest)} running: {', '.join(shown)}{tail}"
