@@ -53,7 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_TAG_KEY] = uuid.uuid4().hex
     records = config.stash[RECORDS_KEY] = RunRecords(options)
     config.pluginmanager.register(records, _RECORDS_PLUGIN)
-    if options.report_path and not hasattr(config, "workerinput"):
+    if options.report_path and not _xdist_active(config):
+        # Under xdist the results are in the workers, each of which would write its own.
         records.open_stream(options.report_path)
     if options.parallel and not _xdist_active(config):
         from .session import ExecSession  # imported only when the feature is on

@@ -94,7 +94,10 @@ class RunRecords:
         """Start ``path`` afresh with the header line."""
         import importlib.metadata
 
-        self._stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
+        try:
+            self._stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
+        except OSError as exc:
+            raise pytest.UsageError(f"--exec-report: cannot write {path}: {exc}") from None
         header = {
             "schema": "pytest-codomyrmex-exec/report",
             "version": REPORT_SCHEMA_VERSION,
