@@ -4,8 +4,6 @@ properties, and the failure report in the script's own words."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import time
 from dataclasses import dataclass
 from typing import IO, Any, final
@@ -61,6 +59,12 @@ def _outcome_word(report: pytest.TestReport) -> str:
     return report.outcome
 
 
+def _now() -> str:
+    import datetime  # only with --exec-report: most runs need no timestamps
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
 def _tail(text: str) -> str:
     return text[-TAIL_CHARS:]
 
@@ -101,7 +105,7 @@ class RunRecords:
         header = {
             "schema": "pytest-codomyrmex-exec/report",
             "version": REPORT_SCHEMA_VERSION,
-            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "started": _now(),
             "pytest": pytest.__version__,
             "plugin": importlib.metadata.version("pytest-codomyrmex-exec"),
             "options": _jsonable_options(self.options),
@@ -109,8 +113,9 @@ class RunRecords:
         self._write(header)
 
     def _write(self, line: dict[str, Any]) -> None:
-        if self._stream is None:
-            return
+        import json
+
+        assert self._stream is not None
         self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
         # Flushed per line: the kernel has it, so a SIGKILLed pytest loses no finished result.
         self._stream.flush()
@@ -147,6 +152,8 @@ class RunRecords:
         record = ScriptRecord(report.nodeid, result, _outcome_word(report), status)
         self.records.append(record)
         self.last_finished = time.monotonic()
+        if self._stream is None:
+            return
         self._write(
             {
                 "nodeid": record.nodeid,
@@ -158,7 +165,7 @@ class RunRecords:
                 "duration": round(result["execution_time"], 6),
                 "attempts": result["attempts"],
                 "worker": None,
-                "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+                "finished": _now(),
                 "stdout_tail": _tail(result["stdout"]),
                 "stderr_tail": _tail(result["stderr"]),
             }
