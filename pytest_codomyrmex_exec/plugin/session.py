@@ -8,7 +8,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pytest
 
@@ -16,12 +16,9 @@ from ..engine import RunEvent, RunEventKind
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
-from .live import RunningScripts
+from .live import LiveOutput, RunningScripts
 from .marks import MarkError
 from .settings import child_environment
-
-if TYPE_CHECKING:
-    from .live import LiveOutput
 
 _WAKE = 0.5
 _STOP_REPORT_AFTER = 10.0
@@ -98,11 +95,7 @@ class ExecSession:
         self._ready: deque[ScriptItem] = deque()
         self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
-        self._live: LiveOutput | None = None
-        if config.stash[OPTIONS_KEY].live:
-            from .live import LiveOutput  # imported only when the feature is on
-
-            self._live = LiveOutput(config)
+        self._live = LiveOutput(config) if config.stash[OPTIONS_KEY].live else None
         self._running = RunningScripts()
 
     @pytest.hookimpl(tryfirst=True)
