@@ -553,3 +553,13 @@ def test_report_to_an_unwritable_path_is_a_usage_error(px: ExecPytester) -> None
     result = px.run("--exec-report", str(px.path / "missing" / "results.jsonl"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--exec-report: cannot write *results.jsonl*"])
+
+
+def test_live_lines_start_a_line_of_their_own_after_progress_dots(px: ExecPytester) -> None:
+    px.script("a_script.py", "print('a 1')\n")
+    for name in "bcd":
+        px.script(f"{name}_script.py", f"import time\ntime.sleep(0.5)\nprint('{name} 1')\n")
+    result = px.run("-q", "--exec-parallel", "--exec-workers", "1", "--exec-live")
+    result.assert_outcomes(passed=4)
+    for name in "abcd":
+        assert _live_lines(result, f"{name}_script.py") == [f"{name} 1"], result.outlines

@@ -68,28 +68,39 @@ class LiveOutput:
     def take(self, event: RunEvent, label: str) -> None:
         """Take one event of the script called ``label``; other kinds than output and
         finished are ignored."""
+        done: list[str] = []
         if event.kind == RunEventKind.OUTPUT and event.stream is not None:
             line = self._lines.setdefault((event.key, event.stream), _Line())
             *complete, rest = event.chunk.split(b"\n")
             for part in complete:
                 line.add(part)
-                self._write(event.key, label, line.take())
+                done.append(line.take())
             line.add(rest)
         elif event.kind == RunEventKind.FINISHED:
             for stream in ("stdout", "stderr"):
                 unfinished = self._lines.pop((event.key, stream), _Line())
                 if unfinished.data or unfinished.dropped:
-                    self._write(event.key, label, unfinished.take())
+                    done.append(unfinished.take())
+        if done:
+            self._write(event.key, label, done)
 
-    def _write(self, key: object, label: str, text: str) -> None:
+    def _write(self, key: object, label: str, lines: list[str]) -> None:
+        """Write whole lines, one flush for all of a chunk's lines."""
         reporter: Any = self._plugins.get_plugin("terminalreporter")
         if reporter is None:
             return
         colour = self._colours.setdefault(key, _COLOURS[len(self._colours) % len(_COLOURS)])
+        prefix = f"[{label}]"
         with self._uncaptured():
             reporter.ensure_newline()
-            reporter.write(f"[{label}]", **{colour: True})
-            reporter.write(f" {text}\n", flush=True)
+            # With -q the progress dots leave the cursor mid-line without pytest knowing;
+            # pytest has no public way to ask, its writer's width_of_current_line tells.
+            if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+                reporter.write("\n")
+            for text in lines:
+                reporter.write(prefix, **{colour: True})
+                reporter.write(f" {text}\n")
+            reporter.flush()
 
     @contextlib.contextmanager
     def _uncaptured(self) -> Iterator[None]:
