@@ -563,3 +563,21 @@ def test_live_lines_start_a_line_of_their_own_after_progress_dots(px: ExecPytest
     result.assert_outcomes(passed=4)
     for name in "abcd":
         assert _live_lines(result, f"{name}_script.py") == [f"{name} 1"], result.outlines
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_live_output_of_a_retried_script_keeps_attempts_apart(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.script(
+        "flaky_script.py",
+        """\
+        # pytest.mark.exec(max_runs=2)
+        import sys
+        print("attempt, no newline", end="")
+        sys.exit(1)
+        """,
+    )
+    result = px.run(*mode, "--exec-live")
+    result.assert_outcomes(failed=1)
+    assert _live_lines(result, "flaky_script.py") == ["attempt, no newline"] * 2

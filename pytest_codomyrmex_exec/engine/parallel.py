@@ -151,8 +151,9 @@ class ParallelRunner:
     the callback is logged and ignored, as ``Future.add_done_callback`` does.
 
     ``output_callback``, if set, receives each script's ``output`` events (chunks of stdout
-    and stderr as they are read), on the thread that runs the script; only with the default
-    pool (what a passed executor runs must pickle). Left ``None``, no output event is made.
+    and stderr as they are read) and its ``retry`` events (an attempt's output has ended),
+    on the thread that runs the script; only with the default pool (what a passed executor
+    runs must pickle). Left ``None``, no output event is made.
     """
 
     def __init__(
@@ -510,7 +511,7 @@ class ParallelRunner:
     def _forward_output(self, event: RunEvent) -> None:
         # run_spec's own started/finished events are not passed on: _drive sends those.
         callback = self.output_callback
-        if event.kind == RunEventKind.OUTPUT and callback is not None:
+        if event.kind in (RunEventKind.OUTPUT, RunEventKind.RETRY) and callback is not None:
             callback(event)
 
     def _emit(self, event: ProgressEvent) -> None:

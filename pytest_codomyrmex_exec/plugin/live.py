@@ -66,8 +66,8 @@ class LiveOutput:
         self._colours: dict[object, str] = {}
 
     def take(self, event: RunEvent, label: str) -> None:
-        """Take one event of the script called ``label``; other kinds than output and
-        finished are ignored."""
+        """Take one event of the script called ``label``: output is shown line by line; an
+        attempt's end (retry, finished) shows what is left of its last line."""
         done: list[str] = []
         if event.kind == RunEventKind.OUTPUT and event.stream is not None:
             line = self._lines.setdefault((event.key, event.stream), _Line())
@@ -76,7 +76,7 @@ class LiveOutput:
                 line.add(part)
                 done.append(line.take())
             line.add(rest)
-        elif event.kind == RunEventKind.FINISHED:
+        elif event.kind in (RunEventKind.RETRY, RunEventKind.FINISHED):
             for stream in ("stdout", "stderr"):
                 unfinished = self._lines.pop((event.key, stream), _Line())
                 if unfinished.data or unfinished.dropped:

@@ -196,7 +196,7 @@ class ExecSession:
 
     def _take(self, event: RunEvent) -> None:
         item = self._background[event.key]
-        if self._live is not None and event.kind in (RunEventKind.OUTPUT, RunEventKind.FINISHED):
+        if self._live is not None and event.kind != RunEventKind.STARTED:
             self._live.take(event, item.label)  # output lines, written from this (main) thread
         if event.kind == RunEventKind.OUTPUT:
             return
