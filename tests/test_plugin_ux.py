@@ -287,6 +287,8 @@ def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: lis
     assert boom["exit_code"] == 1
     assert boom["attempts"] == 1
     assert boom["worker"] is None
+    assert boom["message"] == "RuntimeError: boom"
+    assert by_id["quick_script.py::quick_script"]["message"] is None
     assert str(boom["stderr_tail"]).endswith("RuntimeError: boom\n")
     assert by_id["crash_script.py::crash_script"]["signal"] == "SIGSEGV"
     assert by_id["hang_script.py::hang_script"]["status"] == "timeout"
@@ -581,3 +583,28 @@ def test_live_output_of_a_retried_script_keeps_attempts_apart(
     result = px.run(*mode, "--exec-live")
     result.assert_outcomes(failed=1)
     assert _live_lines(result, "flaky_script.py") == ["attempt, no newline"] * 2
+
+
+def test_report_and_summary_under_xdist(px: ExecPytester) -> None:
+    write_mixed_project(px)
+    path = px.path / "results.jsonl"
+    result = px.run("-n", "2", "-rA", "--exec-report", str(path))
+    result.assert_outcomes(passed=3, failed=3)
+    # The short summary line survives the trip from the worker.
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED boom_script.py::boom_script - RuntimeError: boom",
+            "FAILED hang_script.py::hang_script - timed out after 0.5 s",
+            "FAILED crash_script.py::crash_script - killed by signal SIGSEGV",
+        ]
+    )
+    header, *lines = _report_lines(path)
+    assert header["version"] == 1
+    assert len(lines) == 6
+    assert {line["worker"] for line in lines} <= {"gw0", "gw1"}
+    by_id = {str(line["nodeid"]).split("::")[1]: line for line in lines}
+    assert by_id["boom_script"]["stderr_tail"].endswith("RuntimeError: boom\n")  # type: ignore[union-attr]
+    assert by_id["hang_script"]["status"] == "timeout"
+    lines_of_summary = summary_lines(result)
+    assert SUMMARY_LINE.match(lines_of_summary[0])
+    assert lines_of_summary[1] == "3 passed, 2 failed, 1 timeout"

@@ -14,7 +14,14 @@ from .durations import save_durations
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
 from .options import add_options, resolve_options
-from .report import RECORDS_KEY, RunRecords, junit_properties, shape_failure
+from .report import (
+    FACTS_ATTR,
+    RECORDS_KEY,
+    RunRecords,
+    junit_properties,
+    script_facts,
+    shape_failure,
+)
 from .settings import SESSION_TAG_VAR
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
@@ -53,8 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_TAG_KEY] = uuid.uuid4().hex
     records = config.stash[RECORDS_KEY] = RunRecords(options)
     config.pluginmanager.register(records, _RECORDS_PLUGIN)
-    if options.report_path and not _xdist_active(config):
-        # Under xdist the results are in the workers, each of which would write its own.
+    if options.report_path and not hasattr(config, "workerinput"):
+        # Under xdist the controller writes it, from the facts that come with each report.
         records.open_stream(options.report_path)
     if options.parallel and not _xdist_active(config):
         from .session import ExecSession  # imported only when the feature is on
@@ -93,8 +100,11 @@ def pytest_runtest_makereport(
     if isinstance(item, ScriptItem):
         item.shape_report(report, call)
         result = item.stash.get(RESULT_KEY, None)
-        if result is not None:
-            item.config.stash[RECORDS_KEY].note(item.nodeid, result)
+        final = call.when == "call" or (call.when == "setup" and not report.passed)
+        if result is not None and final:
+            # The script's final report: the facts for the summary and the results file.
+            skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
+            setattr(report, FACTS_ATTR, script_facts(result, skip_codes))
             shape_failure(item.config, report, call, result)
     return report
 

@@ -30,25 +30,57 @@ JUNIT_PROPERTY_FAMILIES = ("xunit1", "legacy")
 _STATUS_ORDER = ("passed", "failed", "timeout", "error", "cancelled", "skipped")
 
 
+FACTS_ATTR = "codomyrmex_exec"
+"""The attribute of a script's final report (its call, or a failed setup) that holds the
+facts of its run: plain JSON values, so they travel with the report from an xdist worker to
+the controller, where the summary and the results file are made."""
+
+
+def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[str, Any]:
+    """What the summary and the results file need of a result, with bounded output tails."""
+    status = "skipped" if is_exit_skip(result, skip_exit_codes) else str(result["status"])
+    return {
+        "status": status,
+        "message": None if status == ScriptStatus.PASSED else crash_message(result),
+        "exit_code": result["exit_code"],
+        "signal": result["signal"],
+        "error": result["error"],
+        "duration": round(result["execution_time"], 6),
+        "attempts": result["attempts"],
+        "memory_limit_exceeded": result["memory_limit_exceeded"],
+        "stdout_tail": _tail(result["stdout"]),
+        "stderr_tail": _tail(result["stderr"]),
+    }
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class ScriptRecord:
-    """One finished script: its result and the outcome pytest reported for it."""
+    """One finished script: the facts of its run and the outcome pytest reported for it."""
 
     nodeid: str
-    result: ScriptResult
+    facts: dict[str, Any]
     outcome: str
     """pytest's word: passed, failed, error, skipped, xfailed or xpassed."""
-    status: str
-    """The engine's status, or ``skipped`` for an ``exec_skip_exit_codes`` exit."""
+    worker: str | None
+    """The pytest-xdist worker that ran it (``gw0``...), ``None`` in this process."""
 
     @property
     def label(self) -> str:
         return self.nodeid.split("::", 1)[0]
 
     @property
+    def status(self) -> str:
+        """The engine's status, or ``skipped`` for an ``exec_skip_exit_codes`` exit."""
+        return str(self.facts["status"])
+
+    @property
+    def duration(self) -> float:
+        return float(self.facts["duration"])
+
+    @property
     def hit_limit(self) -> bool:
-        return self.result["status"] == ScriptStatus.TIMEOUT or self.result["memory_limit_exceeded"]
+        return self.status == ScriptStatus.TIMEOUT or bool(self.facts["memory_limit_exceeded"])
 
 
 def _outcome_word(report: pytest.TestReport) -> str:
@@ -79,15 +111,14 @@ def _jsonable_options(options: ExecOptions) -> dict[str, Any]:
 class RunRecords:
     """Every script's result as its report comes in; the JSONL stream; the summary's numbers.
 
-    A plugin object registered in ``pytest_configure`` (and kept in ``config.stash``).
-    ``note`` is called when an item's report is made (the result is known); the record is
-    taken when the report is final (after every makereport wrapper, e.g. xfail's) and logged.
+    A plugin object registered in ``pytest_configure`` (and kept in ``config.stash``). A
+    record is taken from each report that carries :data:`FACTS_ATTR`, when it is logged
+    (after every makereport wrapper, e.g. xfail's), here or, under xdist, on the controller.
     """
 
     def __init__(self, options: ExecOptions) -> None:
         self.options = options
         self.records: list[ScriptRecord] = []
-        self._pending: dict[str, ScriptResult] = {}
         self.loop_started = time.monotonic()
         self.last_finished: float | None = None
         self._stream: IO[str] | None = None
@@ -127,9 +158,6 @@ class RunRecords:
 
     # -- records ------------------------------------------------------------------------------
 
-    def note(self, nodeid: str, result: ScriptResult) -> None:
-        self._pending[nodeid] = result
-
     def pytest_collection_finish(self) -> None:
         self.loop_started = time.monotonic()
 
@@ -142,39 +170,36 @@ class RunRecords:
             self.write_summary(terminalreporter)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        final = report.when == "call" or (report.when == "setup" and not report.passed)
-        if not final or report.nodeid not in self._pending:
+        facts = getattr(report, FACTS_ATTR, None)
+        if not isinstance(facts, dict):
             return
-        result = self._pending.pop(report.nodeid)
-        status = str(result["status"])
-        if is_exit_skip(result, self.options.skip_exit_codes):
-            status = "skipped"
-        record = ScriptRecord(report.nodeid, result, _outcome_word(report), status)
+        gateway = getattr(getattr(report, "node", None), "gateway", None)  # set by xdist
+        worker = getattr(gateway, "id", None)
+        if report.when == "call" and report.failed and isinstance(report.longrepr, str):
+            # From an xdist worker the failure arrives as text: give it back its crash line.
+            message = str(facts.get("message") or "")
+            if message:
+                crash = CrashLine(str(report.location[0]), message)
+                report.longrepr = ScriptFailureRepr(report.longrepr, crash)  # type: ignore[assignment]
+        record = ScriptRecord(report.nodeid, facts, _outcome_word(report), worker)
         self.records.append(record)
         self.last_finished = time.monotonic()
-        if self._stream is None:
-            return
-        self._write(
-            {
-                "nodeid": record.nodeid,
-                "status": record.status,
-                "outcome": record.outcome,
-                "exit_code": result["exit_code"],
-                "signal": result["signal"],
-                "error": result["error"],
-                "duration": round(result["execution_time"], 6),
-                "attempts": result["attempts"],
-                "worker": None,
-                "finished": _now(),
-                "stdout_tail": _tail(result["stdout"]),
-                "stderr_tail": _tail(result["stderr"]),
-            }
-        )
+        if self._stream is not None:
+            self._write(
+                {
+                    "nodeid": record.nodeid,
+                    "status": record.status,
+                    "outcome": record.outcome,
+                    **{key: value for key, value in facts.items() if key != "status"},
+                    "worker": worker,
+                    "finished": _now(),
+                }
+            )
 
     # -- the summary --------------------------------------------------------------------------
 
     def script_time(self) -> float:
-        return sum(record.result["execution_time"] for record in self.records)
+        return sum(record.duration for record in self.records)
 
     def wall_time(self) -> float:
         end = self.last_finished if self.last_finished is not None else self.loop_started
@@ -206,16 +231,16 @@ class RunRecords:
         reporter.write_sep("=", "codomyrmex-exec: script runs")
         reporter.write_line(self.headline())
         reporter.write_line(counts)
-        slowest = sorted(self.records, key=lambda r: -r.result["execution_time"])[:SLOWEST]
+        slowest = sorted(self.records, key=lambda r: -r.duration)[:SLOWEST]
         if len(self.records) > 1:
             reporter.write_line("slowest:")
             for record in slowest:
-                reporter.write_line(f"  {record.result['execution_time']:8.2f} s  {record.label}")
+                reporter.write_line(f"  {record.duration:8.2f} s  {record.label}")
         limited = [record for record in self.records if record.hit_limit]
         if limited:
             reporter.write_line("hit their limit:")
             for record in limited:
-                reporter.write_line(f"  {record.label}: {record.result['error']}", yellow=True)
+                reporter.write_line(f"  {record.label}: {record.facts['error']}", yellow=True)
 
 
 RECORDS_KEY = pytest.StashKey[RunRecords]()
