@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +35,86 @@ def test_every_option_and_ini_key_is_documented(pytestconfig: pytest.Config) -> 
     ini_keys = [key for key in pytestconfig._parser._inidict if key.startswith("exec_")]
     for name in [*names, *ini_keys]:
         assert f"`{name}" in page, f"{name} is not documented in docs/plugin.md"
+
+
+CONFIGURATION = (DOCS / "configuration.md").read_text(encoding="utf-8")
+
+
+def _table(heading: str) -> list[list[str]]:
+    """The body rows of the first table under ``heading`` in configuration.md, as cells."""
+    section = CONFIGURATION.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def _code(cell: str) -> str:
+    return cell.strip("`")
+
+
+def test_configuration_reference_lists_every_option_and_ini_key(
+    pytestconfig: pytest.Config,
+) -> None:
+    group = pytestconfig._parser.getgroup("codomyrmex-exec")  # no public way to list a group
+    inidict = pytestconfig._parser._inidict  # nor to list ini keys with their defaults
+    rows = _table("## Options and ini keys")
+    options = {_code(row[0]): row for row in rows if row[0]}
+    ini_rows = {_code(row[1]): row for row in rows if row[1]}
+    registered = {option.names()[0]: option for option in group.options}
+    assert set(options) == set(registered), "options: documented != registered"
+    assert set(ini_rows) == {key for key in inidict if key.startswith("exec_")}
+    for name, option in registered.items():
+        help_text = " ".join(str(option.attrs().get("help", "")).split())
+        ini = _code(options[name][1])
+        assert f"ini: {ini}" in help_text, f"{name}: its help names another ini key than {ini}"
+    for key, row in ini_rows.items():
+        default = inidict[key][2]
+        if isinstance(default, list):
+            default = " ".join(default)
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        if default:
+            assert _code(row[2]) == default, f"{key}: documented default {row[2]}, code {default}"
+
+
+def _shown(field: dataclasses.Field[object]) -> str:
+    """A ScriptSpec field's default as the reference writes it."""
+    if field.default_factory is not dataclasses.MISSING:
+        value: object = field.default_factory()
+    else:
+        value = field.default
+    if isinstance(value, frozenset):
+        return repr(sorted(value))
+    return repr(value)
+
+
+def test_configuration_reference_lists_every_exec_mark_keyword() -> None:
+    from pytest_codomyrmex_exec.engine import RUN_KEYWORDS, ScriptSpec
+
+    rows = {_code(row[0]): _code(row[1]) for row in _table("## `exec` mark keywords")}
+    assert list(rows) == list(RUN_KEYWORDS), "exec mark keywords: documented != RUN_KEYWORDS"
+    for field in dataclasses.fields(ScriptSpec):
+        if field.name != "script":
+            assert rows[field.name] == _shown(field), f"{field.name}: documented default differs"
+
+
+def test_site_builds_without_warnings(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: broken links, anchors, pages left out of the nav and API
+    docstrings that do not resolve all fail it (the ``docs`` extra installs mkdocs)."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    root = DOCS.parent
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    assert "WARNING" not in build.stderr, build.stderr
+    pages = {path.parent.name for path in tmp_path.glob("*/index.html")}
+    assert {"configuration", "api", "hooks", "troubleshooting", "report"} <= pages
+    api = (tmp_path / "api" / "index.html").read_text(encoding="utf-8")
+    assert "Run scripts concurrently" in api, "the API page lacks ParallelRunner's docstring"

@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, final
 
-from .events import RunEvent, RunEventKind
+from .events import RunEvent, RunEventKind, Subscription
 from .launch import COLD, Launcher, kill_tagged
 from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
 from .run import CancelEvent, run_spec
@@ -149,6 +149,11 @@ class ParallelRunner:
     ``running()`` (a ``ProcessPoolExecutor`` says so when it queues the call for a worker, a
     moment early), or just before "finished" if it was never seen running. An exception from
     the callback is logged and ignored, as ``Future.add_done_callback`` does.
+
+    ``output_callback``, if set, receives each script's ``output`` events (chunks of stdout
+    and stderr as they are read) and its ``retry`` events (an attempt's output has ended),
+    on the thread that runs the script; only with the default pool (what a passed executor
+    runs must pickle). Left ``None``, no output event is made.
     """
 
     def __init__(
@@ -177,6 +182,7 @@ class ParallelRunner:
         self.max_workers: int = max_workers
         self.fail_fast = fail_fast
         self.progress_callback = progress_callback
+        self.output_callback: Callable[[RunEvent], object] | None = None
         self._executor = executor
         self._launcher = launcher
         self._lock = threading.Lock()
@@ -476,11 +482,18 @@ class ParallelRunner:
         base_env: Mapping[str, str] | None,
     ) -> Future[ScriptResult]:
         if self._executor is None:
+            events = None
+            if self.output_callback is not None:
+                events = Subscription(self._forward_output, key=job.index, output=True)
 
             def work() -> ScriptResult:
                 batch.wakeup.set()  # so the parent announces the start now, not at its next poll
                 return run_spec(
-                    job.spec, base_env=base_env, cancel_event=batch.token, launcher=self._launcher
+                    job.spec,
+                    base_env=base_env,
+                    cancel_event=batch.token,
+                    events=events,
+                    launcher=self._launcher,
                 )
 
             return executor.submit(work)
@@ -494,6 +507,12 @@ class ParallelRunner:
             cancel_event=batch.token,
         )
         return executor.submit(call)
+
+    def _forward_output(self, event: RunEvent) -> None:
+        # run_spec's own started/finished events are not passed on: _drive sends those.
+        callback = self.output_callback
+        if event.kind in (RunEventKind.OUTPUT, RunEventKind.RETRY) and callback is not None:
+            callback(event)
 
     def _emit(self, event: ProgressEvent) -> None:
         if self.progress_callback is None:

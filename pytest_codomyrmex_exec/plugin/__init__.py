@@ -17,12 +17,21 @@ from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptI
 from .marks import EXEC_MARKER_HELP
 from .options import DEFAULT_PATTERNS, add_options, refuse_separate_path_values, resolve_options
 from .patterns import NEVER_SCRIPTS, PATTERNS_KEY, ScriptPatterns
+from .report import (
+    FACTS_ATTR,
+    RECORDS_KEY,
+    RunRecords,
+    junit_properties,
+    script_facts,
+    shape_failure,
+)
 from .settings import SESSION_TAG_VAR
 
 __all__ = ["ScriptFile", "ScriptItem"]
 """Public names for conftests: ``isinstance(item, ScriptItem)`` tells script items apart."""
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
+_RECORDS_PLUGIN = "codomyrmex-exec-records"
 _LEFTOVERS_KEY = pytest.StashKey[int]()
 _PYTHON_MODULE_KEY = pytest.StashKey[bool]()
 """Set on the test module pytest's python plugin made for a file (not on a DoctestModule)."""
@@ -77,6 +86,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         configure_warm(config)
     config.stash[PATTERNS_KEY] = ScriptPatterns(options.patterns, config.rootpath)
+    records = config.stash[RECORDS_KEY] = RunRecords(options)
+    config.pluginmanager.register(records, _RECORDS_PLUGIN)
+    if options.report_path and not hasattr(config, "workerinput"):
+        # Under xdist the controller writes it, from the facts that come with each report.
+        records.open_stream(options.report_path)
     if options.parallel and not _xdist_active(config):
         from .session import ExecSession  # imported only when the feature is on
 
@@ -120,9 +134,21 @@ def pytest_collect_file(
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    if isinstance(item, ScriptItem) and call.when == "call":
+        result = item.stash.get(RESULT_KEY, None)
+        if result is not None:
+            # On the item before the reports are made: junit reads them from the teardown's.
+            item.user_properties.extend(junit_properties(item.config, result))
     report = yield
     if isinstance(item, ScriptItem):
         item.shape_report(report, call)
+        result = item.stash.get(RESULT_KEY, None)
+        final = call.when == "call" or (call.when == "setup" and not report.passed)
+        if result is not None and final:
+            # The script's final report: the facts for the summary and the results file.
+            skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
+            setattr(report, FACTS_ATTR, script_facts(result, skip_codes))
+            shape_failure(item.config, report, call, result)
     return report
 
 

@@ -111,6 +111,8 @@ class ProcessBackend:
         self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
     ) -> None:
         self._jobs, self._sink = jobs, sink
+        if any(job.output for job in jobs):
+            self._runner.output_callback = self._progress
         self._thread.run(self._serve, base_env)
 
     def _serve(self, base_env: Mapping[str, str]) -> None:

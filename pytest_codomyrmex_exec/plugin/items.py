@@ -119,7 +119,8 @@ class ScriptItem(pytest.Item):
         hook_error = self.stash.get(HOOK_ERROR_KEY, None)
         if hook_error is not None:
             raise hook_error
-        raise_for_result(self, self.label, self.stash[RESULT_KEY])
+        skip_codes = self.config.stash[OPTIONS_KEY].skip_exit_codes
+        raise_for_result(self, self.label, self.stash[RESULT_KEY], skip_codes)
 
     def _run_inline(self) -> ScriptResult:
         spec = self.settings()
@@ -132,7 +133,14 @@ class ScriptItem(pytest.Item):
         base_env = child_environment(
             self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
         )
-        result = run_spec(spec, base_env=base_env, launcher=launcher_for(self.config))
+        events = None
+        if self.config.stash[OPTIONS_KEY].live:
+            from .live import inline_subscription
+
+            events = inline_subscription(self.config, self.label)
+        result = run_spec(
+            spec, base_env=base_env, events=events, launcher=launcher_for(self.config)
+        )
         self.stash[RESULT_KEY] = result
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)

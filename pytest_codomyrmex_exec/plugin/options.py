@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast, final
+from typing import Any, Literal, cast, final
 
 import pytest
 
@@ -114,6 +114,7 @@ def add_options(parser: pytest.Parser) -> None:
         "exec_preload", "modules the warm interpreter imports once", type="args", default=[]
     )
     parser.addini("exec_cwd", "where scripts run: script, tmp or rootdir", default="script")
+    add_view_options(group, parser)
 
 
 PATH_OPTIONS = ("--exec-python",)
@@ -141,6 +142,38 @@ def refuse_separate_path_values(args: Sequence[str]) -> None:
             )
 
 
+def add_view_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    """What users see: live output, the run summary, the JSONL report, skip exit codes."""
+    group.addoption(
+        "--exec-live",
+        action="store_true",
+        default=None,
+        help="stream each script's output lines as they are written; implied by -s with "
+        "--exec-parallel (ini: exec_live)",
+    )
+    group.addoption(
+        "--exec-summary",
+        default=None,
+        help="the run summary of script items at the end: yes or no (default yes; "
+        "ini: exec_summary)",
+    )
+    group.addoption(
+        "--exec-report",
+        metavar="PATH",
+        default=None,
+        help="write one JSON line per script to PATH as each finishes (ini: exec_report)",
+    )
+    parser.addini("exec_live", "stream script output as it is written", type="bool", default=False)
+    parser.addini("exec_summary", "the run summary of script items: yes or no", default="yes")
+    parser.addini("exec_report", "JSON lines file of script results", default="")
+    parser.addini(
+        "exec_skip_exit_codes",
+        "exit codes that make a script skipped (e.g. 77), reason: its last stderr line",
+        type="args",
+        default=[],
+    )
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class ExecOptions:
@@ -161,6 +194,11 @@ class ExecOptions:
     """Modules the warm interpreter imports once (``--exec-preload``)."""
     cwd: Cwd = "script"
     """Where a script without an exec(cwd=...) mark runs."""
+    live: bool = False
+    """Stream script output lines to the terminal as they are written."""
+    summary: bool = True
+    report_path: str | None = None
+    skip_exit_codes: frozenset[int] = frozenset()
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -288,4 +326,39 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
+        **_view_options(config, parallel),
     )
+
+
+def _view_options(config: pytest.Config, parallel: bool) -> dict[str, Any]:
+    live = bool(config.getoption("exec_live"))
+    if not live:
+        try:
+            live = bool(config.getini("exec_live"))
+        except (ValueError, pytest.UsageError) as exc:
+            raise pytest.UsageError(f"ini option 'exec_live': {exc}") from None
+    # -s with --exec-parallel: output is not captured, so show it as it comes.
+    live = live or (parallel and config.getoption("capture", "fd") == "no")
+
+    summary = _choice(config, "exec_summary", ("yes", "no"), "yes") == "yes"
+
+    picked = _pick(config, "exec_report", "exec_report")
+    report_path = os.path.abspath(picked[0]) if picked else None
+
+    codes: set[int] = set()
+    for text in config.getini("exec_skip_exit_codes"):
+        try:
+            code = int(text)
+        except ValueError:
+            code = -1
+        if not 0 < code < 256:
+            raise pytest.UsageError(
+                f"ini option 'exec_skip_exit_codes': expected exit codes 1-255, got {text!r}"
+            )
+        codes.add(code)
+    return {
+        "live": live,
+        "summary": summary,
+        "report_path": report_path,
+        "skip_exit_codes": frozenset(codes),
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import final
+from typing import Protocol, final
 
 import pytest
 
@@ -153,7 +153,12 @@ def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
             item.add_report_section("call", name, text)
 
 
-def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> None:
+def raise_for_result(
+    item: pytest.Item,
+    label: str,
+    result: ScriptResult,
+    skip_exit_codes: frozenset[int] = frozenset(),
+) -> None:
     """Return for a passed script; raise the exception that gives the table's outcome."""
     status = result["status"]
     line_style = item.config.getoption("tbstyle", "auto") == "line"
@@ -162,6 +167,9 @@ def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> Non
         add_output_sections(item, result)
     if status == ScriptStatus.PASSED:
         return
+    if is_exit_skip(result, skip_exit_codes):
+        # The script decided at run time that it does not apply (exec_skip_exit_codes).
+        pytest.skip(last_line(result["stderr"]) or f"exit code {result['exit_code']}")
     if status == ScriptStatus.CANCELLED:
         reason = result["error"] or "cancelled"
         pytest.skip(reason if reason.startswith("cancelled") else f"cancelled: {reason}")
@@ -173,3 +181,81 @@ def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> Non
         location=failure_location(label, result),
         hint=TIMEOUT_HINT if status == ScriptStatus.TIMEOUT else None,
     )
+
+
+def is_exit_skip(result: ScriptResult, skip_exit_codes: frozenset[int]) -> bool:
+    """Did the script exit with one of ``exec_skip_exit_codes`` (a skip, not a failure)?"""
+    return (
+        result["status"] == ScriptStatus.FAILED
+        and result["signal"] is None
+        and result["exit_code"] in skip_exit_codes
+    )
+
+
+def last_line(text: str) -> str:
+    """The last line of ``text`` that is not blank, stripped ('' if there is none)."""
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if chr(code) not in "\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters (escape sequences, NUL, CR...) shown as ``\\xNN``,
+    so what a script writes cannot move the cursor or recolour the terminal."""
+    return text.translate(_CONTROL)
+
+
+def crash_message(result: ScriptResult) -> str:
+    """The script's own last word on how it failed, for the short test summary line.
+
+    A timeout, a signal or a memory limit is the engine's finding (``timed out after 2 s``,
+    ``killed by signal SIGSEGV``); for an exit code it is the last line of stderr, which for
+    a Python script is the exception (``RuntimeError: boom``), else ``exit code N``.
+    """
+    status = result["status"]
+    error = result["error"] or ""
+    if status == ScriptStatus.TIMEOUT or result["memory_limit_exceeded"]:
+        return error
+    if result["signal"]:
+        return f"killed by signal {result['signal']}"
+    return visible(last_line(result["stderr"])) or error or f"exit code {result['exit_code']}"
+
+
+class _LineWriter(Protocol):
+    """The part of pytest's TerminalWriter a longrepr uses (the class itself is private)."""
+
+    def line(self, s: str = "", **markup: bool) -> None: ...
+
+
+@final
+class CrashLine:
+    """Where and how a script failed, in the shape pytest reads from ``longrepr.reprcrash``."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.lineno = 0
+        self.message = message
+
+    def __str__(self) -> str:  # what --tb=line prints
+        return f"{self.path}: {self.message}"
+
+
+@final
+class ScriptFailureRepr:
+    """A script failure's ``longrepr``: the rendered text, plus the crash line that pytest's
+    short test summary (``-rA``), ``--tb=line`` and junit's ``message`` show."""
+
+    def __init__(self, text: str, crash: CrashLine) -> None:
+        self.text = text
+        self.reprcrash = crash
+
+    def toterminal(self, tw: _LineWriter) -> None:
+        for line in self.text.split("\n"):
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text

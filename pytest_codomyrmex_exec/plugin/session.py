@@ -16,6 +16,7 @@ from ..engine import RunEvent, RunEventKind
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
+from .live import LiveOutput, RunningScripts
 from .marks import MarkError
 from .settings import child_environment, pytest_pythonpath
 
@@ -94,6 +95,8 @@ class ExecSession:
         self._ready: deque[ScriptItem] = deque()
         self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
+        self._live = LiveOutput(config) if config.stash[OPTIONS_KEY].live else None
+        self._running = RunningScripts()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> object:
@@ -108,6 +111,7 @@ class ExecSession:
             return None  # nothing for us: pytest's own loop runs the tests
 
         self._plan(session.items)
+        self._running = RunningScripts()  # the quiet that counts starts now, not at configure
         backend: ScriptBackend = self.config.hook.pytest_exec_make_backend(config=self.config)
         self._backend = backend
         try:
@@ -146,8 +150,9 @@ class ExecSession:
         """Jobs in start order: priority, then (optionally) longest remembered duration first."""
         by_duration = self.config.stash[OPTIONS_KEY].order == "duration"
         remembered = load_durations(self.config) if by_duration else {}
+        live = self._live is not None
         jobs = [
-            ScriptJob(key=index, spec=item.settings())
+            ScriptJob(key=index, spec=item.settings(), output=live)
             for index, item in enumerate(self._background)
         ]
 
@@ -186,22 +191,37 @@ class ExecSession:
                 if not block:
                     return
                 self._check_backend()
+                self._say_what_runs()
                 continue
             block = False
             self._take(event)
 
     def _take(self, event: RunEvent) -> None:
         item = self._background[event.key]
+        if self._live is not None and event.kind != RunEventKind.STARTED:
+            self._live.take(event, item.label)  # output lines, written from this (main) thread
+        if event.kind == RunEventKind.OUTPUT:
+            return
+        if event.kind == RunEventKind.STARTED:
+            self._running.started(event.key, item.label, event.time)
         if event.kind == RunEventKind.STARTED and event.attempt == 1:
             with _failing_the_item(item):
                 item.ihook.pytest_exec_script_started(item=item, settings=item.settings())
         elif event.kind == RunEventKind.FINISHED and event.key in self._unfinished:
             assert event.result is not None
             self._unfinished.discard(event.key)
+            self._running.finished(event.key)
             item.stash[RESULT_KEY] = event.result
             with _failing_the_item(item):
                 item.ihook.pytest_exec_script_finished(item=item, result=event.result)
             self._ready.append(item)
+
+    def _say_what_runs(self) -> None:
+        """After a long wait with no script finishing, say which scripts run and how long."""
+        line = self._running.notice()
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if line is not None and reporter is not None:
+            reporter.write_line(line, yellow=True)
 
     def _check_backend(self) -> None:
         """A backend that died with scripts unreported would leave us waiting forever."""

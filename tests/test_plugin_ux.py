@@ -1,0 +1,610 @@
+"""What users see: the run summary, the short failure line, the JSONL report, junit properties,
+skip exit codes, live output and coverage, each through a real pytest session."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import ExecPytester
+
+MODES = [
+    pytest.param([], id="inline"),
+    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
+    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
+]
+PARALLEL = MODES[1:]
+
+
+def write_mixed_project(px: ExecPytester) -> None:
+    px.script("quick_script.py", "print('quick')\n")
+    px.script("nap_script.py", "import time\ntime.sleep(1.2)\n")
+    px.script("nap2_script.py", "import time\ntime.sleep(0.8)\n")
+    px.script(
+        "boom_script.py",
+        """\
+        def compute():
+            raise RuntimeError("boom")
+
+        compute()
+        """,
+    )
+    px.script(
+        "hang_script.py",
+        "# pytest.mark.exec(timeout=0.5)\nimport time\ntime.sleep(30)\n",
+    )
+    px.script("crash_script.py", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+
+
+SUMMARY_LINE = re.compile(
+    r"^(\d+) scripts?, ([\d.]+) s of script time in ([\d.]+) s: ([\d.]+)x$", re.M
+)
+
+
+def summary_lines(result: pytest.RunResult) -> list[str]:
+    """The lines of the run summary, under its ``=== codomyrmex-exec: script runs ===``."""
+    lines = result.outlines
+    starts = [i for i, line in enumerate(lines) if "= codomyrmex-exec: script runs =" in line]
+    assert starts, "no run summary in the output"
+    body = []
+    for line in lines[starts[0] + 1 :]:
+        if line.startswith("==="):
+            break
+        body.append(line)
+    return body
+
+
+# -- the run summary -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_summary_numbers_match_the_reports(px: ExecPytester, mode: list[str]) -> None:
+    write_mixed_project(px)
+    result = px.run("--durations=0", "--durations-min=0", *mode, *px.junit_args())
+    result.assert_outcomes(passed=3, failed=3)
+    lines = summary_lines(result)
+    match = SUMMARY_LINE.match(lines[0])
+    assert match, lines
+    count, script_time, wall, speedup = match.groups()
+    cases = px.junit()
+    assert int(count) == len(cases) == 6
+    # The script time is the sum of the call phases' durations, as --durations reports them.
+    calls = re.findall(r"^([\d.]+)s call +\S+_script\.py::", result.stdout.str(), re.M)
+    assert len(calls) == 6
+    assert float(script_time) == pytest.approx(sum(map(float, calls)), abs=0.06)
+    assert float(speedup) == pytest.approx(float(script_time) / float(wall), rel=0.1, abs=0.1)
+    # Counts per status, as the reports have them (the timeout is one of pytest's failures).
+    assert lines[1] == "3 passed, 2 failed, 1 timeout"
+    assert lines[2] == "slowest:"
+    slowest = [line.split()[-1] for line in lines[3:8]]
+    assert set(slowest[:2]) == {"nap_script.py", "nap2_script.py"}  # 1.2 s and 0.8 s
+    assert slowest[2] == "hang_script.py"  # 0.5 s: its timeout
+    assert lines[8:] == ["hit their limit:", "  hang_script.py: timed out after 0.5 s"]
+
+
+def test_summary_shows_the_parallel_speedup(px: ExecPytester) -> None:
+    for index in range(4):
+        px.script(f"sleep{index}_script.py", "import time\ntime.sleep(1.5)\n")
+    result = px.run("--exec-parallel", "--exec-workers", "4")
+    result.assert_outcomes(passed=4)
+    match = SUMMARY_LINE.search(result.stdout.str())
+    assert match
+    script_time, wall = float(match[2]), float(match[3])
+    assert script_time >= 5.9
+    assert wall < script_time / 2, "four scripts at once took longer than two in a row"
+    assert float(match[4]) > 2
+
+
+def test_summary_is_short_with_q_and_off_on_request(px: ExecPytester) -> None:
+    write_mixed_project(px)
+    quiet = px.run("-q", "--exec-parallel")
+    quiet.stdout.fnmatch_lines(
+        [
+            "codomyrmex-exec: 6 scripts, * s of script time in * s: *x "
+            "(3 passed, 2 failed, 1 timeout)"
+        ]
+    )
+    assert "slowest:" not in quiet.stdout.str()
+    off = px.run("--exec-parallel", "--exec-summary=no")
+    assert "script time" not in off.stdout.str()
+    px.ini(exec_summary="no")
+    assert "script time" not in px.run().stdout.str()
+
+
+def test_no_summary_without_scripts(px: ExecPytester) -> None:
+    px.pytester.makepyfile(test_plain="def test_one():\n    pass\n")
+    result = px.run("--exec-parallel")
+    result.assert_outcomes(passed=1)
+    assert "script time" not in result.stdout.str()
+
+
+def test_bad_summary_value_is_a_usage_error(px: ExecPytester) -> None:
+    px.script("quick_script.py", "")
+    result = px.run("--exec-summary=maybe")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--exec-summary: expected one of yes, no, got 'maybe'*"])
+
+
+# -- the short failure line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_short_summary_shows_the_scripts_last_error_line(px: ExecPytester, mode: list[str]) -> None:
+    write_mixed_project(px)
+    result = px.run("-rA", *mode, *px.junit_args())
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED boom_script.py::boom_script - RuntimeError: boom",
+            "FAILED hang_script.py::hang_script - timed out after 0.5 s",
+            "FAILED crash_script.py::crash_script - killed by signal SIGSEGV",
+        ]
+    )
+    # The traceback once: the failure's header line, then the stderr section holding it.
+    assert px.section(result, "script boom_script.py") == [
+        px.section(result, "script boom_script.py")[0]
+    ]
+    assert result.outlines.count("RuntimeError: boom") == 1
+    assert result.outlines.count('    raise RuntimeError("boom")') == 1
+    # junit's failure message is the same line.
+    messages = {case.name: case.messages for case in px.junit()}
+    assert messages["boom_script"][0].startswith("RuntimeError: boom\n")
+
+
+def test_traceback_stays_in_the_failure_when_stderr_is_not_shown(px: ExecPytester) -> None:
+    px.script("boom_script.py", "raise RuntimeError('boom')\n")
+    result = px.run("--show-capture=no")
+    result.assert_outcomes(failed=1)
+    failure = px.section(result, "script boom_script.py")
+    assert failure[0].startswith("boom_script.py failed: exit code 1")
+    assert failure[-1] == "RuntimeError: boom"
+    assert "Captured stderr" not in result.stdout.str()
+
+
+# -- skip exit codes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_skip_exit_codes_make_a_skip_with_the_last_stderr_line(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.ini(exec_skip_exit_codes="77 78")
+    px.script(
+        "nogpu_script.py",
+        "import sys\nprint('probing', file=sys.stderr)\n"
+        "print('no GPU on this machine', file=sys.stderr)\nsys.exit(77)\n",
+    )
+    px.script("silent_script.py", "raise SystemExit(78)\n")
+    px.script("other_script.py", "raise SystemExit(76)\n")
+    result = px.run("-rA", *mode, *px.junit_args())
+    result.assert_outcomes(skipped=2, failed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "SKIPPED [[]1[]] nogpu_script.py:1: no GPU on this machine",
+            "SKIPPED [[]1[]] silent_script.py:1: exit code 78",
+            "FAILED other_script.py::other_script - exit code 76",
+        ]
+    )
+    outcomes = {case.name: case.outcome for case in px.junit()}
+    assert outcomes == {
+        "nogpu_script": "skipped",
+        "silent_script": "skipped",
+        "other_script": "failed",
+    }
+
+
+def test_skip_exit_codes_are_off_by_default(px: ExecPytester) -> None:
+    px.script("nogpu_script.py", "raise SystemExit(77)\n")
+    px.run().assert_outcomes(failed=1)
+
+
+def test_bad_skip_exit_code_is_a_usage_error(px: ExecPytester) -> None:
+    px.ini(exec_skip_exit_codes="77 often")
+    px.script("nogpu_script.py", "")
+    result = px.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*exec_skip_exit_codes*expected exit codes 1-255, got 'often'*"])
+
+
+# -- junit properties ------------------------------------------------------------------------
+
+
+def _properties(path: Path) -> dict[str, dict[str, str]]:
+    found = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        found[case.get("name", "")] = {
+            prop.get("name", ""): prop.get("value", "") for prop in case.iter("property")
+        }
+    return found
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_junit_properties_under_xunit1(px: ExecPytester, mode: list[str]) -> None:
+    write_mixed_project(px)
+    px.script("flaky_script.py", "# pytest.mark.exec(max_runs=2)\nraise SystemExit(3)\n")
+    result = px.run("-o", "junit_family=xunit1", "-W", "error", *mode, *px.junit_args())
+    result.assert_outcomes(passed=3, failed=4)
+    props = _properties(px.junit_path)
+    cases = {case.name: case for case in px.junit()}
+    assert props["boom_script"]["exec_status"] == "failed"
+    assert props["boom_script"]["exec_exit_code"] == "1"
+    assert props["crash_script"]["exec_signal"] == "SIGSEGV"
+    assert props["crash_script"]["exec_exit_code"] == "-11"
+    assert props["hang_script"]["exec_status"] == "timeout"
+    assert props["flaky_script"]["exec_attempts"] == "2"
+    assert props["quick_script"] == {
+        "exec_status": "passed",
+        "exec_exit_code": "0",
+        "exec_attempts": "1",
+        "exec_duration": props["quick_script"]["exec_duration"],
+    }
+    for name, case in cases.items():
+        # junit's time also counts pytest's own bit of the setup and teardown phases.
+        assert -0.002 < case.time - float(props[name]["exec_duration"]) < 1.0
+
+
+def test_junit_default_family_has_no_properties_and_no_warnings(px: ExecPytester) -> None:
+    write_mixed_project(px)
+    result = px.run("-W", "error", "--exec-parallel", *px.junit_args())
+    result.assert_outcomes(passed=3, failed=3, warnings=0)
+    assert "warnings summary" not in result.stdout.str()
+    assert all(not values for values in _properties(px.junit_path).values())
+
+
+# -- the JSONL report ------------------------------------------------------------------------
+
+
+def _report_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: list[str]) -> None:
+    write_mixed_project(px)
+    path = px.path / "out" / "results.jsonl"
+    path.parent.mkdir()
+    result = px.run("--exec-report", str(path), *mode, *px.junit_args())
+    result.assert_outcomes(passed=3, failed=3)
+    header, *lines = _report_lines(path)
+    assert header["schema"] == "pytest-codomyrmex-exec/report"
+    assert header["version"] == 1
+    assert isinstance(header["started"], str)
+    options = header["options"]
+    assert isinstance(options, dict)
+    assert options["parallel"] == bool(mode)
+    by_id = {line["nodeid"]: line for line in lines}
+    assert len(by_id) == len(lines) == 6
+    boom = by_id["boom_script.py::boom_script"]
+    assert boom["status"] == "failed"
+    assert boom["outcome"] == "failed"
+    assert boom["exit_code"] == 1
+    assert boom["attempts"] == 1
+    assert boom["worker"] is None
+    assert boom["message"] == "RuntimeError: boom"
+    assert by_id["quick_script.py::quick_script"]["message"] is None
+    assert str(boom["stderr_tail"]).endswith("RuntimeError: boom\n")
+    assert by_id["crash_script.py::crash_script"]["signal"] == "SIGSEGV"
+    assert by_id["hang_script.py::hang_script"]["status"] == "timeout"
+    assert by_id["quick_script.py::quick_script"]["stdout_tail"] == "quick\n"
+    cases = {case.name: case.time for case in px.junit()}
+    for line in lines:
+        name = str(line["nodeid"]).split("::")[1]
+        assert -0.002 < cases[name] - float(line["duration"]) < 1.0  # type: ignore[arg-type]
+
+
+def test_report_tails_are_bounded(px: ExecPytester) -> None:
+    px.script("loud_script.py", "print('x' * 100_000)\nprint('the end')\n")
+    path = px.path / "results.jsonl"
+    px.run("--exec-report", str(path)).assert_outcomes(passed=1)
+    line = _report_lines(path)[1]
+    tail = str(line["stdout_tail"])
+    assert tail.endswith("the end\n")
+    assert len(tail) <= 2000
+
+
+def test_report_survives_a_sigkilled_run(px: ExecPytester) -> None:
+    """Kill pytest halfway: every finished script has its line, and only those."""
+    done = px.path / "done"
+    done.mkdir()
+    quick = 6
+    for index in range(quick):
+        px.script(
+            f"quick{index}_script.py",
+            f"""\
+            import pathlib, time
+            time.sleep({0.2 * index})
+            pathlib.Path({str(done)!r}, "quick{index}_script").touch()
+            """,
+            track=True,
+        )
+    for index in range(2):
+        px.script(
+            f"slow{index}_script.py",
+            f"""\
+            import pathlib, time
+            time.sleep(120)
+            pathlib.Path({str(done)!r}, "slow{index}_script").touch()
+            """,
+            track=True,
+        )
+    path = px.path / "results.jsonl"
+    env = {**os.environ, "PYTEST_ADDOPTS": "-p no:hypothesispytest -p no:cacheprovider"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--exec-parallel",
+            "--exec-workers",
+            "8",
+            "--exec-report",
+            str(path),
+        ],
+        cwd=px.path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(done.iterdir())) < quick:
+            assert time.monotonic() < deadline, "the quick scripts did not finish"
+            time.sleep(0.05)
+        # Their lines come as each is reported, not at the end of the run.
+        while not path.exists() or len(path.read_text().splitlines()) < quick + 1:
+            assert time.monotonic() < deadline, "the finished scripts' lines were not written"
+            time.sleep(0.05)
+        assert proc.poll() is None, "pytest ended: the run was not killed halfway"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = {marker.name for marker in done.iterdir()}
+    header, *lines = _report_lines(path)  # every line parses
+    assert header["version"] == 1
+    reported = {str(line["nodeid"]).split("::")[1] for line in lines}
+    assert reported == finished == {f"quick{index}_script" for index in range(quick)}
+    assert all(line["status"] == "passed" for line in lines)
+
+
+# -- live output -----------------------------------------------------------------------------
+
+
+def write_live_project(px: ExecPytester) -> None:
+    marker = px.path / "b_finished"
+    px.script(
+        "a_script.py",
+        f"""\
+        import os, sys, time
+        print("a-early", flush=True)
+        # A line written in three pieces, while b writes its own lines: shown whole.
+        for piece in ("piece1-", "piece2-", "piece3"):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            time.sleep(0.15)
+        print(flush=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists({str(marker)!r}) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print("x" * 1500, flush=True)
+        sys.stdout.buffer.write(b"esc \\x1b[31m nul \\x00 bad \\xff end\\n")
+        sys.stdout.flush()
+        print("on stderr", file=sys.stderr, flush=True)
+        sys.stdout.write("no newline at the end")
+        """,
+    )
+    px.script(
+        "b_script.py",
+        f"""\
+        import pathlib, time
+        for i in range(3):
+            print(f"b-line {{i}}", flush=True)
+            time.sleep(0.1)
+        pathlib.Path({str(marker)!r}).touch()
+        """,
+    )
+
+
+def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
+    prefix = f"[{label}] "
+    return [line[len(prefix) :] for line in result.outlines if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("how", [["--exec-live"], ["-s"], ["-o", "exec_live=true"]])
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_live_output_streams_whole_prefixed_lines(
+    px: ExecPytester, mode: list[str], how: list[str]
+) -> None:
+    write_live_project(px)
+    result = px.run(*mode, *how)
+    result.assert_outcomes(passed=2)
+    a_lines = _live_lines(result, "a_script.py")
+    assert a_lines[:2] == ["a-early", "piece1-piece2-piece3"]
+    assert a_lines[2] == "x" * 1000 + "… [500 more characters]"
+    assert a_lines[3] == "esc \\x1b[31m nul \\x00 bad \ufffd end"
+    assert set(a_lines[4:]) == {"on stderr", "no newline at the end"}
+    assert _live_lines(result, "b_script.py") == ["b-line 0", "b-line 1", "b-line 2"]
+    # Live: a's first line came while b ran, before b's report and long before a's own.
+    outlines = result.outlines
+    early = outlines.index("[a_script.py] a-early")
+    b_report = next(i for i, line in enumerate(outlines) if line.startswith("b_script.py ."))
+    a_report = next(i for i, line in enumerate(outlines) if line.startswith("a_script.py ."))
+    assert early < b_report < a_report
+    assert outlines.index("[b_script.py] b-line 2") < b_report
+
+
+def test_live_output_inline(px: ExecPytester) -> None:
+    px.script("a_script.py", "import sys\nprint('one')\nprint('two', file=sys.stderr)\n")
+    result = px.run("--exec-live", "-v")
+    result.assert_outcomes(passed=1)
+    assert _live_lines(result, "a_script.py") == ["one", "two"]
+
+
+def test_live_output_is_coloured_per_script_on_a_colour_terminal(px: ExecPytester) -> None:
+    px.script("a_script.py", "print('from a')\n")
+    px.script("b_script.py", "print('from b')\n")
+    result = px.run("--exec-parallel", "--exec-live", "--color=yes")
+    text = result.stdout.str()
+    coloured = re.findall(r"\x1b\[(\d+)m\[(\w)_script\.py\]\x1b\[0m from \w", text)
+    assert {name for _, name in coloured} == {"a", "b"}
+    assert len({code for code, _ in coloured}) == 2, "both scripts in the same colour"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_live_output_is_off_by_default(px: ExecPytester, mode: list[str]) -> None:
+    px.script("a_script.py", "print('quiet please')\n")
+    result = px.run(*mode)
+    result.assert_outcomes(passed=1)
+    assert "quiet please" not in result.stdout.str()
+
+
+def test_parallel_runner_output_callback(tmp_path: Path) -> None:
+    """The engine side of live output for the process backend: chunks, on request only."""
+    from pytest_codomyrmex_exec import ParallelRunner, RunEvent
+
+    script = tmp_path / "talk_script.py"
+    script.write_text("import sys\nprint('out line')\nprint('err line', file=sys.stderr)\n")
+    progress: list[RunEvent] = []
+    runner = ParallelRunner(2, progress_callback=progress.append)
+    runner.run_scripts([script])
+    assert {event.kind.value for event in progress} == {"started", "finished"}
+
+    output: list[RunEvent] = []
+    runner.output_callback = output.append
+    runner.run_scripts([script, script])
+    assert {event.kind.value for event in output} == {"output"}
+    for index in (0, 1):
+        streams: dict[str | None, bytes] = {}
+        for event in output:
+            if event.key == index:  # chunks as read: a line may come in pieces
+                streams[event.stream] = streams.get(event.stream, b"") + event.chunk
+        assert streams == {"stdout": b"out line\n", "stderr": b"err line\n"}
+    assert [e.kind.value for e in progress].count("started") == 3
+
+
+# -- coverage of what scripts run ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+    """pytest-cov with coverage's ``patch = subprocess``: the one setting a user adds."""
+    px.script(
+        "mypkg/__init__.py",
+        """\
+        def used_by_one():
+            return 1
+
+
+        def never_used():
+            return 2
+
+
+        def used_by_two():
+            return 3
+        """,
+    )
+    px.script("one_script.py", "import mypkg\nmypkg.used_by_one()\n")
+    px.script(
+        "jobs/two_script.py",
+        "import sys\nsys.path.insert(0, '..')\nimport mypkg\nmypkg.used_by_two()\n",
+    )
+    (px.path / ".coveragerc").write_text("[run]\npatch = subprocess\n")
+    report = px.path / "cov.json"
+    result = px.run("--cov=mypkg", f"--cov-report=json:{report}", *mode)
+    result.assert_outcomes(passed=2)
+    files = json.loads(report.read_text())["files"]
+    executed = set(files["mypkg/__init__.py"]["executed_lines"])
+    missing = set(files["mypkg/__init__.py"]["missing_lines"])
+    assert {2, 10} <= executed, "the lines the scripts ran were not counted"
+    assert missing == {6}, "never_used() ran?"
+
+
+# -- running scripts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+    px.script("stuck_script.py", "import time\ntime.sleep(12)\n")
+    px.script("quick_script.py", "import time\ntime.sleep(0.5)\n")
+    px.script("quiet_script.py", "import time\ntime.sleep(1)\n")
+    result = px.run(*mode, "--exec-workers", "3")
+    result.assert_outcomes(passed=3)
+    notices = [line for line in result.outlines if " running: " in line]
+    # 5 s after the last finish, once (the next would be 10 s later, after the end).
+    assert len(notices) == 1, notices
+    match = re.fullmatch(r"codomyrmex-exec: 1 running: stuck_script\.py (\d+) s", notices[0])
+    assert match, notices
+    assert 5 <= int(match[1]) <= 9
+
+
+def test_a_short_run_says_nothing_about_running_scripts(px: ExecPytester) -> None:
+    px.script("quick_script.py", "import time\ntime.sleep(1)\n")
+    result = px.run("--exec-parallel")
+    result.assert_outcomes(passed=1)
+    assert " running: " not in result.stdout.str()
+
+
+def test_report_to_an_unwritable_path_is_a_usage_error(px: ExecPytester) -> None:
+    px.script("quick_script.py", "")
+    result = px.run("--exec-report", str(px.path / "missing" / "results.jsonl"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--exec-report: cannot write *results.jsonl*"])
+
+
+def test_live_lines_start_a_line_of_their_own_after_progress_dots(px: ExecPytester) -> None:
+    px.script("a_script.py", "print('a 1')\n")
+    for name in "bcd":
+        px.script(f"{name}_script.py", f"import time\ntime.sleep(0.5)\nprint('{name} 1')\n")
+    result = px.run("-q", "--exec-parallel", "--exec-workers", "1", "--exec-live")
+    result.assert_outcomes(passed=4)
+    for name in "abcd":
+        assert _live_lines(result, f"{name}_script.py") == [f"{name} 1"], result.outlines
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_live_output_of_a_retried_script_keeps_attempts_apart(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.script(
+        "flaky_script.py",
+        """\
+        # pytest.mark.exec(max_runs=2)
+        import sys
+        print("attempt, no newline", end="")
+        sys.exit(1)
+        """,
+    )
+    result = px.run(*mode, "--exec-live")
+    result.assert_outcomes(failed=1)
+    assert _live_lines(result, "flaky_script.py") == ["attempt, no newline"] * 2
+
+
+def test_report_and_summary_under_xdist(px: ExecPytester) -> None:
+    write_mixed_project(px)
+    path = px.path / "results.jsonl"
+    result = px.run("-n", "2", "-rA", "--exec-report", str(path))
+    result.assert_outcomes(passed=3, failed=3)
+    # The short summary line survives the trip from the worker.
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED boom_script.py::boom_script - RuntimeError: boom",
+            "FAILED hang_script.py::hang_script - timed out after 0.5 s",
+            "FAILED crash_script.py::crash_script - killed by signal SIGSEGV",
+        ]
+    )
+    header, *lines = _report_lines(path)
+    assert header["version"] == 1
+    assert len(lines) == 6
+    assert {line["worker"] for line in lines} <= {"gw0", "gw1"}
+    by_id = {str(line["nodeid"]).split("::")[1]: line for line in lines}
+    assert by_id["boom_script"]["stderr_tail"].endswith("RuntimeError: boom\n")  # type: ignore[union-attr]
+    assert by_id["hang_script"]["status"] == "timeout"
+    lines_of_summary = summary_lines(result)
+    assert SUMMARY_LINE.match(lines_of_summary[0])
+    assert lines_of_summary[1] == "3 passed, 2 failed, 1 timeout"
