@@ -19,6 +19,7 @@ from typing import Any, final
 
 from .events import RunEvent, RunEventKind
 from .launch import COLD, Launcher, kill_tagged
+from .resources import Amounts, ResourcePool, unmet_demand
 from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
 from .run import CancelEvent, run_spec
 from .spec import DEFAULT_TIMEOUT, RUN_KEYWORDS, InvalidSpec, ScriptSpec, validate_timeout
@@ -149,6 +150,11 @@ class ParallelRunner:
     ``running()`` (a ``ProcessPoolExecutor`` says so when it queues the call for a worker, a
     moment early), or just before "finished" if it was never seen running. An exception from
     the callback is logged and ignored, as ``Future.add_done_callback`` does.
+
+    ``resources`` are capacities (``{"GPU": 1}``): a script whose spec asks for resources
+    starts only when they are free (meanwhile later scripts that fit start first), so they
+    are never oversubscribed; one asking for more than exists is an ``"error"`` result
+    naming the resource. Without capacities (``None``) demands are not tracked.
     """
 
     def __init__(
@@ -159,6 +165,7 @@ class ParallelRunner:
         progress_callback: Callable[[ProgressEvent], object] | None = None,
         executor: Executor | Callable[[], Executor] | None = None,
         launcher: Launcher = COLD,
+        resources: Amounts | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS_CAP)
@@ -179,6 +186,7 @@ class ParallelRunner:
         self.progress_callback = progress_callback
         self._executor = executor
         self._launcher = launcher
+        self._capacities = None if resources is None else dict(resources)
         self._lock = threading.Lock()
         self._batches: set[_Batch] = set()
         self._closed = False
@@ -387,6 +395,7 @@ class ParallelRunner:
         results: list[ScriptResult | None] = [None] * len(jobs)
         waiting = deque(jobs)
         running: dict[Future[ScriptResult], _Job] = {}
+        pool = None if self._capacities is None else ResourcePool(self._capacities)
         announced: set[int] = set()
         executor_failed = False
 
@@ -403,15 +412,43 @@ class ParallelRunner:
             logger.debug("started %s", job.script)
             self._emit(RunEvent(RunEventKind.STARTED, job.index, job.script, time.time()))
 
+        if pool is not None:
+            for job in [job for job in waiting if job.spec.resources]:
+                never = unmet_demand(job.spec.resources, pool.capacities)
+                if never is not None:
+                    waiting.remove(job)
+                    finish(job, make_result(job.script, ScriptStatus.ERROR, error=never))
+
+        def next_job() -> _Job | None:
+            """The first waiting job whose resources are free (taken for it), if any."""
+            for job in waiting:
+                if pool is None or not job.spec.resources:
+                    break
+                if pool.fits(job.spec.resources):
+                    pool.take(job.spec.resources)
+                    break
+            else:
+                return None
+            waiting.remove(job)
+            return job
+
+        def release(job: _Job) -> None:
+            if pool is not None and job.spec.resources:
+                pool.give(job.spec.resources)
+
         try:
             while waiting or running:
                 batch.wakeup.clear()
                 while waiting and len(running) < limit and batch.reason is None:
-                    job = waiting.popleft()
+                    picked = next_job()
+                    if picked is None:
+                        break
+                    job = picked
                     try:
                         future = self._submit(executor, job, batch, base_env)
                     except Exception as exc:  # a broken or shut-down pool: no script can run
                         logger.error("cannot submit %s: %r", job.script, exc)
+                        release(job)
                         finish(job, _executor_error(job, exc))
                         while waiting:  # one log line, not one per script
                             refused = waiting.popleft()
@@ -430,6 +467,7 @@ class ParallelRunner:
                         # the token stops running scripts and makes queued ones return at once.
                         if own_threads and future.cancel():  # still queued: it never started
                             del running[future]
+                            release(job)
                             finish(job, make_result(job.script, ScriptStatus.CANCELLED))
 
                 for future, job in running.items():
@@ -439,6 +477,7 @@ class ParallelRunner:
                 done = [future for future in running if future.done()]
                 for future in done:
                     job = running.pop(future)
+                    release(job)
                     if job.index not in announced:
                         announce(job)
                     result, failed = _outcome(future, job)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, final
 
 from .async_runner import describe_error
+from .resources import Amounts, ResourcePool, unmet_demand
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class AsyncJob:
     kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     priority: float = 0
     max_runs: int = 1
+    resources: dict[str, float] = field(default_factory=dict)
+    """What the job holds while it runs, out of the scheduler's ``resources``."""
     status: AsyncJobStatus = AsyncJobStatus.PENDING
     result: Any = field(default=None, repr=False)
     error: str | None = None
@@ -148,9 +151,21 @@ class AsyncScheduler:
 
     ``event_sink`` is called synchronously with a :class:`JobEvent` for every change; one
     that raises is logged and otherwise ignored.
+
+    ``resources`` are capacities (``{"GPU": 1, "db": 2}``): a job scheduled with
+    ``resources=`` starts only when its whole demand is free, so they are never
+    oversubscribed; meanwhile jobs behind it that fit start first. Scheduling a demand that
+    could never fit raises ``ValueError`` naming the resource. Without capacities
+    (``None``), demands are not tracked.
     """
 
-    def __init__(self, *, max_concurrency: int = 4, event_sink: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 4,
+        event_sink: EventSink | None = None,
+        resources: Amounts | None = None,
+    ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise TypeError(f"max_concurrency must be an int, got {max_concurrency!r}")
         if max_concurrency < 1:
@@ -159,6 +174,8 @@ class AsyncScheduler:
             raise TypeError(f"event_sink must be callable, got {event_sink!r}")
         self._max_concurrency = max_concurrency
         self._event_sink = event_sink
+        self._pool = None if resources is None else ResourcePool(resources)
+        self._held: dict[str, Mapping[str, float]] = {}
         self._jobs: dict[str, AsyncJob] = {}
         # (priority, sequence, job id): the sequence keeps equal priorities first-in,
         # first-out and means jobs themselves are never compared. Cancelled pending jobs
@@ -193,6 +210,7 @@ class AsyncScheduler:
         kwargs: Mapping[str, Any] | None = None,
         priority: float = 0,
         max_runs: int = 1,
+        resources: Amounts | None = None,
     ) -> str:
         """Queue ``func(*args, **kwargs)`` (which must return an awaitable); return its id."""
         if not callable(func):
@@ -212,6 +230,11 @@ class AsyncScheduler:
             raise TypeError(f"max_runs must be an int, got {max_runs!r}")
         if max_runs < 1:
             raise ValueError(f"max_runs must be at least 1, got {max_runs}")
+        demand = dict(resources or {})
+        if demand and self._pool is not None:
+            refused = unmet_demand(demand, self._pool.capacities, "the scheduler")
+            if refused is not None:
+                raise ValueError(f"job {name or _default_name(func)!r} {refused}")
         self._check_thread("schedule")
 
         job_id = uuid.uuid4().hex
@@ -223,6 +246,7 @@ class AsyncScheduler:
             kwargs=dict(kwargs or {}),
             priority=priority,
             max_runs=max_runs,
+            resources=demand,
         )
         self._jobs[job_id] = job
         self._counts[AsyncJobStatus.PENDING] += 1
@@ -314,11 +338,22 @@ class AsyncScheduler:
 
     def _start_ready(self) -> None:
         queue = self._queue
+        pool = self._pool
+        waiting: list[tuple[float, int, str]] = []  # pending, but their resources are busy
         while queue and len(self._running) < self._max_concurrency:
-            _, _, job_id = heapq.heappop(queue)
-            job = self._jobs[job_id]
-            if job.status is AsyncJobStatus.PENDING:
-                self._start(job)
+            entry = heapq.heappop(queue)
+            job = self._jobs[entry[2]]
+            if job.status is not AsyncJobStatus.PENDING:
+                continue
+            if pool is not None and job.resources:
+                if not pool.fits(job.resources):
+                    waiting.append(entry)
+                    continue
+                pool.take(job.resources)
+                self._held[job.id] = job.resources
+            self._start(job)
+        for entry in waiting:
+            heapq.heappush(queue, entry)
         # Drop cancelled entries at the top so an empty-looking queue really is empty.
         while queue and self._jobs[queue[0][2]].status is not AsyncJobStatus.PENDING:
             heapq.heappop(queue)
@@ -372,6 +407,9 @@ class AsyncScheduler:
 
     def _on_task_done(self, job: AsyncJob, task: asyncio.Task[None]) -> None:
         self._running.pop(job.id, None)
+        held = self._held.pop(job.id, None)
+        if held is not None and self._pool is not None:
+            self._pool.give(held)
         if not job.status.is_final:
             # Only when the task was cancelled before its first step, so _execute never ran.
             if task.cancelled():

@@ -17,6 +17,7 @@ from .options import add_options, resolve_options
 from .settings import SESSION_TAG_VAR
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
+_DASK_PLUGIN = "codomyrmex-exec-dask"
 _LEFTOVERS_KEY = pytest.StashKey[int]()
 
 
@@ -41,7 +42,7 @@ def pytest_exec_make_backend(config: pytest.Config) -> object:
     from .backends import make_builtin_backend
 
     options = config.stash[OPTIONS_KEY]
-    return make_builtin_backend(options.backend, options.workers)
+    return make_builtin_backend(options.backend, options.workers, options.resources)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,6 +54,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from .session import ExecSession  # imported only when the feature is on
 
         config.pluginmanager.register(ExecSession(config), _SESSION_PLUGIN)
+        if options.backend == "dask":
+            from . import dask_backend  # its pytest_exec_make_backend makes the Dask backend
+
+            config.pluginmanager.register(dask_backend, _DASK_PLUGIN)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -26,6 +26,7 @@ from ..engine import (
     Subscription,
     make_result,
     run_spec_async,
+    unmet_demand,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +75,31 @@ def finished_event(job: ScriptJob, result: ScriptResult) -> RunEvent:
     return RunEvent(RunEventKind.FINISHED, job.key, job.spec.script, time.time(), result)
 
 
+CAPACITIES_SOURCE = "the ini option exec_resources"
+
+
+def unmet_resources(spec: ScriptSpec, capacities: Mapping[str, float]) -> ScriptResult | None:
+    """The ``error`` result of a script asking for resources this machine does not have."""
+    refused = unmet_demand(spec.resources, capacities, CAPACITIES_SOURCE)
+    if refused is None:
+        return None
+    return make_result(spec.script, ScriptStatus.ERROR, error=refused, attempts=0)
+
+
+def runnable(
+    jobs: Sequence[ScriptJob], capacities: Mapping[str, float], sink: EventSink
+) -> list[ScriptJob]:
+    """The jobs whose resources exist here; the others are reported finished with an error."""
+    kept = []
+    for job in jobs:
+        refused = unmet_resources(job.spec, capacities)
+        if refused is None:
+            kept.append(job)
+        else:
+            sink(finished_event(job, refused))
+    return kept
+
+
 class _Thread:
     """The background thread a built-in backend runs in."""
 
@@ -99,8 +125,11 @@ class _Thread:
 class ProcessBackend:
     """The :class:`ParallelRunner`: a thread per running script, each waiting on its child."""
 
-    def __init__(self, workers: int) -> None:
-        self._runner = ParallelRunner(workers, progress_callback=self._progress)
+    def __init__(self, workers: int, resources: Mapping[str, float] | None = None) -> None:
+        self._capacities = dict(resources or {})
+        self._runner = ParallelRunner(
+            workers, progress_callback=self._progress, resources=self._capacities
+        )
         self._thread = _Thread("codomyrmex-exec-runner")
         self._jobs: Sequence[ScriptJob] = ()
         self._sink: EventSink | None = None
@@ -108,7 +137,7 @@ class ProcessBackend:
     def start(
         self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
     ) -> None:
-        self._jobs, self._sink = jobs, sink
+        self._jobs, self._sink = runnable(jobs, self._capacities, sink), sink
         self._thread.run(self._serve, base_env)
 
     def _serve(self, base_env: Mapping[str, str]) -> None:
@@ -139,13 +168,14 @@ class AsyncBackend:
     """The :class:`AsyncScheduler` on an event loop of its own thread: each script is one job
     at its own priority; the engine retries it and reports its events."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, resources: Mapping[str, float] | None = None) -> None:
         # Imported here: asyncio and the scheduler cost start-up time every other run skips.
         from ..engine import AsyncScheduler, JobEventKind
 
         self._kinds = JobEventKind
+        self._capacities = dict(resources or {})
         self._scheduler: AsyncScheduler = AsyncScheduler(
-            max_concurrency=workers, event_sink=self._job_event
+            max_concurrency=workers, event_sink=self._job_event, resources=self._capacities
         )
         self._thread = _Thread("codomyrmex-exec-scheduler")
         self._by_name: dict[str, ScriptJob] = {}
@@ -155,7 +185,7 @@ class AsyncBackend:
         self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
     ) -> None:
         self._sink = sink
-        self._thread.run(self._serve, jobs, base_env)
+        self._thread.run(self._serve, runnable(jobs, self._capacities, sink), base_env)
 
     def _serve(self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str]) -> None:
         import asyncio
@@ -180,6 +210,7 @@ class AsyncBackend:
                 args=(job.spec,),
                 kwargs={"base_env": base_env, "events": events},
                 priority=job.spec.priority,
+                resources=job.spec.resources,
             )
         await self._scheduler.run_all()
 
@@ -207,7 +238,9 @@ class AsyncBackend:
         return self._thread.alive()
 
 
-def make_builtin_backend(backend: str, workers: int) -> ScriptBackend:
+def make_builtin_backend(
+    backend: str, workers: int, resources: Mapping[str, float] | None = None
+) -> ScriptBackend:
     if backend == "async":
-        return AsyncBackend(workers)
-    return ProcessBackend(workers)
+        return AsyncBackend(workers, resources)
+    return ProcessBackend(workers, resources)

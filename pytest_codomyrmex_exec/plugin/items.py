@@ -99,6 +99,9 @@ class ScriptItem(pytest.Item):
             # Inline, the script runs here, in setup, so that one that cannot start (no
             # interpreter, no cwd, an exec that fails) is an error, as it is in parallel.
             result = self._run_inline()
+        if result is not None and result.get("worker"):
+            # Where it ran (a Dask worker): a junit property, and a line in -v reports.
+            self.user_properties.append(("worker", str(result["worker"])))
         if result is not None and result["status"] == ScriptStatus.ERROR:
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
 
@@ -115,7 +118,10 @@ class ScriptItem(pytest.Item):
         except Exception as exc:
             self.stash[HOOK_ERROR_KEY] = exc
         base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
-        result = run_spec(spec, base_env=base_env)
+        from .backends import unmet_resources  # one at a time: only unknown resources matter
+
+        refused = unmet_resources(spec, self.config.stash[OPTIONS_KEY].resources)
+        result = refused if refused is not None else run_spec(spec, base_env=base_env)
         self.stash[RESULT_KEY] = result
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)

@@ -70,4 +70,7 @@ def raise_for_result(item: pytest.Item, label: str, result: ScriptResult) -> Non
         pytest.skip(reason if reason.startswith("cancelled") else f"cancelled: {reason}")
     if status == ScriptStatus.ERROR:
         raise ScriptNotStarted(f"{label} could not run: {result['error']}")
-    raise ScriptFailed(failure_header(label, result), _tail(result["stderr"], STDERR_TAIL_LINES))
+    header = failure_header(label, result)
+    if result.get("worker") and item.config.get_verbosity() > 0:
+        header += f"\nran on worker {result['worker']}"
+    raise ScriptFailed(header, _tail(result["stderr"], STDERR_TAIL_LINES))
