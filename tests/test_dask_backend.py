@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ExecPytester, still_alive
+from test_plugin_ecosystem import interrupt, sleeper_with_child
 
 from pytest_codomyrmex_exec import ScriptSpec, ScriptStatus
 
@@ -229,6 +230,19 @@ def test_x_on_the_cluster_leaves_no_process(px: ExecPytester, cli_cluster: str) 
     result.stdout.fnmatch_lines(["*stopping after 1 failures*"])
     result.assert_outcomes(failed=1)
     px.assert_no_process_left(at_least=2)
+
+
+def test_ctrl_c_kills_the_scripts_on_the_workers(px: ExecPytester, cli_cluster: str) -> None:
+    # One of them ignores SIGTERM: only the SIGKILL after the grace period stops it.
+    px.script("sleep0_script.py", sleeper_with_child(px, stubborn=True))
+    px.script("sleep1_script.py", sleeper_with_child(px))
+    mode = ["--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster]
+    text, elapsed = interrupt(px, mode, 4, presses=1)
+
+    assert "KeyboardInterrupt" in text
+    assert "INTERNALERROR" not in text
+    assert elapsed < 15, f"pytest took {elapsed:.1f} s to stop"
+    px.assert_no_process_left(at_least=4)
 
 
 def test_a_worker_killed_mid_script_is_an_error_naming_it(

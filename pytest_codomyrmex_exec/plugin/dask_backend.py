@@ -413,11 +413,11 @@ class _Run:
         if job.key in self.finished:
             return
         if job.key not in self.started and result["attempts"] > 0:
-            self._announce(job, result.get("worker"))
+            self._announce(job)
         self.finished.add(job.key)
         self.backend._emit(finished_event(job, result))
 
-    def _announce(self, job: ScriptJob, worker: object) -> None:
+    def _announce(self, job: ScriptJob) -> None:
         self.started.add(job.key)
         self.backend._emit(RunEvent(RunEventKind.STARTED, job.key, job.spec.script, time.time()))
 
@@ -471,7 +471,7 @@ class _Run:
             if kind == "started":
                 entry = self.futures.get(f"{_NAMESPACE}-{self.run_id}-{value.get('key')}")
                 if entry is not None and entry[1].key not in self.started | self.finished:
-                    self._announce(entry[1], value.get("worker"))
+                    self._announce(entry[1])
             elif kind == "done":
                 entry = self.futures.get(value)
                 if entry is not None:
@@ -538,6 +538,7 @@ def _cancelled(job: ScriptJob, reason: str) -> ScriptResult:
     return make_result(job.spec.script, ScriptStatus.CANCELLED, error=reason, attempts=0)
 
 
+@pytest.hookimpl(trylast=True)  # after a conftest's (dask-jobqueue), before the built-in
 def pytest_exec_make_backend(config: pytest.Config) -> DaskBackend | None:
     options = config.stash[OPTIONS_KEY]
     if options.backend != "dask":
