@@ -32,6 +32,28 @@ def _outcomes(px: ExecPytester) -> dict[str, str]:
     return {case.name: case.outcome for case in px.junit()}
 
 
+_RECORD_BACKEND = """\
+import pytest
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_exec_make_backend(config):
+    backend = yield
+    with open("backend.txt", "w") as out:
+        out.write(type(backend).__name__)
+    return backend
+"""
+
+
+def _on_dask(px: ExecPytester, conftest: str = "") -> None:
+    """Record which backend the session makes, so a test can prove it ran on Dask."""
+    px.conftest(_RECORD_BACKEND + conftest)
+
+
+def _ran_on_dask(px: ExecPytester) -> bool:
+    return px.lines("backend.txt") == ["DaskBackend"]
+
+
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``dask scheduler`` plus two ``dask worker`` processes: ``gpu`` (GPU=1) and ``plain``."""
@@ -84,6 +106,7 @@ def _wait_for_workers(address: str, count: int) -> None:
 
 
 def test_local_cluster_gives_each_outcome_and_names_the_worker(px: ExecPytester) -> None:
+    _on_dask(px)
     report_parent = "import os\nprint('worker pid', os.getppid())\n"
     px.script("pass_script.py", report_parent)
     px.script("fail_script.py", report_parent + "raise SystemExit(3)\n")
@@ -105,6 +128,7 @@ def test_local_cluster_gives_each_outcome_and_names_the_worker(px: ExecPytester)
         *px.junit_args(),
     )  # fmt: skip
 
+    assert _ran_on_dask(px)
     assert time.monotonic() - started < 90
     assert _outcomes(px) == {
         "pass_script": "passed",
@@ -138,8 +162,13 @@ def test_local_cluster_gives_each_outcome_and_names_the_worker(px: ExecPytester)
 
 
 def test_priority_order_holds_on_one_single_thread_worker(px: ExecPytester) -> None:
+    _on_dask(px)
     log = px.path / "order.txt"
-    append = f"open({str(log)!r}, 'a').write(__file__.rsplit('/', 1)[1] + '\\n')\n"
+    # Each line: the script's name, and the pid of the Dask worker that ran it.
+    append = (
+        f"import os\nopen({str(log)!r}, 'a').write(__file__.rsplit('/', 1)[1] + ' ' + "
+        "os.environ.get('CODOMYRMEX_EXEC_WORKER_PID', 'none') + '\\n')\n"
+    )
     # Runs first and holds the only slot while the others are queued on the cluster.
     px.script("first_script.py", f"# pytest.mark.exec(priority=-100)\nimport time\n{append}"
               "time.sleep(1.5)\n")  # fmt: skip
@@ -147,10 +176,14 @@ def test_priority_order_holds_on_one_single_thread_worker(px: ExecPytester) -> N
         px.script(f"{name}_script.py", f"# pytest.mark.exec(priority={priority})\n{append}")
     result = px.run("--exec-parallel", "--exec-backend", "dask", "--exec-workers", "1")
 
+    assert _ran_on_dask(px)
     result.assert_outcomes(passed=6)
-    assert px.lines("order.txt") == [
+    lines = [line.split() for line in px.lines("order.txt")]
+    assert [name for name, _ in lines] == [
         f"{name}_script.py" for name in ("first", "m9", "m3", "p0", "p2", "p5")
     ]
+    assert len({worker for _, worker in lines}) == 1
+    assert lines[0][1].isdigit()  # run by one Dask worker process
 
 
 def test_choosing_dask_without_distributed_is_a_usage_error(px: ExecPytester) -> None:
@@ -166,6 +199,7 @@ def test_choosing_dask_without_distributed_is_a_usage_error(px: ExecPytester) ->
 
 
 def test_cli_cluster_resources_are_never_oversubscribed(px: ExecPytester, cli_cluster: str) -> None:
+    _on_dask(px)
     stamps = px.path / "stamps.txt"
     gpu = (
         "# pytest.mark.exec(resources={'GPU': 1})\nimport time\n"
@@ -181,6 +215,7 @@ def test_cli_cluster_resources_are_never_oversubscribed(px: ExecPytester, cli_cl
         "--exec-workers", "4", *px.junit_args(),
     )  # fmt: skip
 
+    assert _ran_on_dask(px)
     assert _outcomes(px) == {
         "gpu_a_script": "passed",
         "gpu_b_script": "passed",
@@ -196,6 +231,7 @@ def test_cli_cluster_resources_are_never_oversubscribed(px: ExecPytester, cli_cl
 
 
 def test_x_on_the_cluster_leaves_no_process(px: ExecPytester, cli_cluster: str) -> None:
+    _on_dask(px)
     # A sleeper (with a child of its own) runs on one worker; a failure on the other, once
     # both sleep, must stop them (the child too) within seconds.
     px.script(
@@ -226,6 +262,7 @@ def test_x_on_the_cluster_leaves_no_process(px: ExecPytester, cli_cluster: str) 
         "-x", "--exec-timeout", "0",
     )  # fmt: skip
 
+    assert _ran_on_dask(px)
     assert time.monotonic() - started < 60
     result.stdout.fnmatch_lines(["*stopping after 1 failures*"])
     result.assert_outcomes(failed=1)
@@ -233,12 +270,14 @@ def test_x_on_the_cluster_leaves_no_process(px: ExecPytester, cli_cluster: str) 
 
 
 def test_ctrl_c_kills_the_scripts_on_the_workers(px: ExecPytester, cli_cluster: str) -> None:
+    _on_dask(px)
     # One of them ignores SIGTERM: only the SIGKILL after the grace period stops it.
     px.script("sleep0_script.py", sleeper_with_child(px, stubborn=True))
     px.script("sleep1_script.py", sleeper_with_child(px))
     mode = ["--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster]
     text, elapsed = interrupt(px, mode, 4, presses=1)
 
+    assert _ran_on_dask(px)
     assert "KeyboardInterrupt" in text
     assert "INTERNALERROR" not in text
     assert elapsed < 15, f"pytest took {elapsed:.1f} s to stop"
@@ -248,6 +287,7 @@ def test_ctrl_c_kills_the_scripts_on_the_workers(px: ExecPytester, cli_cluster: 
 def test_a_worker_killed_mid_script_is_an_error_naming_it(
     px: ExecPytester, cli_cluster: str
 ) -> None:
+    _on_dask(px)
     runs = px.path / "runs.txt"
     parent = px.path / "victim-parent"
     px.script(
@@ -282,6 +322,7 @@ def test_a_worker_killed_mid_script_is_an_error_naming_it(
         killer.join(5)
         _wait_for_workers(cli_cluster, 2)
 
+    assert _ran_on_dask(px)
     outcomes = _outcomes(px)
     assert outcomes.pop("victim_script") == "error"
     assert list(outcomes.values()) == ["passed"] * 3
@@ -297,19 +338,22 @@ def test_a_worker_killed_mid_script_is_an_error_naming_it(
 
 def test_a_worker_that_cannot_see_the_script_says_so(px: ExecPytester, cli_cluster: str) -> None:
     # The script vanishes after collection: as on a worker without the shared filesystem.
-    px.conftest(
-        """\
-        import os
-
-        def pytest_collection_finish(session):
-            os.remove(os.path.join(str(session.config.rootpath), "gone_script.py"))
+    _on_dask(
+        px,
         """
+import os
+
+
+def pytest_collection_finish(session):
+    os.remove(os.path.join(str(session.config.rootpath), "gone_script.py"))
+""",
     )
     px.script("gone_script.py", "")
     result = px.run(
         "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster
     )
 
+    assert _ran_on_dask(px)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [

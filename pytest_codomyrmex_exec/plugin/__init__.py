@@ -42,6 +42,8 @@ def pytest_exec_make_backend(config: pytest.Config) -> object:
     from .backends import make_builtin_backend
 
     options = config.stash[OPTIONS_KEY]
+    if options.backend == "dask":
+        return None  # made by the dask_backend plugin, registered in pytest_configure
     return make_builtin_backend(options.backend, options.workers, options.resources)
 
 
