@@ -284,6 +284,24 @@ def test_ctrl_c_kills_the_scripts_on_the_workers(px: ExecPytester, cli_cluster: 
     px.assert_no_process_left(at_least=4)
 
 
+def test_pytest_killed_outright_leaves_no_script_on_the_workers(
+    px: ExecPytester, cli_cluster: str
+) -> None:
+    # SIGKILL: no cancel is ever sent. The scheduler drops the dead client's tasks, and the
+    # running task sees its own cancellation and kills its script's tree.
+    px.script("sleep_script.py", sleeper_with_child(px))
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
+    command += ["--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster]
+    with subprocess.Popen(
+        command, cwd=px.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as proc:
+        try:
+            pids = px.wait_for_pids(2)
+        finally:
+            proc.kill()
+    assert not still_alive(pids, within=15.0)
+
+
 def test_a_worker_killed_mid_script_is_an_error_naming_it(
     px: ExecPytester, cli_cluster: str
 ) -> None:

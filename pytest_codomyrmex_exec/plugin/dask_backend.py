@@ -94,15 +94,20 @@ def worker_label(address: str, name: object) -> str:
 
 @final
 class DaskCancelSignal:
-    """The engine's cancel signal on a worker: a Dask ``Event``, looked at sparingly.
+    """The engine's cancel signal inside a task: set when the run is cancelled or the task is.
 
-    Once seen set it stays set. If the scheduler cannot be reached for
-    :data:`_GIVE_UP_ON_SCHEDULER` s it counts as set: the script's result could not be
-    collected, and a script must not outlive its run.
+    Two sources. The task's own state on this worker, read locally at every look: Dask
+    cancels a running task when nobody wants its result any more, as when pytest died
+    (SIGKILL, out of memory) and the scheduler dropped its client. And the run's Dask
+    ``Event``, a round trip to the scheduler, so read at most every :data:`CANCEL_POLL` s.
+    Once set it stays set. If the scheduler cannot be reached for
+    :data:`_GIVE_UP_ON_SCHEDULER` s it counts as set: no one could collect the result.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, worker: Any, key: object) -> None:
         self._name = name
+        self._worker = worker
+        self._key = key
         self._event: Any = None
         self._next = 0.0
         self._set = False
@@ -110,6 +115,10 @@ class DaskCancelSignal:
 
     def is_set(self) -> bool:
         if self._set:
+            return True
+        task = self._worker.state.tasks.get(self._key)
+        if task is None or task.state == "cancelled":
+            self._set = True
             return True
         now = time.monotonic()
         if now < self._next:
@@ -165,7 +174,8 @@ def run_on_worker(spec: ScriptSpec, session_tag: str, run_id: str, key: int) -> 
     base_env = child_environment(session_tag)  # this machine's environment, not pytest's
     base_env[BATCH_ENV_VAR] = run_id
     base_env[WORKER_PID_VAR] = str(os.getpid())
-    result = run_spec(spec, base_env=base_env, cancel_event=DaskCancelSignal(_cancel_name(run_id)))
+    cancel = DaskCancelSignal(_cancel_name(run_id), worker, worker.get_current_task())
+    result = run_spec(spec, base_env=base_env, cancel_event=cancel)
     result["worker"] = label
     return _with_worker_hint(result, label)
 
