@@ -67,6 +67,7 @@ def per_task(folder: Path, tasks: int) -> dict[str, float]:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

@@ -63,7 +63,17 @@ def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     worker = [DASK, "worker", *common, "--scheduler-file", str(scheduler_file)]
     worker += ["--nthreads", "1", "--nworkers", "1"]
     commands = [
-        [DASK, "scheduler", *common, "--port", "0", "--scheduler-file", str(scheduler_file)],
+        [
+            DASK,
+            "scheduler",
+            *common,
+            "--port",
+            "0",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
         [*worker, "--name", "gpu", "--resources", "GPU=1"],
         [*worker, "--name", "plain"],
     ]

@@ -95,3 +95,27 @@ def test_scheduler_holds_resources_and_lets_others_pass() -> None:
     assert not any({"gpu1", "gpu2"} <= together for together in seen_together)
     # The CPU job, scheduled after the waiting GPU job, did not wait for it.
     assert any({"gpu1", "cpu"} <= together for together in seen_together)
+
+
+def test_scheduler_starts_waiting_jobs_by_priority_and_scales() -> None:
+    order: list[int] = []
+
+    async def job(number: int) -> None:
+        order.append(number)
+        await asyncio.sleep(0)
+
+    async def main() -> float:
+        scheduler = AsyncScheduler(max_concurrency=8, resources={"GPU": 1})
+        for number in (3, 1, 2):
+            scheduler.schedule(job, args=(number,), priority=number, resources={"GPU": 1})
+        # Many jobs waiting on one resource: each start looks at one entry per demand.
+        for number in range(3000):
+            scheduler.schedule(job, args=(10 + number,), priority=10, resources={"GPU": 1})
+        started = time.monotonic()
+        await scheduler.run_all()
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    assert order[:4] == [1, 2, 3, 10]
+    assert order[3:] == list(range(10, 3010))
+    assert elapsed < 20, f"3003 jobs on one resource took {elapsed:.1f} s"

@@ -181,6 +181,9 @@ class AsyncScheduler:
         # first-out and means jobs themselves are never compared. Cancelled pending jobs
         # stay in the heap and are skipped when popped (cheaper than removing them).
         self._queue: list[tuple[float, int, str]] = []
+        # Jobs that hold resources wait in one heap per demand: if the best of a heap does
+        # not fit, none of it does, so a start looks at one entry per demand, not at all.
+        self._parked: dict[frozenset[tuple[str, float]], list[tuple[float, int, str]]] = {}
         self._sequence = itertools.count()
         self._counts = dict.fromkeys(AsyncJobStatus, 0)
         self._total_runs = 0
@@ -256,7 +259,11 @@ class AsyncScheduler:
             # A closed scheduler stays closed: work arriving after close() never runs.
             self._finish(job, AsyncJobStatus.CANCELLED)
             return job_id
-        heapq.heappush(self._queue, (priority, next(self._sequence), job_id))
+        entry = (priority, next(self._sequence), job_id)
+        if demand and self._pool is not None:
+            heapq.heappush(self._parked.setdefault(frozenset(demand.items()), []), entry)
+        else:
+            heapq.heappush(self._queue, entry)
         if self._wakeup is not None:
             self._wakeup.set()
         return job_id
@@ -313,7 +320,7 @@ class AsyncScheduler:
                 # Clearing before starting jobs is safe: nothing else runs until the await.
                 wakeup.clear()
                 self._start_ready()
-                if not self._running and not self._queue:
+                if not self._running and not self._queue and not self._parked:
                     break
                 await wakeup.wait()
         except BaseException:
@@ -337,26 +344,28 @@ class AsyncScheduler:
         return dict(self._jobs)
 
     def _start_ready(self) -> None:
-        queue = self._queue
         pool = self._pool
-        waiting: list[tuple[float, int, str]] = []  # pending, but their resources are busy
-        while queue and len(self._running) < self._max_concurrency:
-            entry = heapq.heappop(queue)
-            job = self._jobs[entry[2]]
-            if job.status is not AsyncJobStatus.PENDING:
-                continue
-            if pool is not None and job.resources:
-                if not pool.fits(job.resources):
-                    waiting.append(entry)
-                    continue
+        while True:
+            # Drop cancelled entries at the tops, so an empty-looking heap really is empty.
+            for heap in (self._queue, *self._parked.values()):
+                while heap and self._jobs[heap[0][2]].status is not AsyncJobStatus.PENDING:
+                    heapq.heappop(heap)
+            for demand in [demand for demand, heap in self._parked.items() if not heap]:
+                del self._parked[demand]
+            if len(self._running) >= self._max_concurrency:
+                return
+            best = self._queue if self._queue else None
+            for demand, heap in self._parked.items():
+                better = best is None or heap[0] < best[0]
+                if better and pool is not None and pool.fits(dict(demand)):
+                    best = heap
+            if best is None:
+                return  # nothing pending, or only jobs whose resources are busy
+            job = self._jobs[heapq.heappop(best)[2]]
+            if job.resources and pool is not None:
                 pool.take(job.resources)
                 self._held[job.id] = job.resources
             self._start(job)
-        for entry in waiting:
-            heapq.heappush(queue, entry)
-        # Drop cancelled entries at the top so an empty-looking queue really is empty.
-        while queue and self._jobs[queue[0][2]].status is not AsyncJobStatus.PENDING:
-            heapq.heappop(queue)
 
     def _start(self, job: AsyncJob) -> None:
         self._set_status(job, AsyncJobStatus.RUNNING)
@@ -436,9 +445,11 @@ class AsyncScheduler:
             # that interrupted the wait above.
             for job_id, _ in tasks:
                 self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
-            while self._queue:
-                _, _, job_id = heapq.heappop(self._queue)
-                self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
+            for heap in (self._queue, *self._parked.values()):
+                while heap:
+                    _, _, job_id = heapq.heappop(heap)
+                    self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
+            self._parked.clear()
 
     # -- cancelling -------------------------------------------------------------------------
 

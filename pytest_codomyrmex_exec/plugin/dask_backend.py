@@ -373,6 +373,9 @@ class DaskBackend:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # No dashboard, but the scheduler's HTTP routes would still take port 8787 (and
+            # warn, and move, if another cluster has it): any free port instead.
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.ERROR,
         )
         template = cluster.new_spec
