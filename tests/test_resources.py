@@ -119,3 +119,23 @@ def test_scheduler_starts_waiting_jobs_by_priority_and_scales() -> None:
     assert order[:4] == [1, 2, 3, 10]
     assert order[3:] == list(range(10, 3010))
     assert elapsed < 20, f"3003 jobs on one resource took {elapsed:.1f} s"
+
+
+def test_parallel_runner_refuses_a_resource_it_does_not_have(tmp_path: Path) -> None:
+    from pytest_codomyrmex_exec import ParallelRunner
+
+    stamps = tmp_path / "stamps.txt"
+    gpu = [tmp_path / f"gpu{i}_script.py" for i in range(2)]
+    for path in gpu:
+        path.write_text(_gpu_script(stamps).split("\n", 1)[1])  # without the mark line
+    tpu = tmp_path / "tpu_script.py"
+    tpu.write_text("")
+    configs = {path: {"resources": {"GPU": 1}} for path in gpu}
+    configs[tpu] = {"resources": {"TPU": 1}}
+
+    batch = ParallelRunner(4, resources={"GPU": 1}).run_scripts([*gpu, tpu], configs=configs)
+
+    assert [r["status"].value for r in batch.results] == ["passed", "passed", "error"]
+    assert "needs resource TPU=1" in (batch.results[2]["error"] or "")
+    intervals = sorted(tuple(map(float, line.split())) for line in stamps.read_text().splitlines())
+    assert intervals[0][1] <= intervals[1][0], f"GPU scripts overlapped: {intervals}"

@@ -393,9 +393,9 @@ class ParallelRunner:
         # A foreign executor sizes itself unless the caller asked for a bound explicitly.
         limit = self.max_workers if own_threads or self._in_flight_explicit else len(jobs)
         results: list[ScriptResult | None] = [None] * len(jobs)
-        waiting = deque(jobs)
-        running: dict[Future[ScriptResult], _Job] = {}
         pool = None if self._capacities is None else ResourcePool(self._capacities)
+        waiting = _Waiting(jobs, tracked=pool is not None)
+        running: dict[Future[ScriptResult], _Job] = {}
         announced: set[int] = set()
         executor_failed = False
 
@@ -413,7 +413,7 @@ class ParallelRunner:
             self._emit(RunEvent(RunEventKind.STARTED, job.index, job.script, time.time()))
 
         if pool is not None:
-            for job in [job for job in waiting if job.spec.resources]:
+            for job in waiting.needing_resources():
                 never = unmet_demand(job.spec.resources, pool.capacities)
                 if never is not None:
                     waiting.remove(job)
@@ -421,15 +421,9 @@ class ParallelRunner:
 
         def next_job() -> _Job | None:
             """The first waiting job whose resources are free (taken for it), if any."""
-            for job in waiting:
-                if pool is None or not job.spec.resources:
-                    break
-                if pool.fits(job.spec.resources):
-                    pool.take(job.spec.resources)
-                    break
-            else:
-                return None
-            waiting.remove(job)
+            job = waiting.pop_first(lambda demand: pool is None or pool.fits(demand))
+            if job is not None and pool is not None and job.spec.resources:
+                pool.take(job.spec.resources)
             return job
 
         def release(job: _Job) -> None:
@@ -541,6 +535,45 @@ class ParallelRunner:
             self.progress_callback(event)
         except Exception:
             logger.exception("progress_callback raised on %s", event)
+
+
+class _Waiting:
+    """Jobs not yet handed to the executor, in start order, one lane per resource demand:
+    if the first job of a lane does not fit, none of it does, so picking the next job looks
+    at one job per distinct demand, not at every waiting job."""
+
+    def __init__(self, jobs: Iterable[_Job], *, tracked: bool) -> None:
+        self._lanes: dict[frozenset[tuple[str, float]], deque[_Job]] = {}
+        self._tracked = tracked
+        for job in jobs:
+            self._lanes.setdefault(self._demand(job), deque()).append(job)
+
+    def _demand(self, job: _Job) -> frozenset[tuple[str, float]]:
+        return frozenset(job.spec.resources.items()) if self._tracked else frozenset()
+
+    def __bool__(self) -> bool:
+        return any(self._lanes.values())
+
+    def needing_resources(self) -> list[_Job]:
+        return [job for demand, lane in self._lanes.items() if demand for job in lane]
+
+    def remove(self, job: _Job) -> None:
+        self._lanes[self._demand(job)].remove(job)
+
+    def pop_first(self, fits: Callable[[dict[str, float]], bool]) -> _Job | None:
+        """The earliest job whose demand ``fits``, taken out; ``None`` if none does."""
+        best: deque[_Job] | None = None
+        for demand, lane in self._lanes.items():
+            earlier = lane and (best is None or lane[0].index < best[0].index)
+            if earlier and (not demand or fits(dict(demand))):
+                best = lane
+        return None if best is None else best.popleft()
+
+    def popleft(self) -> _Job:
+        """The earliest job, whatever it needs (to record it as not run)."""
+        job = self.pop_first(lambda _: True)
+        assert job is not None, "popleft() from no waiting job"
+        return job
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:
