@@ -28,6 +28,15 @@ distributed = pytest.importorskip("distributed")
 DASK = str(Path(sys.executable).parent / "dask")
 
 
+def _gpu_script(stamps: Path) -> str:
+    """Holds the GPU for 0.6 s and appends its start and end times to ``stamps``."""
+    return (
+        "# pytest.mark.exec(resources={'GPU': 1})\nimport time\n"
+        "start = time.time()\ntime.sleep(0.6)\n"
+        f"open({str(stamps)!r}, 'a').write(f'{{start}} {{time.time()}}\\n')\n"
+    )
+
+
 def _outcomes(px: ExecPytester) -> dict[str, str]:
     return {case.name: case.outcome for case in px.junit()}
 
@@ -205,17 +214,30 @@ def test_choosing_dask_without_distributed_is_a_usage_error(px: ExecPytester) ->
     assert "pip install 'pytest-codomyrmex-exec[dask]'" in result.stderr.str()
 
 
+def test_local_cluster_shares_out_exec_resources(px: ExecPytester) -> None:
+    _on_dask(px)
+    px.ini(exec_resources="GPU=1")
+    stamps = px.path / "stamps.txt"
+    for name in ("gpu_a", "gpu_b"):
+        px.script(f"{name}_script.py", _gpu_script(stamps))
+    px.script("tpu_script.py", "# pytest.mark.exec(resources={'TPU': 1})\n")
+    result = px.run("--exec-parallel", "--exec-backend", "dask", "--exec-workers", "2")
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*needs resource TPU=1, which the ini option exec_resources*"])
+    intervals = sorted(tuple(map(float, line.split())) for line in px.lines("stamps.txt"))
+    assert len(intervals) == 2
+    assert intervals[0][1] <= intervals[1][0], f"the GPU scripts overlapped: {intervals}"
+
+
 # -- a separately started scheduler and workers (the dask CLI) -------------------------------
 
 
 def test_cli_cluster_resources_are_never_oversubscribed(px: ExecPytester, cli_cluster: str) -> None:
     _on_dask(px)
     stamps = px.path / "stamps.txt"
-    gpu = (
-        "# pytest.mark.exec(resources={'GPU': 1})\nimport time\n"
-        f"start = time.time()\ntime.sleep(0.6)\n"
-        f"open({str(stamps)!r}, 'a').write(f'{{start}} {{time.time()}}\\n')\n"
-    )
+    gpu = _gpu_script(stamps)
     px.script("gpu_a_script.py", gpu)
     px.script("gpu_b_script.py", gpu)
     px.script("plain_script.py", "print('no resources needed')\n")
@@ -403,3 +425,21 @@ def test_the_task_reports_a_missing_path_with_its_worker(cli_cluster: str) -> No
     assert str(result["worker"]).startswith("tcp://127.0.0.1:")
     assert "on Dask worker" in (result["error"] or "")
     assert "shared filesystem" in (result["error"] or "")
+
+
+def test_local_capacities_are_shared_out_over_the_workers() -> None:
+    from pytest_codomyrmex_exec.plugin.dask_backend import spread_resources
+
+    assert spread_resources({"GPU": 1, "db": 2}, 2) == [{"GPU": 1.0, "db": 1.0}, {"db": 1.0}]
+    assert spread_resources({"lic": 2.5}, 3) == [{"lic": 1.0}, {"lic": 1.0}, {"lic": 0.5}]
+    assert spread_resources({}, 2) == [{}, {}]
+
+
+def test_a_demand_no_single_worker_meets_is_named() -> None:
+    from pytest_codomyrmex_exec.plugin.dask_backend import unmet_on_cluster
+
+    workers = {"tcp://a:1": {"GPU": 1.0}, "tcp://b:2": {"db": 1.0}}
+    assert unmet_on_cluster({"GPU": 1}, workers) is None
+    assert "GPU=2, which no Dask worker has" in str(unmet_on_cluster({"GPU": 2}, workers))
+    assert "no Dask worker has them all" in str(unmet_on_cluster({"GPU": 1, "db": 1}, workers))
+    assert unmet_on_cluster({"GPU": 9}, {}) is None  # no worker yet: nothing to judge by
