@@ -235,7 +235,17 @@ def test_local_cluster_shares_out_exec_resources(px: ExecPytester) -> None:
 
 
 def test_cli_cluster_resources_are_never_oversubscribed(px: ExecPytester, cli_cluster: str) -> None:
-    _on_dask(px)
+    _on_dask(
+        px,
+        """
+import time
+
+
+def pytest_exec_script_started(item, settings):
+    with open("started.txt", "a") as out:
+        out.write(f"{item.name} {time.time()}\\n")
+""",
+    )
     stamps = px.path / "stamps.txt"
     gpu = _gpu_script(stamps)
     px.script("gpu_a_script.py", gpu)
@@ -260,6 +270,13 @@ def test_cli_cluster_resources_are_never_oversubscribed(px: ExecPytester, cli_cl
     intervals = sorted(tuple(map(float, line.split())) for line in px.lines("stamps.txt"))
     assert len(intervals) == 2
     assert intervals[0][1] <= intervals[1][0], f"the GPU scripts overlapped: {intervals}"
+    # The start hook ran while each script was still running, not when its result came.
+    starts = sorted(
+        float(line.split()[1]) for line in px.lines("started.txt") if line.startswith("gpu")
+    )
+    assert len(starts) == 2
+    for start, (_, end) in zip(starts, intervals, strict=True):
+        assert start < end - 0.2, f"started hook at {start}, script ended at {end}"
 
 
 def test_x_on_the_cluster_leaves_no_process(px: ExecPytester, cli_cluster: str) -> None:

@@ -77,6 +77,10 @@ _GIVE_UP_ON_SCHEDULER = 10.0
 collect its result, and it must not run on unsupervised."""
 
 _NAMESPACE = "codomyrmex-exec"
+STARTED_TOPIC = f"{_NAMESPACE}-started"
+"""The Dask event topic of script starts, one for every run: the scheduler keeps the last
+1,000 events of each topic for good, so one topic per run would grow a long-lived
+scheduler with every run. Each subscriber keeps its own run's events."""
 _PATH_ERRORS = (
     "script not found",
     "not a file",
@@ -170,7 +174,7 @@ def run_on_worker(spec: ScriptSpec, session_tag: str, run_id: str, key: int) -> 
             worker=str(earlier),
         )
     client.set_metadata(claim, label)
-    worker.log_event(_topic(run_id), {"key": key, "worker": label, "time": time.time()})
+    worker.log_event(STARTED_TOPIC, {"run": run_id, "key": key, "worker": label})
     base_env = child_environment(session_tag)  # this machine's environment, not pytest's
     base_env[BATCH_ENV_VAR] = run_id
     base_env[WORKER_PID_VAR] = str(os.getpid())
@@ -178,10 +182,6 @@ def run_on_worker(spec: ScriptSpec, session_tag: str, run_id: str, key: int) -> 
     result = run_spec(spec, base_env=base_env, cancel_event=cancel)
     result["worker"] = label
     return _with_worker_hint(result, label)
-
-
-def _topic(run_id: str) -> str:
-    return f"{_NAMESPACE}-started-{run_id}"
 
 
 def _cancel_name(run_id: str) -> str:
@@ -405,7 +405,7 @@ class _Run:
 
     def run(self) -> None:
         client = self.client
-        client.subscribe_topic(_topic(self.run_id), self._on_started)
+        client.subscribe_topic(STARTED_TOPIC, self._on_started)
         cancel = _distributed().Event(_cancel_name(self.run_id), client=client)
         try:
             self._submit_all()
@@ -413,14 +413,16 @@ class _Run:
         finally:
             self._sweep(everything=True)
             with contextlib.suppress(Exception):
-                client.unsubscribe_topic(_topic(self.run_id))
+                client.unsubscribe_topic(STARTED_TOPIC)
             with contextlib.suppress(Exception):
                 client.set_metadata([_NAMESPACE, self.run_id], None)
             with contextlib.suppress(Exception):
                 cancel.clear()
 
     def _on_started(self, event: tuple[float, Any]) -> None:
-        self.inbox.put(("started", event[1]))
+        message = event[1]
+        if isinstance(message, dict) and message.get("run") == self.run_id:
+            self.inbox.put(("started", message))
 
     def _finish(self, job: ScriptJob, result: ScriptResult) -> None:
         if job.key in self.finished:
