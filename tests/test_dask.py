@@ -20,7 +20,13 @@ def dask_client() -> Iterator[object]:
     # Worker processes, so every job really crosses a process boundary (pickled there and back).
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            dashboard_address=None,
+            # Its HTTP routes would otherwise want port 8787, and warn (an error here) when
+            # another cluster on the machine has it.
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

@@ -306,7 +306,7 @@ def test_a_script_with_double_colons_in_its_name_is_labelled_by_its_path(
         [
             "*_ script c::d_script.py _*",
             "c::d_script.py failed: exit code 3 after *",
-            "FAILED c::d_script.py::c::d_script - c::d_script.py failed: exit code 3*",
+            "FAILED c::d_script.py::c::d_script - exit code 3*",
         ]
     )
     assert [case.outcome for case in px.junit()] == ["failed"]

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
         package_root,
         plan_launch,
     )
-    from .parallel import ParallelRunner, ProgressEvent
+    from .parallel import BATCH_ENV_VAR, ParallelRunner, ProgressEvent
+    from .resources import describe_amounts, parse_capacities, unmet_demand
     from .results import (
         AsyncExecutionResult,
         ExecutionResult,
@@ -72,7 +73,11 @@ _HOMES = {
     "kill_tagged": "launch",
     "package_root": "launch",
     "plan_launch": "launch",
+    "BATCH_ENV_VAR": "parallel",
     "ParallelRunner": "parallel",
+    "describe_amounts": "resources",
+    "parse_capacities": "resources",
+    "unmet_demand": "resources",
     "ProgressEvent": "parallel",
     "AsyncExecutionResult": "results",
     "ExecutionResult": "results",
@@ -102,6 +107,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "BATCH_ENV_VAR",
     "COLD",
     "DEFAULT_OUTPUT_LIMIT",
     "DEFAULT_TIMEOUT",
@@ -136,14 +142,17 @@ __all__ = [
     "Subscription",
     "WarmChild",
     "WarmLauncher",
+    "describe_amounts",
     "kill_tagged",
     "make_result",
     "package_root",
+    "parse_capacities",
     "plan_launch",
     "run_script",
     "run_script_async",
     "run_spec",
     "run_spec_async",
+    "unmet_demand",
     "validate_memory_limit",
     "validate_timeout",
 ]

@@ -19,6 +19,7 @@ from typing import Any, final
 
 from .events import RunEvent, RunEventKind, Subscription
 from .launch import COLD, Launcher, kill_tagged
+from .resources import Amounts, ResourcePool, unmet_demand
 from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
 from .run import CancelEvent, run_spec
 from .spec import DEFAULT_TIMEOUT, RUN_KEYWORDS, InvalidSpec, ScriptSpec, validate_timeout
@@ -154,6 +155,11 @@ class ParallelRunner:
     and stderr as they are read) and its ``retry`` events (an attempt's output has ended),
     on the thread that runs the script; only with the default pool (what a passed executor
     runs must pickle). Left ``None``, no output event is made.
+
+    ``resources`` are capacities (``{"GPU": 1}``): a script whose spec asks for resources
+    starts only when they are free (meanwhile later scripts that fit start first), so they
+    are never oversubscribed; one asking for more than exists is an ``"error"`` result
+    naming the resource. Without capacities (``None``) demands are not tracked.
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class ParallelRunner:
         progress_callback: Callable[[ProgressEvent], object] | None = None,
         executor: Executor | Callable[[], Executor] | None = None,
         launcher: Launcher = COLD,
+        resources: Amounts | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS_CAP)
@@ -185,6 +192,7 @@ class ParallelRunner:
         self.output_callback: Callable[[RunEvent], object] | None = None
         self._executor = executor
         self._launcher = launcher
+        self._capacities = None if resources is None else dict(resources)
         self._lock = threading.Lock()
         self._batches: set[_Batch] = set()
         self._closed = False
@@ -391,7 +399,8 @@ class ParallelRunner:
         # A foreign executor sizes itself unless the caller asked for a bound explicitly.
         limit = self.max_workers if own_threads or self._in_flight_explicit else len(jobs)
         results: list[ScriptResult | None] = [None] * len(jobs)
-        waiting = deque(jobs)
+        pool = None if self._capacities is None else ResourcePool(self._capacities)
+        waiting = _Waiting(jobs, tracked=pool is not None)
         running: dict[Future[ScriptResult], _Job] = {}
         announced: set[int] = set()
         executor_failed = False
@@ -409,15 +418,37 @@ class ParallelRunner:
             logger.debug("started %s", job.script)
             self._emit(RunEvent(RunEventKind.STARTED, job.index, job.script, time.time()))
 
+        if pool is not None:
+            for job in waiting.needing_resources():
+                never = unmet_demand(job.spec.resources, pool.capacities)
+                if never is not None:
+                    waiting.remove(job)
+                    finish(job, make_result(job.script, ScriptStatus.ERROR, error=never))
+
+        def next_job() -> _Job | None:
+            """The first waiting job whose resources are free (taken for it), if any."""
+            job = waiting.pop_first(lambda demand: pool is None or pool.fits(demand))
+            if job is not None and pool is not None and job.spec.resources:
+                pool.take(job.spec.resources)
+            return job
+
+        def release(job: _Job) -> None:
+            if pool is not None and job.spec.resources:
+                pool.give(job.spec.resources)
+
         try:
             while waiting or running:
                 batch.wakeup.clear()
                 while waiting and len(running) < limit and batch.reason is None:
-                    job = waiting.popleft()
+                    picked = next_job()
+                    if picked is None:
+                        break
+                    job = picked
                     try:
                         future = self._submit(executor, job, batch, base_env)
                     except Exception as exc:  # a broken or shut-down pool: no script can run
                         logger.error("cannot submit %s: %r", job.script, exc)
+                        release(job)
                         finish(job, _executor_error(job, exc))
                         while waiting:  # one log line, not one per script
                             refused = waiting.popleft()
@@ -436,6 +467,7 @@ class ParallelRunner:
                         # the token stops running scripts and makes queued ones return at once.
                         if own_threads and future.cancel():  # still queued: it never started
                             del running[future]
+                            release(job)
                             finish(job, make_result(job.script, ScriptStatus.CANCELLED))
 
                 for future, job in running.items():
@@ -445,6 +477,7 @@ class ParallelRunner:
                 done = [future for future in running if future.done()]
                 for future in done:
                     job = running.pop(future)
+                    release(job)
                     if job.index not in announced:
                         announce(job)
                     result, failed = _outcome(future, job)
@@ -521,6 +554,45 @@ class ParallelRunner:
             self.progress_callback(event)
         except Exception:
             logger.exception("progress_callback raised on %s", event)
+
+
+class _Waiting:
+    """Jobs not yet handed to the executor, in start order, one lane per resource demand:
+    if the first job of a lane does not fit, none of it does, so picking the next job looks
+    at one job per distinct demand, not at every waiting job."""
+
+    def __init__(self, jobs: Iterable[_Job], *, tracked: bool) -> None:
+        self._lanes: dict[frozenset[tuple[str, float]], deque[_Job]] = {}
+        self._tracked = tracked
+        for job in jobs:
+            self._lanes.setdefault(self._demand(job), deque()).append(job)
+
+    def _demand(self, job: _Job) -> frozenset[tuple[str, float]]:
+        return frozenset(job.spec.resources.items()) if self._tracked else frozenset()
+
+    def __bool__(self) -> bool:
+        return any(self._lanes.values())
+
+    def needing_resources(self) -> list[_Job]:
+        return [job for demand, lane in self._lanes.items() if demand for job in lane]
+
+    def remove(self, job: _Job) -> None:
+        self._lanes[self._demand(job)].remove(job)
+
+    def pop_first(self, fits: Callable[[dict[str, float]], bool]) -> _Job | None:
+        """The earliest job whose demand ``fits``, taken out; ``None`` if none does."""
+        best: deque[_Job] | None = None
+        for demand, lane in self._lanes.items():
+            earlier = lane and (best is None or lane[0].index < best[0].index)
+            if earlier and (not demand or fits(dict(demand))):
+                best = lane
+        return None if best is None else best.popleft()
+
+    def popleft(self) -> _Job:
+        """The earliest job, whatever it needs (to record it as not run)."""
+        job = self.pop_first(lambda _: True)
+        assert job is not None, "popleft() from no waiting job"
+        return job
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:

@@ -36,6 +36,9 @@ class ScriptResult(TypedDict):
     memory_limit_exceeded: bool
     attempts: int
     """Runs made: more than 1 after retries (``max_runs``), 0 if it never started."""
+    worker: str | None
+    """The machine that ran it when that is not this process's own (a Dask worker's
+    address and name); ``None`` otherwise."""
 
 
 def make_result(
@@ -50,6 +53,7 @@ def make_result(
     signal: str | None = None,
     memory_limit_exceeded: bool = False,
     attempts: int = 1,
+    worker: str | None = None,
 ) -> ScriptResult:
     """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
     return ScriptResult(
@@ -64,6 +68,7 @@ def make_result(
         signal=signal,
         memory_limit_exceeded=memory_limit_exceeded,
         attempts=attempts,
+        worker=worker,
     )
 
 

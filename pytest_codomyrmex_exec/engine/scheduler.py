@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, final
 
 from .async_runner import describe_error
+from .resources import Amounts, ResourcePool, unmet_demand
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class AsyncJob:
     kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     priority: float = 0
     max_runs: int = 1
+    resources: dict[str, float] = field(default_factory=dict)
+    """What the job holds while it runs, out of the scheduler's ``resources``."""
     status: AsyncJobStatus = AsyncJobStatus.PENDING
     result: Any = field(default=None, repr=False)
     error: str | None = None
@@ -148,9 +151,21 @@ class AsyncScheduler:
 
     ``event_sink`` is called synchronously with a :class:`JobEvent` for every change; one
     that raises is logged and otherwise ignored.
+
+    ``resources`` are capacities (``{"GPU": 1, "db": 2}``): a job scheduled with
+    ``resources=`` starts only when its whole demand is free, so they are never
+    oversubscribed; meanwhile jobs behind it that fit start first. Scheduling a demand that
+    could never fit raises ``ValueError`` naming the resource. Without capacities
+    (``None``), demands are not tracked.
     """
 
-    def __init__(self, *, max_concurrency: int = 4, event_sink: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 4,
+        event_sink: EventSink | None = None,
+        resources: Amounts | None = None,
+    ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise TypeError(f"max_concurrency must be an int, got {max_concurrency!r}")
         if max_concurrency < 1:
@@ -159,11 +174,16 @@ class AsyncScheduler:
             raise TypeError(f"event_sink must be callable, got {event_sink!r}")
         self._max_concurrency = max_concurrency
         self._event_sink = event_sink
+        self._pool = None if resources is None else ResourcePool(resources)
+        self._held: dict[str, Mapping[str, float]] = {}
         self._jobs: dict[str, AsyncJob] = {}
         # (priority, sequence, job id): the sequence keeps equal priorities first-in,
         # first-out and means jobs themselves are never compared. Cancelled pending jobs
         # stay in the heap and are skipped when popped (cheaper than removing them).
         self._queue: list[tuple[float, int, str]] = []
+        # Jobs that hold resources wait in one heap per demand: if the best of a heap does
+        # not fit, none of it does, so a start looks at one entry per demand, not at all.
+        self._parked: dict[frozenset[tuple[str, float]], list[tuple[float, int, str]]] = {}
         self._sequence = itertools.count()
         self._counts = dict.fromkeys(AsyncJobStatus, 0)
         self._total_runs = 0
@@ -193,6 +213,7 @@ class AsyncScheduler:
         kwargs: Mapping[str, Any] | None = None,
         priority: float = 0,
         max_runs: int = 1,
+        resources: Amounts | None = None,
     ) -> str:
         """Queue ``func(*args, **kwargs)`` (which must return an awaitable); return its id."""
         if not callable(func):
@@ -212,6 +233,11 @@ class AsyncScheduler:
             raise TypeError(f"max_runs must be an int, got {max_runs!r}")
         if max_runs < 1:
             raise ValueError(f"max_runs must be at least 1, got {max_runs}")
+        demand = dict(resources or {})
+        if demand and self._pool is not None:
+            refused = unmet_demand(demand, self._pool.capacities, "the scheduler")
+            if refused is not None:
+                raise ValueError(f"job {name or _default_name(func)!r} {refused}")
         self._check_thread("schedule")
 
         job_id = uuid.uuid4().hex
@@ -223,6 +249,7 @@ class AsyncScheduler:
             kwargs=dict(kwargs or {}),
             priority=priority,
             max_runs=max_runs,
+            resources=demand,
         )
         self._jobs[job_id] = job
         self._counts[AsyncJobStatus.PENDING] += 1
@@ -232,7 +259,11 @@ class AsyncScheduler:
             # A closed scheduler stays closed: work arriving after close() never runs.
             self._finish(job, AsyncJobStatus.CANCELLED)
             return job_id
-        heapq.heappush(self._queue, (priority, next(self._sequence), job_id))
+        entry = (priority, next(self._sequence), job_id)
+        if demand and self._pool is not None:
+            heapq.heappush(self._parked.setdefault(frozenset(demand.items()), []), entry)
+        else:
+            heapq.heappush(self._queue, entry)
         if self._wakeup is not None:
             self._wakeup.set()
         return job_id
@@ -289,7 +320,7 @@ class AsyncScheduler:
                 # Clearing before starting jobs is safe: nothing else runs until the await.
                 wakeup.clear()
                 self._start_ready()
-                if not self._running and not self._queue:
+                if not self._running and not self._queue and not self._parked:
                     break
                 await wakeup.wait()
         except BaseException:
@@ -313,15 +344,28 @@ class AsyncScheduler:
         return dict(self._jobs)
 
     def _start_ready(self) -> None:
-        queue = self._queue
-        while queue and len(self._running) < self._max_concurrency:
-            _, _, job_id = heapq.heappop(queue)
-            job = self._jobs[job_id]
-            if job.status is AsyncJobStatus.PENDING:
-                self._start(job)
-        # Drop cancelled entries at the top so an empty-looking queue really is empty.
-        while queue and self._jobs[queue[0][2]].status is not AsyncJobStatus.PENDING:
-            heapq.heappop(queue)
+        pool = self._pool
+        while True:
+            # Drop cancelled entries at the tops, so an empty-looking heap really is empty.
+            for heap in (self._queue, *self._parked.values()):
+                while heap and self._jobs[heap[0][2]].status is not AsyncJobStatus.PENDING:
+                    heapq.heappop(heap)
+            for demand in [demand for demand, heap in self._parked.items() if not heap]:
+                del self._parked[demand]
+            if len(self._running) >= self._max_concurrency:
+                return
+            best = self._queue if self._queue else None
+            for demand, heap in self._parked.items():
+                better = best is None or heap[0] < best[0]
+                if better and pool is not None and pool.fits(dict(demand)):
+                    best = heap
+            if best is None:
+                return  # nothing pending, or only jobs whose resources are busy
+            job = self._jobs[heapq.heappop(best)[2]]
+            if job.resources and pool is not None:
+                pool.take(job.resources)
+                self._held[job.id] = job.resources
+            self._start(job)
 
     def _start(self, job: AsyncJob) -> None:
         self._set_status(job, AsyncJobStatus.RUNNING)
@@ -372,6 +416,9 @@ class AsyncScheduler:
 
     def _on_task_done(self, job: AsyncJob, task: asyncio.Task[None]) -> None:
         self._running.pop(job.id, None)
+        held = self._held.pop(job.id, None)
+        if held is not None and self._pool is not None:
+            self._pool.give(held)
         if not job.status.is_final:
             # Only when the task was cancelled before its first step, so _execute never ran.
             if task.cancelled():
@@ -398,9 +445,11 @@ class AsyncScheduler:
             # that interrupted the wait above.
             for job_id, _ in tasks:
                 self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
-            while self._queue:
-                _, _, job_id = heapq.heappop(self._queue)
-                self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
+            for heap in (self._queue, *self._parked.values()):
+                while heap:
+                    _, _, job_id = heapq.heappop(heap)
+                    self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
+            self._parked.clear()
 
     # -- cancelling -------------------------------------------------------------------------
 

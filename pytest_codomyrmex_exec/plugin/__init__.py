@@ -32,6 +32,7 @@ __all__ = ["ScriptFile", "ScriptItem"]
 
 _SESSION_PLUGIN = "codomyrmex-exec-session"
 _RECORDS_PLUGIN = "codomyrmex-exec-records"
+_DASK_PLUGIN = "codomyrmex-exec-dask"
 _LEFTOVERS_KEY = pytest.StashKey[int]()
 _PYTHON_MODULE_KEY = pytest.StashKey[bool]()
 """Set on the test module pytest's python plugin made for a file (not on a DoctestModule)."""
@@ -73,7 +74,11 @@ def pytest_exec_make_backend(config: pytest.Config) -> object:
     from .warm import launcher_for
 
     options = config.stash[OPTIONS_KEY]
-    return make_builtin_backend(options.backend, options.workers, launcher_for(config))
+    if options.backend == "dask":
+        return None  # made by the dask_backend plugin, registered in pytest_configure
+    return make_builtin_backend(
+        options.backend, options.workers, launcher_for(config), options.resources
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -95,6 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from .session import ExecSession  # imported only when the feature is on
 
         config.pluginmanager.register(ExecSession(config), _SESSION_PLUGIN)
+        if options.backend == "dask":
+            from . import dask_backend  # its pytest_exec_make_backend makes the Dask backend
+
+            config.pluginmanager.register(dask_backend, _DASK_PLUGIN)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -28,6 +28,7 @@ from ..engine import (
     Subscription,
     make_result,
     run_spec_async,
+    unmet_demand,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +77,31 @@ def finished_event(job: ScriptJob, result: ScriptResult) -> RunEvent:
     return RunEvent(RunEventKind.FINISHED, job.key, job.spec.script, time.time(), result)
 
 
+CAPACITIES_SOURCE = "the ini option exec_resources"
+
+
+def unmet_resources(spec: ScriptSpec, capacities: Mapping[str, float]) -> ScriptResult | None:
+    """The ``error`` result of a script asking for resources this machine does not have."""
+    refused = unmet_demand(spec.resources, capacities, CAPACITIES_SOURCE)
+    if refused is None:
+        return None
+    return make_result(spec.script, ScriptStatus.ERROR, error=refused, attempts=0)
+
+
+def runnable(
+    jobs: Sequence[ScriptJob], capacities: Mapping[str, float], sink: EventSink
+) -> list[ScriptJob]:
+    """The jobs whose resources exist here; the others are reported finished with an error."""
+    kept = []
+    for job in jobs:
+        refused = unmet_resources(job.spec, capacities)
+        if refused is None:
+            kept.append(job)
+        else:
+            sink(finished_event(job, refused))
+    return kept
+
+
 class _Thread:
     """The background thread a built-in backend runs in."""
 
@@ -101,8 +127,19 @@ class _Thread:
 class ProcessBackend:
     """The :class:`ParallelRunner`: a thread per running script, each waiting on its child."""
 
-    def __init__(self, workers: int, launcher: Launcher = COLD) -> None:
-        self._runner = ParallelRunner(workers, progress_callback=self._progress, launcher=launcher)
+    def __init__(
+        self,
+        workers: int,
+        launcher: Launcher = COLD,
+        resources: Mapping[str, float] | None = None,
+    ) -> None:
+        self._capacities = dict(resources or {})
+        self._runner = ParallelRunner(
+            workers,
+            progress_callback=self._progress,
+            launcher=launcher,
+            resources=self._capacities,
+        )
         self._thread = _Thread("codomyrmex-exec-runner")
         self._jobs: Sequence[ScriptJob] = ()
         self._sink: EventSink | None = None
@@ -110,8 +147,8 @@ class ProcessBackend:
     def start(
         self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
     ) -> None:
-        self._jobs, self._sink = jobs, sink
-        if any(job.output for job in jobs):
+        self._jobs, self._sink = runnable(jobs, self._capacities, sink), sink
+        if any(job.output for job in self._jobs):
             self._runner.output_callback = self._progress
         self._thread.run(self._serve, base_env)
 
@@ -143,14 +180,20 @@ class AsyncBackend:
     """The :class:`AsyncScheduler` on an event loop of its own thread: each script is one job
     at its own priority; the engine retries it and reports its events."""
 
-    def __init__(self, workers: int, launcher: Launcher = COLD) -> None:
+    def __init__(
+        self,
+        workers: int,
+        launcher: Launcher = COLD,
+        resources: Mapping[str, float] | None = None,
+    ) -> None:
         self._launcher = launcher
         # Imported here: asyncio and the scheduler cost start-up time every other run skips.
         from ..engine import AsyncScheduler, JobEventKind
 
         self._kinds = JobEventKind
+        self._capacities = dict(resources or {})
         self._scheduler: AsyncScheduler = AsyncScheduler(
-            max_concurrency=workers, event_sink=self._job_event
+            max_concurrency=workers, event_sink=self._job_event, resources=self._capacities
         )
         self._thread = _Thread("codomyrmex-exec-scheduler")
         self._by_name: dict[str, ScriptJob] = {}
@@ -160,7 +203,7 @@ class AsyncBackend:
         self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str], sink: EventSink
     ) -> None:
         self._sink = sink
-        self._thread.run(self._serve, jobs, base_env)
+        self._thread.run(self._serve, runnable(jobs, self._capacities, sink), base_env)
 
     def _serve(self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str]) -> None:
         import asyncio
@@ -185,6 +228,7 @@ class AsyncBackend:
                 args=(job.spec,),
                 kwargs={"base_env": base_env, "events": events, "launcher": self._launcher},
                 priority=job.spec.priority,
+                resources=job.spec.resources,
             )
         await self._scheduler.run_all()
 
@@ -212,7 +256,12 @@ class AsyncBackend:
         return self._thread.alive()
 
 
-def make_builtin_backend(backend: str, workers: int, launcher: Launcher = COLD) -> ScriptBackend:
+def make_builtin_backend(
+    backend: str,
+    workers: int,
+    launcher: Launcher = COLD,
+    resources: Mapping[str, float] | None = None,
+) -> ScriptBackend:
     if backend == "async":
-        return AsyncBackend(workers, launcher)
-    return ProcessBackend(workers, launcher)
+        return AsyncBackend(workers, launcher, resources)
+    return ProcessBackend(workers, launcher, resources)

@@ -17,8 +17,8 @@ def pytest_exec_make_backend(config: pytest.Config) -> ScriptBackend | None:
 
     Called once per session, in ``pytest_runtestloop``, before any script starts; the first
     non-``None`` result wins (like pytest-xdist's ``pytest_xdist_make_scheduler``). The
-    built-in ``async`` and ``process`` backends (``--exec-backend``) are the default
-    implementations, run last. A backend is any object with ``start``, ``cancel``,
+    built-in ``async``, ``process`` and ``dask`` backends (``--exec-backend``) are the
+    default implementations, run last. A backend is any object with ``start``, ``cancel``,
     ``join`` and ``alive`` (see ``pytest_codomyrmex_exec.plugin.backends.ScriptBackend``).
 
     :param config: the pytest config; ``--exec-workers`` and the other options are on it.

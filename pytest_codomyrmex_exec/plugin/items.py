@@ -112,6 +112,9 @@ class ScriptItem(pytest.Item):
             # Inline, the script runs here, in setup, so that one that cannot start (no
             # interpreter, no cwd, an exec that fails) is an error, as it is in parallel.
             result = self._run_inline()
+        if result is not None and result.get("worker"):
+            # Where it ran (a Dask worker): a junit property, and a line in -v reports.
+            self.user_properties.append(("worker", str(result["worker"])))
         if result is not None and result["status"] == ScriptStatus.ERROR:
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
 
@@ -128,6 +131,7 @@ class ScriptItem(pytest.Item):
             self.ihook.pytest_exec_script_started(item=self, settings=spec)
         except Exception as exc:
             self.stash[HOOK_ERROR_KEY] = exc
+        from .backends import unmet_resources  # one at a time: only unknown resources matter
         from .warm import launcher_for  # not at the top: warm.py imports this module
 
         base_env = child_environment(
@@ -138,8 +142,13 @@ class ScriptItem(pytest.Item):
             from .live import inline_subscription
 
             events = inline_subscription(self.config, self.label)
-        result = run_spec(
-            spec, base_env=base_env, events=events, launcher=launcher_for(self.config)
+        refused = unmet_resources(spec, self.config.stash[OPTIONS_KEY].resources)
+        result = (
+            refused
+            if refused is not None
+            else run_spec(
+                spec, base_env=base_env, events=events, launcher=launcher_for(self.config)
+            )
         )
         self.stash[RESULT_KEY] = result
         try:

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast, final
 
 import pytest
 
-from ..engine import validate_memory_limit, validate_timeout
+from ..engine import parse_capacities, validate_memory_limit, validate_timeout
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PATTERNS = ["*_script.py"]
-BACKENDS = ("process", "async")
+BACKENDS = ("process", "async", "dask")
 # Chosen by bench/run.py (docs/performance.md): equal on CPU-bound scripts, 5% slower on 200
 # tiny ones, 12% faster with 16 workers on sleeping ones, where "process" misses its target.
 DEFAULT_BACKEND: Literal["process", "async"] = "async"
 ORDERS = ("duration", "collection")
 CWDS = ("script", "tmp", "rootdir")
 
-Backend = Literal["process", "async"]
+Backend = Literal["process", "async", "dask"]
 Order = Literal["duration", "collection"]
 Cwd = Literal["script", "tmp", "rootdir"]
 
@@ -93,6 +94,14 @@ def add_options(parser: pytest.Parser) -> None:
         help="where scripts run: script (their folder), tmp (a fresh temporary folder each, "
         "kept like tmp_path) or rootdir (default script; ini: exec_cwd)",
     )
+    group.addoption(
+        "--exec-dask-scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="with --exec-backend dask: the scheduler to connect to (default: "
+        "$DASK_SCHEDULER_ADDRESS, else a local cluster of --exec-workers processes; "
+        "ini: exec_dask_scheduler)",
+    )
     parser.addini(
         "exec_script_patterns",
         "glob patterns of script files: file names (*_script.py) or paths from the rootdir "
@@ -102,7 +111,9 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("exec_parallel", "run script items in parallel", type="bool", default=False)
     parser.addini("exec_workers", "scripts run at once (N or auto)", default="auto")
-    parser.addini("exec_backend", "parallel engine: process or async", default=DEFAULT_BACKEND)
+    parser.addini(
+        "exec_backend", "parallel engine: process, async or dask", default=DEFAULT_BACKEND
+    )
     parser.addini("exec_timeout", "per-script timeout in seconds", default="")
     parser.addini("exec_memory_limit", "per-script memory limit in MB", default="")
     parser.addini("exec_python", "interpreter the scripts run with", default="")
@@ -114,6 +125,13 @@ def add_options(parser: pytest.Parser) -> None:
         "exec_preload", "modules the warm interpreter imports once", type="args", default=[]
     )
     parser.addini("exec_cwd", "where scripts run: script, tmp or rootdir", default="script")
+    parser.addini("exec_dask_scheduler", "address of the Dask scheduler to use", default="")
+    parser.addini(
+        "exec_resources",
+        "capacities of scarce resources scripts ask for with exec(resources=...), "
+        "e.g. 'GPU=1 db=2'",
+        default="",
+    )
     add_view_options(group, parser)
 
 
@@ -199,6 +217,10 @@ class ExecOptions:
     summary: bool = True
     report_path: str | None = None
     skip_exit_codes: frozenset[int] = frozenset()
+    dask_scheduler: str | None = None
+    """The Dask scheduler's address; ``None``: start a local cluster (``--exec-backend dask``)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Capacities of scarce resources (ini ``exec_resources``)."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -314,6 +336,8 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
     cwd = cast(Cwd, _choice(config, "exec_cwd", CWDS, "script"))
 
     patterns = tuple(str(p) for p in config.getini("exec_script_patterns"))
+    dask_scheduler = _dask_scheduler(config) if backend == "dask" else None
+    resources = _resources(config)
     return ExecOptions(
         patterns=patterns,
         parallel=parallel,
@@ -323,6 +347,8 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         memory_limit_mb=memory,
         python=python,
         order=order,
+        dask_scheduler=dask_scheduler,
+        resources=resources,
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
@@ -362,3 +388,29 @@ def _view_options(config: pytest.Config, parallel: bool) -> dict[str, Any]:
         "report_path": report_path,
         "skip_exit_codes": frozenset(codes),
     }
+
+
+def _dask_scheduler(config: pytest.Config) -> str | None:
+    """The scheduler address (option, ini, ``DASK_SCHEDULER_ADDRESS``); refuse the dask
+    backend when ``distributed`` is missing."""
+    try:
+        found = importlib.util.find_spec("distributed") is not None
+    except ValueError:  # sys.modules["distributed"] is None: blocked on purpose
+        found = False
+    if not found:
+        raise pytest.UsageError(
+            "--exec-backend dask needs the distributed package: "
+            "pip install 'pytest-codomyrmex-exec[dask]'"
+        )
+    picked = _pick(config, "exec_dask_scheduler", "exec_dask_scheduler")
+    if picked:
+        return picked[0]
+    return os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip() or None
+
+
+def _resources(config: pytest.Config) -> dict[str, float]:
+    raw = config.getini("exec_resources")
+    try:
+        return parse_capacities(raw if isinstance(raw, str) else "")
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option 'exec_resources': {exc}") from None

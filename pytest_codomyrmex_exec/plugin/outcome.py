@@ -175,8 +175,11 @@ def raise_for_result(
         pytest.skip(reason if reason.startswith("cancelled") else f"cancelled: {reason}")
     if status == ScriptStatus.ERROR:
         raise ScriptNotStarted(f"{label} could not run: {result['error']}")
+    header = failure_header(label, result)
+    if result.get("worker") and item.config.get_verbosity() > 0:
+        header += f"\nran on worker {result['worker']}"
     raise ScriptFailed(
-        failure_header(label, result),
+        header,
         _tail(result["stderr"], STDERR_TAIL_LINES),
         location=failure_location(label, result),
         hint=TIMEOUT_HINT if status == ScriptStatus.TIMEOUT else None,

@@ -1,0 +1,462 @@
+"""--exec-backend dask: real pytest sessions on real Dask clusters, on loopback only.
+
+Two kinds of cluster: the local cluster the backend starts itself (no address), and a
+separately started ``dask scheduler`` with ``dask worker`` processes, the CLI users run,
+reached with ``--exec-dask-scheduler``. The CLI cluster is shared by the module's tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ExecPytester, still_alive
+from test_plugin_ecosystem import interrupt, sleeper_with_child
+
+from pytest_codomyrmex_exec import ScriptSpec, ScriptStatus
+
+distributed = pytest.importorskip("distributed")
+
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def _gpu_script(stamps: Path) -> str:
+    """Holds the GPU for 0.6 s and appends its start and end times to ``stamps``."""
+    return (
+        "# pytest.mark.exec(resources={'GPU': 1})\nimport time\n"
+        "start = time.time()\ntime.sleep(0.6)\n"
+        f"open({str(stamps)!r}, 'a').write(f'{{start}} {{time.time()}}\\n')\n"
+    )
+
+
+def _outcomes(px: ExecPytester) -> dict[str, str]:
+    return {case.name: case.outcome for case in px.junit()}
+
+
+_RECORD_BACKEND = """\
+import pytest
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_exec_make_backend(config):
+    backend = yield
+    with open("backend.txt", "w") as out:
+        out.write(type(backend).__name__)
+    return backend
+"""
+
+
+def _on_dask(px: ExecPytester, conftest: str = "") -> None:
+    """Record which backend the session makes, so a test can prove it ran on Dask."""
+    px.conftest(_RECORD_BACKEND + conftest)
+
+
+def _ran_on_dask(px: ExecPytester) -> bool:
+    return px.lines("backend.txt") == ["DaskBackend"]
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``dask scheduler`` plus two ``dask worker`` processes: ``gpu`` (GPU=1) and ``plain``."""
+    folder = tmp_path_factory.mktemp("dask-cli")
+    scheduler_file = folder / "scheduler.json"
+    common = ["--no-dashboard", "--host", "127.0.0.1"]
+    worker = [DASK, "worker", *common, "--scheduler-file", str(scheduler_file)]
+    worker += ["--nthreads", "1", "--nworkers", "1"]
+    commands = [
+        [
+            DASK,
+            "scheduler",
+            *common,
+            "--port",
+            "0",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        [*worker, "--name", "gpu", "--resources", "GPU=1"],
+        [*worker, "--name", "plain"],
+    ]
+    processes: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        for index, command in enumerate(commands):
+            log = open(folder / f"log{index}.txt", "wb")  # noqa: SIM115 (closed below)
+            logs.append(log)
+            processes.append(subprocess.Popen(command, stdout=log, stderr=log))
+            if index == 0:
+                deadline = time.monotonic() + 60
+                while not scheduler_file.exists():
+                    assert time.monotonic() < deadline, "the dask scheduler did not start"
+                    time.sleep(0.1)
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    """After a test killed a worker, its nanny restarts it: wait for the cluster to be whole."""
+    with distributed.Client(address, timeout=30) as client:
+        client.wait_for_workers(count, timeout=60)
+
+
+# -- a local cluster, started by the backend --------------------------------------------------
+
+
+def test_local_cluster_gives_each_outcome_and_names_the_worker(px: ExecPytester) -> None:
+    _on_dask(px)
+    report_parent = "import os\nprint('worker pid', os.getppid())\n"
+    px.script("pass_script.py", report_parent)
+    px.script("fail_script.py", report_parent + "raise SystemExit(3)\n")
+    px.script(
+        "slow_script.py",
+        "# pytest.mark.exec(timeout=1)\nimport time\n" + report_parent + "time.sleep(60)\n",
+    )
+    px.script(
+        "crash_script.py",
+        report_parent + "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
+    )
+    px.script(
+        "hog_script.py",
+        "# pytest.mark.exec(memory_limit_mb=300)\n" + report_parent + "x = bytearray(2 * 10**9)\n",
+    )
+    started = time.monotonic()
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-workers", "2", "-v", "-rA",
+        *px.junit_args(),
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    assert time.monotonic() - started < 90
+    assert _outcomes(px) == {
+        "pass_script": "passed",
+        "fail_script": "failed",
+        "slow_script": "failed",
+        "crash_script": "failed",
+        "hog_script": "failed",
+    }
+    result.stdout.fnmatch_lines(
+        [
+            "fail_script.py failed: exit code 3 after *",
+            "ran on worker tcp://127.0.0.1:* (name *)",
+        ]
+    )
+    result.stdout.fnmatch_lines(["slow_script.py timed out after 1 s"])
+    result.stdout.fnmatch_lines(["crash_script.py failed: killed by signal SIGSEGV after *"])
+    result.stdout.fnmatch_lines(["hog_script.py failed: memory limit of 300 MB exceeded*"])
+    # The junit report names the worker of every script.
+    workers = {
+        prop.get("value")
+        for prop in ET.parse(px.junit_path).getroot().iter("property")
+        if prop.get("name") == "worker"
+    }
+    assert len(workers) in (1, 2)
+    assert all(w and w.startswith("tcp://127.0.0.1:") for w in workers)
+    # The scripts ran in worker processes, not in pytest's; the cluster was closed at the end.
+    parents = {int(line.split()[-1]) for line in result.outlines if line.startswith("worker pid")}
+    assert parents
+    assert result.ret == 1
+    assert not still_alive(parents, within=10.0)
+
+
+def test_priority_order_holds_on_one_single_thread_worker(px: ExecPytester) -> None:
+    _on_dask(px)
+    log = px.path / "order.txt"
+    # Each line: the script's name, and the pid of the Dask worker that ran it.
+    append = (
+        f"import os\nopen({str(log)!r}, 'a').write(__file__.rsplit('/', 1)[1] + ' ' + "
+        "os.environ.get('CODOMYRMEX_EXEC_WORKER_PID', 'none') + '\\n')\n"
+    )
+    # Runs first and holds the only slot while the others are queued on the cluster.
+    px.script("first_script.py", f"# pytest.mark.exec(priority=-100)\nimport time\n{append}"
+              "time.sleep(1.5)\n")  # fmt: skip
+    for name, priority in (("p5", 5), ("m3", -3), ("p0", 0), ("p2", 2), ("m9", -9)):
+        px.script(f"{name}_script.py", f"# pytest.mark.exec(priority={priority})\n{append}")
+    result = px.run("--exec-parallel", "--exec-backend", "dask", "--exec-workers", "1")
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=6)
+    lines = [line.split() for line in px.lines("order.txt")]
+    assert [name for name, _ in lines] == [
+        f"{name}_script.py" for name in ("first", "m9", "m3", "p0", "p2", "p5")
+    ]
+    assert len({worker for _, worker in lines}) == 1
+    assert lines[0][1].isdigit()  # run by one Dask worker process
+
+
+def test_choosing_dask_without_distributed_is_a_usage_error(px: ExecPytester) -> None:
+    px.conftest("import sys\nsys.modules['distributed'] = None  # as if it were not installed\n")
+    px.script("one_script.py", "")
+    result = px.run("--exec-parallel", "--exec-backend", "dask")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "pip install 'pytest-codomyrmex-exec[dask]'" in result.stderr.str()
+
+
+def test_local_cluster_shares_out_exec_resources(px: ExecPytester) -> None:
+    _on_dask(px)
+    px.ini(exec_resources="GPU=1")
+    stamps = px.path / "stamps.txt"
+    for name in ("gpu_a", "gpu_b"):
+        px.script(f"{name}_script.py", _gpu_script(stamps))
+    px.script("tpu_script.py", "# pytest.mark.exec(resources={'TPU': 1})\n")
+    result = px.run("--exec-parallel", "--exec-backend", "dask", "--exec-workers", "2")
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*needs resource TPU=1, which the ini option exec_resources*"])
+    intervals = sorted(tuple(map(float, line.split())) for line in px.lines("stamps.txt"))
+    assert len(intervals) == 2
+    assert intervals[0][1] <= intervals[1][0], f"the GPU scripts overlapped: {intervals}"
+
+
+# -- a separately started scheduler and workers (the dask CLI) -------------------------------
+
+
+def test_cli_cluster_resources_are_never_oversubscribed(px: ExecPytester, cli_cluster: str) -> None:
+    _on_dask(
+        px,
+        """
+import time
+
+
+def pytest_exec_script_started(item, settings):
+    with open("started.txt", "a") as out:
+        out.write(f"{item.name} {time.time()}\\n")
+""",
+    )
+    stamps = px.path / "stamps.txt"
+    gpu = _gpu_script(stamps)
+    px.script("gpu_a_script.py", gpu)
+    px.script("gpu_b_script.py", gpu)
+    px.script("plain_script.py", "print('no resources needed')\n")
+    px.script("tpu_script.py", "# pytest.mark.exec(resources={'TPU': 1})\n")
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster,
+        "--exec-workers", "4", *px.junit_args(),
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    assert _outcomes(px) == {
+        "gpu_a_script": "passed",
+        "gpu_b_script": "passed",
+        "plain_script": "passed",
+        "tpu_script": "error",
+    }
+    result.stdout.fnmatch_lines(
+        ["*tpu_script.py could not run: needs resource TPU=1, which no Dask worker has*"]
+    )
+    intervals = sorted(tuple(map(float, line.split())) for line in px.lines("stamps.txt"))
+    assert len(intervals) == 2
+    assert intervals[0][1] <= intervals[1][0], f"the GPU scripts overlapped: {intervals}"
+    # The start hook ran while each script was still running, not when its result came.
+    starts = sorted(
+        float(line.split()[1]) for line in px.lines("started.txt") if line.startswith("gpu")
+    )
+    assert len(starts) == 2
+    for start, (_, end) in zip(starts, intervals, strict=True):
+        assert start < end - 0.2, f"started hook at {start}, script ended at {end}"
+
+
+def test_x_on_the_cluster_leaves_no_process(px: ExecPytester, cli_cluster: str) -> None:
+    _on_dask(px)
+    # A sleeper (with a child of its own) runs on one worker; a failure on the other, once
+    # both sleep, must stop them (the child too) within seconds.
+    px.script(
+        "sleep_script.py",
+        """\
+        # pytest.mark.exec(priority=-1)
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        _track(child.pid)
+        time.sleep(120)
+        """,
+        track=True,
+    )
+    px.script(
+        "fails_script.py",
+        f"""\
+        import os, time
+        deadline = time.time() + 60
+        while len(os.listdir({str(px.pid_dir)!r})) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        raise SystemExit(1)
+        """,
+    )
+    px.script("later_script.py", "")
+    started = time.monotonic()
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster,
+        "-x", "--exec-timeout", "0",
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    assert time.monotonic() - started < 60
+    result.stdout.fnmatch_lines(["*stopping after 1 failures*"])
+    result.assert_outcomes(failed=1)
+    px.assert_no_process_left(at_least=2)
+
+
+def test_ctrl_c_kills_the_scripts_on_the_workers(px: ExecPytester, cli_cluster: str) -> None:
+    _on_dask(px)
+    # One of them ignores SIGTERM: only the SIGKILL after the grace period stops it.
+    px.script("sleep0_script.py", sleeper_with_child(px, stubborn=True))
+    px.script("sleep1_script.py", sleeper_with_child(px))
+    mode = ["--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster]
+    text, elapsed = interrupt(px, mode, 4, presses=1)
+
+    assert _ran_on_dask(px)
+    assert "KeyboardInterrupt" in text
+    assert "INTERNALERROR" not in text
+    assert elapsed < 15, f"pytest took {elapsed:.1f} s to stop"
+    px.assert_no_process_left(at_least=4)
+
+
+def test_pytest_killed_outright_leaves_no_script_on_the_workers(
+    px: ExecPytester, cli_cluster: str
+) -> None:
+    # SIGKILL: no cancel is ever sent. The scheduler drops the dead client's tasks, and the
+    # running task sees its own cancellation and kills its script's tree.
+    px.script("sleep_script.py", sleeper_with_child(px))
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
+    command += ["--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster]
+    with subprocess.Popen(
+        command, cwd=px.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as proc:
+        try:
+            pids = px.wait_for_pids(2)
+        finally:
+            proc.kill()
+    assert not still_alive(pids, within=15.0)
+
+
+def test_a_worker_killed_mid_script_is_an_error_naming_it(
+    px: ExecPytester, cli_cluster: str
+) -> None:
+    _on_dask(px)
+    runs = px.path / "runs.txt"
+    parent = px.path / "victim-parent"
+    px.script(
+        "victim_script.py",
+        f"""\
+        # pytest.mark.exec(priority=-1)
+        import os, time
+        open({str(runs)!r}, "a").write("run\\n")
+        open({str(parent)!r}, "w").write(str(os.getppid()))
+        time.sleep(120)
+        """,
+        track=True,
+    )
+    for index in range(3):
+        px.script(f"bystander{index}_script.py", "import time\ntime.sleep(0.5)\n")
+
+    def kill_the_victims_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not (parent.exists() and parent.read_text()):
+            assert time.monotonic() < deadline, "the victim never started"
+            time.sleep(0.05)
+        os.kill(int(parent.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_victims_worker, daemon=True)
+    killer.start()
+    try:
+        result = px.run(
+            "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster,
+            "--exec-timeout", "0", *px.junit_args(),
+        )  # fmt: skip
+    finally:
+        killer.join(5)
+        _wait_for_workers(cli_cluster, 2)
+
+    assert _ran_on_dask(px)
+    outcomes = _outcomes(px)
+    assert outcomes.pop("victim_script") == "error"
+    assert list(outcomes.values()) == ["passed"] * 3
+    result.stdout.fnmatch_lines(
+        [
+            "*victim_script.py could not run: the Dask worker tcp://127.0.0.1:* died while "
+            "running the script; it is not run a second time*"
+        ]
+    )
+    assert px.lines("runs.txt") == ["run"]  # never started twice
+    px.assert_no_process_left(at_least=1)  # the orphaned script was killed
+
+
+def test_a_worker_that_cannot_see_the_script_says_so(px: ExecPytester, cli_cluster: str) -> None:
+    # The script vanishes after collection: as on a worker without the shared filesystem.
+    _on_dask(
+        px,
+        """
+import os
+
+
+def pytest_collection_finish(session):
+    os.remove(os.path.join(str(session.config.rootpath), "gone_script.py"))
+""",
+    )
+    px.script("gone_script.py", "")
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster
+    )
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*gone_script.py could not run: script not found: * on Dask worker tcp://127.0.0.1:*"
+            "a shared filesystem*"
+        ]
+    )
+
+
+def test_the_task_reports_a_missing_path_with_its_worker(cli_cluster: str) -> None:
+    from pytest_codomyrmex_exec.plugin.dask_backend import run_on_worker
+
+    with distributed.Client(cli_cluster, timeout=30) as client:
+        spec = ScriptSpec(script="/nonexistent/folder/x_script.py")
+        result = client.submit(run_on_worker, spec, "tag", "run-missing", 0, pure=False).result(
+            timeout=60
+        )
+    assert result["status"] == ScriptStatus.ERROR
+    assert str(result["worker"]).startswith("tcp://127.0.0.1:")
+    assert "on Dask worker" in (result["error"] or "")
+    assert "shared filesystem" in (result["error"] or "")
+
+
+def test_local_capacities_are_shared_out_over_the_workers() -> None:
+    from pytest_codomyrmex_exec.plugin.dask_backend import spread_resources
+
+    assert spread_resources({"GPU": 1, "db": 2}, 2) == [{"GPU": 1.0, "db": 1.0}, {"db": 1.0}]
+    assert spread_resources({"lic": 2.5}, 3) == [{"lic": 1.0}, {"lic": 1.0}, {"lic": 0.5}]
+    assert spread_resources({}, 2) == [{}, {}]
+
+
+def test_a_demand_no_single_worker_meets_is_named() -> None:
+    from pytest_codomyrmex_exec.plugin.dask_backend import unmet_on_cluster
+
+    workers = {"tcp://a:1": {"GPU": 1.0}, "tcp://b:2": {"db": 1.0}}
+    assert unmet_on_cluster({"GPU": 1}, workers) is None
+    assert "GPU=2, which no Dask worker has" in str(unmet_on_cluster({"GPU": 2}, workers))
+    assert "no Dask worker has them all" in str(unmet_on_cluster({"GPU": 1, "db": 1}, workers))
+    assert unmet_on_cluster({"GPU": 9}, {}) is None  # no worker yet: nothing to judge by
