@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .async_runner import AsyncParallelRunner
     from .events import EventSink, RunEvent, RunEventKind, Subscription
     from .forkserver import WARM_SUPPORTED, WarmChild, WarmLauncher
+    from .guardian import Guardian, guardian_supported, start_guardian
     from .launch import (
         COLD,
         RUN_TAG_VAR,
@@ -63,6 +64,9 @@ _HOMES = {
     "WARM_SUPPORTED": "forkserver",
     "WarmChild": "forkserver",
     "WarmLauncher": "forkserver",
+    "Guardian": "guardian",
+    "guardian_supported": "guardian",
+    "start_guardian": "guardian",
     "COLD": "launch",
     "RUN_TAG_VAR": "launch",
     "Child": "launch",
@@ -120,6 +124,7 @@ __all__ = [
     "ColdLauncher",
     "EventSink",
     "ExecutionResult",
+    "Guardian",
     "InvalidSpec",
     "JobEvent",
     "JobEventKind",
@@ -136,6 +141,7 @@ __all__ = [
     "Subscription",
     "WarmChild",
     "WarmLauncher",
+    "guardian_supported",
     "kill_tagged",
     "make_result",
     "package_root",
@@ -144,6 +150,7 @@ __all__ = [
     "run_script_async",
     "run_spec",
     "run_spec_async",
+    "start_guardian",
     "validate_memory_limit",
     "validate_timeout",
 ]

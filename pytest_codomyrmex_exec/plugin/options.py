@@ -114,6 +114,12 @@ def add_options(parser: pytest.Parser) -> None:
         "exec_preload", "modules the warm interpreter imports once", type="args", default=[]
     )
     parser.addini("exec_cwd", "where scripts run: script, tmp or rootdir", default="script")
+    parser.addini(
+        "exec_guardian",
+        "Linux: a guardian process kills the scripts if pytest is killed (SIGKILL, OOM)",
+        type="bool",
+        default=True,
+    )
 
 
 PATH_OPTIONS = ("--exec-python",)
