@@ -22,6 +22,11 @@ PARALLEL_MODES = [
     pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
 ]
 MODES = [pytest.param([], id="inline"), *PARALLEL_MODES]
+# Scripts forked by the warm-start server are not pytest's children: the same guarantees.
+WARM_MODES = [
+    pytest.param(["--exec-warm"], id="inline-warm"),
+    pytest.param(["--exec-warm", "--exec-parallel", "--exec-backend", "async"], id="async-warm"),
+]
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the guardian needs /proc (Linux)"
@@ -101,9 +106,9 @@ class Session:
 # -- SIGTERM ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, *WARM_MODES])
 def test_sigterm_stops_the_run_like_ctrl_c(px: ExecPytester, mode: list[str]) -> None:
-    scripts = 1 if not mode else 3  # inline, one script runs at a time
+    scripts = 3 if "--exec-parallel" in mode else 1  # inline, one script runs at a time
     for i in range(scripts):
         px.script(f"sleep{i}_script.py", sleeper(px, stubborn=i == 0))
     # Without the guardian: this is pytest itself stopping the scripts.
@@ -164,14 +169,15 @@ def inline_in_parallel(px: ExecPytester) -> None:
 
 
 @linux_only
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, *WARM_MODES])
 def test_guardian_kills_every_script_when_pytest_is_killed(
     px: ExecPytester, mode: list[str]
 ) -> None:
-    scripts = 1 if not mode else 3
-    for i in range(scripts - (1 if mode else 0)):
+    parallel = "--exec-parallel" in mode
+    scripts = 3 if parallel else 1
+    for i in range(scripts - (1 if parallel else 0)):
         px.script(f"sleep{i}_script.py", sleeper(px, stubborn=i == 0))
-    if mode:
+    if parallel:
         inline_in_parallel(px)
     session = Session(px, [*mode, "--exec-workers", "4"])
     px.wait_for_pids(3 * scripts)
