@@ -351,3 +351,48 @@ def test_a_backend_that_dies_leaves_no_script_unreported(px: ExecPytester) -> No
     assert len(errors) == 3
     for case in errors:
         assert "the backend stopped before the script was reported" in "".join(case.messages)
+
+
+SLOW_TO_STOP_BACKEND = """
+import threading, time
+
+from pytest_codomyrmex_exec.engine import Subscription, run_spec
+
+
+class SlowToStop:
+    '''Reports every script, then ignores cancel() and ends 12 s later.'''
+
+    def start(self, jobs, base_env, sink):
+        def serve():
+            for job in jobs:
+                run_spec(job.spec, base_env=base_env, events=Subscription(sink, job.key))
+            time.sleep(12)
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+
+    def cancel(self):
+        pass
+
+    def join(self, timeout):
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def alive(self):
+        return self._thread.is_alive()
+
+
+def pytest_exec_make_backend(config):
+    return SlowToStop()
+"""
+
+
+def test_a_backend_that_does_not_stop_is_reported_and_waited_for(px: ExecPytester) -> None:
+    px.conftest(SLOW_TO_STOP_BACKEND)
+    px.script("quick_script.py", "print('ran')\n")
+    started = time.monotonic()
+    result = px.run("--exec-parallel", timeout=60)
+    elapsed = time.monotonic() - started
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*the backend did not stop within 10 s; waiting for it*"])
+    assert elapsed >= 10, "returned while the backend's thread still ran"
