@@ -4,6 +4,7 @@
     python bench/run.py --quick              # 3 runs, no serial peer, scale only at 500
     python bench/run.py --corpora tiny,cpu --runs 7
     python bench/run.py --profile            # where the pytest process spends its time
+    python bench/run.py --guardian           # the guardian's cost: with / without, per backend
 
 Prints the table (Markdown) and writes ``bench/results/latest.json``, ``latest.md`` and the
 chart ``latest.svg``. See ``bench/README.md`` for what each number means.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import final
 
 import chart
+import guardian
 import profiling
 from corpora import SPECS, Corpus, generate
 from measure import (
@@ -227,6 +229,24 @@ def make_arms(
     return arms
 
 
+def make_guardian_arms(corpus: Corpus, python: str, *, backends: tuple[str, str]) -> list[Arm]:
+    """Per backend, the plugin with its guardian (the default) and without."""
+    workers = corpus.spec.workers
+    arms = []
+    for backend in dict.fromkeys(backends):
+        plugin = ("--exec-parallel", "--exec-workers", str(workers), "--exec-backend", backend)
+        on, off = guardian.arm_keys(backend)
+        for key, extra, label in (
+            (on, (), f"plugin ({backend}), guardian on"),
+            (off, guardian.OFF, f"plugin ({backend}), exec_guardian=false"),
+        ):
+            argv = _pytest(python, *plugin, *extra)
+            arms.append(
+                Arm(key, label, workers, argv, corpus.folder, expect_passed=corpus.spec.count)
+            )
+    return arms
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class Quiet:
@@ -371,9 +391,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead of the benchmark: profile the plugin on tiny and scale-500",
     )
+    parser.add_argument(
+        "--guardian",
+        action="store_true",
+        help="instead of the benchmark: the plugin with and without its guardian process",
+    )
+    parser.add_argument(
+        "--guardian-scripts",
+        type=int,
+        default=50,
+        metavar="N",
+        help="tiny scripts in the --guardian corpus (default 50)",
+    )
     args = parser.parse_args(argv)
     if args.runs is None:
-        args.runs = 3 if args.quick else 5
+        args.runs = 3 if args.quick else 7 if args.guardian else 5
     if args.corpora is None:
         args.corpora = ",".join(WARM_CORPORA if args.warm else ALL_CORPORA)
     if args.runs < 1 or args.warmup < 0:
@@ -405,6 +437,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             corpora = [generate(SPECS[name], workdir) for name in names]
             profiling.run(corpora, python=python, env=env, results=results, backends=backends)
             return 0
+        if args.guardian:
+            corpus = generate(guardian.corpus_spec(args.guardian_scripts), workdir)
+            arms = make_guardian_arms(corpus, python, backends=backends)
+            summary = run_corpus(
+                corpus, arms, runs=args.runs, warmup=args.warmup, env=env, quiet=quiet
+            )
+            guardian.report(
+                summary,
+                list(dict.fromkeys(backends)),
+                results,
+                runs=args.runs,
+                workers=corpus.spec.workers,
+                direct=guardian.direct_costs(python, env),
+            )
+            failed = any(arm.failed for arm in summary.arms.values())
+            return 1 if failed else 0
 
         host = machine(python, REPO)
         print("\n".join(["Benchmark of pytest-codomyrmex-exec", host.cpu_model]), file=sys.stderr)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .async_runner import AsyncParallelRunner
     from .events import EventSink, RunEvent, RunEventKind, Subscription
     from .forkserver import WARM_SUPPORTED, WarmChild, WarmLauncher
+    from .guardian import Guardian, guardian_supported, start_guardian
     from .launch import (
         COLD,
         RUN_TAG_VAR,
@@ -64,6 +65,9 @@ _HOMES = {
     "WARM_SUPPORTED": "forkserver",
     "WarmChild": "forkserver",
     "WarmLauncher": "forkserver",
+    "Guardian": "guardian",
+    "guardian_supported": "guardian",
+    "start_guardian": "guardian",
     "COLD": "launch",
     "RUN_TAG_VAR": "launch",
     "Child": "launch",
@@ -126,6 +130,7 @@ __all__ = [
     "ColdLauncher",
     "EventSink",
     "ExecutionResult",
+    "Guardian",
     "InvalidSpec",
     "JobEvent",
     "JobEventKind",
@@ -143,6 +148,7 @@ __all__ = [
     "WarmChild",
     "WarmLauncher",
     "describe_amounts",
+    "guardian_supported",
     "kill_tagged",
     "make_result",
     "package_root",
@@ -152,6 +158,7 @@ __all__ = [
     "run_script_async",
     "run_spec",
     "run_spec_async",
+    "start_guardian",
     "unmet_demand",
     "validate_memory_limit",
     "validate_timeout",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import uuid
@@ -13,6 +14,7 @@ import pytest
 from ..engine import kill_tagged
 from . import hookspecs
 from .durations import save_durations
+from .guardian import protect, scripts_will_run, unprotect
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
 from .options import DEFAULT_PATTERNS, add_options, refuse_separate_path_values, resolve_options
@@ -36,6 +38,11 @@ _DASK_PLUGIN = "codomyrmex-exec-dask"
 _LEFTOVERS_KEY = pytest.StashKey[int]()
 _PYTHON_MODULE_KEY = pytest.StashKey[bool]()
 """Set on the test module pytest's python plugin made for a file (not on a DoctestModule)."""
+_SCRIPTS_KEY = pytest.StashKey[bool]()
+"""Set once collection found scripts that will run: only then is there anything to sweep."""
+_SWEPT_KEY = pytest.StashKey[bool]()
+
+logger = logging.getLogger("pytest_codomyrmex_exec.plugin")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -139,6 +146,14 @@ def pytest_collect_file(
     return [*kept, ScriptFile.from_parent(parent, path=file_path)]
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Before any script can start (inline or in the background), and only when one will.
+    if scripts_will_run(session):
+        session.config.stash[_SCRIPTS_KEY] = True
+        protect(session.config)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -179,11 +194,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if isinstance(item, ScriptItem) and (result := item.stash.get(RESULT_KEY, None))
     ]
     save_durations(session.config, measured)
+    if not session.config.stash.get(_SCRIPTS_KEY, False):
+        return  # no script ran: nothing can carry the tag, and reading /proc costs time
     # Scripts are killed with their process group; this catches what left the group on
     # purpose (setsid, a daemon) and would otherwise outlive the run.
-    session.config.stash[_LEFTOVERS_KEY] = kill_tagged(
-        SESSION_TAG_VAR, session.config.stash[SESSION_TAG_KEY]
-    )
+    found = kill_tagged(SESSION_TAG_VAR, session.config.stash[SESSION_TAG_KEY])
+    logger.debug("end-of-session sweep: %d process(es) carried the session tag", found)
+    session.config.stash[_LEFTOVERS_KEY] = found
+    session.config.stash[_SWEPT_KEY] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Swept at the session's end: the guardian may go. Otherwise (the end was interrupted)
+    # it sweeps once more as it goes.
+    unprotect(config, swept=config.stash.get(_SWEPT_KEY, False))
 
 
 def _warn_unmatched_patterns(terminalreporter: pytest.TerminalReporter) -> None:

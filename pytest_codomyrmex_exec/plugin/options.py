@@ -132,6 +132,12 @@ def add_options(parser: pytest.Parser) -> None:
         "e.g. 'GPU=1 db=2'",
         default="",
     )
+    parser.addini(
+        "exec_guardian",
+        "Linux: a guardian process kills the scripts if pytest is killed (SIGKILL, OOM)",
+        type="bool",
+        default=True,
+    )
     add_view_options(group, parser)
 
 

@@ -15,6 +15,7 @@ import pytest
 from ..engine import RunEvent, RunEventKind
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
+from .guardian import sigterm_is_interrupt
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
 from .live import LiveOutput, RunningScripts
 from .marks import MarkError
@@ -27,21 +28,26 @@ _STOP_REPORT_AFTER = 10.0
 
 @contextlib.contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold Ctrl-C back while the backend kills the scripts; raise it afterwards.
+    """Hold Ctrl-C (and SIGTERM) back while the backend kills the scripts; raise it afterwards.
 
-    Users press Ctrl-C twice. The backend's threads are daemons: a second KeyboardInterrupt
-    leaving ``close()`` early would let the interpreter exit while they still had scripts to
-    kill, and those would run on. ``close()`` is bounded (the kill grace, at most its timeout).
+    Users press Ctrl-C twice, and CI runners send SIGTERM while a Ctrl-C is being handled.
+    The backend's threads are daemons: a second KeyboardInterrupt leaving ``close()`` early
+    would let the interpreter exit while they still had scripts to kill, and those would run
+    on. ``close()`` is bounded (the kill grace, at most its timeout). SIGTERM is held back
+    when it would interrupt (ours) or kill pytest (the default); a handler of the user's is
+    left alone.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    held = [signal.SIGINT, *([signal.SIGTERM] if sigterm_is_interrupt() else [])]
+    previous = {signum: signal.signal(signum, lambda n, _f: received.append(n)) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
     if received:
         raise KeyboardInterrupt
 
@@ -191,6 +197,8 @@ class ExecSession:
                 if not block:
                     return
                 self._check_backend()
+                if not self._unfinished:
+                    return  # the backend died and its scripts were reported for it
                 self._say_what_runs()
                 continue
             block = False
