@@ -19,7 +19,7 @@ import pytest
 from conftest import error_of, still_alive, write_script
 
 import pytest_codomyrmex_exec
-from pytest_codomyrmex_exec import ScriptStatus, run_script, run_script_async
+from pytest_codomyrmex_exec import ScriptSpec, ScriptStatus, run_script, run_script_async
 from pytest_codomyrmex_exec.engine.run import CancelEvent
 
 REPO_ROOT = Path(pytest_codomyrmex_exec.__file__).resolve().parent.parent
@@ -563,3 +563,17 @@ def test_pwd_names_the_working_folder_as_a_shell_would(
     assert run_script(script, timeout=10, cwd=elsewhere)["stdout"].strip() == str(elsewhere)
     # An explicit env entry still wins.
     assert run_script(script, timeout=10, env={"PWD": "/x"})["stdout"].strip() == "/x"
+
+
+def test_seed_positional_settings_and_a_spec_with_changes(tmp_path: Path) -> None:
+    # run_script(path, timeout, env, cwd, memory_limit_mb): the order the library always had.
+    script = write_script(tmp_path, "env.py", "import os, time\nprint(os.environ['A'])\n")
+    result = run_script(script, 30, {"A": "positional"})
+    assert (result["status"], result["stdout"]) == (ScriptStatus.PASSED, "positional\n")
+    spec = ScriptSpec(script=str(script), env={"A": "spec"})
+    assert run_script(spec)["stdout"] == "spec\n"
+    assert run_script(spec, env={"A": "changed"})["stdout"] == "changed\n"
+    with pytest.raises(TypeError, match="multiple values for timeout"):
+        run_script(script, 30, timeout=10)
+    with pytest.raises(TypeError, match="at most 4 positional"):
+        run_script(script, 30, None, None, None, 5)

@@ -14,7 +14,7 @@ from typing import Any, Protocol, final
 from .events import RunEventKind, Subscription
 from .launch import COLD, Child, Launcher, LaunchPlan, plan_launch
 from .results import ScriptResult, ScriptStatus
-from .spec import DEFAULT_TIMEOUT, ScriptSpec
+from .spec import SEED_POSITIONAL, ScriptSpec
 from .stop import (
     POLL,
     Control,
@@ -77,20 +77,24 @@ class CancelEvent:
 
 def spec_of(
     script: str | os.PathLike[str] | ScriptSpec,
-    timeout: float | None,
-    env: Mapping[str, str | None] | None,
-    cwd: str | os.PathLike[str] | None,
-    memory_limit_mb: float | None,
+    positional: tuple[Any, ...],
     options: dict[str, Any],
 ) -> ScriptSpec:
-    """The spec for a ``run_script``-style call: a given spec, with any keywords applied."""
-    seed = {"timeout": timeout, "env": env, "cwd": cwd, "memory_limit_mb": memory_limit_mb}
+    """The spec for a ``run_script``-style call: ``positional`` are :data:`SEED_POSITIONAL`
+    fields, ``options`` any fields by name; a given spec gets them applied as changes."""
+    if len(positional) > len(SEED_POSITIONAL):
+        raise TypeError(
+            f"at most {len(SEED_POSITIONAL)} positional settings after the script "
+            f"({', '.join(SEED_POSITIONAL)}), got {len(positional)}"
+        )
+    given = dict(zip(SEED_POSITIONAL, positional, strict=False))
+    twice = sorted(given.keys() & options.keys())
+    if twice:
+        raise TypeError(f"got multiple values for {', '.join(twice)}")
+    settings = {**given, **options}
     if isinstance(script, ScriptSpec):
-        defaults = {"timeout": DEFAULT_TIMEOUT, "env": None, "cwd": None, "memory_limit_mb": None}
-        changes = {k: v for k, v in seed.items() if v != defaults[k]}
-        changes.update(options)
-        return script.replace(**changes) if changes else script
-    return ScriptSpec.build(script, **{**seed, "env": env or {}}, **options)
+        return script.replace(**settings) if settings else script
+    return ScriptSpec.build(script, **settings)
 
 
 def should_retry(result: ScriptResult, attempt: int, spec: ScriptSpec) -> bool:
@@ -133,11 +137,7 @@ def prepare(
 
 def run_script(
     script_path: str | os.PathLike[str] | ScriptSpec,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    env: Mapping[str, str | None] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    memory_limit_mb: float | None = None,
-    *,
+    *positional: Any,
     base_env: Mapping[str, str] | None = None,
     cancel_event: CancelSignal | None = None,
     events: Subscription | None = None,
@@ -146,9 +146,11 @@ def run_script(
 ) -> ScriptResult:
     """Run a script with ``python`` (default: this interpreter) and return its result.
 
-    ``script_path`` is a path or a :class:`ScriptSpec`; ``options`` are any other
-    :class:`ScriptSpec` fields (``args``, ``allowed_exit_codes``, ``python``,
-    ``output_limit``, ``max_runs``, ``stdin``, ...). The script runs in a new session. On
+    ``script_path`` is a path or a :class:`ScriptSpec`. Settings are :class:`ScriptSpec`
+    fields: by name in ``options`` (``timeout=60``, ``env``, ``cwd``, ``memory_limit_mb``,
+    ``args``, ``allowed_exit_codes``, ``python``, ``output_limit``, ``max_runs``,
+    ``stdin``, ...), and the first four also by position (:data:`SEED_POSITIONAL`); given with
+    a spec, they change it. The script runs in a new session. On
     timeout or cancellation its whole process group gets SIGTERM, then SIGKILL after
     :data:`TERMINATE_GRACE` seconds; when the script exits, whatever it left running in its
     group is killed. Nothing the script does raises here: it ends up in the result's
@@ -158,7 +160,7 @@ def run_script(
     removes a variable. Once ``cancel_event`` is set the script is stopped and the result is
     ``cancelled``. ``events`` receives the run's :class:`RunEvent` stream.
     """
-    spec = spec_of(script_path, timeout, env, cwd, memory_limit_mb, options)
+    spec = spec_of(script_path, positional, options)
     return run_spec(
         spec, base_env=base_env, cancel_event=cancel_event, events=events, launcher=launcher
     )

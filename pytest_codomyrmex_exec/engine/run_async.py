@@ -27,7 +27,7 @@ from .run import (
     should_retry,
     spec_of,
 )
-from .spec import DEFAULT_TIMEOUT, ScriptSpec
+from .spec import ScriptSpec
 from .stop import POLL, Wait
 
 logger = logging.getLogger("pytest_codomyrmex_exec.engine")
@@ -35,11 +35,7 @@ logger = logging.getLogger("pytest_codomyrmex_exec.engine")
 
 async def run_script_async(
     script_path: str | os.PathLike[str] | ScriptSpec,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    env: Mapping[str, str | None] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    memory_limit_mb: float | None = None,
-    *,
+    *positional: Any,
     base_env: Mapping[str, str] | None = None,
     events: Subscription | None = None,
     launcher: Launcher = COLD,
@@ -52,7 +48,7 @@ async def run_script_async(
     script's tree the same way; ``CancelledError`` is raised only once the tree is dead and
     reaped, however many times the task is cancelled meanwhile.
     """
-    spec = spec_of(script_path, timeout, env, cwd, memory_limit_mb, options)
+    spec = spec_of(script_path, positional, options)
     return await run_spec_async(spec, base_env=base_env, events=events, launcher=launcher)
 
 

@@ -262,3 +262,7 @@ RUN_KEYWORDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(ScriptSpec) if f.name != "script"
 )
 """Every setting of a run, in declaration order: the one list of them."""
+
+SEED_POSITIONAL: tuple[str, ...] = ("timeout", "env", "cwd", "memory_limit_mb")
+"""The fields ``run_script`` and ``run_script_async`` also take by position after the script,
+in the order the library has always had: ``run_script(path, 30, {"A": "1"}, "/tmp", 512)``."""
