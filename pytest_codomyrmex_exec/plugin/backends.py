@@ -102,7 +102,7 @@ def runnable(
     return kept
 
 
-class _Thread:
+class BackendThread:
     """The background thread a built-in backend runs in."""
 
     def __init__(self, name: str) -> None:
@@ -140,7 +140,7 @@ class ProcessBackend:
             launcher=launcher,
             resources=self._capacities,
         )
-        self._thread = _Thread("codomyrmex-exec-runner")
+        self._thread = BackendThread("codomyrmex-exec-runner")
         self._jobs: Sequence[ScriptJob] = ()
         self._sink: EventSink | None = None
 
@@ -195,7 +195,7 @@ class AsyncBackend:
         self._scheduler: AsyncScheduler = AsyncScheduler(
             max_concurrency=workers, event_sink=self._job_event, resources=self._capacities
         )
-        self._thread = _Thread("codomyrmex-exec-scheduler")
+        self._thread = BackendThread("codomyrmex-exec-scheduler")
         self._by_name: dict[str, ScriptJob] = {}
         self._sink: EventSink | None = None
 

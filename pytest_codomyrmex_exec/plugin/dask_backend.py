@@ -44,7 +44,7 @@ from ..engine import (
     make_result,
     run_spec,
 )
-from .backends import ScriptJob, engine_broke, finished_event, runnable
+from .backends import BackendThread, ScriptJob, engine_broke, finished_event, runnable
 from .items import OPTIONS_KEY
 from .settings import SESSION_TAG_VAR, child_environment
 
@@ -293,7 +293,7 @@ class DaskBackend:
         self._capacities = dict(resources or {})
         self._stop = threading.Event()
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._thread = BackendThread("codomyrmex-exec-dask")
         self._sink: EventSink | None = None
         self._client: Any = None
         self._cluster: Any = None
@@ -306,23 +306,17 @@ class DaskBackend:
     ) -> None:
         self._sink = sink
         tag = base_env.get(SESSION_TAG_VAR, "")
-        self._thread = threading.Thread(
-            target=self._serve, args=(list(jobs), tag), name="codomyrmex-exec-dask", daemon=True
-        )
-        self._thread.start()
+        self._thread.run(self._serve, list(jobs), tag)
 
     def cancel(self) -> None:
         self._stop.set()
         self._inbox.put(("stop", None))
 
     def join(self, timeout: float) -> bool:
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     def alive(self) -> bool:
-        return self._thread is None or self._thread.is_alive()
+        return self._thread.alive()
 
     # -- the background thread --------------------------------------------------------------
 
