@@ -155,8 +155,10 @@ def test_run_script_async_cancelled_twice_returns_only_after_the_tree_is_dead(
         with pytest.raises(asyncio.CancelledError):
             await task
         elapsed = time.monotonic() - started
-        # Right now, before anything else runs: the tree must already be dead.
-        return pids, elapsed, [pid for pid in pids if is_alive(pid)]
+        # Right now, before anything else runs, the tree must be dead. kill() returns before
+        # the kernel has finished tearing a SIGKILLed process down (its pipes close first,
+        # which is what ends our drain, then it turns zombie): allow it that moment, no more.
+        return pids, elapsed, still_alive(pids, within=0.5)
 
     pids, elapsed, alive = asyncio.run(main())
     assert alive == [], f"returned while {alive} still ran"
