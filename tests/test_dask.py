@@ -61,7 +61,10 @@ def test_cancel_reaches_scripts_on_dask_workers(
     sleeper = _write(
         tmp_path,
         "sleeper_script.py",
-        f"import os, time\nopen({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\n"
+        # Written then renamed: the canceller acts as soon as the file exists, so it must
+        # never see a file whose pid is not written yet.
+        f"import os, time\nopen({str(tmp_path / 'pid.tmp')!r}, 'w').write(str(os.getpid()))\n"
+        f"os.replace({str(tmp_path / 'pid.tmp')!r}, {str(tmp_path / 'pid')!r})\n"
         "time.sleep(60)\n",
     )
     runner = ParallelRunner(executor=dask_client.get_executor())

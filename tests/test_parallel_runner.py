@@ -21,11 +21,14 @@ from pytest_codomyrmex_exec import ParallelRunner, ProgressEvent
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
-# Writes its pid next to itself, then sleeps far longer than any test may take.
+# Writes its pid next to itself, then sleeps far longer than any test may take. The write is
+# atomic (rename), so whoever sees the file also sees the pid: a killer that acts on the file's
+# mere existence must not be able to stop the sleeper half-way through writing it.
 SLEEPER = """
     import os, time
-    with open(__file__ + ".pid", "w") as fh:
+    with open(__file__ + ".pid.tmp", "w") as fh:
         fh.write(f"{os.getpid()}\\n")
+    os.replace(__file__ + ".pid.tmp", __file__ + ".pid")
     time.sleep(30)
 """
 
