@@ -25,6 +25,14 @@ from pytest_codomyrmex_exec import ScriptResult
 # Blocking plugins these tests never use keeps the suite fast (blocking an absent one is a no-op).
 _FAST_ADDOPTS = "-p no:hypothesispytest -p no:benchmark"
 
+# A shell that starts the suite in the background (`cmd &`, nohup, some CI runners) starts it
+# with SIGINT ignored, and an ignored signal stays ignored across exec: every inner pytest
+# session would then be deaf to the Ctrl-C that the shutdown tests send it. A handled signal
+# is reset to its default on exec, so handling it here gives the inner sessions what a
+# terminal would.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 RUN_TIMEOUT = 120.0
 """Seconds an inner session may take before the test fails instead of hanging the suite."""
 
