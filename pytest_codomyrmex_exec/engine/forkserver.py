@@ -291,6 +291,9 @@ class WarmLauncher:
         self._closed = False
         self.cold_starts: dict[str, str] = {}
         """Scripts started cold, with the reason (the last one per script)."""
+        self.last_start: dict[str, str | None] = {}
+        """How each script last started: ``None`` when forked warm, else why it started cold.
+        Reporting reads it instead of planning the launch a second time."""
         self.warm_starts = 0
         """How many scripts were forked from a server."""
 
@@ -335,14 +338,19 @@ class WarmLauncher:
             return shape
         if os.path.abspath(plan.argv[0]) != self.python:
             return f"another interpreter ({plan.argv[0]})"
-        for key in sorted(set(plan.env) | set(self.env)):
-            if key == RUN_TAG_VAR or key in _CHILD_PATH_VARIABLES:
-                continue
-            if key.startswith("PYTHON") or key in START_UP_VARIABLES:
-                mine, theirs = plan.env.get(key), self.env.get(key)
-                if mine != theirs:
-                    change = "unset" if mine is None else f"{key}={mine}"
-                    return f"{change} (read at interpreter start-up)"
+        read_at_start_up = {
+            key
+            for env in (plan.env, self.env)
+            for key in env
+            if (key.startswith("PYTHON") or key in START_UP_VARIABLES)
+            and key != RUN_TAG_VAR
+            and key not in _CHILD_PATH_VARIABLES
+        }
+        for key in sorted(read_at_start_up):  # sorted: the same reason every time
+            mine, theirs = plan.env.get(key), self.env.get(key)
+            if mine != theirs:
+                change = "unset" if mine is None else f"{key}={mine}"
+                return f"{change} (read at interpreter start-up)"
         return None
 
     def reason_for(self, spec: ScriptSpec, base_env: Mapping[str, str] | None = None) -> str | None:
@@ -358,11 +366,15 @@ class WarmLauncher:
         reason = self.fallback_reason(plan)
         if reason is None:
             try:
-                return self._spawn_warm(plan)
+                child = self._spawn_warm(plan)
             except _TooLarge as exc:
                 reason = str(exc)
+            else:
+                self.last_start[plan.script] = None
+                return child
         logger.info("starting %s cold: %s", plan.script, reason)
         self.cold_starts[plan.script] = reason
+        self.last_start[plan.script] = reason
         return COLD.spawn(plan)
 
     def _running_server(self) -> _Server:

@@ -66,8 +66,10 @@ class WarmReport:
             spec = item.settings()
         except MarkError:
             return
-        base_env = child_environment(self.config.stash[SESSION_TAG_KEY])
-        reason = self.launcher.reason_for(spec, base_env)
+        if spec.script in self.launcher.last_start:  # it started in this process: how it did
+            reason = self.launcher.last_start[spec.script]
+        else:  # it has not started here (a process pool's worker, or never): how it would
+            reason = self.launcher.reason_for(spec, self.launcher.env)
         if reason is not None:
             self.cold[item.nodeid] = reason
         item.user_properties.append(("warm", "warm" if reason is None else f"cold: {reason}"))
