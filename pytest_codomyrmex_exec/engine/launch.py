@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -63,17 +64,20 @@ class LaunchPlan:
         return self.spec.script
 
 
-def _pythonpath(script_dir: Path, inherited: str | None) -> str | None:
+def _pythonpath(script_dir: str, inherited: str | None) -> str | None:
     """Prepend the nearest ``src/`` folders (script dir and up to 5 parents) to PYTHONPATH."""
+    # os.path, not pathlib: this runs once per script start, and pathlib's parsing cost
+    # more than the stat calls themselves.
     found: list[str] = []
     folder = script_dir
     for _ in range(SRC_SEARCH_DEPTH + 1):
-        candidate = folder / "src"
-        if candidate.is_dir():
-            found.append(str(candidate))
-        if folder.parent == folder:
+        candidate = os.path.join(folder, "src")
+        if os.path.isdir(candidate):
+            found.append(candidate)
+        parent = os.path.dirname(folder)
+        if parent == folder:
             break
-        folder = folder.parent
+        folder = parent
     if inherited:
         found.append(inherited)
     return os.pathsep.join(found) if found else None
@@ -107,9 +111,11 @@ def plan_launch(
     def error(message: str) -> ScriptResult:
         return make_result(spec.script, ScriptStatus.ERROR, error=message)
 
-    if not script.exists():
+    try:
+        is_file = stat.S_ISREG(os.stat(script).st_mode)  # one stat call, not two
+    except OSError:
         return error(f"script not found: {script}")
-    if not script.is_file():
+    if not is_file:
         return error(f"not a file: {script}")
 
     work_dir = spec.cwd if spec.cwd is not None else str(script.parent)
@@ -146,7 +152,7 @@ def plan_launch(
         root, module = package_root(script)
         extra_paths.append(str(root))
         target = ["-m", module]
-    pythonpath = _pythonpath(script.parent, child_env.get("PYTHONPATH"))
+    pythonpath = _pythonpath(str(script.parent), child_env.get("PYTHONPATH"))
     joined = os.pathsep.join([*extra_paths, *([pythonpath] if pythonpath else [])])
     if joined:
         child_env["PYTHONPATH"] = joined
