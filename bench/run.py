@@ -5,6 +5,7 @@
     python bench/run.py --corpora tiny,cpu --runs 7
     python bench/run.py --profile            # where the pytest process spends its time
     python bench/run.py --guardian           # the guardian's cost: with / without, per backend
+    python bench/run.py --overhead           # pytest's own CPU per script / per trivial test
 
 Prints the table (Markdown) and writes ``bench/results/latest.json``, ``latest.md`` and the
 chart ``latest.svg``. See ``bench/README.md`` for what each number means.
@@ -26,6 +27,7 @@ from typing import final
 
 import chart
 import guardian
+import overhead
 import profiling
 from corpora import SPECS, Corpus, generate
 from measure import (
@@ -397,6 +399,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead of the benchmark: the plugin with and without its guardian process",
     )
     parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="instead of the benchmark: the pytest process's CPU per script (scale-500, warm"
+        " and cold) against a trivial parametrized test",
+    )
+    parser.add_argument(
         "--guardian-scripts",
         type=int,
         default=50,
@@ -436,6 +444,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile:
             corpora = [generate(SPECS[name], workdir) for name in names]
             profiling.run(corpora, python=python, env=env, results=results, backends=backends)
+            return 0
+        if args.overhead:
+            corpus = generate(SPECS["scale-500"], workdir)
+            print(
+                overhead.run(
+                    corpus,
+                    python=python,
+                    env=env,
+                    results=results,
+                    backends=backends,
+                    runs=args.runs,
+                )
+            )
             return 0
         if args.guardian:
             corpus = generate(guardian.corpus_spec(args.guardian_scripts), workdir)

@@ -1,0 +1,122 @@
+"""``bench/run.py --overhead``: the pytest process's own CPU per script against a trivial test.
+
+Issue 10's third target: once a script starts in a millisecond (warm start), what is left per
+script is what the pytest process itself spends on it: collecting the file, starting and
+supervising the child, turning the result into reports. That must be no more than what pytest
+spends on a trivial ordinary test, measured in the same run.
+
+Every arm runs through ``bench/probe.py``, which records ``RUSAGE_SELF``: the pytest process
+alone, all its threads, without the scripts (those are ``RUSAGE_CHILDREN``). CPU time, unlike
+wall time, hardly moves when other work shares the machine. Per item is
+``(arm - empty folder) / items``, so pytest's fixed start-up is paid by neither side and
+collection is counted on both. The arms are interleaved round by round; the table shows
+medians and the ratio of medians.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from corpora import Corpus
+from measure import run_once
+
+BENCH = Path(__file__).resolve().parent
+
+_NOOP_TESTS = '''\
+"""The peer: the cheapest ordinary test pytest can run, parametrized once per script."""
+
+import pytest
+
+
+@pytest.mark.parametrize("index", range({count}))
+def test_noop(index: int) -> None:
+    pass
+'''
+
+
+def _probe_cpu(
+    python: str, cwd: Path, out: Path, env: Mapping[str, str], args: Sequence[str]
+) -> float:
+    """The pytest process's own CPU seconds for one run of ``pytest args`` in ``cwd``."""
+    if out.exists():
+        shutil.rmtree(out)
+    sample = run_once([python, str(BENCH / "probe.py"), str(out), "--", *args], cwd=cwd, env=env)
+    if sample.returncode not in (0, 5):  # 5: nothing collected, expected for the empty folder
+        raise SystemExit(f"overhead run failed in {cwd}: {sample.problem}")
+    return float(json.loads((out / "probe.json").read_text())["self_cpu"])
+
+
+def run(
+    corpus: Corpus,
+    *,
+    python: str,
+    env: Mapping[str, str],
+    results: Path,
+    backends: tuple[str, str],
+    runs: int,
+) -> str:
+    """Measure, print and keep the table; return it."""
+    count = corpus.spec.count
+    noop = corpus.folder.parent / "noop-tests"
+    noop.mkdir(exist_ok=True)
+    (noop / "pytest.ini").write_text("[pytest]\n")
+    (noop / "test_noop.py").write_text(_NOOP_TESTS.format(count=count))
+    empty = corpus.folder.parent / "empty"
+    empty.mkdir(exist_ok=True)
+    (empty / "pytest.ini").write_text("[pytest]\n")
+
+    default, other = backends
+    plugin = ["-q", "-p", "no:randomly", "--exec-parallel", "--exec-workers", "2"]
+    arms: dict[str, tuple[Path, list[str]]] = {
+        "empty folder (pytest start-up)": (empty, ["-q", "-p", "no:randomly"]),
+        f"{count} trivial tests (parametrized no-op)": (noop, ["-q", "-p", "no:randomly"]),
+        f"plugin, warm ({default})": (corpus.folder, [*plugin, "--exec-warm"]),
+        f"plugin, cold ({default})": (corpus.folder, plugin),
+        f"plugin, warm ({other})": (
+            corpus.folder,
+            [*plugin, "--exec-warm", "--exec-backend", other],
+        ),
+    }
+    scratch = results / "overhead"
+    scratch.mkdir(parents=True, exist_ok=True)
+    for folder, args in arms.values():  # a warm-up: bytecode and pytest caches
+        _probe_cpu(python, folder, scratch / "warmup", env, args)
+    cpu: dict[str, list[float]] = {label: [] for label in arms}
+    for _ in range(runs):
+        for label, (folder, args) in arms.items():
+            cpu[label].append(_probe_cpu(python, folder, scratch / "run", env, args))
+
+    medians = {label: statistics.median(values) for label, values in cpu.items()}
+    bare = medians["empty folder (pytest start-up)"]
+    trivial_label = f"{count} trivial tests (parametrized no-op)"
+    per_trivial = (medians[trivial_label] - bare) / count
+    lines = [
+        f"pytest process's own CPU (RUSAGE_SELF), {count} items, median of {runs} runs",
+        "",
+        "| arm | CPU s (median) | min..max s | ms per item over start-up | / trivial test |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for label, values in cpu.items():
+        median = medians[label]
+        span = f"{min(values):.2f}..{max(values):.2f}"
+        if label.startswith("empty"):
+            lines.append(f"| {label} | {median:.2f} | {span} | | |")
+            continue
+        per_item = (median - bare) / count
+        lines.append(
+            f"| {label} | {median:.2f} | {span} | {per_item * 1000:.2f} | "
+            f"{per_item / per_trivial:.2f}x |"
+        )
+    warm_ratio = (medians[f"plugin, warm ({default})"] - bare) / count / per_trivial
+    lines += [
+        "",
+        f"target (issue 10): plugin warm ({default}) per script <= a trivial test: "
+        f"{warm_ratio:.2f}x, {'met' if warm_ratio <= 1.0 else 'missed'}",
+    ]
+    text = "\n".join(lines)
+    (results / "overhead.md").write_text(text + "\n")
+    return text
