@@ -229,6 +229,9 @@ class ExecPytester:
 @pytest.fixture
 def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[ExecPytester]:
     monkeypatch.setenv("PYTEST_ADDOPTS", _FAST_ADDOPTS)
+    # pytest-timeout reads it in the inner sessions too, and scripts take their timeout from
+    # it: a CI job that sets it would change what the tests expect (60 s default, ini values).
+    monkeypatch.delenv("PYTEST_TIMEOUT", raising=False)
     # Wide enough that pytest does not cut the short summary lines the tests read.
     monkeypatch.setenv("COLUMNS", "240")
     helper = ExecPytester(pytester)
