@@ -212,11 +212,16 @@ class ExecPytester:
             time.sleep(0.02)
         return self.pids()
 
-    def assert_no_process_left(self, at_least: int) -> None:
-        """Every recorded process is gone; ``at_least`` keeps the check from being vacuous."""
+    def assert_no_process_left(self, at_least: int, within: float = 5.0) -> None:
+        """Every recorded process is gone; ``at_least`` keeps the check from being vacuous.
+
+        ``within``: when pytest was killed, the guardian (another process) does the killing
+        after pytest is gone, and init reaps; on a loaded machine that takes a moment. The
+        processes these tests leave behind would live 30 s or more, so the wait hides nothing.
+        """
         pids = self.pids()
         assert len(pids) >= at_least, f"expected >= {at_least} recorded processes, got {pids}"
-        left = still_alive(pids)
+        left = still_alive(pids, within)
         for pid in left:  # do not leak them into the rest of the suite
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -232,6 +237,9 @@ class ExecPytester:
 @pytest.fixture
 def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[ExecPytester]:
     monkeypatch.setenv("PYTEST_ADDOPTS", _FAST_ADDOPTS)
+    # pytest-timeout reads it in the inner sessions too, and scripts take their timeout from
+    # it: a CI job that sets it would change what the tests expect (60 s default, ini values).
+    monkeypatch.delenv("PYTEST_TIMEOUT", raising=False)
     # Wide enough that pytest does not cut the short summary lines the tests read.
     monkeypatch.setenv("COLUMNS", "240")
     helper = ExecPytester(pytester)

@@ -34,7 +34,7 @@ def pytest_exec_script_started(item, settings):
 # "waiter" passes only if "maker" runs at the same time: proof that scripts ran in parallel.
 WAITER = """\
 import pathlib, sys, time
-deadline = time.monotonic() + 8
+deadline = time.monotonic() + 30
 while not pathlib.Path("made").exists():
     if time.monotonic() > deadline:
         sys.exit("maker never ran alongside me")

@@ -91,7 +91,9 @@ def test_fail_fast_kills_running_scripts_and_ends_quickly(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(failed=failing)
     result.stdout.fnmatch_lines([f"*stopping after {failing} failures*"])
-    assert elapsed < 10, f"pytest took {elapsed:.1f} s to stop"
+    # The sleepers' 30 s is what this rules out; the session also starts pytest and nine
+    # interpreters, which on a loaded machine takes seconds.
+    assert elapsed < 20, f"pytest took {elapsed:.1f} s to stop"
     px.assert_no_process_left(at_least=2 * sleepers)
 
 
@@ -130,7 +132,7 @@ def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: list[str]) -> No
     text, elapsed = interrupt(px, mode, 2 * sleepers, presses=1)
     assert "KeyboardInterrupt" in text
     assert "INTERNALERROR" not in text
-    assert elapsed < 5, f"pytest took {elapsed:.1f} s to stop"
+    assert elapsed < 10, f"pytest took {elapsed:.1f} s to stop"  # the sleepers: 30 s
     px.assert_no_process_left(at_least=2 * sleepers)
 
 
@@ -141,7 +143,7 @@ def test_second_ctrl_c_does_not_abandon_the_scripts(px: ExecPytester, mode: list
         px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=True))
     text, elapsed = interrupt(px, mode, 6, presses=2)
     assert "INTERNALERROR" not in text
-    assert elapsed < 5, f"pytest took {elapsed:.1f} s to stop"
+    assert elapsed < 10, f"pytest took {elapsed:.1f} s to stop"  # the sleepers: 30 s
     px.assert_no_process_left(at_least=6)
 
 

@@ -65,8 +65,10 @@ def write_outcome_project(px: ExecPytester) -> None:
     )
     px.script(
         "timeout_script.py",
+        # 2 s, not less: the line must be out before the timeout, and a loaded machine can
+        # take a good part of a second just to start the interpreter.
         """\
-        # pytest.mark.exec(timeout=0.5)
+        # pytest.mark.exec(timeout=2)
         import time
         print("started, now hanging", flush=True)
         time.sleep(30)
@@ -105,7 +107,7 @@ def test_outcome_table(px: ExecPytester, mode: list[str]) -> None:
             "PASSED pass_script.py::pass_script",
             "FAILED fail_script.py::fail_script - ValueError: boom 42",
             "FAILED segv_script.py::segv_script - killed by signal SIGSEGV",
-            "FAILED timeout_script.py::timeout_script - timed out after 0.5 s",
+            "FAILED timeout_script.py::timeout_script - timed out after 2 s",
             "FAILED memory_script.py::memory_script - memory limit of 300 MB exceeded*",
             "ERROR nocwd_script.py::nocwd_script - nocwd_script.py could not run: "
             "working directory does not exist: *missing",
@@ -130,7 +132,7 @@ def test_outcome_table(px: ExecPytester, mode: list[str]) -> None:
 
     # Output so far of a timed-out script, and the crash's own output.
     timeout_report = px.section(result, "script timeout_script.py")
-    assert timeout_report[0] == "timeout_script.py timed out after 0.5 s"
+    assert timeout_report[0] == "timeout_script.py timed out after 2 s"
     assert timeout_report[1:] == [
         "raise the limit with an exec(timeout=SECONDS) mark, --exec-timeout SECONDS "
         "or the ini key exec_timeout (0 = no limit)"

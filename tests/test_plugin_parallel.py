@@ -17,7 +17,9 @@ with open(pathlib.Path(__file__).parent / "order.txt", "a") as _out:
 def test_reports_come_in_completion_order(px: ExecPytester, backend: str) -> None:
     px.script("a_slow_script.py", "import time\ntime.sleep(1)\n")
     px.script("b_fast_script.py", "")
-    result = px.run("-v", "--exec-parallel", "--exec-backend", backend, *px.junit_args())
+    # Two workers, not the CPU count: on one CPU the slow script would run first, alone.
+    args = ("--exec-parallel", "--exec-workers", "2", "--exec-backend", backend)
+    result = px.run("-v", *args, *px.junit_args())
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         ["b_fast_script.py::b_fast_script PASSED*", "a_slow_script.py::a_slow_script PASSED*"]
@@ -104,26 +106,29 @@ def test_test_functions_run_normally_beside_scripts(px: ExecPytester, backend: s
 
 
 def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, backend: str) -> None:
-    px.script("first_script.py", "import time\ntime.sleep(0.8)\n")
-    px.script("second_script.py", "import time\ntime.sleep(0.8)\n")
+    # 1.5 s each: queue time counted would make the second at least 3 s, so an upper bound
+    # just under 3 s leaves 1.4 s for an interpreter's start and end on a loaded machine.
+    px.script("first_script.py", "import time\ntime.sleep(1.5)\n")
+    px.script("second_script.py", "import time\ntime.sleep(1.5)\n")
     args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
     result = px.run(*args, "--durations=0", "--durations-min=0", *px.junit_args())
     result.assert_outcomes(passed=2)
-    assert result.duration >= 1.6, "the two scripts did not run one after the other"
-    # Queue time counted would make the second at least 1.6 s.
+    assert result.duration >= 3.0, "the two scripts did not run one after the other"
     for case in px.junit():
-        assert 0.75 <= case.time < 1.5, (case.name, case.time)
+        assert 1.45 <= case.time < 2.95, (case.name, case.time)
     durations = {
         m["nodeid"]: float(m["seconds"])
         for line in result.outlines
         if (m := re.match(r"(?P<seconds>\d+\.\d+)s call\s+(?P<nodeid>\S+)$", line))
     }
     assert set(durations) == {"first_script.py::first_script", "second_script.py::second_script"}
-    assert all(0.75 <= seconds < 1.5 for seconds in durations.values()), durations
+    assert all(1.45 <= seconds < 2.95 for seconds in durations.values()), durations
 
 
 def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend: str) -> None:
-    sleeps = {"a_short": 0.0, "b_long": 0.5, "c_mid": 0.25}
+    # Half a second apart: a measured duration includes the interpreter's start, which on a
+    # loaded machine varies by more than the quarter second that used to separate them.
+    sleeps = {"a_short": 0.0, "b_long": 1.0, "c_mid": 0.5}
     for name, seconds in sleeps.items():
         px.script(f"{name}_script.py", RECORD_START + f"import time\ntime.sleep({seconds})\n")
     args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)

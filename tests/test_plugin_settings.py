@@ -87,9 +87,11 @@ def write_settings_project(px: ExecPytester) -> None:
     )
     px.script("always_script.py", "# pytest.mark.exec(max_runs=2)\n" + COUNT_RUNS + "exit(1)\n")
     px.script("once_script.py", "# pytest.mark.exec(max_runs=3)\n" + COUNT_RUNS)
+    # The first run must record itself before its timeout: 2 s leaves a loaded machine time
+    # to start the interpreter.
     px.script(
         "hangs_once_script.py",
-        "# pytest.mark.exec(max_runs=2, timeout=0.5)\n"
+        "# pytest.mark.exec(max_runs=2, timeout=2)\n"
         + COUNT_RUNS
         + "import time\nif RUN == 1:\n    time.sleep(30)\n",
     )

@@ -119,7 +119,7 @@ def test_sigterm_stops_the_run_like_ctrl_c(px: ExecPytester, mode: list[str]) ->
     assert session.proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "KeyboardInterrupt: SIGTERM" in output
     assert "INTERNALERROR" not in output
-    assert elapsed < 6, f"pytest took {elapsed:.1f} s to stop"
+    assert elapsed < 10, f"pytest took {elapsed:.1f} s to stop"  # the sleepers: 30 s
     px.assert_no_process_left(at_least=3 * scripts)
 
 
@@ -136,7 +136,7 @@ def test_sigterm_while_ctrl_c_stops_the_scripts_does_not_abandon_them(
     output = session.output
     assert session.proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "INTERNALERROR" not in output
-    assert elapsed < 6, f"pytest took {elapsed:.1f} s to stop"
+    assert elapsed < 10, f"pytest took {elapsed:.1f} s to stop"  # the sleepers: 30 s
     px.assert_no_process_left(at_least=9)
 
 
@@ -202,7 +202,9 @@ def test_guardian_kills_every_script_after_pytest_timeouts_os_exit(
         import os, time
         import pytest
 
-        @pytest.mark.timeout(1, method="thread")
+        # 3 s: the timer runs from the test's start, and the script must have recorded its
+        # three pids by then (the loop below waits for them), slow as that is under load.
+        @pytest.mark.timeout(3, method="thread")
         def test_hangs():
             deadline = time.monotonic() + 20
             while len(os.listdir({str(px.pid_dir)!r})) < 3 and time.monotonic() < deadline:
@@ -301,7 +303,9 @@ def test_x_after_an_ordinary_failure_cancels_hundreds_of_scripts_at_once(
     assert result.ret == pytest.ExitCode.TESTS_FAILED, text
     result.assert_outcomes(failed=1)
     assert "cannot submit" not in text
-    assert elapsed < 20, f"pytest took {elapsed:.1f} s"
+    # The running scripts' 30 s is what this rules out; collecting 300 scripts and starting
+    # pytest take seconds of it on a loaded machine.
+    assert elapsed < 25, f"pytest took {elapsed:.1f} s"
     px.assert_no_process_left(at_least=2)
 
 

@@ -358,8 +358,9 @@ def test_report_survives_a_sigkilled_run(px: ExecPytester) -> None:
         while len(list(done.iterdir())) < quick:
             assert time.monotonic() < deadline, "the quick scripts did not finish"
             time.sleep(0.05)
-        # Their lines come as each is reported, not at the end of the run.
-        while not path.exists() or len(path.read_text().splitlines()) < quick + 1:
+        # Their lines come as each is reported, not at the end of the run. Whole lines only:
+        # one being written as we read must not count (pytest is killed right after).
+        while not path.exists() or path.read_text().count("\n") < quick + 1:
             assert time.monotonic() < deadline, "the finished scripts' lines were not written"
             time.sleep(0.05)
         assert proc.poll() is None, "pytest ended: the run was not killed halfway"
@@ -379,11 +380,13 @@ def test_report_survives_a_sigkilled_run(px: ExecPytester) -> None:
 
 def write_live_project(px: ExecPytester) -> None:
     marker = px.path / "b_finished"
+    started = px.path / "a_started"
     px.script(
         "a_script.py",
         f"""\
         import os, sys, time
         print("a-early", flush=True)
+        open({str(started)!r}, "w").close()
         # A line written in three pieces, while b writes its own lines: shown whole.
         for piece in ("piece1-", "piece2-", "piece3"):
             sys.stdout.write(piece)
@@ -402,8 +405,13 @@ def write_live_project(px: ExecPytester) -> None:
     )
     px.script(
         "b_script.py",
+        # Starts once a's first line is out: however late a's interpreter starts on a loaded
+        # machine, that line is live before b ends, which is what the test reads.
         f"""\
-        import pathlib, time
+        import os, pathlib, time
+        deadline = time.monotonic() + 30
+        while not os.path.exists({str(started)!r}) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for i in range(3):
             print(f"b-line {{i}}", flush=True)
             time.sleep(0.1)
@@ -423,7 +431,7 @@ def test_live_output_streams_whole_prefixed_lines(
     px: ExecPytester, mode: list[str], how: list[str]
 ) -> None:
     write_live_project(px)
-    result = px.run(*mode, *how)
+    result = px.run(*mode, "--exec-workers", "2", *how)  # a and b at once, whatever the CPUs
     result.assert_outcomes(passed=2)
     a_lines = _live_lines(result, "a_script.py")
     assert a_lines[:2] == ["a-early", "piece1-piece2-piece3"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -105,8 +106,10 @@ def test_equal_priorities_start_in_the_order_scheduled() -> None:
 def test_max_concurrency_bounds_running_jobs() -> None:
     rec = _Recorder()
     scheduler = AsyncScheduler(max_concurrency=3)
+    # 0.2 s each: three rounds take 0.6 s and one at a time 1.8 s, so the upper bound has
+    # 0.9 s to spare on a loaded machine (0.05 s jobs left 0.45 s) and still tells them apart.
     for i in range(9):
-        scheduler.schedule(rec.job, args=(f"j{i}", 0.05))
+        scheduler.schedule(rec.job, args=(f"j{i}", 0.2))
 
     started = time.monotonic()
     asyncio.run(scheduler.run_all())
@@ -114,7 +117,7 @@ def test_max_concurrency_bounds_running_jobs() -> None:
 
     assert rec.peak == 3
     assert scheduler.metrics.peak_running == 3
-    assert 0.15 <= elapsed < 0.6, "nine 0.05 s jobs, three at a time, take three rounds"
+    assert 0.6 <= elapsed < 1.5, "nine 0.2 s jobs, three at a time, take three rounds"
 
 
 def test_failed_jobs_are_retried_up_to_max_runs_and_record_their_runs() -> None:
@@ -225,7 +228,7 @@ def test_cancelling_a_running_job_interrupts_it_and_counts_it_once() -> None:
         await runner
         return time.monotonic() - started
 
-    assert asyncio.run(main()) < 1.0
+    assert asyncio.run(main()) < 3.0  # not the slow job's 5 s
     assert rec.cancelled == ["slow"]
     assert _statuses(scheduler) == {
         "slow": AsyncJobStatus.CANCELLED,
@@ -241,7 +244,10 @@ def test_cancelling_a_running_job_interrupts_it_and_counts_it_once() -> None:
 
 
 def test_a_job_that_swallows_cancellation_still_ends_cancelled_not_completed() -> None:
+    entered: list[bool] = []
+
     async def stubborn() -> str:
+        entered.append(True)
         try:
             await asyncio.sleep(5)
         except asyncio.CancelledError:
@@ -253,7 +259,8 @@ def test_a_job_that_swallows_cancellation_still_ends_cancelled_not_completed() -
 
     async def main() -> None:
         runner = asyncio.create_task(scheduler.run_all())
-        await asyncio.sleep(0.05)
+        while not entered:  # cancelled inside its body, whatever the machine's speed
+            await asyncio.sleep(0.005)
         assert scheduler.cancel(job_id) is True
         await runner
 
@@ -274,7 +281,12 @@ def test_cancelling_run_all_leaves_no_job_running_or_pending() -> None:
 
     async def main() -> None:
         runner = asyncio.create_task(scheduler.run_all())
-        await asyncio.sleep(0.1)
+        # Once quick has ended and r1, r2 run (r2 only starts in quick's slot); a fixed
+        # 0.1 s could end first on a loaded machine.
+        deadline = time.monotonic() + 10
+        while sorted(rec.order) != ["quick", "r1", "r2"] or rec.active < 2:
+            assert time.monotonic() < deadline, rec.order
+            await asyncio.sleep(0.005)
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
@@ -283,7 +295,7 @@ def test_cancelling_run_all_leaves_no_job_running_or_pending() -> None:
     started = time.monotonic()
     asyncio.run(main())
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # the running jobs would take 5 s
     assert _statuses(scheduler) == {
         "quick": AsyncJobStatus.COMPLETED,
         "r1": AsyncJobStatus.CANCELLED,
@@ -326,12 +338,26 @@ def test_jobs_scheduled_during_run_all_are_run_in_priority_order() -> None:
 
 def test_a_job_scheduled_while_run_all_waits_on_a_long_job_is_picked_up() -> None:
     scheduler = AsyncScheduler(max_concurrency=2)
-    scheduler.schedule(_sleep_return, name="long", args=(0.2, "long"))
+    late_ended = asyncio.Event()
+
+    async def long_job() -> str:
+        # Ends once the late job has (or after 5 s): no fixed duration a stalled process could
+        # outlast. A late job that waited for this one's slot would end after it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(late_ended.wait(), 5)
+        return "long"
+
+    async def late_job() -> str:
+        late_ended.set()
+        return "late"
+
+    long_id = scheduler.schedule(long_job, name="long")
 
     async def main() -> str:
         runner = asyncio.create_task(scheduler.run_all())
-        await asyncio.sleep(0.05)
-        late = scheduler.schedule(_sleep_return, name="late", args=(0.0, "late"))
+        while scheduler.get_job(long_id).status is not AsyncJobStatus.RUNNING:  # type: ignore[union-attr]
+            await asyncio.sleep(0.005)
+        late = scheduler.schedule(late_job, name="late")
         await runner
         return late
 
@@ -519,7 +545,7 @@ def test_cancel_all_threadsafe_stops_a_run_in_another_thread() -> None:
     thread.join(5)
 
     assert not thread.is_alive()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0  # not the blockers' 10 s
     assert errors == []
     assert cancelled == 5
     assert sorted(rec.cancelled) == ["b0", "b1"]
@@ -647,7 +673,7 @@ def test_cancelling_a_running_script_job_kills_its_process_tree(tmp_path: Path) 
 
     wind_down, survivors = asyncio.run(main())
 
-    assert wind_down < 3.0
+    assert wind_down < 10.0  # not the script's 30 s
     assert survivors == []
     job = scheduler.get_job(job_id)
     assert job is not None

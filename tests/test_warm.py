@@ -344,7 +344,7 @@ def test_a_daemon_forked_without_exec_is_found_by_the_run_tag(
     try:
         assert result["status"] == ScriptStatus.PASSED, result["stderr"]
         assert still_alive([daemon], within=1.0) == []
-        assert wall < 3, f"took {wall:.2f} s"
+        assert wall < 10, f"took {wall:.2f} s"  # the daemon holds on for 30 s
     finally:
         if still_alive([daemon], within=0):
             os.kill(daemon, signal.SIGKILL)
@@ -524,6 +524,7 @@ def test_plugin_session_killed_leaves_no_server_or_script(px: ExecPytester, warm
             px.tracker() + "_track(_os.getppid())\nimport time\ntime.sleep(60)\n",
         )
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
+    command += ["--exec-workers", "2"]  # both at once, whatever the CPU count
     with subprocess.Popen(command, cwd=px.path, stdout=subprocess.DEVNULL) as proc:
         try:
             pids = px.wait_for_pids(3)  # two scripts, one server
