@@ -62,6 +62,21 @@ _CHILD_PATH_VARIABLES = frozenset({"PYTHONPATH"})
 """``PYTHON*`` variables the child applies itself."""
 
 _SERVER = Path(__file__).with_name("_warm_server.py")
+
+
+def _read_at_start_up(env: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``env`` that a forked child cannot take on: what start-up has read."""
+    # One startswith with a tuple per key: this runs for every script a warm launcher starts.
+    return {
+        key: value
+        for key, value in env.items()
+        if key.startswith(("PYTHON", *START_UP_VARIABLES))
+        and (key.startswith("PYTHON") or key in START_UP_VARIABLES)
+        and key != RUN_TAG_VAR
+        and key not in _CHILD_PATH_VARIABLES
+    }
+
+
 _MAX_MESSAGE = 1 << 20
 _READY_TIMEOUT = 120.0
 """Seconds the server may take to import its preload list."""
@@ -285,6 +300,7 @@ class WarmLauncher:
             if not name or not all(part.isidentifier() for part in name.split(".")):
                 raise ValueError(f"preload: not a module name: {name!r}")
         self.env = dict(os.environ if env is None else env)
+        self._start_up_env = _read_at_start_up(self.env)
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._broken: str | None = None
@@ -338,16 +354,9 @@ class WarmLauncher:
             return shape
         if os.path.abspath(plan.argv[0]) != self.python:
             return f"another interpreter ({plan.argv[0]})"
-        read_at_start_up = {
-            key
-            for env in (plan.env, self.env)
-            for key in env
-            if (key.startswith("PYTHON") or key in START_UP_VARIABLES)
-            and key != RUN_TAG_VAR
-            and key not in _CHILD_PATH_VARIABLES
-        }
-        for key in sorted(read_at_start_up):  # sorted: the same reason every time
-            mine, theirs = plan.env.get(key), self.env.get(key)
+        mine_all, theirs_all = _read_at_start_up(plan.env), self._start_up_env
+        for key in sorted(mine_all.keys() | theirs_all.keys()):  # sorted: the same reason always
+            mine, theirs = mine_all.get(key), theirs_all.get(key)
             if mine != theirs:
                 change = "unset" if mine is None else f"{key}={mine}"
                 return f"{change} (read at interpreter start-up)"
