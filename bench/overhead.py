@@ -15,16 +15,12 @@ medians and the ratio of medians.
 
 from __future__ import annotations
 
-import json
-import shutil
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from corpora import Corpus
-from measure import run_once
-
-BENCH = Path(__file__).resolve().parent
+from profiling import probe
 
 _NOOP_TESTS = '''\
 """The peer: the cheapest ordinary test pytest can run, parametrized once per script."""
@@ -36,18 +32,6 @@ import pytest
 def test_noop(index: int) -> None:
     pass
 '''
-
-
-def _probe_cpu(
-    python: str, cwd: Path, out: Path, env: Mapping[str, str], args: Sequence[str]
-) -> float:
-    """The pytest process's own CPU seconds for one run of ``pytest args`` in ``cwd``."""
-    if out.exists():
-        shutil.rmtree(out)
-    sample = run_once([python, str(BENCH / "probe.py"), str(out), "--", *args], cwd=cwd, env=env)
-    if sample.returncode not in (0, 5):  # 5: nothing collected, expected for the empty folder
-        raise SystemExit(f"overhead run failed in {cwd}: {sample.problem}")
-    return float(json.loads((out / "probe.json").read_text())["self_cpu"])
 
 
 def run(
@@ -84,11 +68,11 @@ def run(
     scratch = results / "overhead"
     scratch.mkdir(parents=True, exist_ok=True)
     for folder, args in arms.values():  # a warm-up: bytecode and pytest caches
-        _probe_cpu(python, folder, scratch / "warmup", env, args)
+        probe(python, folder, scratch / "warmup", env, args)
     cpu: dict[str, list[float]] = {label: [] for label in arms}
     for _ in range(runs):
         for label, (folder, args) in arms.items():
-            cpu[label].append(_probe_cpu(python, folder, scratch / "run", env, args))
+            cpu[label].append(probe(python, folder, scratch / "run", env, args)["self_cpu"])
 
     medians = {label: statistics.median(values) for label, values in cpu.items()}
     bare = medians["empty folder (pytest start-up)"]

@@ -144,9 +144,15 @@ def _top(path: Path | Sequence[Path], order: str, limit: int = TOP) -> str:
 _NO_TESTS = 5
 
 
-def _probe(
-    python: str, cwd: Path, out: Path, env: Mapping[str, str], args: Sequence[str], threads: bool
+def probe(
+    python: str,
+    cwd: Path,
+    out: Path,
+    env: Mapping[str, str],
+    args: Sequence[str],
+    threads: bool = False,
 ) -> dict[str, Any]:
+    """One ``bench/probe.py`` run of ``pytest args`` in ``cwd``: its record, with the wall."""
     if out.exists():
         shutil.rmtree(out)
     argv = [python, str(BENCH / "probe.py"), str(out), *(["--threads"] if threads else [])]
@@ -203,18 +209,18 @@ def _profile_corpus(
     out: list[str] = [f"=== {name}: {corpus.spec.description}, {corpus.spec.workers} workers ==="]
 
     # A warm-up, so the bytecode cache is full and the duration cache is in its steady state.
-    _probe(python, corpus.folder, scratch / "warm", env, plugin, threads=False)
+    probe(python, corpus.folder, scratch / "warm", env, plugin, threads=False)
 
     # 1. The pytest process's own CPU, without any profiler.
     runs = {
-        f"full run ({default})": _probe(python, corpus.folder, scratch / "a", env, plugin, False),
-        f"full run ({other})": _probe(
+        f"full run ({default})": probe(python, corpus.folder, scratch / "a", env, plugin, False),
+        f"full run ({other})": probe(
             python, corpus.folder, scratch / "b", env, [*plugin, "--exec-backend", other], False
         ),
-        "--collect-only of the corpus": _probe(
+        "--collect-only of the corpus": probe(
             python, corpus.folder, scratch / "c", env, ["-q", "--collect-only"], False
         ),
-        "--collect-only of an empty folder": _probe(
+        "--collect-only of an empty folder": probe(
             python, empty, scratch / "d", env, ["-q", "--collect-only"], False
         ),
     }
@@ -256,7 +262,7 @@ def _profile_corpus(
 
     # 3. All threads, CPU clock.
     threaded = scratch / "threads"
-    record = _probe(python, corpus.folder, threaded, env, plugin, threads=True)
+    record = probe(python, corpus.folder, threaded, env, plugin, threads=True)
     groups, background = _thread_groups(threaded, record, count)
     out += ["", f"every thread on its CPU clock ({default} backend; the profiler inflates it):"]
     out += groups
@@ -277,7 +283,7 @@ def _profile_corpus(
     # The other backend's threads: its engine runs on other threads (an event loop, and on
     # some Python versions a waitpid thread per child).
     other_dir = scratch / "threads-other"
-    record = _probe(
+    record = probe(
         python, corpus.folder, other_dir, env, [*plugin, "--exec-backend", other], threads=True
     )
     groups, _ = _thread_groups(other_dir, record, count)
