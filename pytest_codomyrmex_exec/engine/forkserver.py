@@ -66,12 +66,10 @@ _SERVER = Path(__file__).with_name("_warm_server.py")
 
 def _read_at_start_up(env: Mapping[str, str]) -> dict[str, str]:
     """The part of ``env`` that a forked child cannot take on: what start-up has read."""
-    # One startswith with a tuple per key: this runs for every script a warm launcher starts.
     return {
         key: value
         for key, value in env.items()
-        if key.startswith(("PYTHON", *START_UP_VARIABLES))
-        and (key.startswith("PYTHON") or key in START_UP_VARIABLES)
+        if (key.startswith("PYTHON") or key in START_UP_VARIABLES)
         and key != RUN_TAG_VAR
         and key not in _CHILD_PATH_VARIABLES
     }
