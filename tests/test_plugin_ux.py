@@ -378,8 +378,9 @@ def test_report_survives_a_sigkilled_run(px: ExecPytester) -> None:
 # -- live output -----------------------------------------------------------------------------
 
 
-def write_live_project(px: ExecPytester) -> None:
-    marker = px.path / "b_finished"
+def write_live_project(px: ExecPytester) -> Path:
+    """Two scripts whose output interleaves; returns the results file the run must write."""
+    results = px.path / "results.jsonl"
     started = px.path / "a_started"
     px.script(
         "a_script.py",
@@ -393,8 +394,14 @@ def write_live_project(px: ExecPytester) -> None:
             sys.stdout.flush()
             time.sleep(0.15)
         print(flush=True)
+        # The rest once b's result is reported, so a's report comes after b's on any machine
+        # (a marker touched by b raced b's interpreter exit against a's on a loaded one).
         deadline = time.monotonic() + 30
-        while not os.path.exists({str(marker)!r}) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if os.path.exists({str(results)!r}):
+                with open({str(results)!r}) as stream:
+                    if '"b_script.py' in stream.read():
+                        break
             time.sleep(0.02)
         print("x" * 1500, flush=True)
         sys.stdout.buffer.write(b"esc \\x1b[31m nul \\x00 bad \\xff end\\n")
@@ -408,16 +415,16 @@ def write_live_project(px: ExecPytester) -> None:
         # Starts once a's first line is out: however late a's interpreter starts on a loaded
         # machine, that line is live before b ends, which is what the test reads.
         f"""\
-        import os, pathlib, time
+        import os, time
         deadline = time.monotonic() + 30
         while not os.path.exists({str(started)!r}) and time.monotonic() < deadline:
             time.sleep(0.02)
         for i in range(3):
             print(f"b-line {{i}}", flush=True)
             time.sleep(0.1)
-        pathlib.Path({str(marker)!r}).touch()
         """,
     )
+    return results
 
 
 def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
@@ -430,8 +437,9 @@ def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
 def test_live_output_streams_whole_prefixed_lines(
     px: ExecPytester, mode: list[str], how: list[str]
 ) -> None:
-    write_live_project(px)
-    result = px.run(*mode, "--exec-workers", "2", *how)  # a and b at once, whatever the CPUs
+    results = write_live_project(px)
+    # Two workers: a and b at once, whatever the CPUs.
+    result = px.run(*mode, "--exec-workers", "2", "--exec-report", str(results), *how)
     result.assert_outcomes(passed=2)
     a_lines = _live_lines(result, "a_script.py")
     assert a_lines[:2] == ["a-early", "piece1-piece2-piece3"]
