@@ -247,9 +247,26 @@ def pytest_exec_script_started(item, settings):
 """,
     )
     stamps = px.path / "stamps.txt"
-    # Held 2 s: the started event travels worker -> scheduler -> client before the hook runs,
-    # which on a loaded machine can take a good part of the 0.4 s a 0.6 s hold left.
-    gpu = _gpu_script(stamps, hold=2.0)
+    started = px.path / "started.txt"
+    # Each holds the GPU until its own started hook has run, then 0.6 s more: the started
+    # event travels worker -> scheduler -> client before the hook runs, which on a loaded
+    # machine no fixed hold is sure to outlast. A hook run only once the result came would
+    # leave the script waiting in vain (30 s), and the check below would fail.
+    gpu = f"""\
+# pytest.mark.exec(resources={{'GPU': 1}})
+import os, time
+start = time.time()
+me = os.path.basename(__file__)[: -len(".py")] + " "
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    if os.path.exists({str(started)!r}):
+        with open({str(started)!r}) as stream:
+            if any(line.startswith(me) for line in stream):
+                break
+    time.sleep(0.02)
+time.sleep(0.6)
+open({str(stamps)!r}, "a").write(f"{{start}} {{time.time()}}\\n")
+"""
     px.script("gpu_a_script.py", gpu)
     px.script("gpu_b_script.py", gpu)
     px.script("plain_script.py", "print('no resources needed')\n")
