@@ -527,18 +527,32 @@ def test_args_reach_the_script_verbatim(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["threading.Event", "CancelEvent"])
 def test_cancel_event_stops_a_running_script_promptly(tmp_path: Path, kind: str) -> None:
-    script = write_script(tmp_path, "sleeper.py", "import time\ntime.sleep(30)\n")
+    running = tmp_path / "running"
+    script = write_script(
+        tmp_path,
+        "sleeper.py",
+        f"import time\nopen({str(running)!r}, 'w').close()\ntime.sleep(30)\n",
+    )
     event: threading.Event | CancelEvent = (
         threading.Event() if kind == "threading.Event" else CancelEvent()
     )
-    timer = threading.Timer(0.3, event.set)
-    timer.start()
+
+    def cancel_once_running() -> None:
+        # Not after a fixed 0.3 s: a loaded machine may not have started the script by then,
+        # and a cancel that comes first stops a run that never began, killing nothing.
+        deadline = time.monotonic() + 30
+        while not running.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        event.set()
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
     began = time.monotonic()
     cpu_began = time.process_time()
     try:
         result = run_script(script, timeout=30, cancel_event=event)
     finally:
-        timer.join()
+        canceller.join()
         if isinstance(event, CancelEvent):
             event.close()
     assert result["status"] == ScriptStatus.CANCELLED
