@@ -8,6 +8,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Literal
 
 import pytest
@@ -26,9 +27,8 @@ _STOP_REPORT_AFTER = 10.0
 """Seconds to wait for the backend to wind down before saying that it does not."""
 
 
-@contextlib.contextmanager
-def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (and SIGTERM) back while the backend kills the scripts; raise it afterwards.
+class _HeldSignals:
+    """Ctrl-C (and SIGTERM) held back while the backend kills the scripts, raised afterwards.
 
     Users press Ctrl-C twice, and CI runners send SIGTERM while a Ctrl-C is being handled.
     The backend's threads are daemons: a second KeyboardInterrupt leaving ``close()`` early
@@ -37,19 +37,30 @@ def _ctrl_c_deferred() -> Iterator[None]:
     when it would interrupt (ours) or kill pytest (the default); a handler of the user's is
     left alone.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    held = [signal.SIGINT, *([signal.SIGTERM] if sigterm_is_interrupt() else [])]
-    previous = {signum: signal.signal(signum, lambda n, _f: received.append(n)) for signum in held}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def hold(self) -> None:
+        """Record the signals from now on; safe to call again if a signal cut it short."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if not self._previous:
+            held = [signal.SIGINT, *([signal.SIGTERM] if sigterm_is_interrupt() else [])]
+            self._previous = {signum: signal.getsignal(signum) for signum in held}
+        for signum in self._previous:
+            signal.signal(signum, self._record)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received += 1
+
+    def release(self) -> None:
+        """Give the handlers back, and raise the interrupt that was held, if any."""
+        for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-    if received:
-        raise KeyboardInterrupt
+        if self.received:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -120,6 +131,7 @@ class ExecSession:
         self._running = RunningScripts()  # the quiet that counts starts now, not at configure
         backend: ScriptBackend = self.config.hook.pytest_exec_make_backend(config=self.config)
         self._backend = backend
+        held = _HeldSignals()
         try:
             base_env = child_environment(
                 self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
@@ -127,8 +139,21 @@ class ExecSession:
             backend.start(self._jobs(), base_env, self._events.put)
             self._run(session)
         finally:
-            with _ctrl_c_deferred():
+            # Two signals can be pending together (both came while pytest was stopped, or
+            # the machine stalled): the first ended the run, the second is raised at the
+            # first call here, before any handler of ours is in place. So the holding is
+            # retried right here, in this frame: a call before the loop (even the one that
+            # makes ``held``) would be too late, for Python runs pending handlers on a call.
+            while True:
+                try:
+                    held.hold()
+                    break
+                except KeyboardInterrupt:
+                    held.received += 1
+            try:
                 self._stop(backend)
+            finally:
+                held.release()
         return True
 
     def _stop(self, backend: ScriptBackend) -> None:
