@@ -127,6 +127,7 @@ class ExecPytester:
         self.pid_dir = pytester.path / "pids"
         self.pid_dir.mkdir()
         self.junit_path = pytester.path / "junit.xml"
+        self.results_path = pytester.path / "results.jsonl"
 
     # -- writing the project ------------------------------------------------------------------
 
@@ -141,14 +142,40 @@ class ExecPytester:
             """
         )
 
-    def script(self, relpath: str, body: str = "", *, track: bool = False) -> Path:
-        """Write a script (``body`` is dedented); ``track`` prepends the pid recorder."""
+    def report_waiter(self) -> str:
+        """Lines that define ``_until_reported(name)``: wait (30 s at most) until the script
+        ``name``'s result is in the results file, which a run writes with ``report_args()``.
+
+        A script that must end after another was *reported* waits on this, not on a marker
+        that the other touches: on a loaded machine the other's exit races this one's.
+        """
+        return textwrap.dedent(
+            f"""\
+            def _until_reported(name):
+                import os, time
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    if os.path.exists({str(self.results_path)!r}):
+                        with open({str(self.results_path)!r}) as stream:
+                            if '"' + name in stream.read():
+                                return
+                    time.sleep(0.02)
+            """
+        )
+
+    def script(
+        self, relpath: str, body: str = "", *, track: bool = False, waits: bool = False
+    ) -> Path:
+        """Write a script (``body`` is dedented); ``track`` prepends the pid recorder, ``waits``
+        the :meth:`report_waiter`."""
         path = self.path / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         text = textwrap.dedent(body)
         if track:
             # After the mark lines would also work; first keeps line numbers predictable.
             text = self.tracker() + text
+        if waits:
+            text = self.report_waiter() + text
         path.write_text(text, encoding="utf-8")
         return path
 
@@ -169,6 +196,9 @@ class ExecPytester:
     def run_inprocess(self, *args: str) -> pytest.RunResult:
         """A pytest session in this process: for collection and option checks only."""
         return self.pytester.runpytest_inprocess(*args)
+
+    def report_args(self) -> tuple[str, str]:
+        return ("--exec-report", str(self.results_path))
 
     def junit_args(self) -> tuple[str, str]:
         return ("--junitxml", str(self.junit_path))

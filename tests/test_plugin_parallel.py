@@ -15,28 +15,15 @@ with open(pathlib.Path(__file__).parent / "order.txt", "a") as _out:
 
 
 def test_reports_come_in_completion_order(px: ExecPytester, backend: str) -> None:
-    results = px.path / "results.jsonl"
-    # The slow script ends once the fast one's result is reported (its line in the results
-    # file), not after a fixed 1 s, which a loaded machine's start and exit of the fast
-    # script's interpreter could outlast. Reported in collection order instead, the slow
-    # script would wait in vain (30 s) and be reported first.
-    px.script(
-        "a_slow_script.py",
-        f"""\
-        import os, time
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if os.path.exists({str(results)!r}):
-                with open({str(results)!r}) as stream:
-                    if '"b_fast_script.py' in stream.read():
-                        break
-            time.sleep(0.02)
-        """,
-    )
+    # The slow script ends once the fast one's result is reported, not after a fixed 1 s,
+    # which a loaded machine's start and exit of the fast script's interpreter could outlast.
+    # Reported in collection order instead, the slow script would wait in vain (30 s) and be
+    # reported first.
+    px.script("a_slow_script.py", '_until_reported("b_fast_script.py")\n', waits=True)
     px.script("b_fast_script.py", "")
     # Two workers, not the CPU count: on one CPU the slow script would run first, alone.
     args = ("--exec-parallel", "--exec-workers", "2", "--exec-backend", backend)
-    result = px.run("-v", *args, "--exec-report", str(results), *px.junit_args())
+    result = px.run("-v", *args, *px.report_args(), *px.junit_args())
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         ["b_fast_script.py::b_fast_script PASSED*", "a_slow_script.py::a_slow_script PASSED*"]

@@ -378,9 +378,8 @@ def test_report_survives_a_sigkilled_run(px: ExecPytester) -> None:
 # -- live output -----------------------------------------------------------------------------
 
 
-def write_live_project(px: ExecPytester) -> Path:
-    """Two scripts whose output interleaves; returns the results file the run must write."""
-    results = px.path / "results.jsonl"
+def write_live_project(px: ExecPytester) -> None:
+    """Two scripts whose output interleaves; runs need ``px.report_args()``."""
     started = px.path / "a_started"
     px.script(
         "a_script.py",
@@ -396,19 +395,14 @@ def write_live_project(px: ExecPytester) -> Path:
         print(flush=True)
         # The rest once b's result is reported, so a's report comes after b's on any machine
         # (a marker touched by b raced b's interpreter exit against a's on a loaded one).
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if os.path.exists({str(results)!r}):
-                with open({str(results)!r}) as stream:
-                    if '"b_script.py' in stream.read():
-                        break
-            time.sleep(0.02)
+        _until_reported("b_script.py")
         print("x" * 1500, flush=True)
         sys.stdout.buffer.write(b"esc \\x1b[31m nul \\x00 bad \\xff end\\n")
         sys.stdout.flush()
         print("on stderr", file=sys.stderr, flush=True)
         sys.stdout.write("no newline at the end")
         """,
+        waits=True,
     )
     px.script(
         "b_script.py",
@@ -424,7 +418,6 @@ def write_live_project(px: ExecPytester) -> Path:
             time.sleep(0.1)
         """,
     )
-    return results
 
 
 def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
@@ -437,9 +430,9 @@ def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
 def test_live_output_streams_whole_prefixed_lines(
     px: ExecPytester, mode: list[str], how: list[str]
 ) -> None:
-    results = write_live_project(px)
+    write_live_project(px)
     # Two workers: a and b at once, whatever the CPUs.
-    result = px.run(*mode, "--exec-workers", "2", "--exec-report", str(results), *how)
+    result = px.run(*mode, "--exec-workers", "2", *px.report_args(), *how)
     result.assert_outcomes(passed=2)
     a_lines = _live_lines(result, "a_script.py")
     assert a_lines[:2] == ["a-early", "piece1-piece2-piece3"]
