@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from .engine.events import RunEvent, RunEventKind
     from .engine.forkserver import WarmLauncher
     from .engine.parallel import ParallelRunner, ProgressEvent
-    from .engine.results import AsyncExecutionResult, ExecutionResult, ScriptResult, ScriptStatus
+    from .engine.results import (
+        AsyncExecutionResult,
+        ExecutionResult,
+        FailureCause,
+        ScriptResult,
+        ScriptStatus,
+    )
     from .engine.run import CancelEvent, run_script
     from .engine.run_async import run_script_async
     from .engine.scheduler import (
@@ -38,6 +44,7 @@ __all__ = [
     "AsyncScheduler",
     "CancelEvent",
     "ExecutionResult",
+    "FailureCause",
     "JobEvent",
     "JobEventKind",
     "ParallelRunner",

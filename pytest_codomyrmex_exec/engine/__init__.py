@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .results import (
         AsyncExecutionResult,
         ExecutionResult,
+        FailureCause,
         ScriptResult,
         ScriptStatus,
         make_result,
@@ -85,6 +86,7 @@ _HOMES = {
     "ProgressEvent": "parallel",
     "AsyncExecutionResult": "results",
     "ExecutionResult": "results",
+    "FailureCause": "results",
     "ScriptResult": "results",
     "ScriptStatus": "results",
     "make_result": "results",
@@ -130,6 +132,7 @@ __all__ = [
     "ColdLauncher",
     "EventSink",
     "ExecutionResult",
+    "FailureCause",
     "Guardian",
     "InvalidSpec",
     "JobEvent",

@@ -18,6 +18,32 @@ class ScriptStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class FailureCause(enum.StrEnum):
+    """Why a script did not pass, as data: code switches on this, never on ``error``'s words
+    (which are for people and may be reworded freely). ``None`` on a passed result."""
+
+    EXIT_CODE = "exit_code"
+    """It exited with a code that does not count as passed."""
+    SIGNAL = "signal"
+    """A signal killed it (not one of ours: a timeout or a cancel has its own cause)."""
+    MEMORY_LIMIT = "memory_limit"
+    """It ran out of its ``memory_limit_mb``."""
+    TIMEOUT = "timeout"
+    """It ran past its timeout; its process tree was killed."""
+    CANCELLED = "cancelled"
+    """A cancel (fail-fast, ``-x``, Ctrl-C, ``close()``) stopped it or kept it from starting."""
+    MISSING_PATH = "missing_path"
+    """The script, its working folder or its stdin file is not there (or is not a file)."""
+    START_FAILED = "start_failed"
+    """Its process could not be made (no interpreter, an ``exec`` that failed)."""
+    RESOURCES = "resources"
+    """It needs more of a resource than exists where it would run."""
+    WORKER_LOST = "worker_lost"
+    """What ran it died with it: a pool worker, a Dask worker, the warm server."""
+    ENGINE = "engine"
+    """The runner or backend itself failed (a bug, or a broken pool): not the script's doing."""
+
+
 class ScriptResult(TypedDict):
     """What :func:`run_script` returns for one script.
 
@@ -39,6 +65,8 @@ class ScriptResult(TypedDict):
     worker: str | None
     """The machine that ran it when that is not this process's own (a Dask worker's
     address and name); ``None`` otherwise."""
+    cause: FailureCause | None
+    """Why it did not pass (``None`` when it passed): what code should switch on."""
 
 
 def make_result(
@@ -54,6 +82,7 @@ def make_result(
     memory_limit_exceeded: bool = False,
     attempts: int = 1,
     worker: str | None = None,
+    cause: FailureCause | None = None,
 ) -> ScriptResult:
     """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
     return ScriptResult(
@@ -69,6 +98,7 @@ def make_result(
         memory_limit_exceeded=memory_limit_exceeded,
         attempts=attempts,
         worker=worker,
+        cause=cause,
     )
 
 
