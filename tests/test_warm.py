@@ -62,9 +62,8 @@ from test_runner import (  # noqa: F401
 from test_scheduler import test_cancelling_a_running_script_job_kills_its_process_tree  # noqa: F401
 
 from pytest_codomyrmex_exec import ScriptResult, ScriptSpec, ScriptStatus, WarmLauncher, run_script
-from pytest_codomyrmex_exec.engine import COLD, ParallelRunner, plan_launch, run_async
+from pytest_codomyrmex_exec.engine import COLD, FailureCause, ParallelRunner, run_async
 from pytest_codomyrmex_exec.engine import run as run_module
-from pytest_codomyrmex_exec.engine.launch import LaunchPlan
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux")
 
@@ -219,6 +218,75 @@ def test_endings_match_a_cold_start(
         assert hot[key] == cold[key], (key, hot[key], cold[key])  # type: ignore[literal-required]
 
 
+# -- verdicts: what a real interpreter does, cold and warm ------------------------------------
+
+INTERRUPT_WITH_ATEXIT = """\
+import atexit
+atexit.register(print, "atexit ran", flush=True)
+raise KeyboardInterrupt
+"""
+TIME_ZONE = "import time\nprint(time.tzname, time.timezone, time.localtime(0).tm_hour)\n"
+
+# name: (script, environment, the exit code CPython gives; negative: ended by that signal)
+VERDICTS: dict[str, tuple[str, dict[str, str], int]] = {
+    "exit_false": ("import sys\nsys.exit(False)\n", {}, 0),  # sys.exit(not ok) passes
+    "exit_true": ("import sys\nsys.exit(True)\n", {}, 1),  # and prints nothing
+    "exit_minus_one": ("import sys\nsys.exit(-1)\n", {}, 255),
+    "exit_256": ("import sys\nsys.exit(256)\n", {}, 0),
+    "exit_minus_256": ("import sys\nsys.exit(-256)\n", {}, 0),
+    "exit_2_63": ("import sys\nsys.exit(2**63)\n", {}, 255),  # out of a C long: -1
+    "exit_below_long": ("import sys\nsys.exit(-(2**63) - 1)\n", {}, 255),
+    "exit_2_32_plus_3": ("import sys\nsys.exit(2**32 + 3)\n", {}, 3),
+    "exit_text": ("import sys\nsys.exit('msg')\n", {}, 1),
+    "exit_none": ("import sys\nsys.exit(None)\n", {}, 0),
+    "time_zone": (TIME_ZONE, {"TZ": "ABC+3"}, 0),  # 3 h west of UTC: 21 h at the epoch
+    "interrupt_atexit": (INTERRUPT_WITH_ATEXIT, {}, -signal.SIGINT),
+}
+
+
+def run_in_mode(
+    mode: str, warm_launcher: WarmLauncher, script: Path, **options: object
+) -> ScriptResult:
+    """Run ``script`` cold, or forked by ``warm_launcher``; a warm run that quietly started
+    cold fails here."""
+    if mode == "cold":
+        return run_script(script, launcher=COLD, **options)
+    before = warm_launcher.warm_starts
+    result = run_script(script, launcher=warm_launcher, **options)
+    assert warm_launcher.warm_starts == before + 1, warm_launcher.cold_starts
+    assert warm_launcher.last_start[str(script)] is None  # None: forked warm
+    return result
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+@pytest.mark.parametrize("case", sorted(VERDICTS))
+def test_a_script_ends_as_in_a_real_interpreter(
+    tmp_path: Path, shared_launcher: WarmLauncher, case: str, mode: str, warm: str
+) -> None:
+    body, env, expected_code = VERDICTS[case]
+    script = write_script(tmp_path, f"{case}.py", body)
+    real = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert real.returncode == expected_code, real.stderr  # the table says what CPython does
+    result = run_in_mode(mode, shared_launcher, script, timeout=30, env=env)
+    assert (result["exit_code"], result["stdout"], result["stderr"]) == (
+        real.returncode,
+        real.stdout,
+        real.stderr,
+    )
+    assert (result["status"] == ScriptStatus.PASSED) == (expected_code == 0)
+    if case == "time_zone":
+        assert result["stdout"] == "('ABC', 'ABC') 10800 21\n"
+    if case == "interrupt_atexit":
+        assert result["stdout"] == "atexit ran\n"
+
+
 def test_module_run_matches_a_cold_start(
     tmp_path: Path, shared_launcher: WarmLauncher, warm: str
 ) -> None:
@@ -367,13 +435,6 @@ def test_what_only_a_fresh_interpreter_honours_starts_cold_with_a_reason(
         warm_run = run_script(script, timeout=20, env={"PYTHONPATH": "x"}, launcher=launcher)
         reasons = dict(launcher.cold_starts)
         assert launcher.warm_starts == 1  # PYTHONPATH is applied in the child
-        # Interpreter options in a plan (none of ours today) are honoured only cold.
-        plan = plan_launch(ScriptSpec(script))
-        assert isinstance(plan, LaunchPlan)
-        with_x = LaunchPlan(
-            plan.spec, [plan.argv[0], "-X", "dev", *plan.argv[1:]], plan.cwd, plan.env, plan.tag
-        )
-        assert launcher.fallback_reason(with_x) == "interpreter options -X dev"
     assert cold_env["stdout"] == "0\n"  # the variable took effect: a fresh interpreter ran
     assert not_warm["status"] == another["status"] == warm_run["status"] == ScriptStatus.PASSED
     assert reasons == {str(script): f"another interpreter ({other})"}  # the last of three
@@ -392,6 +453,119 @@ def test_a_preload_that_fails_is_an_error_naming_it(tmp_path: Path, warm: str) -
     for result in results:
         assert result["status"] == ScriptStatus.ERROR
         assert "cannot preload 'no_such_module_for_warm': ModuleNotFoundError" in error_of(result)
+
+
+# -- what a preloaded module must not bring: open files, threads, a slow or broken import ----
+
+
+def _preload_env(tmp_path: Path, module: str, body: str) -> dict[str, str]:
+    """The environment of a warm launcher whose preload list finds ``module`` (``body``)."""
+    write_script(tmp_path / "lib", f"{module}.py", body)
+    return {**os.environ, "PYTHONPATH": str(tmp_path / "lib")}
+
+
+def test_a_preload_holding_a_file_open_is_refused_naming_it_and_the_file(
+    tmp_path: Path, warm: str
+) -> None:
+    log = tmp_path / "module.log"
+    env = _preload_env(tmp_path, "holder", f"LOG = open({str(log)!r}, 'w')\n")
+    # The script's own file gets the lowest free number: in a forked child whose descriptors
+    # 3+ were closed, the one the module's file object still writes to.
+    script = write_script(
+        tmp_path,
+        "writer.py",
+        """
+        import holder
+        with open("mine.txt", "w") as mine:
+            holder.LOG.write("the module's line"); holder.LOG.flush()
+            mine.write("mine")
+        """,
+    )
+    cold = run_script(script, timeout=30, base_env=env, launcher=COLD)
+    assert cold["status"] == ScriptStatus.PASSED, cold["stderr"]
+    assert (tmp_path / "mine.txt").read_text() == "mine"
+    (tmp_path / "mine.txt").unlink()
+    with WarmLauncher(preload=["holder"], env=env) as launcher:
+        hot = run_script(script, timeout=30, base_env=env, launcher=launcher)
+    assert hot["status"] == ScriptStatus.ERROR  # never a pass with the data in the wrong file
+    assert f"cannot preload 'holder': importing it leaves {log} (fd " in error_of(hot)
+    assert not (tmp_path / "mine.txt").exists()
+
+
+def test_a_preload_starting_a_thread_is_refused_naming_it_and_the_thread(
+    tmp_path: Path, warm: str
+) -> None:
+    env = _preload_env(
+        tmp_path,
+        "service",
+        """\
+        import queue, threading
+        _asks, _answers = queue.Queue(), queue.Queue()
+        def _serve():
+            while True:
+                _answers.put(_asks.get() * 2)
+        threading.Thread(target=_serve, name="doubler", daemon=True).start()
+        def double(value):
+            _asks.put(value)
+            return _answers.get()
+        """,
+    )
+    script = write_script(tmp_path, "asks.py", "import service\nprint(service.double(21))\n")
+    cold = run_script(script, timeout=30, base_env=env, launcher=COLD)
+    assert cold["stdout"] == "42\n", cold["stderr"]
+    with WarmLauncher(preload=["service"], env=env) as launcher:
+        # Forked without its thread, the script would wait for an answer until its timeout.
+        hot = run_script(script, timeout=10, base_env=env, launcher=launcher)
+    assert hot["status"] == ScriptStatus.ERROR
+    assert "cannot preload 'service': importing it starts 1 thread(s) (doubler)" in error_of(hot)
+
+
+def test_a_slow_preload_is_no_scripts_time(tmp_path: Path, warm: str) -> None:
+    env = _preload_env(tmp_path, "slow", "import time\ntime.sleep(3)\n")
+    script = write_script(tmp_path, "quick.py", "print('quick')\n")
+    with WarmLauncher(preload=["slow"], env=env) as launcher:
+        first = run_script(script, timeout=2, base_env=env, launcher=launcher)
+        assert launcher.last_start[str(script)] is None  # forked by the slow server
+    assert first["status"] == ScriptStatus.PASSED, first["error"]
+    assert first["execution_time"] < 2
+
+
+@pytest.mark.parametrize(
+    ("ending", "cause"),
+    [("os._exit(3)", "exit code 3"), ("os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV")],
+    ids=["os_exit", "signal"],
+)
+def test_a_preload_that_kills_the_server_is_named(
+    tmp_path: Path, ending: str, cause: str, warm: str
+) -> None:
+    env = _preload_env(tmp_path, "dies", f"import os, signal\n{ending}\n")
+    script = write_script(tmp_path, "hi.py", "print('hi')\n")
+    with WarmLauncher(preload=["json", "dies"], env=env) as launcher:
+        result = run_script(script, timeout=30, base_env=env, launcher=launcher)
+    assert result["status"] == ScriptStatus.ERROR
+    assert f"cannot preload 'dies': the server died while importing it ({cause})" in error_of(
+        result
+    )
+
+
+def test_a_preload_that_hangs_is_given_up_after_the_ready_timeout(
+    tmp_path: Path, warm: str
+) -> None:
+    pid_file = tmp_path / "server.pid"
+    env = _preload_env(
+        tmp_path,
+        "hangs",
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n",
+    )
+    script = write_script(tmp_path, "hi.py", "print('hi')\n")
+    began = time.monotonic()
+    with WarmLauncher(preload=["hangs"], env=env, ready_timeout=1) as launcher:
+        result = run_script(script, timeout=30, base_env=env, launcher=launcher)
+    assert time.monotonic() - began < 20  # the import would take 60 s
+    assert "did not become ready in 1 s (still importing 'hangs')" in error_of(result)
+    assert still_alive([int(pid_file.read_text())]) == []  # and the server is gone
+    with pytest.raises(ValueError, match="ready_timeout"):
+        WarmLauncher(ready_timeout=float("nan"))
 
 
 # -- the server dying --------------------------------------------------------------------------
@@ -431,6 +605,7 @@ def test_a_server_killed_mid_run_fails_its_scripts_and_a_new_one_serves_the_rest
         new_server = launcher.server_pid
     (result,) = results
     assert result["status"] == ScriptStatus.ERROR
+    assert result["cause"] == FailureCause.WORKER_LOST
     assert "warm-start server died (killed by SIGKILL)" in error_of(result)
     assert still_alive(int(p.name) for p in pids.iterdir()) == []
     assert after["status"] == ScriptStatus.PASSED
@@ -514,6 +689,18 @@ def test_plugin_warm_options_are_checked(px: ExecPytester, warm: str) -> None:
     missing = px.run("--exec-preload", "no_such_module_for_warm")
     missing.assert_outcomes(errors=1)
     missing.stdout.fnmatch_lines(["*cannot preload 'no_such_module_for_warm'*"])
+
+
+def test_plugin_preload_is_found_on_pytests_pythonpath(px: ExecPytester, warm: str) -> None:
+    px.ini(pythonpath="lib")
+    px.script("lib/mymod.py", "import os\nLOADED_IN = os.getpid()\n")
+    px.script(
+        "uses_script.py",
+        "import os, mymod\nassert mymod.LOADED_IN != os.getpid(), 'imported, not preloaded'\n",
+    )
+    result = px.run("--exec-warm", "--exec-preload", "mymod", *px.junit_args())
+    result.assert_outcomes(passed=1)
+    assert _warm_properties(px.junit_path) == ["warm"]
 
 
 def test_plugin_session_killed_leaves_no_server_or_script(px: ExecPytester, warm: str) -> None:

@@ -5,8 +5,10 @@ script is started, so that what start-up leaves in ``sys.modules`` is what a scr
 start sees. Stdlib only, no relative imports, no ``from __future__`` (it would stay loaded).
 The server:
 
-1. imports the preload list (nothing of its own yet), and notes ``sys.modules`` again: what
-   a forked script may keep;
+1. imports the preload list (nothing of its own yet), naming each module to the launcher
+   before importing it; refuses a module that leaves a thread running or a descriptor open
+   (neither survives into a forked script intact); notes ``sys.modules`` again: what a
+   forked script may keep;
 2. imports its own machinery, stays single-threaded, and waits on its socket;
 3. for each request (a plan and four descriptors: stdin, stdout, stderr, exit report)
    forks a child that becomes a fresh-looking interpreter running the script (see
@@ -18,6 +20,8 @@ The server:
 """
 
 # ruff: noqa: E402 -- the order of imports is the point: preload first, machinery after.
+import _thread  # these three are start-up imports: using them adds nothing a script sees
+import marshal
 import os
 import sys
 
@@ -37,14 +41,73 @@ _BASE_PATH = list(sys.path)
 _SOCKET_FD = int(sys.argv[1])
 _PRELOAD_PATH = [os.path.abspath(p) for p in sys.argv[2].split(os.pathsep) if p]
 _PRELOAD = [name for name in sys.argv[3:] if name]
-_preload_error = ""
-sys.path[:0] = _PRELOAD_PATH  # the launcher's PYTHONPATH, for finding the preload list only
-for _name in _PRELOAD:
+
+
+def _open_fds() -> "set[int]":
+    """The descriptors open now (the listing's own is closed again when they are checked)."""
     try:
-        __import__(_name)
-    except BaseException as _exc:
-        _preload_error = f"cannot preload {_name!r}: {type(_exc).__name__}: {_exc}"
-        break
+        candidates = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: look through the usual range
+        candidates = list(range(1024))
+    found = set()
+    for fd in candidates:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.add(fd)
+    return found
+
+
+def _describe_fd(fd: int) -> str:
+    try:
+        return f"{os.readlink(f'/proc/self/fd/{fd}')} (fd {fd})"
+    except OSError:
+        return f"fd {fd}"
+
+
+def _import_preload() -> str:
+    """Import the preload list; why it cannot serve, or ``""``.
+
+    Each script's child closes every descriptor but 0-2, so a file a preloaded module keeps
+    open would be a file object over a closed number, and the script's own next ``open()``
+    would reuse that number: the module's writes would land in the script's file. A thread
+    does not survive ``fork`` at all (its locks stay held in the child). Such a module is
+    refused, by name, rather than handed to scripts broken.
+    """
+    for name in _PRELOAD:
+        fds_before = _open_fds()
+        threads_before = _thread._count()
+        os.write(_SOCKET_FD, marshal.dumps(("importing", name)))
+        try:
+            __import__(name)
+        except BaseException as exc:
+            return f"cannot preload {name!r}: {type(exc).__name__}: {exc}"
+        left_open = sorted(_open_fds() - fds_before)
+        if left_open:
+            return (
+                f"cannot preload {name!r}: importing it leaves "
+                f"{', '.join(_describe_fd(fd) for fd in left_open)} open, and a forked "
+                "script gets only stdin, stdout and stderr: import it in the scripts instead"
+            )
+        started = _thread._count() - threads_before
+        if started > 0:
+            threading = sys.modules.get("threading")
+            names = (
+                [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+                if threading is not None
+                else []
+            )
+            return (
+                f"cannot preload {name!r}: importing it starts {started} thread(s)"
+                f"{' (' + ', '.join(names) + ')' if names else ''}, and threads do not "
+                "survive the fork that starts each script: import it in the scripts instead"
+            )
+    return ""
+
+
+sys.path[:0] = _PRELOAD_PATH  # the launcher's PYTHONPATH, for finding the preload list only
+_preload_error = _import_preload()
 del sys.path[: len(_PRELOAD_PATH)]
 _KEEP: frozenset[str] = frozenset(sys.modules) | _STARTUP
 """What a forked script keeps in ``sys.modules``: start-up imports and the preload list."""
@@ -60,7 +123,6 @@ import atexit
 import builtins
 import contextlib
 import ctypes
-import marshal
 import resource
 import select
 import signal
@@ -75,6 +137,7 @@ for _number in range(1, signal.NSIG):
         continue
 
 _MAX_MESSAGE = 1 << 20
+_LONG_BITS = 8 * ctypes.sizeof(ctypes.c_long)
 _SOURCE_LOADER = sys.modules["_frozen_importlib_external"].SourceFileLoader
 _RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"
 _TAG_PLACEHOLDER = os.environ.get(_RUN_TAG_VAR, "")
@@ -138,8 +201,9 @@ def _sys_path(request: dict[str, object]) -> list[str]:
     return [first, *rest]
 
 
-def _finish(code: int) -> "NoReturn":
-    """Leave as ``Py_FinalizeEx`` would: join threads, atexit callbacks, flush the streams."""
+def _finish(code: int, by_signal: int = 0) -> "NoReturn":
+    """Leave as ``Py_FinalizeEx`` would: join threads, atexit callbacks, flush the streams;
+    then exit with ``code`` (0-255), or end by the signal ``by_signal`` when it is set."""
     threading = sys.modules.get("threading")
     if threading is not None:
         with contextlib.suppress(BaseException):
@@ -152,16 +216,24 @@ def _finish(code: int) -> "NoReturn":
         except BaseException:
             if code == 0:
                 code = 120  # what CPython exits with when flushing stdout fails
-    os._exit(code & 0xFF if code >= 0 else 255)
+    if by_signal:
+        # CPython's exit_sigint: after finalizing, end by the signal itself, so that the
+        # parent (a shell, a runner) sees the interrupt; 130 only if that fails.
+        signal.signal(by_signal, signal.SIG_DFL)
+        os.kill(os.getpid(), by_signal)
+    os._exit(code)
 
 
-def _exit_code(exc: BaseException) -> int:
-    """CPython's handling of an uncaught SystemExit (``handle_system_exit``)."""
-    code = exc.code if isinstance(exc, SystemExit) else None
+def _exit_code(exc: SystemExit) -> int:
+    """CPython's ``handle_system_exit``: ``None`` is 0; an int (``True`` and ``False`` too)
+    goes through a C ``long``, which makes one out of its range -1, and ``exit()`` keeps
+    the low 8 bits; anything else is printed to stderr, and is 1."""
+    code = exc.code
     if code is None:
         return 0
-    if isinstance(code, int) and not isinstance(code, bool):
-        return code
+    if isinstance(code, int):
+        fits_long = -(1 << (_LONG_BITS - 1)) <= code < 1 << (_LONG_BITS - 1)
+        return (code if fits_long else -1) & 0xFF
     with contextlib.suppress(BaseException):
         print(code, file=sys.stderr)
     return 1
@@ -230,6 +302,11 @@ def _prepare(request: dict[str, object]) -> tuple[bool, str]:
     assert isinstance(env, dict)
     os.environ.clear()
     os.environ.update(env)
+    # The time module read TZ when the server started; a fresh interpreter reads the
+    # script's. (Scripts that import it later read it themselves.)
+    time = sys.modules.get("time")
+    if time is not None:
+        time.tzset()
     _write_tag_into_environ_block(str(env.get(_RUN_TAG_VAR, "")))
     limit = request["memory"]
     if isinstance(limit, int):
@@ -272,21 +349,11 @@ def _run(module: bool, target: str) -> None:
         code = _exit_code(exc)
     except KeyboardInterrupt as exc:
         _report(exc, target, module)
-        _finish_by_signal(signal.SIGINT)
+        _finish(130, by_signal=signal.SIGINT)
     except BaseException as exc:
         _report(exc, target, module)
         code = 1
     _finish(code)
-
-
-def _finish_by_signal(number: int) -> "NoReturn":
-    """An uncaught KeyboardInterrupt ends a cold interpreter by SIGINT: the same here."""
-    with contextlib.suppress(BaseException):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    signal.signal(number, signal.SIG_DFL)
-    os.kill(os.getpid(), number)
-    os._exit(130)
 
 
 # -- 4. the server loop -------------------------------------------------------------------------

@@ -2,17 +2,19 @@
 
 :class:`WarmLauncher` starts a server process once (``_warm_server.py``: its own session,
 single-threaded, the preload list imported) and talks to it over a Unix socket pair. For
-each script it sends the plan and four descriptors (stdin, the write ends of stdout and
-stderr, the write end of an exit-report pipe) with ``SCM_RIGHTS``; the server forks a child
-that makes itself look like a fresh interpreter and runs the script, and answers with the
-child's pid. The child leads its own session, so ``killpg`` from here works as for a cold
-start. The server reaps the child and writes its return code to the exit-report pipe, whose
-read end is the :class:`WarmChild`'s ``exit_fd``.
+each script it sends the plan's fields (never a command line) and four descriptors (stdin,
+the write ends of stdout and stderr, the write end of an exit-report pipe) with
+``SCM_RIGHTS``; the server forks a child that makes itself look like a fresh interpreter and
+runs the script, and answers with the child's pid. The child leads its own session, so
+``killpg`` from here works as for a cold start. The server reaps the child and writes its
+return code to the exit-report pipe, whose read end is the :class:`WarmChild`'s ``exit_fd``.
 
-What only a fresh interpreter can honour (another interpreter, interpreter options, a
-variable read at interpreter start-up, ``warm=False``) starts cold instead; see
+What only a fresh interpreter can honour (another interpreter, a variable read at
+interpreter start-up, ``warm=False``) starts cold instead; see
 :meth:`WarmLauncher.fallback_reason`. If the server dies, the scripts it was running are
-killed and become ``error`` results naming the cause; the next script starts a new server.
+killed and become ``worker_lost`` errors naming the cause; the next script starts a new
+server. A preload the server refuses or cannot finish makes every warm start an ``OSError``
+naming the module, which the runners turn into an ``error`` result.
 
 Linux (and other systems with ``fork`` and ``socket.send_fds``) only; elsewhere every
 script starts cold, with that as the reason.
@@ -29,6 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -36,15 +39,13 @@ from types import TracebackType
 from typing import final
 
 from .launch import (
-    _RLIMIT_BOOTSTRAP,
     COLD,
     RUN_TAG_VAR,
     Child,
     LaunchPlan,
-    _resolve_interpreter,
-    _stdin_source,
     kill_group,
     plan_launch,
+    resolve_interpreter,
     signal_name,
 )
 from .spec import ScriptSpec
@@ -77,12 +78,12 @@ def _read_at_start_up(env: Mapping[str, str]) -> dict[str, str]:
 
 _MAX_MESSAGE = 1 << 20
 _READY_TIMEOUT = 120.0
-"""Seconds the server may take to import its preload list."""
+"""Seconds the server may take by default to import its preload list and say it is ready."""
 _TAG_LENGTH = 32  # uuid4().hex, as plan_launch makes the run tag
 
 
 def _interpreter_path(python: str) -> str:
-    return os.path.abspath(_resolve_interpreter(python, os.environ.get("PATH", os.defpath)))
+    return os.path.abspath(resolve_interpreter(python, os.environ.get("PATH", os.defpath)))
 
 
 @final
@@ -104,9 +105,7 @@ class WarmChild:
         self._server = server
         self._buffer = b""
         self._code: int | None = None
-        self.lost: str | None = None
-        """Why the script's fate is unknown (its server died); ``None`` normally. The stop
-        sequence makes such a run an ``error`` naming the cause."""
+        self._lost: str | None = None
         os.set_blocking(exit_read, False)
 
     @property
@@ -129,10 +128,16 @@ class WarmChild:
     def exit_fd(self) -> int | None:
         return self._exit if self._exit >= 0 else None
 
+    @property
+    def lost(self) -> str | None:
+        """Set when the server died while the script ran: it took the only record of the
+        script's exit with it, so the stop sequence makes the run a ``worker_lost`` error."""
+        return self._lost
+
     def exited(self) -> bool:
-        if self._code is None and self.lost is None:
+        if self._code is None and self._lost is None:
             self._read(blocking=False)
-        return self._code is not None or self.lost is not None
+        return self._code is not None or self._lost is not None
 
     def _read(self, *, blocking: bool) -> None:
         if self._exit < 0:
@@ -151,12 +156,12 @@ class WarmChild:
             return
         # EOF without a status: the server died and took the only record of the exit.
         cause = self._server.death()
-        self.lost = f"the warm-start server died ({cause}) while the script ran"
-        logger.warning("%s: %s; killing its process group", self._pid, self.lost)
+        self._lost = f"the warm-start server died ({cause}) while the script ran"
+        logger.warning("%s: %s; killing its process group", self._pid, self._lost)
         kill_group(self.pgid)
 
     def wait(self) -> int:
-        while self._code is None and self.lost is None:
+        while self._code is None and self._lost is None:
             self._read(blocking=True)
         return self._code if self._code is not None else -signal.SIGKILL
 
@@ -175,7 +180,13 @@ class WarmChild:
 class _Server:
     """One server process and the socket to it."""
 
-    def __init__(self, python: str, preload: tuple[str, ...], env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        python: str,
+        preload: tuple[str, ...],
+        env: Mapping[str, str],
+        ready_timeout: float,
+    ) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server_env = dict(env)
         preload_path = server_env.pop("PYTHONPATH", "")
@@ -203,18 +214,39 @@ class _Server:
         self.sock = ours
         self.python = python
         self.env = server_env
-        self.sock.settimeout(_READY_TIMEOUT)
-        try:
-            hello = self._receive()
-        except OSError as exc:
-            cause = self.death() if isinstance(exc, ConnectionError) else str(exc)
-            self.kill()
-            raise _Broken(f"{python} ended before it was ready ({cause})") from None
-        self.sock.settimeout(None)
-        if hello[0] != "ready":
-            self.kill()
-            raise _Broken(str(hello[1]))
+        self._wait_until_ready(ready_timeout)
         logger.debug("warm-start server %d ready (preloaded %s)", self.proc.pid, preload)
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        """Follow the server through its preload list (it names each module before importing
+        it) to "ready"; ``_Broken`` naming the module when it fails, dies or hangs there."""
+        deadline = time.monotonic() + timeout
+        importing: str | None = None
+        while True:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.0) or 1e-3)
+            try:
+                kind, value = self._receive()
+            except TimeoutError:
+                self.kill(grace=0.0)  # stuck in an import: it would not read an EOF either
+                where = f" (still importing {importing!r})" if importing else ""
+                raise _Broken(f"it did not become ready in {timeout:g} s{where}") from None
+            except OSError as exc:
+                cause = self.death() if isinstance(exc, ConnectionError) else str(exc)
+                self.kill(grace=0.0)
+                if importing is not None:
+                    raise _Broken(
+                        f"cannot preload {importing!r}: the server died while importing it "
+                        f"({cause})"
+                    ) from None
+                raise _Broken(f"{self.python} ended before it was ready ({cause})") from None
+            if kind == "importing":
+                importing = str(value)
+            elif kind == "ready":
+                self.sock.settimeout(None)
+                return
+            else:
+                self.kill(grace=0.0)
+                raise _Broken(str(value))
 
     def _receive(self) -> tuple[str, object]:
         data = self.sock.recv(_MAX_MESSAGE)
@@ -256,12 +288,14 @@ class _Server:
             return f"killed by {signal_name(-code)}"
         return f"exit code {code}"
 
-    def kill(self) -> None:
+    def kill(self, grace: float = 5.0) -> None:
+        """Close the socket; on that EOF the server kills its scripts and exits. After
+        ``grace`` seconds its whole session is killed."""
         with suppress(OSError):
             self.sock.close()
         if self.proc.poll() is None:
             with suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=5.0)  # EOF on its socket: it kills its scripts, exits
+                self.proc.wait(timeout=grace)
         if self.proc.poll() is None:
             kill_group(self.proc.pid)
             self.proc.wait()
@@ -282,8 +316,11 @@ class WarmLauncher:
     ``python`` is the server's interpreter (default: this one); ``preload`` names modules
     it imports once, so that scripts importing them find them loaded; ``env`` is the
     server's environment (default: ``os.environ``), which should be the scripts' base
-    environment: variables an interpreter reads at start-up are compared with it. The server
-    starts at the first warm spawn. Thread-safe; use as a context manager, or ``close()``.
+    environment: variables an interpreter reads at start-up are compared with it, and its
+    ``PYTHONPATH`` is where the preload list is found. ``ready_timeout``: seconds the server
+    may take to import the preload list. The server starts at the first warm spawn; that
+    time is no script's (a script's timeout starts once its own process exists).
+    Thread-safe; use as a context manager, or ``close()``.
     """
 
     def __init__(
@@ -291,12 +328,18 @@ class WarmLauncher:
         python: str | None = None,
         preload: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
+        ready_timeout: float = _READY_TIMEOUT,
     ) -> None:
         self.python = _interpreter_path(python or sys.executable)
         self.preload = tuple(preload)
         for name in self.preload:
             if not name or not all(part.isidentifier() for part in name.split(".")):
                 raise ValueError(f"preload: not a module name: {name!r}")
+        if not ready_timeout > 0:  # NaN too
+            raise ValueError(
+                f"ready_timeout: must be a positive number of seconds, got {ready_timeout!r}"
+            )
+        self.ready_timeout = ready_timeout
         self.env = dict(os.environ if env is None else env)
         self._start_up_env = _read_at_start_up(self.env)
         self._lock = threading.Lock()
@@ -347,11 +390,8 @@ class WarmLauncher:
         spec = plan.spec
         if not spec.warm:
             return "warm=False"
-        shape = _parse_argv(plan)
-        if isinstance(shape, str):
-            return shape
-        if os.path.abspath(plan.argv[0]) != self.python:
-            return f"another interpreter ({plan.argv[0]})"
+        if os.path.abspath(plan.interpreter) != self.python:
+            return f"another interpreter ({plan.interpreter})"
         mine_all, theirs_all = _read_at_start_up(plan.env), self._start_up_env
         for key in sorted(mine_all.keys() | theirs_all.keys()):  # sorted: the same reason always
             mine, theirs = mine_all.get(key), theirs_all.get(key)
@@ -394,7 +434,7 @@ class WarmLauncher:
             server = self._server = None
         if server is None:
             try:
-                server = _Server(self.python, self.preload, self.env)
+                server = _Server(self.python, self.preload, self.env, self.ready_timeout)
             except _Broken as exc:
                 self._broken = str(exc)
                 raise OSError(f"the warm-start server could not start: {exc}") from None
@@ -402,19 +442,15 @@ class WarmLauncher:
         return server
 
     def _spawn_warm(self, plan: LaunchPlan) -> WarmChild:
-        shape = _parse_argv(plan)
-        assert not isinstance(shape, str)  # fallback_reason said it fits
-        module, target, args = shape
-        memory = plan.spec.memory_limit_mb
         request: dict[str, object] = {
             "cwd": plan.cwd,
             "env": plan.env,
-            "module": module,
-            "target": target,
-            "args": list(args),
-            "memory": None if memory is None else int(memory * 1024 * 1024),
+            "module": plan.as_module,
+            "target": plan.target,
+            "args": list(plan.spec.args),
+            "memory": plan.memory_limit_bytes,
         }
-        stdin = _stdin_source(plan)
+        stdin = plan.open_stdin()
         stdin_fd = os.open(os.devnull, os.O_RDONLY) if isinstance(stdin, int) else stdin.fileno()
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
@@ -452,19 +488,3 @@ class WarmLauncher:
                 for fd in (out_read, err_read, exit_read):
                     os.close(fd)
         return WarmChild(pid, out_read, err_read, exit_read, server)
-
-
-def _parse_argv(plan: LaunchPlan) -> tuple[bool, str, tuple[str, ...]] | str:
-    """``(as_module, script or module, args)`` from the plan's argv, or why it cannot be
-    honoured in a forked child (interpreter options only a fresh interpreter takes)."""
-    argv = list(plan.argv)
-    if argv[1:5] == ["-I", "-S", "-c", _RLIMIT_BOOTSTRAP]:
-        argv = argv[6:]  # the memory-limit bootstrap: the child sets the limit itself
-    rest = argv[1:]
-    args = plan.spec.args
-    if rest[:1] == ["-m"] and len(rest) >= 2 and tuple(rest[2:]) == args:
-        return True, rest[1], args
-    if rest[:1] == [plan.spec.script] and tuple(rest[1:]) == args:
-        return False, rest[0], args
-    options = rest[: max(len(rest) - len(args) - 1, 0)]
-    return f"interpreter options {' '.join(options)}"

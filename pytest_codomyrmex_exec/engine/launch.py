@@ -48,10 +48,19 @@ _RLIMIT_BOOTSTRAP = (
 @final
 @dataclass(frozen=True, slots=True)
 class LaunchPlan:
-    """A spec resolved against the world: absolute paths, the full environment, the argv."""
+    """A spec resolved against the world: the interpreter, what it runs, where, with what.
+
+    It stays a value up to the launcher: the cold launcher builds the command line from it,
+    the warm one sends its fields to the fork server; nobody parses a command line back.
+    """
 
     spec: ScriptSpec
-    argv: list[str]
+    interpreter: str
+    """The interpreter's absolute path."""
+    target: str
+    """What the interpreter runs: the script's path, or its dotted module name when
+    ``as_module`` (``python -m``)."""
+    as_module: bool
     cwd: str
     env: dict[str, str]
     tag: str
@@ -62,6 +71,26 @@ class LaunchPlan:
     @property
     def script(self) -> str:
         return self.spec.script
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """The address-space limit (``RLIMIT_AS``) to set in the child, if any."""
+        limit = self.spec.memory_limit_mb
+        return None if limit is None else int(limit * 1024 * 1024)
+
+    def open_stdin(self) -> IO[bytes] | int:
+        """Empty input (``subprocess.DEVNULL``), the spec's text, or the spec's file; the
+        caller closes a file once the child has its copy. Text goes through an unlinked
+        temporary file, never a pipe: a script that does not read its input must not block
+        us."""
+        if self.stdin_file is not None:
+            return open(self.stdin_file, "rb")
+        if self.spec.stdin is None:
+            return subprocess.DEVNULL
+        holder = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the caller)
+        holder.write(self.spec.stdin.encode())
+        holder.seek(0)
+        return holder
 
 
 def _pythonpath(script_dir: str, inherited: str | None) -> str | None:
@@ -83,7 +112,7 @@ def _pythonpath(script_dir: str, inherited: str | None) -> str | None:
     return os.pathsep.join(found) if found else None
 
 
-def _resolve_interpreter(interpreter: str, search_path: str) -> str:
+def resolve_interpreter(interpreter: str, search_path: str) -> str:
     """An absolute interpreter path: a bare name is looked up on the child's PATH, a relative
     path is taken from the caller's directory (the child starts in another one)."""
     if os.sep not in interpreter and not (os.altsep and os.altsep in interpreter):
@@ -140,30 +169,31 @@ def plan_launch(
     interpreter = spec.python if spec.python is not None else sys.executable
     if not interpreter:
         return error("no Python interpreter: sys.executable is empty and none was given")
-    interpreter = _resolve_interpreter(interpreter, child_env.get("PATH", os.defpath))
+    interpreter = resolve_interpreter(interpreter, child_env.get("PATH", os.defpath))
     if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
         return error(f"Python interpreter not found or not executable: {interpreter}")
 
     tag = uuid.uuid4().hex
     child_env[RUN_TAG_VAR] = tag
     extra_paths: list[str] = []
-    target = [str(script)]
+    target = str(script)
     if spec.as_module:
-        root, module = package_root(script)
+        root, target = package_root(script)
         extra_paths.append(str(root))
-        target = ["-m", module]
     pythonpath = _pythonpath(str(script.parent), child_env.get("PYTHONPATH"))
     joined = os.pathsep.join([*extra_paths, *([pythonpath] if pythonpath else [])])
     if joined:
         child_env["PYTHONPATH"] = joined
 
-    argv = [interpreter, *target, *spec.args]
-    if spec.memory_limit_mb is not None:
-        limit_bytes = int(spec.memory_limit_mb * 1024 * 1024)
-        argv = [interpreter, "-I", "-S", "-c", _RLIMIT_BOOTSTRAP, str(limit_bytes), *argv]
-
     return LaunchPlan(
-        spec=spec, argv=argv, cwd=work_dir, env=child_env, tag=tag, stdin_file=stdin_file
+        spec=spec,
+        interpreter=interpreter,
+        target=target,
+        as_module=spec.as_module,
+        cwd=work_dir,
+        env=child_env,
+        tag=tag,
+        stdin_file=stdin_file,
     )
 
 
@@ -192,6 +222,12 @@ class Child(Protocol):
         """Readable once the script has exited (a pidfd), or ``None``: then poll ``exited``."""
         ...
 
+    @property
+    def lost(self) -> str | None:
+        """Why the script's end is unknown (what ran it died with it), or ``None``: then
+        :meth:`wait`'s return code says how it ended."""
+        ...
+
     def exited(self) -> bool:
         """Has the script exited? Must not reap it: the group id must stay valid for killpg."""
         ...
@@ -209,19 +245,6 @@ class Launcher(Protocol):
     """Starts scripts. Raises ``OSError`` when one cannot be started."""
 
     def spawn(self, plan: LaunchPlan) -> Child: ...
-
-
-def _stdin_source(plan: LaunchPlan) -> IO[bytes] | int:
-    """Empty input, the spec's text, or the spec's file. Text goes through an unlinked temporary
-    file, never a pipe: a script that does not read its input must not block us."""
-    if plan.stdin_file is not None:
-        return open(plan.stdin_file, "rb")
-    if plan.spec.stdin is None:
-        return subprocess.DEVNULL
-    holder = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the caller after Popen)
-    holder.write(plan.spec.stdin.encode())
-    holder.seek(0)
-    return holder
 
 
 @final
@@ -259,6 +282,10 @@ class ColdChild:
     @property
     def exit_fd(self) -> int | None:
         return self._exit_fd
+
+    @property
+    def lost(self) -> None:
+        return None  # our own child: its exit status always comes back
 
     def exited(self) -> bool:
         if not self._exited:
@@ -301,10 +328,10 @@ class ColdLauncher:
     """Starts each script in a fresh interpreter, in a new session, with empty stdin."""
 
     def spawn(self, plan: LaunchPlan) -> ColdChild:
-        stdin = _stdin_source(plan)
+        stdin = plan.open_stdin()
         try:
             proc = subprocess.Popen(
-                plan.argv,
+                _command_line(plan),
                 stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -316,6 +343,17 @@ class ColdLauncher:
             if not isinstance(stdin, int):
                 stdin.close()
         return ColdChild(proc)
+
+
+def _command_line(plan: LaunchPlan) -> list[str]:
+    """The one place a plan becomes an argv: ``python script args`` or ``python -m module
+    args``, behind the memory-limit bootstrap when there is a limit."""
+    target = ["-m", plan.target] if plan.as_module else [plan.target]
+    argv = [plan.interpreter, *target, *plan.spec.args]
+    limit = plan.memory_limit_bytes
+    if limit is None:
+        return argv
+    return [plan.interpreter, "-I", "-S", "-c", _RLIMIT_BOOTSTRAP, str(limit), *argv]
 
 
 COLD = ColdLauncher()

@@ -217,11 +217,13 @@ def begin_attempt(
     if not isinstance(plan, LaunchPlan):
         return plan
     logger.debug("starting %s (timeout=%s)", plan.script, spec.timeout)
-    started = time.monotonic()
     try:
         child = launcher.spawn(plan)
     except OSError as exc:
         return start_failed(plan, exc)
+    # The clock starts once the script's own process exists: what the launcher spent before
+    # (a warm server importing its preload list) is nobody's script time.
+    started = time.monotonic()
     if events is not None:
         events.emit(RunEventKind.STARTED, plan.script, attempt=attempt)
     output = Output(plan, child, events)

@@ -22,7 +22,7 @@ from typing import final
 from .capture import BoundedOutput
 from .events import RunEventKind, Stream, Subscription
 from .launch import RUN_TAG_VAR, Child, LaunchPlan, kill_group, kill_tagged, signal_name
-from .results import ScriptResult, ScriptStatus, make_result
+from .results import FailureCause, ScriptResult, ScriptStatus, make_result
 
 logger = logging.getLogger("pytest_codomyrmex_exec.engine")
 
@@ -154,12 +154,12 @@ def supervise(
         kill_tagged(RUN_TAG_VAR, plan.tag)
         yield Wait(drain_start + DRAIN_LIMIT, for_exit=False)
     returncode = child.wait()
-    lost: str | None = getattr(child, "lost", None)  # a fork server died with the script
-    if lost is not None:
+    if child.lost is not None:  # what ran it (a fork server) died and took its exit status
         return make_result(
             spec.script,
             ScriptStatus.ERROR,
-            error=lost,
+            error=child.lost,
+            cause=FailureCause.WORKER_LOST,
             stdout=output.text("stdout"),
             stderr=output.text("stderr"),
             execution_time=elapsed,

@@ -17,7 +17,7 @@ import pytest
 from ..engine import COLD, Launcher
 from .items import OPTIONS_KEY, SESSION_TAG_KEY, ScriptItem
 from .marks import MarkError
-from .settings import child_environment
+from .settings import child_environment, pytest_pythonpath
 
 if TYPE_CHECKING:
     from ..engine import WarmLauncher
@@ -43,8 +43,9 @@ def configure_warm(config: pytest.Config) -> None:
         python=options.python or sys.executable,
         preload=options.preload,
         # The scripts' base environment; it carries the session tag, so the server and all
-        # it forks are found by the session's sweep for leftovers, whatever happens.
-        env=child_environment(config.stash[SESSION_TAG_KEY]),
+        # it forks are found by the session's sweep for leftovers, whatever happens. Its
+        # PYTHONPATH (pytest's ``pythonpath`` entries first) is where the preload is found.
+        env=child_environment(config.stash[SESSION_TAG_KEY], pytest_pythonpath(config)),
     )
     config.stash[WARM_KEY] = launcher
     config.pluginmanager.register(WarmReport(config, launcher), _PLUGIN)
