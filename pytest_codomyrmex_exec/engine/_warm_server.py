@@ -20,7 +20,7 @@ The server:
 """
 
 # ruff: noqa: E402 -- the order of imports is the point: preload first, machinery after.
-import _thread  # these three are start-up imports: using them adds nothing a script sees
+import _thread  # all four are imported by start-up (importlib needs them): nothing a script sees
 import marshal
 import os
 import sys
