@@ -56,7 +56,7 @@ class LaunchPlan:
 
     spec: ScriptSpec
     interpreter: str
-    """The interpreter's absolute path."""
+    """The interpreter's path, resolved (a bare name looked up on the child's ``PATH``)."""
     target: str
     """What the interpreter runs: the script's path, or its dotted module name when
     ``as_module`` (``python -m``)."""
