@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import ExecPytester
@@ -273,3 +274,27 @@ def test_without_a_stderr_section_the_tail_is_under_the_header(px: ExecPytester)
         assert len(failure) == 1 + tail_lines, (style, failure)
         assert failure[-1] == "ValueError: boom 42", style
         assert "Captured stderr" not in result.stdout.str()
+
+
+# -- stdin_file that would block --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stdin_file_that_would_block_is_an_error_saying_what_it_is(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    os.mkfifo(px.path / "pipe")  # no writer: opening it for reading would wait forever
+    (px.path / "zeros").symlink_to("/dev/zero")  # never ends: reading it would never stop
+    reader = "import sys\nsys.stdin.read()\n"
+    px.script("fifo_script.py", "# pytest.mark.exec(stdin_file='pipe')\n" + reader)
+    px.script("zeros_script.py", "# pytest.mark.exec(stdin_file='zeros')\n" + reader)
+    result = px.run("-rE", *mode, timeout=60)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR fifo_script.py::fifo_script - fifo_script.py could not run: "
+            "stdin_file is not a regular file (a FIFO): */pipe",
+            "ERROR zeros_script.py::zeros_script - zeros_script.py could not run: "
+            "stdin_file is not a regular file (a character device): */zeros",
+        ]
+    )
