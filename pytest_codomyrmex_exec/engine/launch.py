@@ -110,7 +110,7 @@ _SPECIAL_FILES = (
 )
 
 
-def _not_a_regular_file(path: str) -> str | None:
+def _input_file_problem(path: str) -> str | None:
     """Why ``path`` cannot be a script's input, in words (``None``: it is a regular file).
 
     Only a regular file is accepted: opening a FIFO waits for a writer, and a device such as
@@ -153,7 +153,7 @@ def plan_launch(
     stdin_file = None
     if spec.stdin_file is not None:
         stdin_file = os.path.join(script.parent, spec.stdin_file)
-        problem = _not_a_regular_file(stdin_file)
+        problem = _input_file_problem(stdin_file)
         if problem is not None:
             return error(f"stdin_file {problem}: {stdin_file}")
 
