@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 from conftest import ExecPytester
 
@@ -157,3 +160,141 @@ def test_outcome_table(px: ExecPytester, mode: list[str]) -> None:
     result.stdout.fnmatch_lines(["bad \ufffd\ufffd bytes \ufffd nul * red \ufffd end"])
     binary = px.junit_by_name()["binary_fail_script"]
     assert "bad \ufffd\ufffd bytes" in binary.messages[0]
+
+
+# -- the outcome follows the cause, never the words -----------------------------------------
+
+REWORDING_HOOK = """\
+def pytest_exec_script_finished(item, result):
+    if result["status"] != "passed":
+        result["error"] = "words chosen by someone else"
+"""
+
+CAUSES = {  # script: (cause in the results file, pytest's outcome), as docs/plugin.md says
+    "exit_script": ("exit_code", "failed"),
+    "skip77_script": ("exit_code", "skipped"),
+    "segv_script": ("signal", "failed"),
+    "timeout_script": ("timeout", "failed"),
+    "memory_script": ("memory_limit", "failed"),
+    "nocwd_script": ("missing_path", "error"),
+    "stdin_dir_script": ("missing_path", "error"),
+    "nopython_script": ("start_failed", "error"),
+    "pass_script": (None, "passed"),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_outcome_follows_the_cause_not_the_words(px: ExecPytester, mode: list[str]) -> None:
+    px.ini(exec_skip_exit_codes="77")
+    px.conftest(REWORDING_HOOK)
+    px.script("exit_script.py", "raise SystemExit(3)\n")
+    px.script("skip77_script.py", "raise SystemExit(77)\n")
+    px.script("segv_script.py", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    px.script("timeout_script.py", "# pytest.mark.exec(timeout=1)\nimport time\ntime.sleep(30)\n")
+    px.script(
+        "memory_script.py",
+        "# pytest.mark.exec(memory_limit_mb=300)\nblock = bytearray(900 * 1024 * 1024)\n",
+    )
+    px.script("nocwd_script.py", '# pytest.mark.exec(cwd="missing")\n')
+    (px.path / "a_folder").mkdir()
+    px.script("stdin_dir_script.py", '# pytest.mark.exec(stdin_file="a_folder")\n')
+    px.script("nopython_script.py", '# pytest.mark.exec(python="/no/such/python3")\n')
+    px.script("pass_script.py", "")
+    result = px.run(*mode, *px.report_args(), *px.junit_args())
+    assert "INTERNALERROR" not in result.stdout.str()
+    lines = [json.loads(line) for line in px.results_path.read_text().splitlines()[1:]]
+    found = {line["nodeid"].split("::")[-1]: (line["cause"], line["outcome"]) for line in lines}
+    assert found == CAUSES
+    assert {case.name: case.outcome for case in px.junit()} == {
+        name: outcome for name, (_, outcome) in CAUSES.items()
+    }
+    # The words are the hook's, wherever the report shows them; the outcomes did not move.
+    result.stdout.fnmatch_lines_random(
+        [
+            "*timeout_script.py words chosen by someone else",
+            "*nocwd_script.py could not run: words chosen by someone else",
+        ]
+    )
+
+
+# -- --tb styles: the traceback once ------------------------------------------------------------
+
+TRACEBACK_SCRIPT = """\
+import sys
+for i in range(50):
+    print(f"noise {i}", file=sys.stderr)
+def inner():
+    raise ValueError("boom 42")
+inner()
+"""
+
+
+def failures_part(result: pytest.RunResult) -> list[str]:
+    """The lines of the FAILURES part of the output (none when pytest printed none)."""
+    lines = result.outlines
+    starts = [i for i, line in enumerate(lines) if line.strip("= ") == "FAILURES"]
+    if not starts:
+        return []
+    part = []
+    for line in lines[starts[0] + 1 :]:
+        if line.startswith("="):
+            break
+        part.append(line)
+    return part
+
+
+@pytest.mark.parametrize(
+    "mode", [pytest.param([], id="inline"), pytest.param(["-n", "2"], id="xdist")]
+)
+def test_every_tb_style_shows_the_traceback_once(px: ExecPytester, mode: list[str]) -> None:
+    px.script("fail_script.py", TRACEBACK_SCRIPT)
+    for style in ("line", "short", "long", "native", "no"):
+        result = px.run(f"--tb={style}", "--exec-summary=no", "-rf", *mode)
+        result.assert_outcomes(failed=1)
+        part = failures_part(result)
+        shown = [line for line in part if "ValueError: boom 42" in line]
+        if style == "no":
+            assert part == [], "--tb=no prints no failure"
+        else:
+            assert len(shown) == 1, (style, part)
+        if style in ("short", "long", "native"):
+            # Under the header, the captured stderr: all of it, the traceback at its end.
+            assert "noise 0" in part, style
+        # The short summary line names the error whatever the style.
+        result.stdout.fnmatch_lines(["FAILED fail_script.py::fail_script - ValueError: boom 42*"])
+
+
+def test_without_a_stderr_section_the_tail_is_under_the_header(px: ExecPytester) -> None:
+    px.script("fail_script.py", TRACEBACK_SCRIPT)
+    for style, tail_lines in (("short", 6), ("long", 40)):
+        result = px.run(f"--tb={style}", "--show-capture=stdout", "--exec-summary=no")
+        result.assert_outcomes(failed=1)
+        failure = px.section(result, "script fail_script.py")
+        assert failure[0].startswith("fail_script.py failed: exit code 1 after"), style
+        assert len(failure) == 1 + tail_lines, (style, failure)
+        assert failure[-1] == "ValueError: boom 42", style
+        assert "Captured stderr" not in result.stdout.str()
+
+
+# -- stdin_file that would block --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stdin_file_that_would_block_is_an_error_saying_what_it_is(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    os.mkfifo(px.path / "pipe")  # no writer: opening it for reading would wait forever
+    (px.path / "zeros").symlink_to("/dev/zero")  # never ends: reading it would never stop
+    reader = "import sys\nsys.stdin.read()\n"
+    px.script("fifo_script.py", "# pytest.mark.exec(stdin_file='pipe')\n" + reader)
+    px.script("zeros_script.py", "# pytest.mark.exec(stdin_file='zeros')\n" + reader)
+    result = px.run("-rE", *mode, timeout=60)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR fifo_script.py::fifo_script - fifo_script.py could not run: "
+            "stdin_file is not a regular file (a FIFO): */pipe",
+            "ERROR zeros_script.py::zeros_script - zeros_script.py could not run: "
+            "stdin_file is not a regular file (a character device): */zeros",
+        ]
+    )

@@ -414,9 +414,8 @@ def test_tb_short_long_native_and_no(px: ExecPytester, mode: list[str]) -> None:
     result = px.run("--tb=short", "--exec-summary=no", *mode)
     short = px.section(result, "script examples/fail.py")
     assert short[0].startswith("examples/fail.py failed: exit code 1 after")
-    assert short[-1] == "ValueError: boom 42"
-    assert 2 <= len(short) <= 8
-    assert not any(line.startswith("noise") for line in short)
+    # The traceback is in the captured stderr section, so not under the header as well.
+    assert short == [short[0]]
     assert "Captured stderr call" in result.stdout.str()
 
     for style in ("long", "native"):  # auto is long for a script (pytest's own default)

@@ -19,7 +19,14 @@ import pytest
 from conftest import error_of, still_alive, write_script
 
 import pytest_codomyrmex_exec
-from pytest_codomyrmex_exec import ScriptSpec, ScriptStatus, run_script, run_script_async
+from pytest_codomyrmex_exec import (
+    FailureCause,
+    ScriptResult,
+    ScriptSpec,
+    ScriptStatus,
+    run_script,
+    run_script_async,
+)
 from pytest_codomyrmex_exec.engine.run import CancelEvent
 from pytest_codomyrmex_exec.engine.stop import DRAIN_LIMIT
 
@@ -68,7 +75,7 @@ def test_timeout_kills_script_and_grandchild_holding_pipes(tmp_path: Path) -> No
     wall = time.monotonic() - began
     pids = read_pids(pid_file)
     try:
-        assert result["status"] == ScriptStatus.TIMEOUT
+        assert (result["status"], result["cause"]) == (ScriptStatus.TIMEOUT, FailureCause.TIMEOUT)
         # The grandchild holds the pipes for 60 s: that is what this rules out.
         assert wall < 1 + 9, f"took {wall:.2f} s"
         assert "timed out" in error_of(result)
@@ -371,6 +378,7 @@ def test_memory_limit_exceeded_fails_with_clear_error(tmp_path: Path) -> None:
     result = run_script(script, timeout=20, memory_limit_mb=256)
     assert result["status"] == ScriptStatus.FAILED
     assert result["memory_limit_exceeded"] is True
+    assert result["cause"] == FailureCause.MEMORY_LIMIT
     assert "memory limit" in error_of(result)
     assert "256" in error_of(result)
     assert "got it" not in result["stdout"]
@@ -388,6 +396,7 @@ def test_memory_limit_leaves_a_modest_script_alone(tmp_path: Path) -> None:
     )
     result = run_script(script, timeout=20, memory_limit_mb=512)
     assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    assert result["cause"] is None
     assert int(result["stdout"]) == 512 * 1024 * 1024  # enforced in the child itself
 
 
@@ -411,6 +420,7 @@ def test_killed_by_signal_reports_negative_code_and_signal_name(
     assert result["status"] == ScriptStatus.FAILED
     assert result["exit_code"] == -int(sig)
     assert result["signal"] == sig.name
+    assert result["cause"] == FailureCause.SIGNAL
     assert sig.name in error_of(result)
     assert result["memory_limit_exceeded"] is False
 
@@ -429,6 +439,7 @@ def test_a_crash_under_a_memory_limit_is_not_called_a_memory_hit(tmp_path: Path)
     result = run_script(script, timeout=10, memory_limit_mb=500)
     assert result["status"] == ScriptStatus.FAILED
     assert result["memory_limit_exceeded"] is False
+    assert result["cause"] == FailureCause.SIGNAL
     assert error_of(result) == (
         "killed by signal SIGSEGV (exit code -11); the memory limit of 500 MB may be the cause"
     )
@@ -439,21 +450,21 @@ def test_a_crash_under_a_memory_limit_is_not_called_a_memory_hit(tmp_path: Path)
 
 def test_missing_script_is_an_error_result(tmp_path: Path) -> None:
     result = run_script(tmp_path / "absent.py", timeout=5)
-    assert result["status"] == ScriptStatus.ERROR
+    assert (result["status"], result["cause"]) == (ScriptStatus.ERROR, FailureCause.MISSING_PATH)
     assert "not found" in error_of(result)
     assert "absent.py" in error_of(result)
 
 
 def test_directory_instead_of_script_is_an_error_result(tmp_path: Path) -> None:
     result = run_script(tmp_path, timeout=5)
-    assert result["status"] == ScriptStatus.ERROR
+    assert (result["status"], result["cause"]) == (ScriptStatus.ERROR, FailureCause.MISSING_PATH)
     assert "not a file" in error_of(result)
 
 
 def test_missing_cwd_is_an_error_result(tmp_path: Path) -> None:
     script = write_script(tmp_path, "ok.py", "pass\n")
     result = run_script(script, timeout=5, cwd=tmp_path / "no-such-dir")
-    assert result["status"] == ScriptStatus.ERROR
+    assert (result["status"], result["cause"]) == (ScriptStatus.ERROR, FailureCause.MISSING_PATH)
     assert "working directory" in error_of(result)
     assert "no-such-dir" in error_of(result)
 
@@ -461,16 +472,120 @@ def test_missing_cwd_is_an_error_result(tmp_path: Path) -> None:
 def test_missing_interpreter_is_an_error_result(tmp_path: Path) -> None:
     script = write_script(tmp_path, "ok.py", "pass\n")
     result = run_script(script, timeout=5, python=tmp_path / "bin" / "python9")
-    assert result["status"] == ScriptStatus.ERROR
+    assert (result["status"], result["cause"]) == (ScriptStatus.ERROR, FailureCause.START_FAILED)
     assert "interpreter" in error_of(result)
     assert "python9" in error_of(result)
+
+
+def test_an_interpreter_that_cannot_be_executed_is_a_start_failure(tmp_path: Path) -> None:
+    # It is there and executable, so planning passes; exec fails on its missing "#!" target.
+    script = write_script(tmp_path, "ok.py", "pass\n")
+    python = write_script(tmp_path / "bin", "python", "#!/no/such/interpreter\n")
+    python.chmod(0o755)
+    for result in (
+        run_script(script, timeout=5, python=python),
+        asyncio.run(run_script_async(script, timeout=5, python=python)),
+    ):
+        assert (result["status"], result["cause"]) == (
+            ScriptStatus.ERROR,
+            FailureCause.START_FAILED,
+        )
+        assert "the interpreter its '#!' line names does not" in error_of(result)
+
+
+def test_a_cancel_before_the_start_is_a_cancelled_result(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    script = write_script(tmp_path, "never.py", f"open({str(ran)!r}, 'w').close()\n")
+    cancel = threading.Event()
+    cancel.set()
+    result = run_script(script, timeout=5, cancel_event=cancel)
+    assert (result["status"], result["cause"]) == (ScriptStatus.CANCELLED, FailureCause.CANCELLED)
+    assert result["attempts"] == 0
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("runner", ["sync", "async"])
+def test_every_way_of_not_passing_has_its_cause(tmp_path: Path, runner: str) -> None:
+    # What code switches on: the same cause from both pumps, whatever the message says.
+    scripts = {  # name: (body, timeout)
+        "exit.py": ("raise SystemExit(4)\n", 30),
+        "killed.py": ("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", 30),
+        "slow.py": ("import time\ntime.sleep(30)\n", 1),
+        "passes.py": ("print('ok')\n", 30),
+    }
+    expected = {
+        "exit.py": (ScriptStatus.FAILED, FailureCause.EXIT_CODE),
+        "killed.py": (ScriptStatus.FAILED, FailureCause.SIGNAL),
+        "slow.py": (ScriptStatus.TIMEOUT, FailureCause.TIMEOUT),
+        "passes.py": (ScriptStatus.PASSED, None),
+        "absent.py": (ScriptStatus.ERROR, FailureCause.MISSING_PATH),
+    }
+    runs = {name: (write_script(tmp_path, name, body), t) for name, (body, t) in scripts.items()}
+    runs["absent.py"] = (tmp_path / "absent.py", 30)
+
+    async def all_async() -> list[ScriptResult]:
+        return list(
+            await asyncio.gather(*(run_script_async(p, timeout=t) for p, t in runs.values()))
+        )
+
+    results = (
+        [run_script(path, timeout=t) for path, t in runs.values()]
+        if runner == "sync"
+        else asyncio.run(all_async())
+    )
+    found = {name: (r["status"], r["cause"]) for name, r in zip(runs, results, strict=True)}
+    assert found == expected
+
+
+# -- stdin_file that is not a regular file -------------------------------------------------------
+
+
+def _run_with_a_deadline(script: Path, stdin_file: str, within: float = 30.0) -> ScriptResult:
+    """run_script on a thread that may not finish: a hang fails the test instead of the suite."""
+    results: list[ScriptResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(run_script(script, timeout=5, stdin_file=stdin_file)),
+        daemon=True,  # a run stuck opening a FIFO must not keep the test process alive
+    )
+    runner.start()
+    runner.join(within)
+    assert results, f"run_script with stdin_file={stdin_file!r} still runs after {within} s"
+    return results[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("directory", "is a directory"),
+        ("fifo", "is not a regular file (a FIFO)"),
+        ("device", "is not a regular file (a character device)"),
+        ("missing", "not found"),
+    ],
+)
+def test_stdin_file_that_is_not_a_regular_file_says_what_it_is(
+    tmp_path: Path, kind: str, words: str
+) -> None:
+    ran = tmp_path / "ran"
+    script = write_script(
+        tmp_path, "reader.py", f"import sys\nopen({str(ran)!r}, 'w').close()\nsys.stdin.read()\n"
+    )
+    if kind == "directory":
+        (tmp_path / "input").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(tmp_path / "input")  # nobody writes to it: opening it would wait forever
+    elif kind == "device":
+        (tmp_path / "input").symlink_to("/dev/zero")  # never ends: reading it would never stop
+    result = _run_with_a_deadline(script, "input")
+    assert (result["status"], result["cause"]) == (ScriptStatus.ERROR, FailureCause.MISSING_PATH)
+    assert error_of(result) == f"stdin_file {words}: {tmp_path / 'input'}"
+    assert not ran.exists(), "the script was started"
 
 
 @pytest.mark.parametrize("timeout", [-1, 0, float("nan"), True, "5"], ids=repr)
 def test_invalid_timeout_raises_value_error(tmp_path: Path, timeout: object) -> None:
     script = write_script(tmp_path, "ok.py", "pass\n")
     with pytest.raises(ValueError, match="timeout"):
-        run_script(script, timeout=timeout)  # type: ignore[arg-type]
+        run_script(script, timeout=timeout)
 
 
 def test_invalid_output_limit_raises_before_anything_starts(tmp_path: Path) -> None:
@@ -516,6 +631,7 @@ def test_allowed_exit_codes_decide_pass_or_fail(tmp_path: Path) -> None:
     failed = run_script(script, timeout=5)
     assert failed["status"] == ScriptStatus.FAILED
     assert failed["exit_code"] == 3
+    assert failed["cause"] == FailureCause.EXIT_CODE
     assert failed["error"] == "exit code 3"
 
 
@@ -555,7 +671,7 @@ def test_cancel_event_stops_a_running_script_promptly(tmp_path: Path, kind: str)
         canceller.join()
         if isinstance(event, CancelEvent):
             event.close()
-    assert result["status"] == ScriptStatus.CANCELLED
+    assert (result["status"], result["cause"]) == (ScriptStatus.CANCELLED, FailureCause.CANCELLED)
     assert time.monotonic() - began < 10  # not the 30 s timeout
     # The script ignores nothing, so it dies at SIGTERM: no second of grace spent spinning.
     assert time.process_time() - cpu_began < 0.3

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, final
 
-from .results import ScriptResult, ScriptStatus, make_result
+from .results import FailureCause, ScriptResult, ScriptStatus, make_result
 from .spec import ScriptSpec
 
 logger = logging.getLogger(__name__)
@@ -131,14 +131,42 @@ def package_root(script: Path) -> tuple[Path, str]:
     return folder, ".".join(parts)
 
 
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _input_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a script's input, in words (``None``: it is a regular file).
+
+    Only a regular file is accepted: opening a FIFO waits for a writer, and a device such as
+    ``/dev/zero`` never ends, so either would hang the run instead of failing it.
+    """
+    try:
+        mode = os.stat(path).st_mode  # stat, not open: it does not block on a FIFO
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+    return f"is not a regular file ({kind})"
+
+
 def plan_launch(
     spec: ScriptSpec, base_env: dict[str, str] | None = None
 ) -> LaunchPlan | ScriptResult:
     """Resolve ``spec``; return a plan, or an ``error`` result saying what is missing."""
     script = Path(spec.script)
 
-    def error(message: str) -> ScriptResult:
-        return make_result(spec.script, ScriptStatus.ERROR, error=message)
+    def error(message: str, cause: FailureCause = FailureCause.MISSING_PATH) -> ScriptResult:
+        return make_result(spec.script, ScriptStatus.ERROR, error=message, cause=cause)
 
     try:
         is_file = stat.S_ISREG(os.stat(script).st_mode)  # one stat call, not two
@@ -154,8 +182,9 @@ def plan_launch(
     stdin_file = None
     if spec.stdin_file is not None:
         stdin_file = os.path.join(script.parent, spec.stdin_file)
-        if not os.path.isfile(stdin_file):
-            return error(f"stdin_file not found: {stdin_file}")
+        problem = _input_file_problem(stdin_file)
+        if problem is not None:
+            return error(f"stdin_file {problem}: {stdin_file}")
 
     child_env = dict(os.environ if base_env is None else base_env)
     # As a shell would after cd: a script that reads PWD must not see pytest's folder.
@@ -168,10 +197,16 @@ def plan_launch(
 
     interpreter = spec.python if spec.python is not None else sys.executable
     if not interpreter:
-        return error("no Python interpreter: sys.executable is empty and none was given")
+        return error(
+            "no Python interpreter: sys.executable is empty and none was given",
+            FailureCause.START_FAILED,
+        )
     interpreter = resolve_interpreter(interpreter, child_env.get("PATH", os.defpath))
     if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
-        return error(f"Python interpreter not found or not executable: {interpreter}")
+        return error(
+            f"Python interpreter not found or not executable: {interpreter}",
+            FailureCause.START_FAILED,
+        )
 
     tag = uuid.uuid4().hex
     child_env[RUN_TAG_VAR] = tag

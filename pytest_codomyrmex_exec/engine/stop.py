@@ -191,7 +191,9 @@ def classify(
     spec = plan.spec
     sig = signal_name(-returncode) if returncode < 0 else None
 
-    def result(status: ScriptStatus, error: str | None, memory_hit: bool = False) -> ScriptResult:
+    def result(
+        status: ScriptStatus, error: str | None = None, cause: FailureCause | None = None
+    ) -> ScriptResult:
         return make_result(
             spec.script,
             status,
@@ -201,17 +203,20 @@ def classify(
             stderr=stderr,
             execution_time=elapsed,
             signal=sig,
-            memory_limit_exceeded=memory_hit,
+            memory_limit_exceeded=cause == FailureCause.MEMORY_LIMIT,
+            cause=cause,
         )
 
     if cancelled:
-        return result(ScriptStatus.CANCELLED, "cancelled")
+        return result(ScriptStatus.CANCELLED, "cancelled", FailureCause.CANCELLED)
     if survived:
-        return result(ScriptStatus.PASSED, None)
+        return result(ScriptStatus.PASSED)
     if timed_out:
-        return result(ScriptStatus.TIMEOUT, f"timed out after {spec.timeout:g} s")
+        return result(
+            ScriptStatus.TIMEOUT, f"timed out after {spec.timeout:g} s", FailureCause.TIMEOUT
+        )
     if returncode in spec.allowed_exit_codes:
-        return result(ScriptStatus.PASSED, None)
+        return result(ScriptStatus.PASSED)
 
     limit = spec.memory_limit_mb
     memory_hit = limit is not None and any(
@@ -220,14 +225,14 @@ def classify(
     if memory_hit:
         reason = f"memory limit of {limit:g} MB exceeded"
         reason += f" (killed by {sig})" if sig else f" (exit code {returncode})"
-    elif sig:
+        return result(ScriptStatus.FAILED, reason, FailureCause.MEMORY_LIMIT)
+    if sig:
         reason = f"killed by signal {sig} (exit code {returncode})"
         if limit is not None and sig in ("SIGSEGV", "SIGABRT", "SIGBUS"):
             # Native code often crashes rather than report a refused allocation.
             reason += f"; the memory limit of {limit:g} MB may be the cause"
-    else:
-        reason = f"exit code {returncode}"
-    return result(ScriptStatus.FAILED, reason, memory_hit)
+        return result(ScriptStatus.FAILED, reason, FailureCause.SIGNAL)
+    return result(ScriptStatus.FAILED, f"exit code {returncode}", FailureCause.EXIT_CODE)
 
 
 def start_failed(plan: LaunchPlan, exc: OSError) -> ScriptResult:
@@ -237,7 +242,9 @@ def start_failed(plan: LaunchPlan, exc: OSError) -> ScriptResult:
     if exc.errno == errno.ENOENT and exc.filename and os.path.isfile(exc.filename):
         # execve says ENOENT for a file that is there when its "#!" interpreter is not.
         error += " (the file exists: the interpreter its '#!' line names does not)"
-    return make_result(plan.script, ScriptStatus.ERROR, error=error)
+    return make_result(
+        plan.script, ScriptStatus.ERROR, error=error, cause=FailureCause.START_FAILED
+    )
 
 
 def log_finished(plan: LaunchPlan, result: ScriptResult) -> None:
@@ -253,4 +260,5 @@ def log_finished(plan: LaunchPlan, result: ScriptResult) -> None:
 
 
 def cancelled_result(script: str, reason: str = "cancelled") -> ScriptResult:
-    return make_result(script, ScriptStatus.CANCELLED, error=reason)
+    """The result of a script a cancel kept from starting."""
+    return make_result(script, ScriptStatus.CANCELLED, error=reason, cause=FailureCause.CANCELLED)

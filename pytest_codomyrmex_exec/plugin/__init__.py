@@ -25,7 +25,6 @@ from .report import (
     RunRecords,
     junit_properties,
     script_facts,
-    shape_failure,
 )
 from .settings import SESSION_TAG_VAR
 
@@ -172,7 +171,6 @@ def pytest_runtest_makereport(
             # The script's final report: the facts for the summary and the results file.
             skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
             setattr(report, FACTS_ATTR, script_facts(result, skip_codes))
-            shape_failure(item.config, report, call, result)
     return report
 
 

@@ -1,19 +1,25 @@
-"""Map an engine result to a pytest outcome: the one place that decides pass, fail, error, skip."""
+"""Map an engine result to a pytest outcome: the one place that decides pass, fail, error, skip,
+and what a failing script's report says.
+
+The outcome is decided by the result's ``status`` and ``cause``, never by its ``error`` text:
+messages are for people and may be reworded freely. A failure's report is built once, as
+fields (:class:`ScriptFailure`), and rendered for the ``--tb`` style; nothing parses it back.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, final
 
 import pytest
 
-from ..engine import ScriptResult, ScriptStatus
+from ..engine import FailureCause, ScriptResult, ScriptStatus
 
 STDERR_TAIL_LINES = 40
-"""Lines of stderr shown under the failure header; the full output is in the sections."""
+"""Lines of stderr shown under the failure header when stderr has no section of its own."""
 SHORT_TAIL_LINES = 6
-"""Lines of stderr under the header with ``--tb=short``: the failing frame and the error."""
+"""The same with ``--tb=short``: the failing frame and the error."""
 
 TIMEOUT_HINT = (
     "raise the limit with an exec(timeout=SECONDS) mark, --exec-timeout SECONDS "
@@ -21,12 +27,18 @@ TIMEOUT_HINT = (
 )
 
 
+class _LineWriter(Protocol):
+    """The part of pytest's TerminalWriter a longrepr uses (the class itself is private)."""
+
+    def line(self, s: str = "", **markup: bool) -> None: ...
+
+
 @final
 @dataclass
-class FailureLocation:
-    """Where and how a script failed, for ``--tb=line``. Shaped like pytest's
-    ``ReprFileLocation`` (the same fields, a dataclass), so that pytest-xdist can carry it
-    from a worker; ``message`` is also what ``-r`` shows after the node id."""
+class CrashLocation:
+    """Where and how a script failed. Shaped like pytest's ``ReprFileLocation`` (the same
+    fields, a dataclass), so pytest-xdist carries it from a worker: ``--tb=line`` prints it,
+    and ``message`` is what the short test summary (``-r``) and junit's ``message`` show."""
 
     path: str
     lineno: int
@@ -40,62 +52,82 @@ class FailureLocation:
 
 @final
 @dataclass
-class _NoTraceback:
-    """An empty ``ReprTraceback`` look-alike: nothing is printed above the line."""
+class _TextTraceback:
+    """A ``ReprTraceback`` look-alike (the same fields, a dataclass) whose ``extraline`` is
+    the whole failure text: pytest prints it, and pytest-xdist carries it from a worker to
+    the controller as it is, with no frame to show."""
 
     reprentries: list[object] = field(default_factory=list)
     extraline: str | None = None
-    style: str = "line"
+    style: str = "native"
 
-    def toterminal(self, tw: object) -> None:
-        """Nothing."""
+    def toterminal(self, tw: _LineWriter) -> None:
+        if self.extraline:
+            tw.line(self.extraline)
 
 
 @final
-class ScriptFailureLine:
-    """``--tb=line``: pytest prints the report's body and then ``str(reprcrash)``; the body is
-    empty, so each failing script is the one line ``path:line: error``."""
+class ScriptFailureRepr:
+    """A failing script's ``longrepr``: its rendered text and its crash location."""
 
-    def __init__(self, location: FailureLocation) -> None:
-        self.reprcrash = location
-        self.reprtraceback = _NoTraceback()
+    def __init__(self, text: str, crash: CrashLocation) -> None:
+        self.reprcrash = crash
+        self.reprtraceback = _TextTraceback(extraline=text or None)
         self.sections: list[tuple[str, str, str]] = []
 
-    def toterminal(self, tw: object) -> None:
-        """Nothing: pytest writes the line itself, from ``reprcrash``."""
+    def toterminal(self, tw: _LineWriter) -> None:
+        self.reprtraceback.toterminal(tw)
 
-    def __str__(self) -> str:
-        return str(self.reprcrash)  # junit's failure text
+    def __str__(self) -> str:  # junit's failure text
+        return self.reprtraceback.extraline or str(self.reprcrash)
+
+
+@final
+@dataclass(frozen=True)
+class ScriptFailure:
+    """Everything a failing script's report shows, as fields; built once from its result by
+    :func:`describe_failure`, rendered by :meth:`render` for the ``--tb`` style.
+
+    A new part of the report (a diff of expected output, say) is one more field here, filled
+    in by :func:`describe_failure` and placed by one line of ``render``; a new way to fail is
+    one more ``FailureCause`` case in ``_finding`` and :func:`crash_message`.
+    """
+
+    header: str
+    """One line: the script, how it ended, how long it ran."""
+    notes: tuple[str, ...]
+    """Lines under the header: where it ran, how to raise a limit."""
+    location: CrashLocation
+    """``path:line: error (exit code N)``: all ``--tb=line`` shows."""
+    summary: str
+    """The script's own last word on how it failed, for the short test summary line."""
+    stderr_tail: str
+    """The last lines of stderr, for when stderr has no section of its own in the report
+    (``--show-capture=no`` or ``stdout``); empty when it does, so it appears once."""
+
+    def render(self, style: str) -> ScriptFailureRepr:
+        """The report for pytest's ``--tb`` style: ``line`` is the location alone; ``short``
+        cuts the stderr tail to :data:`SHORT_TAIL_LINES`; the others show all of it."""
+        if style == "line":
+            return ScriptFailureRepr("", self.location)
+        tail = self.stderr_tail
+        if style == "short":
+            tail = _tail(tail, SHORT_TAIL_LINES)
+        parts = [self.header, *self.notes, tail]
+        text = "\n".join(part for part in parts if part)
+        return ScriptFailureRepr(text, replace(self.location, message=self.summary))
 
 
 @final
 class ScriptFailed(Exception):
     """The script ran and failed: a non-allowed exit code, a signal, a timeout, a memory limit."""
 
-    def __init__(
-        self,
-        header: str,
-        stderr_tail: str,
-        *,
-        location: FailureLocation | None = None,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(header)
-        self.header = header
-        self.stderr_tail = stderr_tail
-        self.location = location
-        self.hint = hint
+    def __init__(self, failure: ScriptFailure) -> None:
+        super().__init__(failure.header)
+        self.failure = failure
 
-    def render(self, style: str = "long") -> str | ScriptFailureLine:
-        """The report for pytest's ``--tb`` style: ``line`` one line, ``short`` the header and
-        the last lines of stderr, anything else (``long``, ``auto``, ``native``) all of it."""
-        if style == "line" and self.location is not None:
-            return ScriptFailureLine(self.location)
-        tail = self.stderr_tail
-        if style == "short":
-            tail = _tail(tail, SHORT_TAIL_LINES) if tail else tail
-        parts = [self.header, *([self.hint] if self.hint else []), *([tail] if tail else [])]
-        return "\n".join(parts)
+    def render(self, style: str = "long") -> ScriptFailureRepr:
+        return self.failure.render(style)
 
 
 @final
@@ -103,47 +135,117 @@ class ScriptNotStarted(Exception):
     """The script could not be started (missing interpreter, missing cwd, bad exec mark)."""
 
 
-def _duration(result: ScriptResult) -> str:
-    return f"{result['execution_time']:.2f} s"
-
-
-def failure_header(label: str, result: ScriptResult) -> str:
-    """One line saying how the script ended: exit code, signal, timeout or memory limit."""
-    error = result["error"] or ""
+def failure_cause(result: ScriptResult) -> FailureCause | None:
+    """The result's cause; for one made without a cause (a hook that changed the status, a
+    third-party backend), the cause its fields show. ``None`` for a passed result."""
+    cause = result.get("cause")
+    if cause is not None:
+        return FailureCause(cause)
     status = result["status"]
+    if status == ScriptStatus.PASSED:
+        return None
     if status == ScriptStatus.TIMEOUT:
-        return f"{label} {error}"
+        return FailureCause.TIMEOUT
+    if status == ScriptStatus.CANCELLED:
+        return FailureCause.CANCELLED
+    if status == ScriptStatus.ERROR:
+        return FailureCause.ENGINE
     if result["memory_limit_exceeded"]:
-        return f"{label} failed: {error} after {_duration(result)}"
-    if result["signal"]:
-        return f"{label} failed: killed by signal {result['signal']} after {_duration(result)}"
-    return f"{label} failed: exit code {result['exit_code']} after {_duration(result)}"
+        return FailureCause.MEMORY_LIMIT
+    return FailureCause.SIGNAL if result["signal"] else FailureCause.EXIT_CODE
 
 
-def _tail(text: str, lines: int) -> str:
-    kept = text.rstrip("\n").splitlines()[-lines:]
-    return "\n".join(kept)
+def _finding(result: ScriptResult, cause: FailureCause | None) -> str:
+    """How it ended, in the engine's words and without the duration: ``exit code 1``,
+    ``killed by signal SIGSEGV``, ``timed out after 2 s``, ``memory limit of … exceeded``."""
+    if cause in (FailureCause.TIMEOUT, FailureCause.MEMORY_LIMIT):
+        return result["error"] or str(cause)
+    if cause == FailureCause.SIGNAL:
+        return f"killed by signal {result['signal']}"
+    return f"exit code {result['exit_code']}"
+
+
+def _ending(result: ScriptResult, cause: FailureCause | None) -> str:
+    """The finding with the duration, as the header says it: a timeout's names it already."""
+    finding = _finding(result, cause)
+    if cause == FailureCause.TIMEOUT:
+        return finding
+    return f"{finding} after {result['execution_time']:.2f} s"
+
+
+def _header(label: str, result: ScriptResult, cause: FailureCause | None) -> str:
+    verb = "" if cause == FailureCause.TIMEOUT else "failed: "
+    return f"{label} {verb}{_ending(result, cause)}"
 
 
 _FRAME = re.compile(r'^\s*File "(?P<path>.+)", line (?P<line>\d+)', re.M)
 
 
-def failure_location(label: str, result: ScriptResult) -> FailureLocation:
-    """``path:line: error``: the last line of stderr (``ValueError: boom``) and the exit code
-    for a script that exited with an error, at the script's line in the traceback's last
-    frame; else how it ended (``timed out after 2 s``, ``killed by signal SIGSEGV``)."""
-    header = failure_header(label, result)
-    how = header.removeprefix(label).lstrip().removeprefix("failed: ")
+def _script_line(result: ScriptResult) -> int:
+    """The script's line in the traceback's last frame in the script; 0 if there is none."""
     lineno = 0
     for frame in _FRAME.finditer(result["stderr"]):
         if frame["path"] == result["script"]:
             lineno = int(frame["line"])
-    stderr_lines = [line for line in result["stderr"].splitlines() if line.strip()]
-    if result["status"] != ScriptStatus.TIMEOUT and not result["signal"] and stderr_lines:
-        message = f"{stderr_lines[-1].strip()} ({how.split(' after ')[0]})"
-    else:
-        message = how
-    return FailureLocation(label, lineno, message)
+    return lineno
+
+
+def _location(label: str, result: ScriptResult, cause: FailureCause | None) -> CrashLocation:
+    """``path:line: error``: the last line of stderr (``ValueError: boom``) and how the
+    script exited, for one that said why; else how it ended (``timed out after 2 s``)."""
+    # A Python script that exits says why in its last stderr line (a MemoryError too); a
+    # timeout or a signal is the engine's finding alone.
+    exited = cause in (FailureCause.EXIT_CODE, FailureCause.MEMORY_LIMIT) and not result["signal"]
+    said = visible(last_line(result["stderr"])) if exited else ""
+    message = f"{said} ({_finding(result, cause)})" if said else _ending(result, cause)
+    return CrashLocation(label, _script_line(result), message)
+
+
+def crash_message(result: ScriptResult) -> str:
+    """The script's own last word on how it failed, for the short test summary line.
+
+    A timeout, a signal or a memory limit is the engine's finding (``timed out after 2 s``,
+    ``killed by signal SIGSEGV``); for an exit code it is the last line of stderr, which for
+    a Python script is the exception (``RuntimeError: boom``), else ``exit code N``; for a
+    script that did not run, why (a cancel's reason, the missing path...).
+    """
+    cause = failure_cause(result)
+    status = result["status"]
+    if status == ScriptStatus.CANCELLED:
+        return cancel_reason(result)
+    if status == ScriptStatus.ERROR:
+        return result["error"] or str(cause)
+    if cause == FailureCause.EXIT_CODE:
+        return visible(last_line(result["stderr"])) or _finding(result, cause)
+    return _finding(result, cause)
+
+
+def cancel_reason(result: ScriptResult) -> str:
+    """The skip reason of a cancelled script: ``cancelled``, and why when the result says."""
+    reason = result["error"] or ""
+    # Wording only (the outcome was decided by the status): no "cancelled: cancelled".
+    detail = reason.removeprefix("cancelled").lstrip(": ")
+    return f"cancelled: {detail}" if detail else "cancelled"
+
+
+def describe_failure(
+    label: str, result: ScriptResult, *, stderr_shown: bool, worker_shown: bool = False
+) -> ScriptFailure:
+    """A failed or timed-out script's report, as fields. ``stderr_shown``: its stderr has a
+    section of its own in the report, so the failure text leaves it out."""
+    cause = failure_cause(result)
+    notes = []
+    if worker_shown and result.get("worker"):
+        notes.append(f"ran on worker {result['worker']}")
+    if cause == FailureCause.TIMEOUT:
+        notes.append(TIMEOUT_HINT)
+    return ScriptFailure(
+        header=_header(label, result, cause),
+        notes=tuple(notes),
+        location=_location(label, result, cause),
+        summary=crash_message(result),
+        stderr_tail="" if stderr_shown else _tail(result["stderr"], STDERR_TAIL_LINES),
+    )
 
 
 def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
@@ -171,18 +273,21 @@ def raise_for_result(
         # The script decided at run time that it does not apply (exec_skip_exit_codes).
         pytest.skip(last_line(result["stderr"]) or f"exit code {result['exit_code']}")
     if status == ScriptStatus.CANCELLED:
-        reason = result["error"] or "cancelled"
-        pytest.skip(reason if reason.startswith("cancelled") else f"cancelled: {reason}")
+        pytest.skip(cancel_reason(result))
     if status == ScriptStatus.ERROR:
         raise ScriptNotStarted(f"{label} could not run: {result['error']}")
-    header = failure_header(label, result)
-    if result.get("worker") and item.config.get_verbosity() > 0:
-        header += f"\nran on worker {result['worker']}"
+    stderr_shown = (
+        not line_style
+        and bool(result["stderr"])
+        and item.config.getoption("showcapture", "all") in ("stderr", "all")
+    )
     raise ScriptFailed(
-        header,
-        _tail(result["stderr"], STDERR_TAIL_LINES),
-        location=failure_location(label, result),
-        hint=TIMEOUT_HINT if status == ScriptStatus.TIMEOUT else None,
+        describe_failure(
+            label,
+            result,
+            stderr_shown=stderr_shown,
+            worker_shown=item.config.get_verbosity() > 0,
+        )
     )
 
 
@@ -190,9 +295,13 @@ def is_exit_skip(result: ScriptResult, skip_exit_codes: frozenset[int]) -> bool:
     """Did the script exit with one of ``exec_skip_exit_codes`` (a skip, not a failure)?"""
     return (
         result["status"] == ScriptStatus.FAILED
-        and result["signal"] is None
+        and failure_cause(result) == FailureCause.EXIT_CODE
         and result["exit_code"] in skip_exit_codes
     )
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
 def last_line(text: str) -> str:
@@ -210,55 +319,3 @@ def visible(text: str) -> str:
     """``text`` with control characters (escape sequences, NUL, CR...) shown as ``\\xNN``,
     so what a script writes cannot move the cursor or recolour the terminal."""
     return text.translate(_CONTROL)
-
-
-def crash_message(result: ScriptResult) -> str:
-    """The script's own last word on how it failed, for the short test summary line.
-
-    A timeout, a signal or a memory limit is the engine's finding (``timed out after 2 s``,
-    ``killed by signal SIGSEGV``); for an exit code it is the last line of stderr, which for
-    a Python script is the exception (``RuntimeError: boom``), else ``exit code N``.
-    """
-    status = result["status"]
-    error = result["error"] or ""
-    if status == ScriptStatus.TIMEOUT or result["memory_limit_exceeded"]:
-        return error
-    if result["signal"]:
-        return f"killed by signal {result['signal']}"
-    return visible(last_line(result["stderr"])) or error or f"exit code {result['exit_code']}"
-
-
-class _LineWriter(Protocol):
-    """The part of pytest's TerminalWriter a longrepr uses (the class itself is private)."""
-
-    def line(self, s: str = "", **markup: bool) -> None: ...
-
-
-@final
-class CrashLine:
-    """Where and how a script failed, in the shape pytest reads from ``longrepr.reprcrash``."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.lineno = 0
-        self.message = message
-
-    def __str__(self) -> str:  # what --tb=line prints
-        return f"{self.path}: {self.message}"
-
-
-@final
-class ScriptFailureRepr:
-    """A script failure's ``longrepr``: the rendered text, plus the crash line that pytest's
-    short test summary (``-rA``), ``--tb=line`` and junit's ``message`` show."""
-
-    def __init__(self, text: str, crash: CrashLine) -> None:
-        self.text = text
-        self.reprcrash = crash
-
-    def toterminal(self, tw: _LineWriter) -> None:
-        for line in self.text.split("\n"):
-            tw.line(line)
-
-    def __str__(self) -> str:
-        return self.text

@@ -12,7 +12,7 @@ import pytest
 
 from ..engine import ScriptResult, ScriptStatus
 from .options import ExecOptions
-from .outcome import CrashLine, ScriptFailed, ScriptFailureRepr, crash_message, is_exit_skip
+from .outcome import crash_message, failure_cause, is_exit_skip
 
 REPORT_SCHEMA_VERSION = 1
 """Version of the ``--exec-report`` line format (docs/report.md); raised on any change."""
@@ -39,8 +39,10 @@ the controller, where the summary and the results file are made."""
 def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[str, Any]:
     """What the summary and the results file need of a result, with bounded output tails."""
     status = "skipped" if is_exit_skip(result, skip_exit_codes) else str(result["status"])
+    cause = failure_cause(result)
     return {
         "status": status,
+        "cause": None if cause is None else cause.value,  # a plain str travels with xdist
         "message": None if status == ScriptStatus.PASSED else crash_message(result),
         "exit_code": result["exit_code"],
         "signal": result["signal"],
@@ -175,12 +177,6 @@ class RunRecords:
             return
         gateway = getattr(getattr(report, "node", None), "gateway", None)  # set by xdist
         worker = getattr(gateway, "id", None)
-        if report.when == "call" and report.failed and isinstance(report.longrepr, str):
-            # From an xdist worker the failure arrives as text: give it back its crash line.
-            message = str(facts.get("message") or "")
-            if message:
-                crash = CrashLine(str(report.location[0]), message)
-                report.longrepr = ScriptFailureRepr(report.longrepr, crash)  # type: ignore[assignment]
         record = ScriptRecord(report.nodeid, facts, _outcome_word(report), worker)
         self.records.append(record)
         self.last_finished = time.monotonic()
@@ -259,37 +255,3 @@ def junit_properties(config: pytest.Config, result: ScriptResult) -> list[tuple[
     if result["signal"]:
         properties.append(("exec_signal", result["signal"]))
     return properties
-
-
-def _stderr_shown(config: pytest.Config, report: pytest.TestReport) -> bool:
-    """Will the failure section show the script's stderr as a captured section?"""
-    if config.option.showcapture not in ("stderr", "all"):
-        return False
-    return any(title == "Captured stderr call" for title, _ in report.sections)
-
-
-def shape_failure(
-    config: pytest.Config,
-    report: pytest.TestReport,
-    call: pytest.CallInfo[None],
-    result: ScriptResult,
-) -> None:
-    """A failed script's report: the short summary gets the script's last error line, and
-    the traceback appears once.
-
-    The failure text is a header line and the tail of stderr; pytest then shows the whole
-    stderr again as "Captured stderr call". When that section is shown, the tail is dropped
-    from the failure text, so the traceback appears once, in the section, next to the rest
-    of the script's stderr; with ``--show-capture=no``/``stdout`` the tail stays.
-    """
-    if not report.failed or call.excinfo is None:
-        return
-    failure = call.excinfo.value
-    if not isinstance(failure, ScriptFailed) or not isinstance(report.longrepr, str):
-        return
-    text = report.longrepr
-    if failure.stderr_tail and _stderr_shown(config, report):
-        text = text.replace("\n" + failure.stderr_tail, "", 1)
-    report.longrepr = ScriptFailureRepr(  # type: ignore[assignment]
-        text, CrashLine(str(report.location[0]), crash_message(result))
-    )
