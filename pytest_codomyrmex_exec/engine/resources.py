@@ -9,7 +9,7 @@ up front, by name, so it cannot wait forever.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import final
 
 Amounts = Mapping[str, float]
@@ -58,6 +58,16 @@ def unmet_demand(demand: Amounts, capacities: Amounts, where: str = "this runner
     return None
 
 
+def fits(demand: Amounts, free: Amounts) -> bool:
+    """Is there enough of every resource ``demand`` names in ``free``?"""
+    return all(amount <= free.get(name, 0.0) + _EPSILON for name, amount in demand.items())
+
+
+def exhausted(names: Iterable[str], free: Amounts) -> bool:
+    """Is nothing left of any of ``names``: could no further demand on them fit?"""
+    return all(free.get(name, 0.0) <= _EPSILON for name in names)
+
+
 @final
 class ResourcePool:
     """What is free of each capacity. Not thread-safe: one thread (or loop) hands out."""
@@ -66,9 +76,13 @@ class ResourcePool:
         self.capacities: dict[str, float] = dict(capacities)
         self._free = dict(capacities)
 
+    @property
+    def free(self) -> dict[str, float]:
+        """A copy of what is free now."""
+        return dict(self._free)
+
     def fits(self, demand: Amounts) -> bool:
-        free = self._free
-        return all(amount <= free.get(name, 0.0) + _EPSILON for name, amount in demand.items())
+        return fits(demand, self._free)
 
     def take(self, demand: Amounts) -> None:
         for name, amount in demand.items():
