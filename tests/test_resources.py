@@ -13,6 +13,7 @@ from conftest import ExecPytester
 
 from pytest_codomyrmex_exec import AsyncScheduler, ParallelRunner, ScriptSpec
 from pytest_codomyrmex_exec.engine import run_spec_async
+from pytest_codomyrmex_exec.engine.start_queue import StartQueue
 
 
 def _gpu_script(stamps: Path) -> str:
@@ -245,3 +246,39 @@ def test_backends_do_not_starve_a_script_that_needs_more(px: ExecPytester, backe
     result.assert_outcomes(passed=len(_BACKFILL))
     assert px.backend_used() == backend
     _assert_big_was_not_starved(log)
+
+
+def test_the_core_lets_jobs_pass_a_waiting_one_only_with_what_it_does_not_need() -> None:
+    queue: StartQueue[str] = StartQueue(limit=8, capacities={"GPU": 2, "db": 2})
+    holders = {t.job: t for t in (queue.push(n, demand={"GPU": 1}) for n in ("a", "b"))}
+    assert [t.job for t in queue.pop_ready()] == ["a", "b"]
+    small = queue.push("small", demand={"GPU": 1})
+    big = queue.push("big", priority=-5, demand={"GPU": 2, "db": 1})
+    queue.push("db", demand={"db": 1})
+    queue.push("cpu")
+
+    # big waits and reserves both GPUs and one db: "db" fits in the other, "cpu" needs none.
+    assert [t.job for t in queue.pop_ready()] == ["db", "cpu"]
+    queue.push("db2", demand={"db": 1})
+    assert queue.pop_ready() == [], "db2 would take the db that big waits for"
+    queue.release(holders["a"])
+    assert queue.pop_ready() == [], "small would take a GPU that big waits for"
+    queue.release(holders["b"])
+    assert queue.pop_ready() == [big]
+    assert (queue.running, queue.waiting) == (3, 2)
+    assert queue.withdraw(small)
+    assert not queue.withdraw(small), "withdrawn once: it no longer waits"
+    assert [t.job for t in queue.drain()] == ["db2"]
+    assert queue.waiting == 0
+
+
+def test_the_core_keeps_the_limit_and_the_order_of_equal_priorities() -> None:
+    queue: StartQueue[int] = StartQueue(limit=2)
+    for number in range(5):
+        queue.push(number, priority=1 if number == 0 else 0, demand={"GPU": 9})  # not tracked
+    first = queue.pop_ready()
+    assert [t.job for t in first] == [1, 2]
+    assert queue.pop_ready() == []
+    queue.release(first[0])
+    assert [t.job for t in queue.pop_ready()] == [3]
+    assert queue.refusal({"GPU": 9}) is None, "without capacities no demand is refused"

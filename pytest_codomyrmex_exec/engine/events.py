@@ -42,8 +42,9 @@ Stream: TypeAlias = Literal["stdout", "stderr"]
 class RunEvent:
     """One step of one script's run.
 
-    ``key`` is the caller's name for the script (an index for :class:`ParallelRunner`, an
-    item's key in the plugin); ``time`` is wall-clock (:func:`time.time`).
+    ``key`` is the caller's key for the script (its key in :meth:`ParallelRunner.run_specs`,
+    its position for ``run_scripts``, a test item's key in the plugin); ``time`` is
+    wall-clock (:func:`time.time`).
     """
 
     kind: RunEventKind

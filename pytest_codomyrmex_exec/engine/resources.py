@@ -64,7 +64,7 @@ def fits(demand: Amounts, free: Amounts) -> bool:
 
 
 def exhausted(names: Iterable[str], free: Amounts) -> bool:
-    """Is nothing left of any of ``names``: could no further demand on them fit?"""
+    """Is every one of ``names`` used up, so that no further demand on them could fit?"""
     return all(free.get(name, 0.0) <= _EPSILON for name in names)
 
 
@@ -80,9 +80,6 @@ class ResourcePool:
     def free(self) -> dict[str, float]:
         """A copy of what is free now."""
         return dict(self._free)
-
-    def fits(self, demand: Amounts) -> bool:
-        return fits(demand, self._free)
 
     def take(self, demand: Amounts) -> None:
         for name, amount in demand.items():
