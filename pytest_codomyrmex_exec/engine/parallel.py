@@ -466,14 +466,17 @@ class ParallelRunner:
             while queue.waiting or running:
                 batch.wakeup.clear()
                 starting = queue.pop_ready() if batch.reason is None else []
-                while starting:
-                    ticket = starting[0]
+                for position, ticket in enumerate(starting):
+                    if batch.reason is not None:  # cancelled from another thread meanwhile
+                        for left in starting[position:]:
+                            queue.release(left)
+                            finish(left.job, _not_run(left.job, ScriptStatus.CANCELLED))
+                        break
                     try:
                         future = self._submit(executor, ticket.job, batch, base_env)
                     except Exception as exc:
-                        refuse_all(starting, exc)
+                        refuse_all(starting[position:], exc)
                         break
-                    starting.pop(0)
                     future.add_done_callback(lambda _: batch.wakeup.set())
                     running[future] = ticket
 
