@@ -54,9 +54,6 @@ class AsyncJob:
     id: str
     name: str
     func: Callable[..., Awaitable[Any]] = field(repr=False)
-    key: Any = None
-    """The caller's key for the job (``schedule(key=...)``), its ``id`` when none was given;
-    every :class:`JobEvent` about it carries it."""
     args: tuple[Any, ...] = field(default=(), repr=False)
     kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     priority: float = 0
@@ -70,6 +67,9 @@ class AsyncJob:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    key: Any = None
+    """The caller's key for the job (``schedule(key=...)``), its ``id`` when none was given;
+    every :class:`JobEvent` about it carries it."""
 
     @property
     def duration(self) -> float | None:
