@@ -34,9 +34,17 @@ def test_two_gpu_scripts_never_overlap_on_a_machine_with_one(
     px.script("plain_script.py", "")
     px.script("tpu_script.py", "# pytest.mark.exec(resources={'TPU': 1})\n")
     px.script("db_script.py", "# pytest.mark.exec(resources={'db': 3})\n")
+    causes = px.path / "causes.txt"
+    px.conftest(
+        px.backend_recorder()
+        + "def pytest_exec_script_finished(item, result):\n"
+        + f"    open({str(causes)!r}, 'a').write(f\"{{item.name}} {{result['cause']}}\\n\")\n"
+    )
     result = px.run("--exec-parallel", "--exec-backend", backend, "--exec-workers", "4", "-rE")
 
     result.assert_outcomes(passed=4, errors=2)
+    assert px.backend_used() == backend
+    assert {"tpu_script resources", "db_script resources"} <= set(px.lines("causes.txt"))
     result.stdout.fnmatch_lines(
         [
             "*tpu_script.py could not run: needs resource TPU=1, which the ini option "
