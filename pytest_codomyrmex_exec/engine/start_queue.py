@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, final
 
-from .resources import Amounts, ResourcePool, exhausted, fits, unmet_demand
+from .resources import Amounts, ResourcePool, unmet_demand
 
 _T = TypeVar("_T")
 
@@ -64,7 +64,8 @@ class StartQueue(Generic[_T]):
         if limit is not None and limit < 1:
             raise ValueError(f"the limit of running jobs must be at least 1, got {limit}")
         self._limit = limit
-        self._pool = None if capacities is None else ResourcePool(capacities)
+        self._tracked = capacities is not None
+        self._pool = ResourcePool(capacities or {})
         self._lanes: dict[_Lane, list[Ticket[_T]]] = {}
         self._running: set[Ticket[_T]] = set()
         self._sequence = 0
@@ -73,7 +74,7 @@ class StartQueue(Generic[_T]):
     @property
     def capacities(self) -> dict[str, float] | None:
         """The capacities given, or ``None`` when resources are not tracked."""
-        return None if self._pool is None else dict(self._pool.capacities)
+        return dict(self._pool.capacities) if self._tracked else None
 
     @property
     def waiting(self) -> int:
@@ -86,9 +87,7 @@ class StartQueue(Generic[_T]):
     def refusal(self, demand: Amounts, where: str = "this runner") -> str | None:
         """Why ``demand`` could never start here, naming the resource; ``None`` if it could
         (always, when resources are not tracked). Push only demands with no refusal."""
-        if self._pool is None:
-            return None
-        return unmet_demand(demand, self._pool.capacities, where)
+        return unmet_demand(demand, self._pool.capacities, where) if self._tracked else None
 
     def push(self, job: _T, *, priority: float = 0, demand: Amounts | None = None) -> Ticket[_T]:
         """Add a waiting job; its ticket is what :meth:`withdraw` and :meth:`release` take.
@@ -96,7 +95,7 @@ class StartQueue(Generic[_T]):
         The caller has checked ``priority`` (a number, not NaN) and ``demand`` (no
         :meth:`refusal`): a demand that can never fit would wait forever.
         """
-        wanted = dict(demand or {}) if self._pool is not None else {}
+        wanted = dict(demand or {}) if self._tracked else {}
         ticket = Ticket(job, priority, self._sequence, wanted)
         self._sequence += 1
         lane = self._lanes.setdefault(frozenset(wanted.items()), [])
@@ -120,7 +119,7 @@ class StartQueue(Generic[_T]):
     def pop_ready(self) -> list[Ticket[_T]]:
         """The jobs that start now, in start order: they count as running and hold their
         demand until :meth:`release`. Call again whenever a job was pushed or released."""
-        free = {} if self._pool is None else self._pool.free
+        free = self._pool.copy()  # the walk takes what starts and reserves what waits
         starting: list[Ticket[_T]] = []
         taken: dict[_Lane, int] = {}
         # One entry per lane: its next job that has not been looked at in this walk.
@@ -130,15 +129,14 @@ class StartQueue(Generic[_T]):
             _, position, key = heapq.heappop(fronts)
             ticket = self._lanes[key][position]
             demand = ticket.demand
-            if fits(demand, free):
+            if free.fits(demand):
                 starting.append(ticket)
                 taken[key] = position + 1  # a lane starts from its front: earlier ones fit too
-            elif exhausted(demand, free):
+            elif free.exhausted(demand):
                 # Nothing it names is left: every job behind it in its lane waits too, and
                 # their reservations would take nothing more.
                 continue
-            for name, amount in demand.items():  # taken if it starts, reserved if it waits
-                free[name] = free.get(name, 0.0) - amount
+            free.take(demand)  # taken if it starts, reserved if it waits
             if position + 1 < len(self._lanes[key]):
                 following = self._lanes[key][position + 1]
                 heapq.heappush(fronts, (following.rank, position + 1, key))
@@ -148,8 +146,7 @@ class StartQueue(Generic[_T]):
             if not lane:
                 del self._lanes[key]
         for ticket in starting:
-            if self._pool is not None:
-                self._pool.take(ticket.demand)
+            self._pool.take(ticket.demand)
             self._running.add(ticket)
         self._waiting -= len(starting)
         return starting
@@ -157,8 +154,7 @@ class StartQueue(Generic[_T]):
     def release(self, ticket: Ticket[_T]) -> None:
         """A job from :meth:`pop_ready` ended: its slot and resources are free again."""
         self._running.remove(ticket)  # KeyError: released twice, or never started
-        if self._pool is not None:
-            self._pool.give(ticket.demand)
+        self._pool.give(ticket.demand)
 
     def drain(self) -> list[Ticket[_T]]:
         """Take every waiting job out, in start order (to record them as not run)."""
