@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester
+from conftest import RUN_TIMEOUT, ExecPytester
 
 MODES = {
     "inline": (),
@@ -136,3 +138,168 @@ def test_balance_is_within_four_thirds_of_the_best_split(px: ExecPytester) -> No
         loads.append(load)
     assert sum(loads) == sum(seconds), "an item is in no shard or in two"
     assert max(loads) <= best * 4 / 3, (loads, best)
+
+
+def read_entries(path: Path) -> dict[str, dict[str, object]]:
+    entries = json.loads(path.read_text())["durations"]
+    assert isinstance(entries, dict)
+    return entries
+
+
+def test_the_durations_file_remembers_what_ran_and_merges_newest_first(
+    px: ExecPytester,
+) -> None:
+    px.ini(exec_script_patterns="examples/*.py")
+    px.script("examples/slow.py", "import time\ntime.sleep(0.6)\n")
+    px.script("examples/quick.py", "")
+    px.pytester.makepyfile(test_io="import time\n\ndef test_wait():\n    time.sleep(0.3)\n")
+    # test_wait is unknown: it counts as the median of slow and quick (49.55 s).
+    stale = {
+        "examples/slow.py::slow": 99.0,
+        "examples/quick.py::quick": 0.1,
+        "gone/old.py::old": 7.0,
+    }
+    for k in (1, 2):  # each CI machine has its own copy of the committed file
+        write_durations(px.path / f"shard{k}.json", stale)
+        args = (f"--exec-shard={k}/2", f"--exec-durations-file=shard{k}.json")
+        px.run("-p", "no:cacheprovider", *args).assert_outcomes(passed=1 if k == 1 else 2)
+
+    first, second = read_entries(px.path / "shard1.json"), read_entries(px.path / "shard2.json")
+    # Longest first: slow (99 s remembered) alone on shard 1, the other two on shard 2.
+    assert 0.6 <= float(first["examples/slow.py::slow"]["seconds"]) < 30  # type: ignore[arg-type]
+    assert second["examples/slow.py::slow"]["seconds"] == 99.0, "an item not run kept its entry"
+    assert 0.3 <= float(second["test_io.py::test_wait"]["seconds"]) < 30  # type: ignore[arg-type]
+    assert second["examples/quick.py::quick"]["measured"] > "2026-01-02T03:04:05+00:00"
+    assert first["gone/old.py::old"] == second["gone/old.py::old"]
+    text = (px.path / "shard2.json").read_text()
+    assert text.splitlines()[3].startswith('    "examples/quick.py::quick": {"measured": ')
+
+    out = px.path / "merged.json"
+    merge = [sys.executable, "-m", "pytest_codomyrmex_exec", "merge-durations", str(out)]
+    done = subprocess.run(
+        [*merge, str(px.path / "shard2.json"), str(px.path / "shard1.json")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "4 items from 2 files" in done.stdout
+    merged = read_entries(out)
+    assert merged["examples/slow.py::slow"] == first["examples/slow.py::slow"], "newest wins"
+    assert merged["test_io.py::test_wait"] == second["test_io.py::test_wait"]
+    assert merged["gone/old.py::old"]["seconds"] == 7.0
+    # The other way round: the same file, because the measurement time decides, not the order.
+    subprocess.run(
+        [*merge, str(px.path / "shard1.json"), str(px.path / "shard2.json")],
+        check=True,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert read_entries(out) == merged
+
+
+def test_merge_durations_needs_no_pytest_and_names_a_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "durations": {"a.py::a": {"seconds": -1}}}')
+    code = (
+        "import sys\n"
+        "from pytest_codomyrmex_exec.__main__ import main\n"
+        f"status = main(['merge-durations', {str(tmp_path / 'out.json')!r}, {str(bad)!r}])\n"
+        "print(status, any(m.split('.')[0] in ('pytest', '_pytest') for m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.stdout.split() == ["1", "False"], done.stderr
+    assert f"{bad}: entry 'a.py::a' must be" in done.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_the_durations_file_orders_the_parallel_starts(px: ExecPytester) -> None:
+    px.ini(exec_script_patterns="examples/*.py")
+    for name in ("a", "b", "c"):
+        px.script(
+            f"examples/{name}.py",
+            "import pathlib\n"
+            "with open(pathlib.Path(__file__).parent.parent / 'order.txt', 'a') as out:\n"
+            f"    out.write('{name}\\n')\n",
+        )
+    write_durations(px.path / "d.json", {"examples/b.py::b": 5.0, "examples/c.py::c": 2.0})
+    # No cache (-p no:cacheprovider): only the file can say that b takes longest.
+    args = ("--exec-parallel", "--exec-workers=1", "-p", "no:cacheprovider")
+    px.run(*args, "--exec-durations-file=d.json").assert_outcomes(passed=3)
+    assert px.lines("order.txt") == ["b", "c", "a"]
+
+
+def test_a_durations_file_that_cannot_be_read_is_a_usage_error(px: ExecPytester) -> None:
+    px.ini(exec_script_patterns="examples/*.py", exec_durations_file="ci/durations.json")
+    px.script("examples/a.py", "")
+    (px.path / "ci").mkdir()
+    (px.path / "ci" / "durations.json").write_text("<<<<<<< HEAD\n")
+    result = px.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*ini option 'exec_durations_file': *ci/durations.json: not JSON*"]
+    )
+
+
+def test_an_empty_shard_passes_and_says_so(px: ExecPytester) -> None:
+    make_repository(px, scripts=1, tests=1)
+    for extra in ((), ("-n", "2")):
+        result = px.run("-p", "no:cacheprovider", "--exec-shard=3/3", *extra)
+        assert result.ret == pytest.ExitCode.OK, result.stdout
+        result.stdout.fnmatch_lines(["*shard 3/3 has nothing to run (2 items over 3 shards)*"])
+    # Nothing left by -k: not the shard's doing, so pytest's "no tests collected" stays.
+    result = px.run("-p", "no:cacheprovider", "--exec-shard=3/3", "-k", "no_such_item")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_the_shard_can_come_from_the_environment(
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = make_repository(px, scripts=2, tests=2)
+    monkeypatch.setenv("EXEC_SHARD", "2/2")
+    from_env = selected(px)
+    assert 0 < len(from_env) < len(every)
+    assert from_env == selected(px, "--exec-shard=2/2")
+    assert sorted(from_env + selected(px, "--exec-shard=1/2")) == sorted(every), "option wins"
+
+
+@pytest.mark.parametrize("value", ["0/3", "4/3", "a/b", "3", "1/0", ""])
+def test_a_bad_shard_is_a_usage_error_naming_its_source(
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    px.script("a_script.py", "")
+    result = px.run(f"--exec-shard={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--exec-shard: expected K/N with 1 <= K <= N*{value!r}*"])
+    if value:
+        monkeypatch.setenv("EXEC_SHARD", value)
+        result = px.run()
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*environment variable EXEC_SHARD: expected K/N*{value!r}*"])
+
+
+def test_the_split_is_of_what_last_failed_left(px: ExecPytester) -> None:
+    # --lf filters most files as it collects them, but a file named on the command line is
+    # collected whole and its passing tests are deselected afterwards, by a hook wrapper.
+    # Split before that, by name, shard 1 would get two of the three failures, shard 3 none.
+    px.script("examples/demo_script.py", "")
+    body = "".join(f"def test_{n}():\n    assert {n not in (0, 1, 3)}\n\n" for n in range(6))
+    px.pytester.makepyfile(test_mod=body)
+    px.run().assert_outcomes(passed=4, failed=3)
+    shards = [
+        {
+            line.split()[1]
+            for line in px.run("-rf", "--lf", f"--exec-shard={k}/3", "test_mod.py").outlines
+            if line.startswith("FAILED ")
+        }
+        for k in (1, 2, 3)
+    ]
+    assert all(len(shard) == 1 for shard in shards), shards
+    assert set().union(*shards) == {f"test_mod.py::test_{n}" for n in (0, 1, 3)}
