@@ -268,6 +268,11 @@ def test_the_shard_can_come_from_the_environment(
     assert 0 < len(from_env) < len(every)
     assert from_env == selected(px, "--exec-shard=2/2")
     assert sorted(from_env + selected(px, "--exec-shard=1/2")) == sorted(every), "option wins"
+    # The shard is this run's: a script that runs pytest itself must not inherit it.
+    px.script("examples/env.py", "import os, sys\nsys.exit(os.environ.get('EXEC_SHARD'))\n")
+    px.run("-p", "no:cacheprovider", "--exec-shard=1/1", "examples/env.py").assert_outcomes(
+        passed=1
+    )
 
 
 @pytest.mark.parametrize("value", ["0/3", "4/3", "a/b", "3", "1/0", ""])
