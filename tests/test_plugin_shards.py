@@ -69,14 +69,25 @@ def write_durations(path: Path, seconds: dict[str, float]) -> None:
     path.write_text(json.dumps({"version": 1, "durations": entries}))
 
 
+def read_entries(path: Path) -> dict[str, dict[str, object]]:
+    entries = json.loads(path.read_text())["durations"]
+    assert isinstance(entries, dict)
+    return entries
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_the_shards_run_every_item_exactly_once(px: ExecPytester, mode: str) -> None:
     every = make_repository(px)
     px.conftest(MODE_TRACE)
     assert sorted(selected(px)) == sorted(every)
+    # Some items remembered, the others count as their median; each machine has its own copy
+    # of the file (each shard writes back to it).
+    known = {nodeid: 0.5 + n for n, nodeid in enumerate(every) if n % 2}
     ran: list[str] = []
     for k in (1, 2, 3):
-        result = px.run("-v", "-p", "no:cacheprovider", f"--exec-shard={k}/3", *MODES[mode])
+        write_durations(px.path / f"shard{k}.json", known)
+        args = (f"--exec-shard={k}/3", f"--exec-durations-file=shard{k}.json", *MODES[mode])
+        result = px.run("-v", "-p", "no:cacheprovider", *args)
         outcomes = result.parseoutcomes()
         assert result.ret == pytest.ExitCode.OK, result.stdout
         # "nodeid PASSED", or under xdist "[gw0] PASSED nodeid".
@@ -86,7 +97,8 @@ def test_the_shards_run_every_item_exactly_once(px: ExecPytester, mode: str) -> 
         assert outcomes["passed"] == len(here)
         if mode != "xdist":  # xdist's controller does not hear of the workers' deselections
             assert outcomes["deselected"] == len(every) - len(here)
-        result.stdout.fnmatch_lines([f"*shard {k}/3: {len(here)} of {len(every)} items*"])
+        result.stdout.fnmatch_lines([f"*shard {k}/3: {len(here)} items, about * s of * s*"])
+        assert set(read_entries(px.path / f"shard{k}.json")) == set(known) | set(here)
         ran += here
     assert sorted(ran) == sorted(every), "an item ran twice or not at all"
     traces = set((px.path / "modes.txt").read_text().split()) if mode != "inline" else set()
@@ -138,12 +150,6 @@ def test_balance_is_within_four_thirds_of_the_best_split(px: ExecPytester) -> No
         loads.append(load)
     assert sum(loads) == sum(seconds), "an item is in no shard or in two"
     assert max(loads) <= best * 4 / 3, (loads, best)
-
-
-def read_entries(path: Path) -> dict[str, dict[str, object]]:
-    entries = json.loads(path.read_text())["durations"]
-    assert isinstance(entries, dict)
-    return entries
 
 
 def test_the_durations_file_remembers_what_ran_and_merges_newest_first(
@@ -267,6 +273,8 @@ def test_the_shard_can_come_from_the_environment(
     from_env = selected(px)
     assert 0 < len(from_env) < len(every)
     assert from_env == selected(px, "--exec-shard=2/2")
+    header = f"shard 2/2: {len(from_env)} of {len(every)} items (no remembered durations*"
+    px.run("--collect-only").stdout.fnmatch_lines([header])
     assert sorted(from_env + selected(px, "--exec-shard=1/2")) == sorted(every), "option wins"
     # The shard is this run's: a script that runs pytest itself must not inherit it.
     px.script("examples/env.py", "import os, sys\nsys.exit(os.environ.get('EXEC_SHARD'))\n")

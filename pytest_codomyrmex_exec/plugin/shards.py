@@ -191,7 +191,7 @@ class ShardPlugin:
             terminalreporter.write_sep(
                 "-",
                 f"codomyrmex-exec: shard {facts.shard} has nothing to run "
-                f"({_items(facts.total)} over {facts.shard.count} shards): exit status 0",
+                f"({_items(facts.total)} over {facts.shard.count} shards)",
             )
 
 
