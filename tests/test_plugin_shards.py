@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import RUN_TIMEOUT, ExecPytester
@@ -69,7 +70,7 @@ def write_durations(path: Path, seconds: dict[str, float]) -> None:
     path.write_text(json.dumps({"version": 1, "durations": entries}))
 
 
-def read_entries(path: Path) -> dict[str, dict[str, object]]:
+def read_entries(path: Path) -> dict[str, dict[str, Any]]:
     entries = json.loads(path.read_text())["durations"]
     assert isinstance(entries, dict)
     return entries
@@ -172,9 +173,9 @@ def test_the_durations_file_remembers_what_ran_and_merges_newest_first(
 
     first, second = read_entries(px.path / "shard1.json"), read_entries(px.path / "shard2.json")
     # Longest first: slow (99 s remembered) alone on shard 1, the other two on shard 2.
-    assert 0.6 <= float(first["examples/slow.py::slow"]["seconds"]) < 30  # type: ignore[arg-type]
+    assert 0.6 <= float(first["examples/slow.py::slow"]["seconds"]) < 30
     assert second["examples/slow.py::slow"]["seconds"] == 99.0, "an item not run kept its entry"
-    assert 0.3 <= float(second["test_io.py::test_wait"]["seconds"]) < 30  # type: ignore[arg-type]
+    assert 0.3 <= float(second["test_io.py::test_wait"]["seconds"]) < 30
     assert second["examples/quick.py::quick"]["measured"] > "2026-01-02T03:04:05+00:00"
     assert first["gone/old.py::old"] == second["gone/old.py::old"]
     text = (px.path / "shard2.json").read_text()
