@@ -317,3 +317,21 @@ def test_the_split_is_of_what_last_failed_left(px: ExecPytester) -> None:
     ]
     assert all(len(shard) == 1 for shard in shards), shards
     assert set().union(*shards) == {f"test_mod.py::test_{n}" for n in (0, 1, 3)}
+
+
+def test_the_durations_file_as_two_arguments_is_a_usage_error(
+    px: ExecPytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A file outside the project, given as a separate value: pytest would take it for a test
+    # path while choosing the rootdir, before the option exists, and move the rootdir.
+    elsewhere = tmp_path_factory.mktemp("ci") / "durations.json"
+    write_durations(elsewhere, {})
+    px.script("a_script.py", "open('ran', 'w').close()\n")
+    result = px.run("--exec-durations-file", str(elsewhere))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*--exec-durations-file: write --exec-durations-file={elsewhere}*"]
+    )
+    assert not (px.path / "ran").exists()
+    px.run(f"--exec-durations-file={elsewhere}").assert_outcomes(passed=1)
+    assert "a_script.py::a_script" in read_entries(elsewhere)
