@@ -290,6 +290,8 @@ def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[E
     # pytest-timeout reads it in the inner sessions too, and scripts take their timeout from
     # it: a CI job that sets it would change what the tests expect (60 s default, ini values).
     monkeypatch.delenv("PYTEST_TIMEOUT", raising=False)
+    # A CI matrix's shard (EXEC_SHARD) would shard every inner session too.
+    monkeypatch.delenv("EXEC_SHARD", raising=False)
     # Wide enough that pytest does not cut the short summary lines the tests read.
     monkeypatch.setenv("COLUMNS", "240")
     helper = ExecPytester(pytester)

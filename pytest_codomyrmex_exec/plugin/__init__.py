@@ -13,7 +13,7 @@ import pytest
 
 from ..engine import kill_tagged
 from . import hookspecs
-from .durations import save_durations
+from .durations import configure_durations
 from .guardian import protect, scripts_will_run, unprotect
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
@@ -27,6 +27,7 @@ from .report import (
     script_facts,
 )
 from .settings import SESSION_TAG_VAR
+from .shards import configure_shard
 
 __all__ = ["ScriptFile", "ScriptItem"]
 """Public names for conftests: ``isinstance(item, ScriptItem)`` tells script items apart."""
@@ -97,6 +98,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
         configure_warm(config)
     config.stash[PATTERNS_KEY] = ScriptPatterns(options.patterns, config.rootpath)
+    configure_durations(config)
+    configure_shard(config)
     records = config.stash[RECORDS_KEY] = RunRecords(options)
     config.pluginmanager.register(records, _RECORDS_PLUGIN)
     if options.report_path and not hasattr(config, "workerinput"):
@@ -186,12 +189,6 @@ def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    measured = [
-        (item.nodeid, result)
-        for item in session.items
-        if isinstance(item, ScriptItem) and (result := item.stash.get(RESULT_KEY, None))
-    ]
-    save_durations(session.config, measured)
     if not session.config.stash.get(_SCRIPTS_KEY, False):
         return  # no script ran: nothing can carry the tag, and reading /proc costs time
     # Scripts are killed with their process group; this catches what left the group on
