@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, final
 
-from .results import ScriptResult, ScriptStatus, make_result
+from .results import FailureCause, ScriptResult, ScriptStatus, make_result
 from .spec import ScriptSpec
 
 logger = logging.getLogger(__name__)
@@ -108,25 +108,25 @@ def plan_launch(
     """Resolve ``spec``; return a plan, or an ``error`` result saying what is missing."""
     script = Path(spec.script)
 
-    def error(message: str) -> ScriptResult:
-        return make_result(spec.script, ScriptStatus.ERROR, error=message)
+    def error(message: str, cause: FailureCause | None = None) -> ScriptResult:
+        return make_result(spec.script, ScriptStatus.ERROR, error=message, cause=cause)
 
     try:
         is_file = stat.S_ISREG(os.stat(script).st_mode)  # one stat call, not two
     except OSError:
-        return error(f"script not found: {script}")
+        return error(f"script not found: {script}", FailureCause.MISSING_PATH)
     if not is_file:
-        return error(f"not a file: {script}")
+        return error(f"not a file: {script}", FailureCause.MISSING_PATH)
 
     work_dir = spec.cwd if spec.cwd is not None else str(script.parent)
     if not os.path.isdir(work_dir):
-        return error(f"working directory does not exist: {work_dir}")
+        return error(f"working directory does not exist: {work_dir}", FailureCause.MISSING_PATH)
 
     stdin_file = None
     if spec.stdin_file is not None:
         stdin_file = os.path.join(script.parent, spec.stdin_file)
         if not os.path.isfile(stdin_file):
-            return error(f"stdin_file not found: {stdin_file}")
+            return error(f"stdin_file not found: {stdin_file}", FailureCause.MISSING_PATH)
 
     child_env = dict(os.environ if base_env is None else base_env)
     # As a shell would after cd: a script that reads PWD must not see pytest's folder.
@@ -142,7 +142,10 @@ def plan_launch(
         return error("no Python interpreter: sys.executable is empty and none was given")
     interpreter = _resolve_interpreter(interpreter, child_env.get("PATH", os.defpath))
     if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
-        return error(f"Python interpreter not found or not executable: {interpreter}")
+        return error(
+            f"Python interpreter not found or not executable: {interpreter}",
+            FailureCause.START_FAILED,
+        )
 
     tag = uuid.uuid4().hex
     child_env[RUN_TAG_VAR] = tag

@@ -14,6 +14,7 @@ import pytest
 from ..engine import kill_tagged
 from . import hookspecs
 from .durations import save_durations
+from .environment import SESSION_TAG_VAR
 from .guardian import protect, scripts_will_run, unprotect
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
@@ -27,7 +28,6 @@ from .report import (
     script_facts,
     shape_failure,
 )
-from .settings import SESSION_TAG_VAR
 
 __all__ = ["ScriptFile", "ScriptItem"]
 """Public names for conftests: ``isinstance(item, ScriptItem)`` tells script items apart."""
