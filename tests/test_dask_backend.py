@@ -583,6 +583,20 @@ def test_x_starts_no_queued_script_after_the_failure(px: ExecPytester) -> None:
     assert sorted(os.listdir(started)) == [], "queued scripts started after the failure"
 
 
+def test_x_lets_the_queue_go_on_after_a_skip_exit_code(px: ExecPytester) -> None:
+    # The exit is held for pytest's judgement like a failure; pytest counts it a skip, so
+    # the queued scripts must start after all (not wait for ever, not be cancelled).
+    _on_dask(px)
+    px.ini(exec_skip_exit_codes="77")
+    px.script("skips_script.py", "# pytest.mark.exec(priority=-1)\nraise SystemExit(77)\n")
+    for index in range(3):
+        px.script(f"queued{index}_script.py", "")
+    result = px.run("-x", "--exec-parallel", "--exec-backend", "dask", "--exec-workers", "1")
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=3, skipped=1)
+
+
 def test_a_scheduler_that_dies_mid_run_ends_it_with_errors(
     px: ExecPytester, tmp_path: Path
 ) -> None:

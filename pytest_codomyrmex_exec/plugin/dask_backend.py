@@ -252,9 +252,6 @@ class DaskBackend:
                 )
             for job in jobs:  # those reported already are skipped by _emit
                 self._emit(finished_event(job, _not_run(job, status, cause, text)))
-        finally:
-            # Scripts that a lost cluster could not stop, on this machine at least.
-            kill_tagged(BATCH_ENV_VAR, self.run_id)
 
     def _bounded(self, call: Callable[[], T], seconds: float, what: str, **kw: Any) -> T:
         value: T = bounded(call, seconds, f"{what} ({self._where})", **kw)

@@ -40,6 +40,9 @@ GIVE_UP_ON_SCHEDULER = 10.0
 """A task that cannot reach the scheduler this long stops its script (or does not start it):
 no one could collect its result, and it must not run on unsupervised."""
 
+LOOK_WAIT = 1.0
+"""Seconds one look at the cancel ``Event`` may hold the engine's loop."""
+
 NAMESPACE = "codomyrmex-exec"
 STARTED_TOPIC = f"{NAMESPACE}-started"
 """The Dask event topic of script starts, one for every run: the scheduler keeps the last
@@ -150,20 +153,26 @@ class DaskCancelSignal:
     cancels a running task when nobody wants its result any more, as when pytest died
     (SIGKILL, out of memory) and the scheduler dropped its client. And the run's Dask
     ``Event``, a round trip to the scheduler, so read at most every :data:`CANCEL_POLL` s.
-    Once set it stays set. If the scheduler cannot be reached for
-    :data:`GIVE_UP_ON_SCHEDULER` s it counts as set: no one could collect the result.
+    Once set it stays set.
+
+    A look at the ``Event`` holds the engine's loop (which also reads the script's output
+    and keeps its timeout) for at most :data:`LOOK_WAIT` s; one still unanswered then goes
+    on in its thread, and no other starts until it ends. If the scheduler has not answered
+    for :data:`GIVE_UP_ON_SCHEDULER` s the signal counts as set: no one could collect the
+    result, and the script must not run on unsupervised.
     """
 
     def __init__(self, name: str, worker: Any, client: Any, key: object) -> None:
         self._name = name
         self._worker = worker
         self._key = key
-        # Its client given, not looked up: the look runs in a thread of its own (bounded),
-        # which is not the task's, and Dask finds a task's client by thread.
+        # Its client given, not looked up: the look runs in a thread of its own, which is
+        # not the task's, and Dask finds a task's client by thread.
         self._event = distributed().Event(name, client=client)
         self._next = 0.0
         self._set = False
-        self._unreachable_since: float | None = None
+        self._answered = time.monotonic()
+        self._look: threading.Thread | None = None
 
     def is_set(self) -> bool:
         if self._set:
@@ -173,19 +182,27 @@ class DaskCancelSignal:
             self._set = True
             return True
         now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + CANCEL_POLL
-        try:
-            self._set = bool(bounded(self._event.is_set, GIVE_UP_ON_SCHEDULER, "cancel event"))
-            self._unreachable_since = None
-        except Exception as exc:  # the scheduler is unreachable or going away
-            if self._unreachable_since is None:
-                self._unreachable_since = now
-                logger.warning("cannot read the cancel event %s: %r", self._name, exc)
-            elif now - self._unreachable_since > GIVE_UP_ON_SCHEDULER:
-                self._set = True
+        if now >= self._next and (self._look is None or not self._look.is_alive()):
+            self._next = now + CANCEL_POLL
+            self._look = threading.Thread(target=self._ask, name=self._name, daemon=True)
+            self._look.start()
+            self._look.join(LOOK_WAIT)
+        if not self._set and time.monotonic() - self._answered > GIVE_UP_ON_SCHEDULER:
+            logger.warning(
+                "no answer about %s for %g s: stopping", self._name, GIVE_UP_ON_SCHEDULER
+            )
+            self._set = True
         return self._set
+
+    def _ask(self) -> None:
+        try:
+            answer = bool(self._event.is_set())
+        except Exception as exc:  # the scheduler is unreachable or going away
+            logger.warning("cannot read the cancel event %s: %r", self._name, exc)
+            return
+        self._answered = time.monotonic()
+        if answer:
+            self._set = True
 
 
 @final
