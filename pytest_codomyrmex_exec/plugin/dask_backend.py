@@ -186,6 +186,21 @@ class DaskBackend:
         self._reported: set[int] = set()
         self.run_id = uuid.uuid4().hex
 
+    @classmethod
+    def from_config(cls, config: pytest.Config, *, address: str | None) -> DaskBackend:
+        """The backend for this session, on the scheduler at ``address`` (``None``: a local
+        cluster of ``--exec-workers``): the session's deadlines, ``--maxfail`` and resources.
+        A conftest that starts its own cluster (dask-jobqueue) makes its backend with this."""
+        options = config.stash[OPTIONS_KEY]
+        return cls(
+            address=address,
+            workers=options.workers,
+            resources=options.resources,
+            limits=limits_from_ini(config),
+            stop_after=config.getoption("maxfail") or 0,
+            skip_exit_codes=options.skip_exit_codes,
+        )
+
     # -- ScriptBackend ----------------------------------------------------------------------
 
     def start(
@@ -611,11 +626,4 @@ def pytest_exec_make_backend(config: pytest.Config) -> DaskBackend | None:
     options = config.stash[OPTIONS_KEY]
     if options.backend != "dask":
         return None
-    return DaskBackend(
-        address=options.dask_scheduler,
-        workers=options.workers,
-        resources=options.resources,
-        limits=limits_from_ini(config),
-        stop_after=config.getoption("maxfail") or 0,
-        skip_exit_codes=options.skip_exit_codes,
-    )
+    return DaskBackend.from_config(config, address=options.dask_scheduler)
