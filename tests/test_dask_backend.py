@@ -459,12 +459,12 @@ def pytest_collection_finish(session):
 
 
 def test_the_task_reports_a_missing_path_with_its_worker(cli_cluster: str) -> None:
-    from pytest_codomyrmex_exec.plugin.dask_worker import WorkerTask, run_on_worker
+    from pytest_codomyrmex_exec.plugin.dask_worker import WorkerRun, run_on_worker
 
     with distributed.Client(cli_cluster, timeout=30) as client:
         spec = ScriptSpec(script="/nonexistent/folder/x_script.py")
-        task = WorkerTask(run_id="run-missing", key=0, session_tag="tag")
-        result = client.submit(run_on_worker, spec, task, pure=False).result(timeout=60)
+        run = WorkerRun(run_id="run-missing", session_tag="tag")
+        result = client.submit(run_on_worker, spec, 0, run, pure=False).result(timeout=60)
     assert result["status"] == ScriptStatus.ERROR
     assert result["cause"] == FailureCause.MISSING_PATH
     assert str(result["worker"]).startswith("tcp://127.0.0.1:")

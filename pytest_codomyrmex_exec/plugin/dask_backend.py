@@ -6,7 +6,7 @@ that runs on a worker, is in :mod:`.dask_worker`: there the engine's ``run_spec`
 script (timeouts, tree kills, bounded output, memory limits and retries, exactly as
 locally). What crosses the network:
 
-- to the worker, the :class:`ScriptSpec` (plain data) and a :class:`WorkerTask`;
+- to the worker, the :class:`ScriptSpec` (plain data), its key and a :class:`WorkerRun`;
 - back, the result dict (with ``worker`` set) when the task ends, and a ``started`` event
   through a Dask event topic (``Worker.log_event``) when the script is about to start;
 - a cancel: a Dask ``Event`` that every running task polls and that stops its script's tree.
@@ -23,7 +23,6 @@ exchanges get no answer is abandoned with a message; this machine is swept all t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import queue
 import sys
@@ -48,7 +47,7 @@ from .dask_worker import (
     STARTED_TOPIC,
     WORKER_TAG_VAR,
     Unreachable,
-    WorkerTask,
+    WorkerRun,
     bounded,
     cancel_name,
     claim_key,
@@ -239,9 +238,8 @@ class DaskBackend:
                 run = _Run(
                     client,
                     jobs,
-                    task=WorkerTask(
+                    run=WorkerRun(
                         run_id=self.run_id,
-                        key=-1,
                         session_tag=session_tag,
                         fail_fast=self._stop_after > 0,
                         call_timeout=self._limits.call,
@@ -258,13 +256,12 @@ class DaskBackend:
             if self._stop.is_set():
                 status, cause, text = ScriptStatus.CANCELLED, FailureCause.CANCELLED, "cancelled"
             else:
-                logger.debug("the dask backend broke", exc_info=True)
                 status, cause = ScriptStatus.ERROR, FailureCause.ENGINE
-                text = (
-                    f"cannot use Dask: {exc}"  # it names what was asked of whom
-                    if isinstance(exc, Unreachable)
-                    else f"cannot use Dask ({self._where}): {type(exc).__name__}: {exc}"
-                )
+                if isinstance(exc, Unreachable):
+                    text = f"cannot use Dask: {exc}"  # it names what was asked of whom
+                else:
+                    logger.exception("the dask backend broke")
+                    text = f"cannot use Dask ({self._where}): {type(exc).__name__}: {exc}"
             for job in jobs:  # those reported already are skipped by _emit
                 self._emit(finished_event(job, _not_run(job, status, cause, text)))
 
@@ -360,14 +357,15 @@ class _FailFast:
         if is_exit_skip(result, self._skip_exit_codes):
             return False
         self._left -= 1
-        return self.on and self._left <= 0
+        return self._left <= 0
 
 
 class _Run:
     """One session's jobs on the cluster: submit, collect, cancel, sweep.
 
-    Everything it uses is given: the client, the run's task template, the backend's stop
-    flag and inbox (``cancel`` posts there), and ``emit`` for the session's events.
+    Everything it uses is given: the client, what each task gets besides its spec and key,
+    the backend's stop flag and inbox (``cancel`` posts there), ``emit`` for the session's
+    events, and the deadlines.
     """
 
     def __init__(
@@ -375,7 +373,7 @@ class _Run:
         client: Any,
         jobs: list[ScriptJob],
         *,
-        task: WorkerTask,
+        run: WorkerRun,
         where: str,
         limits: DaskLimits,
         stop: threading.Event,
@@ -385,8 +383,8 @@ class _Run:
     ) -> None:
         self.client = client
         self.jobs = jobs
-        self.task = task
-        self.run_id = task.run_id
+        self.worker_run = run
+        self.run_id = run.run_id
         self.where = where
         self.limits = limits
         self.stop = stop
@@ -400,14 +398,17 @@ class _Run:
         """Set once an exchange got no answer: the rest of the stop skips the cluster."""
 
     def call(self, call: Callable[[], T], what: str) -> T | None:
-        """One exchange with the scheduler, bounded; ``None`` if it is unreachable (noted)."""
+        """One exchange with the scheduler, bounded; ``None`` if it failed (logged) or got no
+        answer (noted in :attr:`unreachable`: later ones are not even tried)."""
         if self.unreachable is not None:
             return None
         try:
             return bounded(call, self.limits.call, what)
         except Unreachable as exc:
             self.unreachable = str(exc)
-            return None
+        except Exception as exc:  # a closed client, a scheduler going away: the stop goes on
+            logger.warning("%s (%s): %r", what, self.where, exc)
+        return None
 
     def run(self) -> None:
         client = self.client
@@ -446,8 +447,9 @@ class _Run:
         self.started.add(job.key)
         self.emit(RunEvent(RunEventKind.STARTED, job.key, job.spec.script, time.time()))
 
-    def _task_key(self, job: ScriptJob) -> str:
-        return f"{NAMESPACE}-{self.run_id}-{job.key}"
+    def _task_key(self, key: object) -> str:
+        """The Dask key of job ``key``'s task."""
+        return f"{NAMESPACE}-{self.run_id}-{key}"
 
     def _submit_all(self) -> None:
         info = bounded(
@@ -480,8 +482,9 @@ class _Run:
             future = self.client.submit(
                 run_on_worker,
                 job.spec,
-                dataclasses.replace(self.task, key=job.key),
-                key=self._task_key(job),
+                job.key,
+                self.worker_run,
+                key=self._task_key(job.key),
                 pure=False,
                 retries=0,
                 priority=-job.spec.priority,  # Dask runs higher numbers first; we run lower
@@ -518,7 +521,7 @@ class _Run:
             except queue.Empty:
                 continue
             if kind == "started":
-                entry = self.futures.get(f"{NAMESPACE}-{self.run_id}-{value.get('key')}")
+                entry = self.futures.get(self._task_key(value.get("key")))
                 if entry is not None and entry[1].key not in self.started | self.finished:
                     self._announce(entry[1])
             elif kind == "done":
@@ -586,6 +589,8 @@ class _Run:
             return
         judged = run_metadata(self.run_id, FAIL_FAST, "judged", str(job.key))
         self.call(lambda: self.client.set_metadata(judged, True), "fail-fast")
+        if self.unreachable is not None:  # the held tasks would wait for good
+            self._give_up(ScriptStatus.ERROR, FailureCause.ENGINE, self.unreachable)
 
     def _cancel(self, cancel: Any) -> None:
         """Stop every script: the event stops running ones, queued tasks are dropped."""

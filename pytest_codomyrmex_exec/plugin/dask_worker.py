@@ -2,8 +2,8 @@
 
 Imports neither pytest nor any module of the plugin that does (a test checks): it runs in a
 Dask worker process, and depends only on the engine, :mod:`.environment` and ``distributed``.
-The pytest side (:mod:`.dask_backend`) submits :func:`run_on_worker` with a :class:`WorkerTask`
-and reads back the names and keys defined here.
+The pytest side (:mod:`.dask_backend`) submits :func:`run_on_worker` with a spec, its key
+and a :class:`WorkerRun`, and reads back the names and keys defined here.
 
 Every exchange with the scheduler has a deadline (:func:`bounded`): a worker that cannot
 reach it gives up instead of waiting, as does pytest's side.
@@ -207,13 +207,12 @@ class DaskCancelSignal:
 
 @final
 @dataclass(frozen=True, slots=True)
-class WorkerTask:
-    """What a task needs besides the spec: plain values, pickled to the worker."""
+class WorkerRun:
+    """What every task of one run needs besides its spec and key: plain values, pickled to
+    the worker."""
 
     run_id: str
     """The run's id: its cancel event, its metadata, :data:`BATCH_ENV_VAR` of its scripts."""
-    key: int
-    """The job's key in the pytest session."""
     session_tag: str
     """The session's tag, set in the script's environment as locally."""
     fail_fast: bool = False
@@ -223,7 +222,7 @@ class WorkerTask:
     """Seconds for one exchange with the scheduler."""
 
 
-def run_on_worker(spec: ScriptSpec, task: WorkerTask) -> ScriptResult:
+def run_on_worker(spec: ScriptSpec, key: int, run: WorkerRun) -> ScriptResult:
     """The task: run ``spec`` on this worker once, and return its result with ``worker`` set.
 
     Module-level and given plain values, so Dask pickles it by reference (the package must be
@@ -238,14 +237,14 @@ def run_on_worker(spec: ScriptSpec, task: WorkerTask) -> ScriptResult:
 
     # Here, not in a bounded thread: Dask knows a task's worker by thread. The worker is
     # connected already; its client connects with a deadline.
-    client = dask.get_client(timeout=task.call_timeout)
-    cancel = DaskCancelSignal(cancel_name(task.run_id), worker, client, worker.get_current_task())
+    client = dask.get_client(timeout=run.call_timeout)
+    cancel = DaskCancelSignal(cancel_name(run.run_id), worker, client, worker.get_current_task())
     try:
-        if not _may_start(client, task, cancel):
+        if not _may_start(client, run, cancel):
             return not_run(ScriptStatus.CANCELLED, FailureCause.CANCELLED, "cancelled")
-        claim = claim_key(task.run_id, task.key)
+        claim = claim_key(run.run_id, key)
         what = "the script's claim"
-        earlier = bounded(lambda: client.get_metadata(claim, None), task.call_timeout, what)
+        earlier = bounded(lambda: client.get_metadata(claim, None), run.call_timeout, what)
         if earlier is not None:
             return make_result(
                 spec.script,
@@ -257,24 +256,24 @@ def run_on_worker(spec: ScriptSpec, task: WorkerTask) -> ScriptResult:
                 cause=FailureCause.WORKER_LOST,
             )
         mine = {"label": label, "id": worker.id}
-        bounded(lambda: client.set_metadata(claim, mine), task.call_timeout, what)
+        bounded(lambda: client.set_metadata(claim, mine), run.call_timeout, what)
     except Unreachable as exc:
         return not_run(
             ScriptStatus.ERROR,
             FailureCause.ENGINE,
             f"Dask worker {label} cannot reach the scheduler: {exc}",
         )
-    worker.log_event(STARTED_TOPIC, {"run": task.run_id, "key": task.key, "worker": label})
-    base_env = child_environment(task.session_tag)  # this machine's environment, not pytest's
-    base_env[BATCH_ENV_VAR] = task.run_id
+    worker.log_event(STARTED_TOPIC, {"run": run.run_id, "key": key, "worker": label})
+    base_env = child_environment(run.session_tag)  # this machine's environment, not pytest's
+    base_env[BATCH_ENV_VAR] = run.run_id
     base_env[WORKER_TAG_VAR] = worker.id
     result = run_spec(spec, base_env=base_env, cancel_event=cancel)
     result["worker"] = label
-    if task.fail_fast and result["status"] not in (ScriptStatus.PASSED, ScriptStatus.CANCELLED):
+    if run.fail_fast and result["status"] not in (ScriptStatus.PASSED, ScriptStatus.CANCELLED):
         # Before the result leaves: the next task on this worker must already see it.
-        failed = run_metadata(task.run_id, FAIL_FAST, "failed", str(task.key))
+        failed = run_metadata(run.run_id, FAIL_FAST, "failed", str(key))
         try:
-            bounded(lambda: client.set_metadata(failed, True), task.call_timeout, "fail-fast")
+            bounded(lambda: client.set_metadata(failed, True), run.call_timeout, "fail-fast")
         except Unreachable as exc:
             logger.warning("cannot record the failure of %s: %s", spec.script, exc)
     if result["cause"] in _SHARED_FILESYSTEM_CAUSES:
@@ -285,15 +284,15 @@ def run_on_worker(spec: ScriptSpec, task: WorkerTask) -> ScriptResult:
     return result
 
 
-def _may_start(client: Any, task: WorkerTask, cancel: DaskCancelSignal) -> bool:
+def _may_start(client: Any, run: WorkerRun, cancel: DaskCancelSignal) -> bool:
     """Wait while a failure of the run awaits pytest's judgement (``-x``); ``False`` once
     the run or this task is cancelled. Checked before the claim, so a task that never
     starts its script is never announced as started."""
-    where = run_metadata(task.run_id, FAIL_FAST)
+    where = run_metadata(run.run_id, FAIL_FAST)
     while not cancel.is_set():
-        if not task.fail_fast:
+        if not run.fail_fast:
             return True
-        state = bounded(lambda: client.get_metadata(where, {}), task.call_timeout, "fail-fast")
+        state = bounded(lambda: client.get_metadata(where, {}), run.call_timeout, "fail-fast")
         if set(state.get("failed", {})) <= set(state.get("judged", {})):
             return True
         time.sleep(CANCEL_POLL)
