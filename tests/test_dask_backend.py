@@ -597,12 +597,12 @@ def test_x_lets_the_queue_go_on_after_a_skip_exit_code(px: ExecPytester) -> None
     result.assert_outcomes(passed=3, skipped=1)
 
 
-def test_a_scheduler_that_dies_mid_run_ends_it_with_errors(
+@contextlib.contextmanager
+def _run_on_a_lone_scheduler(
     px: ExecPytester, tmp_path: Path
-) -> None:
-    _on_dask(px)
-    px.ini(exec_dask_connect_timeout="3")
-    px.script("a_script.py", "print('never runs: the cluster has no worker')\n")
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """A ``dask scheduler`` of the test's own, with no worker, and a pytest run on it that has
+    sent its scripts there (they wait: no worker): the scheduler's and pytest's processes."""
     scheduler_file = tmp_path / "scheduler.json"
     scheduler = subprocess.Popen(
         [DASK, "scheduler", "--no-dashboard", "--host", "127.0.0.1", "--port", "0",
@@ -622,7 +622,7 @@ def test_a_scheduler_that_dies_mid_run_ends_it_with_errors(
             cwd=px.path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-        ) as proc:
+        ) as pytest_process:
             try:
                 with distributed.Client(address, timeout=30) as watcher:
                     # A lambda: sent by value, the scheduler cannot import this module.
@@ -631,22 +631,54 @@ def test_a_scheduler_that_dies_mid_run_ends_it_with_errors(
                     ):
                         assert time.monotonic() < deadline, "the script never reached Dask"
                         time.sleep(0.1)
-                scheduler.kill()
-                killed = time.monotonic()
-                output, _ = proc.communicate(timeout=60)
-                elapsed = time.monotonic() - killed
+                yield scheduler, pytest_process
             finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                if pytest_process.poll() is None:
+                    pytest_process.kill()
+                    pytest_process.wait()
     finally:
         scheduler.kill()
         scheduler.wait()
+
+
+def test_a_scheduler_that_dies_mid_run_ends_it_with_errors(
+    px: ExecPytester, tmp_path: Path
+) -> None:
+    _on_dask(px)
+    px.ini(exec_dask_connect_timeout="3")
+    px.script("a_script.py", "print('never runs: the cluster has no worker')\n")
+    with _run_on_a_lone_scheduler(px, tmp_path) as (scheduler, pytest_process):
+        scheduler.kill()
+        killed = time.monotonic()
+        output, _ = pytest_process.communicate(timeout=60)
+        elapsed = time.monotonic() - killed
     text = output.decode(errors="replace")
     assert _ran_on_dask(px)
     assert _outcomes(px) == {"a_script": "error"}, text
     assert "lost the connection to Dask" in text, text
     assert elapsed < 30, f"pytest took {elapsed:.1f} s after the scheduler died"
+
+
+def test_a_stop_the_scheduler_does_not_answer_is_abandoned_with_a_note(
+    px: ExecPytester, tmp_path: Path
+) -> None:
+    # A frozen scheduler keeps its connections open and answers nothing: the cancel, the
+    # sweep and the close would each wait for good.
+    px.ini(exec_dask_call_timeout="2")
+    px.script("a_script.py", "print('never runs: the cluster has no worker')\n")
+    with _run_on_a_lone_scheduler(px, tmp_path) as (scheduler, pytest_process):
+        scheduler.send_signal(signal.SIGSTOP)
+        pytest_process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output, _ = pytest_process.communicate(timeout=60)
+        elapsed = time.monotonic() - signalled
+    text = output.decode(errors="replace")
+    assert pytest_process.returncode == pytest.ExitCode.INTERRUPTED, text
+    assert "codomyrmex-exec: Dask (tcp://127.0.0.1:" in text, text
+    assert "stopped answering (setting the cancel event: no answer in 2 s)" in text, text
+    assert "the backend did not stop" not in text, text
+    # Two exchanges of 2 s at most (the cancel, closing the client); before, for good.
+    assert elapsed < 20, f"pytest took {elapsed:.1f} s after SIGTERM"
 
 
 def test_the_worker_side_imports_nothing_of_pytest() -> None:
