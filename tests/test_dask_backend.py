@@ -699,6 +699,17 @@ def test_the_worker_side_imports_nothing_of_pytest() -> None:
                     assert name == ".environment", f"{module} imports the plugin's {name}"
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf"])
+def test_an_unusable_deadline_is_a_usage_error_naming_the_key(px: ExecPytester, value: str) -> None:
+    px.ini(exec_dask_call_timeout=value)
+    px.script("a_script.py", "")
+    result = px.run_inprocess("--exec-parallel", "--exec-backend", "dask")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ini option 'exec_dask_call_timeout'" in result.stderr.str()
+    assert repr(value) in result.stderr.str()
+
+
 def test_local_capacities_are_shared_out_over_the_workers() -> None:
     from pytest_codomyrmex_exec.plugin.dask_backend import spread_resources
 
