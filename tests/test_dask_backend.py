@@ -56,6 +56,11 @@ def pytest_exec_make_backend(config):
     with open("backend.txt", "w") as out:
         out.write(type(backend).__name__)
     return backend
+
+
+def pytest_exec_script_finished(item, result):
+    with open("causes.txt", "a") as out:
+        out.write(f"{item.name} {result['cause']}\\n")
 """
 
 
@@ -66,6 +71,11 @@ def _on_dask(px: ExecPytester, conftest: str = "") -> None:
 
 def _ran_on_dask(px: ExecPytester) -> bool:
     return px.lines("backend.txt") == ["DaskBackend"]
+
+
+def _causes(px: ExecPytester) -> dict[str, str]:
+    """Each script's ``cause`` as the finished hook saw it (with :func:`_on_dask`)."""
+    return dict(line.split(" ", 1) for line in px.lines("causes.txt"))
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +303,7 @@ open({str(stamps)!r}, "a").write(f"{{start}} {{time.time()}}\\n")
     result.stdout.fnmatch_lines(
         ["*tpu_script.py could not run: needs resource TPU=1, which no Dask worker has*"]
     )
+    assert _causes(px)["tpu_script"] == "resources"
     intervals = sorted(tuple(map(float, line.split())) for line in px.lines("stamps.txt"))
     assert len(intervals) == 2
     assert intervals[0][1] <= intervals[1][0], f"the GPU scripts overlapped: {intervals}"
@@ -428,6 +439,7 @@ def test_a_worker_killed_mid_script_is_an_error_naming_it(
         ]
     )
     assert px.lines("runs.txt") == ["run"]  # never started twice
+    assert _causes(px)["victim_script"] == "worker_lost"
     px.assert_no_process_left(at_least=1)  # the orphaned script was killed
 
 
@@ -450,6 +462,7 @@ def pytest_collection_finish(session):
 
     assert _ran_on_dask(px)
     result.assert_outcomes(errors=1)
+    assert _causes(px) == {"gone_script": "missing_path"}
     result.stdout.fnmatch_lines(
         [
             "*gone_script.py could not run: script not found: * on Dask worker tcp://127.0.0.1:*"
@@ -529,6 +542,7 @@ def test_an_address_that_is_no_scheduler_makes_every_script_an_error_in_time(
 
     assert _ran_on_dask(px)
     assert _outcomes(px) == {"a_script": "error", "b_script": "error"}
+    assert _causes(px) == {"a_script": "engine", "b_script": "engine"}
     for name in ("a", "b"):
         result.stdout.fnmatch_lines(
             [
@@ -655,6 +669,7 @@ def test_a_scheduler_that_dies_mid_run_ends_it_with_errors(
     text = output.decode(errors="replace")
     assert _ran_on_dask(px)
     assert _outcomes(px) == {"a_script": "error"}, text
+    assert _causes(px) == {"a_script": "engine"}
     assert "lost the connection to Dask" in text, text
     assert elapsed < 30, f"pytest took {elapsed:.1f} s after the scheduler died"
 
