@@ -56,7 +56,7 @@ def per_task(folder: Path, tasks: int) -> dict[str, float]:
 
     from pytest_codomyrmex_exec import ScriptSpec
     from pytest_codomyrmex_exec.engine import run_spec
-    from pytest_codomyrmex_exec.plugin.dask_backend import run_on_worker
+    from pytest_codomyrmex_exec.plugin.dask_worker import WorkerRun, run_on_worker
 
     specs = [ScriptSpec(script=str(path)) for path in sorted(folder.glob("*_script.py"))]
     specs = (specs * (tasks // len(specs) + 1))[:tasks]
@@ -80,7 +80,7 @@ def per_task(folder: Path, tasks: int) -> dict[str, float]:
         run_id = f"bench-{os.getpid()}"
         started = time.perf_counter()
         futures = [
-            client.submit(run_on_worker, spec, "bench", run_id, index, pure=False)
+            client.submit(run_on_worker, spec, index, WorkerRun(run_id, "bench"), pure=False)
             for index, spec in enumerate(specs)
         ]
         results = client.gather(futures)

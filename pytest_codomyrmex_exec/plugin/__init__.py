@@ -14,6 +14,7 @@ import pytest
 from ..engine import kill_tagged
 from . import hookspecs
 from .durations import configure_durations
+from .environment import SESSION_TAG_VAR
 from .guardian import protect, scripts_will_run, unprotect
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
@@ -26,7 +27,6 @@ from .report import (
     junit_properties,
     script_facts,
 )
-from .settings import SESSION_TAG_VAR
 from .shards import configure_shard
 
 __all__ = ["ScriptFile", "ScriptItem"]

@@ -10,10 +10,11 @@ import pluggy
 import pytest
 
 from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
+from .environment import child_environment
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
-from .settings import child_environment, pytest_pythonpath, resolve_settings
+from .settings import pytest_pythonpath, resolve_settings
 from .workdir import release_work_folder
 
 OPTIONS_KEY = pytest.StashKey[ExecOptions]()

@@ -129,6 +129,16 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("exec_cwd", "where scripts run: script, tmp or rootdir", default="script")
     parser.addini("exec_dask_scheduler", "address of the Dask scheduler to use", default="")
     parser.addini(
+        "exec_dask_connect_timeout",
+        "seconds to reach the Dask scheduler (and a lost connection may last)",
+        default="30",
+    )
+    parser.addini(
+        "exec_dask_call_timeout",
+        "seconds for any other exchange with the Dask cluster",
+        default="30",
+    )
+    parser.addini(
         "exec_resources",
         "capacities of scarce resources scripts ask for with exec(resources=...), "
         "e.g. 'GPU=1 db=2'",

@@ -16,11 +16,12 @@ import pytest
 from ..engine import RunEvent, RunEventKind
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
+from .environment import child_environment
 from .guardian import sigterm_is_interrupt
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
 from .live import LiveOutput, RunningScripts
 from .marks import MarkError
-from .settings import child_environment, pytest_pythonpath
+from .settings import pytest_pythonpath
 
 _WAKE = 0.5
 _STOP_REPORT_AFTER = 10.0
