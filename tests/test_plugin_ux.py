@@ -543,17 +543,70 @@ def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]
 
 @pytest.mark.parametrize("mode", PARALLEL)
 def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: list[str]) -> None:
-    px.script("stuck_script.py", "import time\ntime.sleep(12)\n")
+    # The stuck script ends once the notice is in pytest's output (a file here, as in CI):
+    # so the notice must reach it while the wait lasts, not when pytest exits.
+    output = px.path / "stdout"
+    px.script(
+        "stuck_script.py",
+        f"""\
+        import sys, time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open({str(output)!r}) as stream:
+                if " running: " in stream.read():
+                    sys.exit(0)
+            time.sleep(0.02)
+        sys.exit("the notice never reached pytest's output while the script ran")
+        """,
+    )
     px.script("quick_script.py", "import time\ntime.sleep(0.5)\n")
     px.script("quiet_script.py", "import time\ntime.sleep(1)\n")
-    result = px.run(*mode, "--exec-workers", "3")
+    result = px.run(*mode, "--exec-workers", "3", "-o", "exec_running_notice_after=1.5")
     result.assert_outcomes(passed=3)
     notices = [line for line in result.outlines if " running: " in line]
-    # 5 s after the last finish, once (the next would be 10 s later, after the end).
+    # 1.5 s after the last finish, once (the next would be 3 s later, after the end).
     assert len(notices) == 1, notices
     match = re.fullmatch(r"codomyrmex-exec: 1 running: stuck_script\.py (\d+) s", notices[0])
     assert match, notices
-    assert 5 <= int(match[1]) <= 9
+    assert 2 <= int(match[1]) <= 10
+    # Between progress lines, not inside one: the line before it got its percentage.
+    before = result.outlines[result.outlines.index(notices[0]) - 1]
+    assert re.fullmatch(r"\S+_script\.py \.\s+\[ *\d+%\]", before), result.outlines
+
+
+@pytest.mark.parametrize("verbosity", ["-q", "-v"])
+def test_the_running_notice_leaves_progress_lines_whole(px: ExecPytester, verbosity: str) -> None:
+    output = px.path / "stdout"
+    px.script(
+        "stuck_script.py",
+        f"""\
+        import time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open({str(output)!r}) as stream:
+                if " running: " in stream.read():
+                    break
+            time.sleep(0.02)
+        """,
+    )
+    px.script("quick_script.py", "")
+    args = (
+        "--exec-parallel",
+        "-o",
+        "exec_running_notice_after=1",
+        "-o",
+        "console_output_style=count",
+    )
+    result = px.run(*args, verbosity)
+    result.assert_outcomes(passed=2)
+    lines = result.outlines
+    notice = next(i for i, line in enumerate(lines) if " running: " in line)
+    # Each progress line, above and below the notice, ends with its own count.
+    progress = [
+        line for line in lines[:notice] + lines[notice + 1 :] if "[" in line and "]" in line
+    ]
+    assert len(progress) == 2, lines
+    assert all(re.search(r"\[ ?[12]/2\]$", line) for line in progress), lines
 
 
 def test_a_short_run_says_nothing_about_running_scripts(px: ExecPytester) -> None:
@@ -621,3 +674,15 @@ def test_report_and_summary_under_xdist(px: ExecPytester) -> None:
     lines_of_summary = summary_lines(result)
     assert SUMMARY_LINE.match(lines_of_summary[0])
     assert lines_of_summary[1] == "3 passed, 2 failed, 1 timeout"
+
+
+@pytest.mark.parametrize("key", ["exec_running_notice_after", "exec_stop_report_after"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_bad_notice_time_is_a_usage_error_naming_the_key(
+    px: ExecPytester, key: str, value: str
+) -> None:
+    px.script("quick_script.py", "")
+    result = px.run_inprocess("-o", f"{key}={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"ini option {key!r}" in result.stderr.str()
+    assert value in result.stderr.str()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, final
 
 import pytest
@@ -92,11 +93,7 @@ class LiveOutput:
         colour = self._colours.setdefault(key, _COLOURS[len(self._colours) % len(_COLOURS)])
         prefix = f"[{label}]"
         with self._uncaptured():
-            reporter.ensure_newline()
-            # With -q the progress dots leave the cursor mid-line without pytest knowing;
-            # pytest has no public way to ask, its writer's width_of_current_line tells.
-            if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
-                reporter.write("\n")
+            start_own_line(reporter)
             for text in lines:
                 reporter.write(prefix, **{colour: True})
                 reporter.write(f" {text}\n")
@@ -113,17 +110,43 @@ class LiveOutput:
             yield
 
 
+def start_own_line(reporter: Any) -> None:
+    """Finish pytest's progress line the way pytest would, so that our lines come between
+    progress lines and never split one.
+
+    A file's line (``a_script.py .``) gets its percentage only when the next file starts,
+    and ``-q``'s dots only at the edge: cut there, the percentage would be lost and the dots
+    would go on under our line. pytest has no public way to ask where the cursor is or to
+    finish its line; its writer's ``width_of_current_line`` and the reporter's own filler are
+    used, and without them the line is only ended.
+    """
+    width = getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0)
+    finish = getattr(reporter, "_write_progress_information_filling_space", None)
+    # -v ends each test's line with its percentage and marks that with a currentfspath that
+    # is no path; a default run's file line, or -q's dots (no fspath), still lack it.
+    unfinished = reporter.currentfspath is None or isinstance(reporter.currentfspath, Path)
+    if width and unfinished and getattr(reporter, "_show_progress_info", False) and finish:
+        finish()
+    reporter.ensure_newline()
+    if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+        reporter.write("\n")
+
+
+def write_notice(reporter: Any, line: str) -> None:
+    """One line of ours (yellow) between pytest's progress lines."""
+    start_own_line(reporter)
+    reporter.write_line(line, yellow=True)
+
+
 def inline_subscription(config: pytest.Config, label: str) -> Subscription:
     """Events of an inline run (sent on this thread) straight to a :class:`LiveOutput`."""
     live = LiveOutput(config)
     return Subscription(lambda event: live.take(event, label), key=label, output=True)
 
 
-RUNNING_FIRST_NOTICE = 5.0
-"""Seconds without a script finishing before the parallel session says what is running."""
-
 RUNNING_LONGEST_GAP = 60.0
-"""The notices come after 5, 10, 20, 40, then every 60 s of quiet; a finish starts over."""
+"""The notices come after the first wait (ini ``exec_running_notice_after``, 5 s), then after
+twice as long each time, at most every 60 s of quiet; a finish starts over."""
 
 _RUNNING_SHOWN = 5
 
@@ -133,14 +156,15 @@ class RunningScripts:
     """Which scripts run, since when; a notice when a wait has been long (``--exec-parallel``).
 
     A stuck script shows up as the one whose time keeps growing in the notices. Quiet runs
-    print nothing: the first notice comes only after :data:`RUNNING_FIRST_NOTICE` seconds
-    without any script finishing.
+    print nothing: the first notice comes only after ``first_notice`` seconds without any
+    script finishing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first_notice: float) -> None:
+        self._first_notice = first_notice
         self._since: dict[object, tuple[str, float]] = {}
         self._quiet_since = time.monotonic()
-        self._gap = RUNNING_FIRST_NOTICE
+        self._gap = first_notice
 
     def started(self, key: object, label: str, wall_time: float) -> None:
         self._since.setdefault(key, (label, wall_time))
@@ -148,7 +172,7 @@ class RunningScripts:
     def finished(self, key: object) -> None:
         self._since.pop(key, None)
         self._quiet_since = time.monotonic()
-        self._gap = RUNNING_FIRST_NOTICE
+        self._gap = self._first_notice
 
     def notice(self) -> str | None:
         """The line to show now, if the wait has been long enough; else ``None``."""
@@ -156,7 +180,7 @@ class RunningScripts:
         if not self._since or now - self._quiet_since < self._gap:
             return None
         self._quiet_since = now
-        self._gap = min(self._gap * 2, RUNNING_LONGEST_GAP)
+        self._gap = min(self._gap * 2, max(RUNNING_LONGEST_GAP, self._first_notice))
         wall = time.time()
         longest = sorted(self._since.values(), key=lambda entry: entry[1])
         shown = [f"{label} {wall - since:.0f} s" for label, since in longest[:_RUNNING_SHOWN]]

@@ -18,13 +18,11 @@ from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .guardian import sigterm_is_interrupt
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
-from .live import LiveOutput, RunningScripts
+from .live import LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
 from .settings import child_environment, pytest_pythonpath
 
 _WAKE = 0.5
-_STOP_REPORT_AFTER = 10.0
-"""Seconds to wait for the backend to wind down before saying that it does not."""
 
 
 class _HeldSignals:
@@ -113,7 +111,7 @@ class ExecSession:
         self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
         self._live = LiveOutput(config) if config.stash[OPTIONS_KEY].live else None
-        self._running = RunningScripts()
+        self._running = self._new_running()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> object:
@@ -128,7 +126,7 @@ class ExecSession:
             return None  # nothing for us: pytest's own loop runs the tests
 
         self._plan(session.items)
-        self._running = RunningScripts()  # the quiet that counts starts now, not at configure
+        self._running = self._new_running()  # the quiet that counts starts now, not at configure
         backend: ScriptBackend = self.config.hook.pytest_exec_make_backend(config=self.config)
         self._backend = backend
         held = _HeldSignals()
@@ -156,17 +154,21 @@ class ExecSession:
                 held.release()
         return True
 
+    def _new_running(self) -> RunningScripts:
+        return RunningScripts(self.config.stash[OPTIONS_KEY].running_notice_after)
+
     def _stop(self, backend: ScriptBackend) -> None:
         """Cancel for good, wait for the background, and say so if it will not stop."""
         backend.cancel()
-        if not backend.join(_STOP_REPORT_AFTER):
+        report_after = self.config.stash[OPTIONS_KEY].stop_report_after
+        if not backend.join(report_after):
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             message = (
-                f"codomyrmex-exec: the backend did not stop within {_STOP_REPORT_AFTER:g} s; "
+                f"codomyrmex-exec: the backend did not stop within {report_after:g} s; "
                 "waiting for it so that no script outlives the run"
             )
             if reporter is not None:
-                reporter.write_line(message, yellow=True)
+                write_notice(reporter, message)
             backend.join(24 * 3600.0)
 
     def _plan(self, items: Sequence[pytest.Item]) -> None:
@@ -254,7 +256,7 @@ class ExecSession:
         line = self._running.notice()
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if line is not None and reporter is not None:
-            reporter.write_line(line, yellow=True)
+            write_notice(reporter, line)
 
     def _check_backend(self) -> None:
         """A backend that died with scripts unreported would leave us waiting forever."""
