@@ -169,6 +169,9 @@ class RunningScripts:
     def started(self, key: object, label: str, wall_time: float) -> None:
         self._since.setdefault(key, (label, wall_time))
 
+    def __len__(self) -> int:
+        return len(self._since)
+
     def finished(self, key: object) -> None:
         self._since.pop(key, None)
         self._quiet_since = time.monotonic()

@@ -27,7 +27,8 @@ JUNIT_PROPERTY_FAMILIES = ("xunit1", "legacy")
 """junit families whose schema allows ``<properties>`` in a testcase (pytest's
 ``record_property`` warns under ``xunit2`` for the same reason)."""
 
-_STATUS_ORDER = ("passed", "failed", "timeout", "error", "cancelled", "skipped")
+_OUTCOME_ORDER = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+"""The run summary's counts: pytest's outcomes, so that they add up as pytest's own do."""
 
 
 FACTS_ATTR = "codomyrmex_exec"
@@ -121,6 +122,8 @@ class RunRecords:
         self.records: list[ScriptRecord] = []
         self.loop_started = time.monotonic()
         self.last_finished: float | None = None
+        self.most_at_once = 1
+        """The most scripts that ran at the same time in this process (--exec-parallel)."""
         self._stream: IO[str] | None = None
 
     # -- the JSONL stream ---------------------------------------------------------------------
@@ -206,25 +209,33 @@ class RunRecords:
         return max(end - self.loop_started, 0.0)
 
     def counts(self) -> dict[str, int]:
+        """Scripts per pytest outcome (a timeout is one of the failed, as pytest counts it)."""
         counts: dict[str, int] = {}
         for record in self.records:
-            counts[record.status] = counts.get(record.status, 0) + 1
-        return {status: counts[status] for status in _STATUS_ORDER if status in counts}
+            counts[record.outcome] = counts.get(record.outcome, 0) + 1
+        return {outcome: counts[outcome] for outcome in _OUTCOME_ORDER if outcome in counts}
+
+    def concurrent(self) -> bool:
+        """Did two scripts or more run at the same time? Only then is a speed-up a result:
+        of one script, or of scripts run one by one, the ratio only measures the overhead."""
+        workers = {record.worker for record in self.records if record.worker is not None}
+        return self.most_at_once > 1 or len(workers) > 1
 
     def headline(self) -> str:
-        """``41 scripts, 96.3 s of script time in 12.1 s: 8.0x``."""
+        """``41 scripts, 96.3 s of script time in 12.1 s: 8.0x``; no ratio when one ran at a
+        time. Times keep three significant digits, so the ratio follows from what is shown."""
         count = len(self.records)
         script, wall = self.script_time(), self.wall_time()
-        line = f"{count} script{'s' if count != 1 else ''}, {script:.1f} s of script time"
-        line += f" in {wall:.1f} s"
-        if wall > 0:
+        line = f"{count} script{'s' if count != 1 else ''}, {_seconds(script)} s of script time"
+        line += f" in {_seconds(wall)} s"
+        if wall > 0 and self.concurrent():
             line += f": {script / wall:.1f}x"
         return line
 
     def write_summary(self, reporter: pytest.TerminalReporter) -> None:
         if not self.records:
             return
-        counts = ", ".join(f"{n} {status}" for status, n in self.counts().items())
+        counts = ", ".join(_counted(n, outcome) for outcome, n in self.counts().items())
         if reporter.verbosity < 0:  # -q: one line
             reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts})")
             return
@@ -241,6 +252,16 @@ class RunRecords:
             reporter.write_line("hit their limit:")
             for record in limited:
                 reporter.write_line(f"  {record.label}: {record.facts['error']}", yellow=True)
+
+
+def _seconds(value: float) -> str:
+    """Three significant digits at least (``0.0821``, ``1.50``, ``96.3``, ``1234``)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:#.3g}"
+
+
+def _counted(count: int, outcome: str) -> str:
+    """``3 passed``, ``2 errors``: pytest's words for its own counts."""
+    return f"{count} {outcome}{'s' if outcome == 'error' and count != 1 else ''}"
 
 
 RECORDS_KEY = pytest.StashKey[RunRecords]()

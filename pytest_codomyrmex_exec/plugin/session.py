@@ -20,6 +20,7 @@ from .guardian import sigterm_is_interrupt
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
 from .live import LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
+from .report import RECORDS_KEY
 from .settings import child_environment, pytest_pythonpath
 
 _WAKE = 0.5
@@ -239,6 +240,8 @@ class ExecSession:
             return
         if event.kind == RunEventKind.STARTED:
             self._running.started(event.key, item.label, event.time)
+            records = self.config.stash[RECORDS_KEY]
+            records.most_at_once = max(records.most_at_once, len(self._running))
         if event.kind == RunEventKind.STARTED and event.attempt == 1:
             with _failing_the_item(item):
                 item.ihook.pytest_exec_script_started(item=item, settings=item.settings())
