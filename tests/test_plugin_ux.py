@@ -298,6 +298,84 @@ def _report_lines(path: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_report_on_a_full_disk_is_one_error_line_and_the_run_goes_on(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    write_mixed_project(px)
+    result = px.run("--exec-report=/dev/full", *mode, *px.junit_args())
+    result.assert_outcomes(passed=3, failed=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the scripts' verdict, nothing else
+    assert len(px.junit()) == 6
+    complaints = [line for line in result.outlines if "/dev/full" in line]
+    assert complaints == [
+        "codomyrmex-exec: the results file /dev/full could not be written "
+        "([Errno 28] No space left on device); it stops here, the run goes on"
+    ]
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+# Runs pytest with a file-size limit (RLIMIT_FSIZE): past it a write fails with EFBIG
+# (SIGXFSZ ignored, as a shell's ulimit -f leaves it for a process that handles it).
+FILE_SIZE_LIMITED_PYTEST = """\
+import resource, signal, sys
+import pytest
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.exit(pytest.main(sys.argv[2:]))
+"""
+
+
+def test_a_report_that_fills_up_mid_run_stops_there_and_the_run_goes_on(
+    px: ExecPytester,
+) -> None:
+    for index in range(6):
+        # Tails of 2,000 characters: each line is over 4 KB, so the limit comes mid-run.
+        px.script(
+            f"s{index}_script.py",
+            "print('x' * 2500)\nprint('y' * 2500, file=__import__('sys').stderr)\n",
+        )
+    px.script("zz_failing_script.py", "raise SystemExit(3)\n")
+    path = px.path / "results.jsonl"
+    # Pipes, not files, for pytest's own output: the limit is for the results file.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FILE_SIZE_LIMITED_PYTEST,
+            "12000",
+            "-p",
+            "no:cacheprovider",
+            "--exec-parallel",
+            "--exec-workers",
+            "1",
+            "--exec-order",
+            "collection",
+            f"--exec-report={path}",
+            "-rA",
+        ],
+        cwd=px.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout + done.stderr
+    assert "INTERNALERROR" not in done.stdout + done.stderr
+    reported = re.findall(r"^(PASSED|FAILED) (\S+)::", done.stdout, re.M)
+    assert len(reported) == 7, done.stdout
+    complaints = [line for line in done.stdout.splitlines() if str(path) in line]
+    assert len(complaints) == 1, done.stdout
+    assert "File too large" in complaints[0]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    # It stopped mid-run: the header and some scripts made it, not all of them.
+    whole = [json.loads(line) for line in lines[:-1]]
+    assert whole[0]["schema"] == "pytest-codomyrmex-exec/report"
+    assert 1 <= len(whole) - 1 < 7, len(whole)
+    assert path.stat().st_size <= 12000
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: list[str]) -> None:
     write_mixed_project(px)
     path = px.path / "out" / "results.jsonl"

@@ -132,10 +132,11 @@ def start_own_line(reporter: Any) -> None:
         reporter.write("\n")
 
 
-def write_notice(reporter: Any, line: str) -> None:
-    """One line of ours (yellow) between pytest's progress lines."""
+def write_notice(reporter: Any, line: str, *, red: bool = False) -> None:
+    """One line of ours (yellow, or red for an error) between pytest's progress lines."""
     start_own_line(reporter)
-    reporter.write_line(line, yellow=True)
+    reporter.write_line(line, **({"red": True} if red else {"yellow": True}))
+    reporter.flush()  # a notice is news now, also where stdout is a file (a CI log)
 
 
 def inline_subscription(config: pytest.Config, label: str) -> Subscription:

@@ -3,6 +3,7 @@ properties, and the failure report in the script's own words."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import IO, Any, final
 import pytest
 
 from ..engine import ScriptResult, ScriptStatus
+from .live import write_notice
 from .options import ExecOptions
 from .outcome import CrashLine, ScriptFailed, ScriptFailureRepr, crash_message, is_exit_skip
 
@@ -125,6 +127,10 @@ class RunRecords:
         self.most_at_once = 1
         """The most scripts that ran at the same time in this process (--exec-parallel)."""
         self._stream: IO[str] | None = None
+        self._stream_path = ""
+        self._stream_failure: str | None = None
+        """Why the results file stopped being written, until the terminal has shown it."""
+        self._reporter: pytest.TerminalReporter | None = None
 
     # -- the JSONL stream ---------------------------------------------------------------------
 
@@ -136,6 +142,7 @@ class RunRecords:
             self._stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
         except OSError as exc:
             raise pytest.UsageError(f"--exec-report: cannot write {path}: {exc}") from None
+        self._stream_path = path
         header = {
             "schema": "pytest-codomyrmex-exec/report",
             "version": REPORT_SCHEMA_VERSION,
@@ -149,26 +156,50 @@ class RunRecords:
     def _write(self, line: dict[str, Any]) -> None:
         import json
 
-        assert self._stream is not None
-        self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-        # Flushed per line: the kernel has it, so a SIGKILLed pytest loses no finished result.
-        self._stream.flush()
+        if self._stream is None:
+            return  # never opened, or given up on after a failed write
+        try:
+            self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+            # Flushed per line: the kernel has it, so a SIGKILLed pytest loses no result.
+            self._stream.flush()
+        except OSError as exc:
+            # A full disk (ENOSPC, EFBIG, a reader gone) must not end the run that the file
+            # is there to record: stop writing it, say so once, and let the scripts go on.
+            self._stream_failure = (
+                f"codomyrmex-exec: the results file {self._stream_path} could not be written "
+                f"({exc}); it stops here, the run goes on"
+            )
+            self.close()
+            self._show_stream_failure()
+
+    def _show_stream_failure(self) -> None:
+        if self._stream_failure is not None and self._reporter is not None:
+            write_notice(self._reporter, self._stream_failure, red=True)
+            self._stream_failure = None
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            # What a failed write left in the buffer fails again here; the fd closes anyway.
+            with contextlib.suppress(OSError):
+                stream.close()
 
     # -- records ------------------------------------------------------------------------------
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # Not at configure, when the header is written: the terminal is made after that.
+        self._reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
     def pytest_collection_finish(self) -> None:
         self.loop_started = time.monotonic()
+        self._show_stream_failure()  # a failed header: below pytest's own header lines
 
     def pytest_unconfigure(self) -> None:
         self.close()
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        self._show_stream_failure()  # if collection never finished
         if self.options.summary:
             self.write_summary(terminalreporter)
 
