@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 from conftest import ExecPytester
@@ -257,3 +258,41 @@ def test_a_daemon_left_outside_the_group_does_not_outlive_the_run(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*codomyrmex-exec: killed 1 process(es) that scripts left*"])
     px.assert_no_process_left(at_least=2)
+
+
+# A run of the script: one line "start end" (wall-clock seconds) in <name>.runs, then the exit
+# code: 0 from the run numbered PASS_FROM on (never, if PASS_FROM is 0).
+RUN_COUNTER = """\
+import pathlib, sys, time
+runs = pathlib.Path(__file__).with_suffix(".runs")
+number = len(runs.read_text().splitlines()) + 1 if runs.exists() else 1
+start = time.time()
+time.sleep(0.5)
+with open(runs, "a") as stream:
+    stream.write(f"{{start}} {{time.time()}}\\n")
+sys.exit(0 if PASS_FROM and number >= PASS_FROM else 1)
+"""
+
+
+@pytest.mark.parametrize("mode", [*MODES, pytest.param(["--exec-warm"], id="warm")])
+def test_a_rerun_reruns_the_script(px: ExecPytester, mode: list[str]) -> None:
+    # pytest-rerunfailures: a rerun must run the script again, not replay its first result.
+    px.script("flaky_script.py", "PASS_FROM = 2\n" + RUN_COUNTER.format())
+    px.script("broken_script.py", "PASS_FROM = 0\n" + RUN_COUNTER.format())
+    result = px.run(*mode, "--reruns", "2", *px.junit_args())
+    assert result.parseoutcomes() == {"passed": 1, "failed": 1, "rerun": 3}
+    flaky = [tuple(map(float, line.split())) for line in px.lines("flaky_script.runs")]
+    broken = [tuple(map(float, line.split())) for line in px.lines("broken_script.runs")]
+    assert len(flaky) == 2, "the flaky script was not run again, or not only once again"
+    assert len(broken) == 3, "a script that always fails runs once and then --reruns times"
+    cases = {case.name: case.outcome for case in px.junit()}
+    assert cases == {"flaky_script": "passed", "broken_script": "failed"}
+    if "--exec-warm" in mode:
+        for case in ET.parse(px.junit_path).getroot().iter("testcase"):
+            warm = [p.get("value") for p in case.iter("property") if p.get("name") == "warm"]
+            assert warm, case.get("name")
+            assert set(warm) == {"warm"}, (case.get("name"), warm)
+    if "--exec-parallel" in mode:  # the first runs were in the background, side by side
+        (flaky_start, flaky_end), (broken_start, broken_end) = flaky[0], broken[0]
+        assert flaky_start < broken_end, (flaky, broken)
+        assert broken_start < flaky_end, (flaky, broken)

@@ -29,8 +29,9 @@ JUNIT_PROPERTY_FAMILIES = ("xunit1", "legacy")
 """junit families whose schema allows ``<properties>`` in a testcase (pytest's
 ``record_property`` warns under ``xunit2`` for the same reason)."""
 
-_OUTCOME_ORDER = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
-"""The run summary's counts: pytest's outcomes, so that they add up as pytest's own do."""
+_OUTCOME_ORDER = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", "rerun")
+"""The run summary's counts: pytest's outcomes, so that they add up as pytest's own do
+(``rerun``: an attempt that pytest-rerunfailures ran again)."""
 
 
 FACTS_ATTR = "codomyrmex_exec"
@@ -232,7 +233,12 @@ class RunRecords:
 
     # -- the summary --------------------------------------------------------------------------
 
+    def final(self) -> list[ScriptRecord]:
+        """One record per script: its last attempt's (earlier ones are ``rerun``)."""
+        return [record for record in self.records if record.outcome != "rerun"]
+
     def script_time(self) -> float:
+        """Every attempt's time: reruns took their time too."""
         return sum(record.duration for record in self.records)
 
     def wall_time(self) -> float:
@@ -255,7 +261,7 @@ class RunRecords:
     def headline(self) -> str:
         """``41 scripts, 96.3 s of script time in 12.1 s: 8.0x``; no ratio when one ran at a
         time. Times keep three significant digits, so the ratio follows from what is shown."""
-        count = len(self.records)
+        count = len(self.final())
         script, wall = self.script_time(), self.wall_time()
         line = f"{count} script{'s' if count != 1 else ''}, {_seconds(script)} s of script time"
         line += f" in {_seconds(wall)} s"
@@ -273,12 +279,13 @@ class RunRecords:
         reporter.write_sep("=", "codomyrmex-exec: script runs")
         reporter.write_line(self.headline())
         reporter.write_line(counts)
-        slowest = sorted(self.records, key=lambda r: -r.duration)[:SLOWEST]
-        if len(self.records) > 1:
+        final = self.final()
+        slowest = sorted(final, key=lambda r: -r.duration)[:SLOWEST]
+        if len(final) > 1:
             reporter.write_line("slowest:")
             for record in slowest:
                 reporter.write_line(f"  {record.duration:8.2f} s  {record.label}")
-        limited = [record for record in self.records if record.hit_limit]
+        limited = [record for record in final if record.hit_limit]
         if limited:
             reporter.write_line("hit their limit:")
             for record in limited:

@@ -13,7 +13,7 @@ from typing import Literal
 
 import pytest
 
-from ..engine import RunEvent, RunEventKind
+from ..engine import RunEvent, RunEventKind, ScriptStatus
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .guardian import sigterm_is_interrupt
@@ -200,7 +200,7 @@ class ExecSession:
         while True:
             self._absorb_events(block=False)
             if self._ready:
-                _replay(self._ready.popleft())
+                self._report(session, self._ready.popleft())
             elif self._ordinary:
                 item = self._ordinary.popleft()
                 following = self._ordinary[0] if self._ordinary else None
@@ -214,6 +214,28 @@ class ExecSession:
                 raise session.Failed(session.shouldfail)
             if session.shouldstop:
                 raise session.Interrupted(session.shouldstop)
+
+    def _report(self, session: pytest.Session, item: ScriptItem) -> None:
+        """Report a script that ran in the background; one that failed may be run again.
+
+        pytest-rerunfailures reruns through the test protocol, which it drives itself: a
+        failed script goes through that protocol, its first attempt being the result from
+        the background, every rerun a run inline. The protocol sets up and tears down the
+        item's collectors, while the setup state holds those of the ordinary test that comes
+        next: the script gets a setup state of its own for the while. pytest has no public
+        way to run one item's protocol beside another's setup state.
+        """
+        result = item.stash[RESULT_KEY]
+        passed = result["status"] == ScriptStatus.PASSED and HOOK_ERROR_KEY not in item.stash
+        if passed or not self.config.pluginmanager.hasplugin("rerunfailures"):
+            _replay(item)
+            return
+        kept = session._setupstate
+        session._setupstate = type(kept)()
+        try:
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
+        finally:
+            session._setupstate = kept
 
     def _absorb_events(self, *, block: bool) -> None:
         """Take the backend's news: start hooks, results into the items, finished scripts ready."""
