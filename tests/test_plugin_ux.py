@@ -536,6 +536,55 @@ def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
     return [line[len(prefix) :] for line in result.outlines if line.startswith(prefix)]
 
 
+# 200 MB in lines of 100 bytes, as fast as the script can write them.
+FLOOD_SCRIPT = """\
+# pytest.mark.exec(timeout=10)
+import sys
+block = (b"x" * 99 + b"\\n") * 10_000
+for _ in range(200):
+    sys.stdout.buffer.write(block)
+"""
+FLOOD_LINES = 2_000_000
+
+# pytest's own peak memory (RSS, MB), written where the test can read it. VmHWM, not
+# getrusage's ru_maxrss: that one keeps the peak of the process before its exec, which
+# here is this test session, forked.
+PEAK_MEMORY_CONFTEST = """\
+import re
+
+def pytest_unconfigure(config):
+    with open("/proc/self/status") as status:
+        peak_kb = re.search(r"^VmHWM:\\s+(\\d+) kB", status.read(), re.M)[1]
+    (config.rootpath / "peak_mb.txt").write_text(str(int(peak_kb) / 1024))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM in /proc")
+@pytest.mark.parametrize("mode", MODES)
+def test_live_output_of_a_flood_bounds_memory_and_never_slows_the_script(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    px.script("flood_script.py", FLOOD_SCRIPT)
+    px.conftest(PEAK_MEMORY_CONFTEST)
+    result = px.run(*mode, "--exec-live", *px.junit_args())
+    # Inline, a display that held the script up made it take 18 s here (timeout: 10 s).
+    result.assert_outcomes(passed=1)
+    (case,) = px.junit()
+    assert case.time < 8, "the display held the script up"
+    # Queued in memory, 200 MB of output grew pytest to 240 MB; bounded, it stays near 45 MB.
+    peak = float((px.path / "peak_mb.txt").read_text())
+    assert peak < 130, f"pytest grew to {peak:.0f} MB"
+    # Every line is either shown or counted as dropped: none is lost without a word.
+    shown, dropped = 0, 0
+    for line in _live_lines(result, "flood_script.py"):
+        counted = re.fullmatch(r"… (\d+) lines? of stdout dropped: the display fell behind.*", line)
+        if counted:
+            dropped += int(counted[1])
+        elif not line.startswith("… part of a line"):
+            shown += 1
+    assert shown + dropped == FLOOD_LINES, (shown, dropped)
+
+
 @pytest.mark.parametrize("how", [["--exec-live"], ["-s"], ["-o", "exec_live=true"]])
 @pytest.mark.parametrize("mode", PARALLEL)
 def test_live_output_streams_whole_prefixed_lines(

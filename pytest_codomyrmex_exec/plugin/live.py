@@ -4,21 +4,27 @@ and, with ``--exec-parallel``, which scripts are running when a wait grows long.
 Chunks of output become whole lines per script and stream, so the lines of scripts running
 at once interleave but never mix; each line gets the script's label as a prefix, coloured
 per script where the terminal has colour. Lines are cut at :data:`LINE_LIMIT` characters,
-control characters are made visible, bytes that are not UTF-8 are replaced. Everything here
-runs on pytest's main thread (the parallel session hands the events over through its queue).
+control characters are made visible, bytes that are not UTF-8 are replaced. Output that
+the display cannot keep up with is dropped, with a count (:class:`Backlog`). With
+``--exec-parallel`` the lines are written on pytest's main thread (the session hands the
+events over through its queue); inline, by a thread of the run's own, while the main
+thread runs the script.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, final
+from typing import Any, TypeAlias, final
 
 import pytest
 
 from ..engine import RunEvent, RunEventKind, Subscription
+from ..engine.events import Stream
 from .outcome import visible
 
 LINE_LIMIT = 1000
@@ -28,6 +34,18 @@ _PARTIAL_LIMIT = 4 * LINE_LIMIT
 """Bytes of an unfinished line kept (UTF-8 takes up to 4 per character); the rest is only
 counted, so a script that never writes a newline cannot fill pytest's memory."""
 
+LIVE_BACKLOG = 4 * 1024 * 1024
+"""Bytes of output read but not yet shown, at most. A script writes faster than a terminal
+shows prefixed lines: beyond this the display drops chunks and says how many lines it
+dropped, so that neither pytest's memory grows nor the script waits for the display."""
+
+Dropped: TypeAlias = dict[Stream, int]
+"""Newlines of output dropped per stream (a stream with 0: part of a line)."""
+
+_DRAIN_WAIT = 30.0
+"""Seconds an inline script's end waits for its last lines to be shown (a terminal that
+does not take them); the backlog bounds what is left, so this is only a deadline."""
+
 _COLOURS = ("cyan", "green", "yellow", "blue", "purple", "red")
 
 
@@ -35,11 +53,13 @@ _COLOURS = ("cyan", "green", "yellow", "blue", "purple", "red")
 class _Line:
     """The unfinished line of one stream of one script."""
 
-    __slots__ = ("data", "dropped")
+    __slots__ = ("cut", "data", "dropped")
 
-    def __init__(self) -> None:
+    def __init__(self, *, cut: bool = False) -> None:
         self.data = bytearray()
         self.dropped = 0
+        self.cut = cut
+        """Its start was dropped by the :class:`Backlog`: shown with a leading ``…``."""
 
     def add(self, part: bytes) -> None:
         room = _PARTIAL_LIMIT - len(self.data)
@@ -53,8 +73,50 @@ class _Line:
         if len(text) > LINE_LIMIT:
             dropped += len(text) - LINE_LIMIT  # characters now, bytes before: near enough
             text = text[:LINE_LIMIT]
-        text = visible(text)
+        text = ("…" if self.cut else "") + visible(text)
+        self.cut = False
         return f"{text}… [{dropped} more characters]" if dropped else text
+
+
+@final
+class Backlog:
+    """Output on its way to the display, bounded by :data:`LIVE_BACKLOG` bytes.
+
+    ``admit`` is called where output is read (a backend's thread, an inline run's read
+    loop), ``shown`` where it has been displayed; a lock keeps the count between them.
+    """
+
+    def __init__(self, limit: int = LIVE_BACKLOG) -> None:
+        self._limit = limit
+        self._pending = 0
+        self._dropped: dict[tuple[object, Stream], int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, event: RunEvent) -> Dropped | None:
+        """``None`` if the event is dropped (output that does not fit); otherwise what was
+        dropped of its script's streams since, to be reported before the event is shown:
+        the newlines lost per stream (0: part of a line)."""
+        with self._lock:
+            if event.kind == RunEventKind.OUTPUT and event.stream is not None:
+                where = (event.key, event.stream)
+                if self._pending + len(event.chunk) > self._limit:
+                    self._dropped[where] = self._dropped.get(where, 0) + event.chunk.count(b"\n")
+                    return None
+                self._pending += len(event.chunk)
+                streams: tuple[Stream, ...] = (event.stream,)
+            elif event.kind == RunEventKind.STARTED:
+                return {}  # not shown: the count waits for an event that is
+            else:
+                streams = ("stdout", "stderr")
+            return {
+                stream: self._dropped.pop((event.key, stream))
+                for stream in streams
+                if (event.key, stream) in self._dropped
+            }
+
+    def shown(self, event: RunEvent) -> None:
+        with self._lock:
+            self._pending -= len(event.chunk)
 
 
 @final
@@ -66,10 +128,16 @@ class LiveOutput:
         self._lines: dict[tuple[object, str], _Line] = {}
         self._colours: dict[object, str] = {}
 
-    def take(self, event: RunEvent, label: str) -> None:
+    def take(self, event: RunEvent, label: str, dropped: Dropped | None = None) -> None:
         """Take one event of the script called ``label``: output is shown line by line; an
-        attempt's end (retry, finished) shows what is left of its last line."""
+        attempt's end (retry, finished) shows what is left of its last line. ``dropped``:
+        what the :class:`Backlog` dropped of the script just before this event."""
         done: list[str] = []
+        for stream, lines in (dropped or {}).items():
+            # The line in progress lost its end (or its middle): what follows is a fragment.
+            self._lines[(event.key, stream)] = _Line(cut=True)
+            lost = f"{lines} line{'s' if lines != 1 else ''}" if lines else "part of a line"
+            done.append(f"… {lost} of {stream} dropped: the display fell behind the script")
         if event.kind == RunEventKind.OUTPUT and event.stream is not None:
             line = self._lines.setdefault((event.key, event.stream), _Line())
             *complete, rest = event.chunk.split(b"\n")
@@ -139,10 +207,44 @@ def write_notice(reporter: Any, line: str, *, red: bool = False) -> None:
     reporter.flush()  # a notice is news now, also where stdout is a file (a CI log)
 
 
+@final
+class _InlineDisplay:
+    """An inline run's output, shown by a thread of its own through a :class:`Backlog`.
+
+    The events come from the run's read loop: showing the lines there would make the
+    script wait for the terminal (a script writing fast would take as long as its lines
+    take to show, and time out). The run's ``finished`` waits until its lines are shown.
+    """
+
+    def __init__(self, config: pytest.Config, label: str) -> None:
+        self._live = LiveOutput(config)
+        self._label = label
+        self._backlog = Backlog()
+        self._events: queue.SimpleQueue[tuple[RunEvent, Dropped]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._show, name="codomyrmex-exec-live")
+        self._thread.daemon = True  # a hung terminal must not keep pytest from exiting
+        self._thread.start()
+
+    def take(self, event: RunEvent) -> None:
+        dropped = self._backlog.admit(event)
+        if dropped is not None:
+            self._events.put((event, dropped))
+        if event.kind == RunEventKind.FINISHED:
+            self._thread.join(_DRAIN_WAIT)
+
+    def _show(self) -> None:
+        while True:
+            event, dropped = self._events.get()
+            self._live.take(event, self._label, dropped)
+            self._backlog.shown(event)
+            if event.kind == RunEventKind.FINISHED:
+                return
+
+
 def inline_subscription(config: pytest.Config, label: str) -> Subscription:
-    """Events of an inline run (sent on this thread) straight to a :class:`LiveOutput`."""
-    live = LiveOutput(config)
-    return Subscription(lambda event: live.take(event, label), key=label, output=True)
+    """Events of an inline run to a :class:`LiveOutput`, without ever holding the run up."""
+    display = _InlineDisplay(config, label)
+    return Subscription(display.take, key=label, output=True)
 
 
 RUNNING_LONGEST_GAP = 60.0

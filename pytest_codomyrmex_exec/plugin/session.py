@@ -18,7 +18,7 @@ from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .guardian import sigterm_is_interrupt
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
-from .live import LiveOutput, RunningScripts, write_notice
+from .live import Backlog, Dropped, LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
 from .report import RECORDS_KEY
 from .settings import child_environment, pytest_pythonpath
@@ -105,13 +105,14 @@ class ExecSession:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self._events: queue.SimpleQueue[RunEvent] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[RunEvent, Dropped]] = queue.SimpleQueue()
         self._background: list[ScriptItem] = []
         self._ordinary: deque[pytest.Item] = deque()
         self._ready: deque[ScriptItem] = deque()
         self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
         self._live = LiveOutput(config) if config.stash[OPTIONS_KEY].live else None
+        self._backlog = Backlog()
         self._running = self._new_running()
 
     @pytest.hookimpl(tryfirst=True)
@@ -135,7 +136,7 @@ class ExecSession:
             base_env = child_environment(
                 self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
             )
-            backend.start(self._jobs(), base_env, self._events.put)
+            backend.start(self._jobs(), base_env, self._post)
             self._run(session)
         finally:
             # Two signals can be pending together (both came while pytest was stopped, or
@@ -237,6 +238,12 @@ class ExecSession:
         finally:
             session._setupstate = kept
 
+    def _post(self, event: RunEvent) -> None:
+        """The backend's sink (any thread): output beyond the backlog is dropped, counted."""
+        dropped = self._backlog.admit(event)
+        if dropped is not None:
+            self._events.put((event, dropped))
+
     def _absorb_events(self, *, block: bool) -> None:
         """Take the backend's news: start hooks, results into the items, finished scripts ready."""
         while True:
@@ -252,13 +259,15 @@ class ExecSession:
                 self._say_what_runs()
                 continue
             block = False
-            self._take(event)
+            self._take(*event)
 
-    def _take(self, event: RunEvent) -> None:
+    def _take(self, event: RunEvent, dropped: Dropped | None = None) -> None:
         item = self._background[event.key]
         if self._live is not None and event.kind != RunEventKind.STARTED:
-            self._live.take(event, item.label)  # output lines, written from this (main) thread
+            # Output lines, written from this (main) thread.
+            self._live.take(event, item.label, dropped)
         if event.kind == RunEventKind.OUTPUT:
+            self._backlog.shown(event)
             return
         if event.kind == RunEventKind.STARTED:
             self._running.started(event.key, item.label, event.time)
@@ -290,7 +299,7 @@ class ExecSession:
             return
         while True:  # what it posted before it ended comes first
             try:
-                self._take(self._events.get_nowait())
+                self._take(*self._events.get_nowait())
             except queue.Empty:
                 break
         for key in sorted(self._unfinished):
