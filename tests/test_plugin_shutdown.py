@@ -381,13 +381,13 @@ from pytest_codomyrmex_exec.engine import Subscription, run_spec
 
 
 class SlowToStop:
-    '''Reports every script, then ignores cancel() and ends 4 s later.'''
+    '''Reports every script, then ignores cancel() and ends 2.5 s later.'''
 
     def start(self, jobs, base_env, sink):
         def serve():
             for job in jobs:
                 run_spec(job.spec, base_env=base_env, events=Subscription(sink, job.key))
-            time.sleep(4)
+            time.sleep(2.5)
 
         self._thread = threading.Thread(target=serve, daemon=True)
         self._thread.start()
@@ -416,4 +416,4 @@ def test_a_backend_that_does_not_stop_is_reported_and_waited_for(px: ExecPyteste
     elapsed = time.monotonic() - started
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*the backend did not stop within 0.5 s; waiting for it*"])
-    assert elapsed >= 4, "returned while the backend's thread still ran"
+    assert elapsed >= 2.5, "returned while the backend's thread still ran"
