@@ -123,8 +123,10 @@ class Backlog:
 class LiveOutput:
     """Turns ``output`` events into prefixed terminal lines; ``finished`` flushes a script."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, *, between_items: bool) -> None:
         self._plugins = config.pluginmanager  # looked up when writing: made after configure
+        self._between_items = between_items
+        """Written between items (the parallel session), not within one (an inline run)."""
         self._lines: dict[tuple[object, str], _Line] = {}
         self._colours: dict[object, str] = {}
 
@@ -161,7 +163,7 @@ class LiveOutput:
         colour = self._colours.setdefault(key, _COLOURS[len(self._colours) % len(_COLOURS)])
         prefix = f"[{label}]"
         with self._uncaptured():
-            start_own_line(reporter)
+            start_own_line(reporter, between_items=self._between_items)
             for text in lines:
                 reporter.write(prefix, **{colour: True})
                 reporter.write(f" {text}\n")
@@ -178,31 +180,37 @@ class LiveOutput:
             yield
 
 
-def start_own_line(reporter: Any) -> None:
-    """Finish pytest's progress line the way pytest would, so that our lines come between
-    progress lines and never split one.
+def start_own_line(reporter: Any, *, between_items: bool) -> None:
+    """Start a line of ours. ``between_items`` (no test's report is under way): finish
+    pytest's progress line the way pytest would, so that our lines come between progress
+    lines and never split one.
 
     A file's line (``a_script.py .``) gets its percentage only when the next file starts,
     and ``-q``'s dots only at the edge: cut there, the percentage would be lost and the dots
-    would go on under our line. pytest has no public way to ask where the cursor is or to
-    finish its line; its writer's ``width_of_current_line`` and the reporter's own filler are
-    used, and without them the line is only ended.
+    would go on under our line. Within an item (a script run inline) its result is still to
+    come, so the line is only ended, as pytest's own output of a test (``-s``) would end it.
+    pytest has no public way to ask where the cursor is or to finish its line; its writer's
+    ``width_of_current_line`` and the reporter's own filler are used, and without them the
+    line is only ended.
     """
     width = getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0)
     finish = getattr(reporter, "_write_progress_information_filling_space", None)
     # -v ends each test's line with its percentage and marks that with a currentfspath that
     # is no path; a default run's file line, or -q's dots (no fspath), still lack it.
     unfinished = reporter.currentfspath is None or isinstance(reporter.currentfspath, Path)
-    if width and unfinished and getattr(reporter, "_show_progress_info", False) and finish:
+    shows_progress = getattr(reporter, "_show_progress_info", False)
+    if between_items and width and unfinished and shows_progress and finish:
         finish()
     reporter.ensure_newline()
     if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
         reporter.write("\n")
 
 
-def write_notice(reporter: Any, line: str, *, red: bool = False) -> None:
-    """One line of ours (yellow, or red for an error) between pytest's progress lines."""
-    start_own_line(reporter)
+def write_notice(
+    reporter: Any, line: str, *, red: bool = False, between_items: bool = True
+) -> None:
+    """One line of ours (yellow, or red for an error), by :func:`start_own_line`."""
+    start_own_line(reporter, between_items=between_items)
     reporter.write_line(line, **({"red": True} if red else {"yellow": True}))
     reporter.flush()  # a notice is news now, also where stdout is a file (a CI log)
 
@@ -217,7 +225,7 @@ class _InlineDisplay:
     """
 
     def __init__(self, config: pytest.Config, label: str) -> None:
-        self._live = LiveOutput(config)
+        self._live = LiveOutput(config, between_items=False)
         self._label = label
         self._backlog = Backlog()
         self._events: queue.SimpleQueue[tuple[RunEvent, Dropped]] = queue.SimpleQueue()

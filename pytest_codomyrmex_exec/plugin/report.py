@@ -175,7 +175,8 @@ class RunRecords:
 
     def _show_stream_failure(self) -> None:
         if self._stream_failure is not None and self._reporter is not None:
-            write_notice(self._reporter, self._stream_failure, red=True)
+            # Within an item's report, or at collection's end: between items only then.
+            write_notice(self._reporter, self._stream_failure, red=True, between_items=False)
             self._stream_failure = None
 
     def close(self) -> None:

@@ -111,7 +111,8 @@ class ExecSession:
         self._ready: deque[ScriptItem] = deque()
         self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
-        self._live = LiveOutput(config) if config.stash[OPTIONS_KEY].live else None
+        live = config.stash[OPTIONS_KEY].live
+        self._live = LiveOutput(config, between_items=True) if live else None
         self._backlog = Backlog()
         self._running = self._new_running()
 
