@@ -260,16 +260,27 @@ def test_a_daemon_left_outside_the_group_does_not_outlive_the_run(
     px.assert_no_process_left(at_least=2)
 
 
-# A run of the script: one line "start end" (wall-clock seconds) in <name>.runs, then the exit
-# code: 0 from the run numbered PASS_FROM on (never, if PASS_FROM is 0).
+# A run of the script: a line in <name>.runs, then the exit code: 0 from the run numbered
+# PASS_FROM on (never, if PASS_FROM is 0). With MEET, the first run waits (20 s at most) for
+# the first run of the script MEET, and says "met" if it came: only scripts run side by side
+# meet.
 RUN_COUNTER = """\
 import pathlib, sys, time
-runs = pathlib.Path(__file__).with_suffix(".runs")
+here = pathlib.Path(__file__)
+runs = here.with_suffix(".runs")
 number = len(runs.read_text().splitlines()) + 1 if runs.exists() else 1
-start = time.time()
-time.sleep(0.5)
+met = ""
+if number == 1 and MEET:
+    here.with_suffix(".started").touch()
+    deadline = time.monotonic() + 20
+    while not here.with_name(MEET + ".started").exists():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    else:
+        met = " met"
 with open(runs, "a") as stream:
-    stream.write(f"{{start}} {{time.time()}}\\n")
+    stream.write(f"run{met}\\n")
 sys.exit(0 if PASS_FROM and number >= PASS_FROM else 1)
 """
 
@@ -277,12 +288,14 @@ sys.exit(0 if PASS_FROM and number >= PASS_FROM else 1)
 @pytest.mark.parametrize("mode", [*MODES, pytest.param(["--exec-warm"], id="warm")])
 def test_a_rerun_reruns_the_script(px: ExecPytester, mode: list[str]) -> None:
     # pytest-rerunfailures: a rerun must run the script again, not replay its first result.
-    px.script("flaky_script.py", "PASS_FROM = 2\n" + RUN_COUNTER.format())
-    px.script("broken_script.py", "PASS_FROM = 0\n" + RUN_COUNTER.format())
-    result = px.run(*mode, "--reruns", "2", *px.junit_args())
+    parallel = "--exec-parallel" in mode
+    meet = {"flaky": "broken_script", "broken": "flaky_script"} if parallel else {}
+    px.script("flaky_script.py", f"PASS_FROM = 2\nMEET = {meet.get('flaky')!r}\n" + RUN_COUNTER)
+    px.script("broken_script.py", f"PASS_FROM = 0\nMEET = {meet.get('broken')!r}\n" + RUN_COUNTER)
+    workers = ("--exec-workers", "2") if parallel else ()
+    result = px.run(*mode, *workers, "--reruns", "2", *px.junit_args())
     assert result.parseoutcomes() == {"passed": 1, "failed": 1, "rerun": 3}
-    flaky = [tuple(map(float, line.split())) for line in px.lines("flaky_script.runs")]
-    broken = [tuple(map(float, line.split())) for line in px.lines("broken_script.runs")]
+    flaky, broken = px.lines("flaky_script.runs"), px.lines("broken_script.runs")
     assert len(flaky) == 2, "the flaky script was not run again, or not only once again"
     assert len(broken) == 3, "a script that always fails runs once and then --reruns times"
     cases = {case.name: case.outcome for case in px.junit()}
@@ -292,7 +305,6 @@ def test_a_rerun_reruns_the_script(px: ExecPytester, mode: list[str]) -> None:
             warm = [p.get("value") for p in case.iter("property") if p.get("name") == "warm"]
             assert warm, case.get("name")
             assert set(warm) == {"warm"}, (case.get("name"), warm)
-    if "--exec-parallel" in mode:  # the first runs were in the background, side by side
-        (flaky_start, flaky_end), (broken_start, broken_end) = flaky[0], broken[0]
-        assert flaky_start < broken_end, (flaky, broken)
-        assert broken_start < flaky_end, (flaky, broken)
+    if parallel:  # the first runs were in the background, side by side; the reruns inline
+        assert flaky == ["run met", "run"], flaky
+        assert broken == ["run met", "run", "run"], broken

@@ -538,7 +538,7 @@ def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
 
 # 200 MB in lines of 100 bytes, as fast as the script can write them.
 FLOOD_SCRIPT = """\
-# pytest.mark.exec(timeout=10)
+# pytest.mark.exec(timeout=30)
 import sys
 block = (b"x" * 99 + b"\\n") * 10_000
 for _ in range(200):
@@ -567,10 +567,11 @@ def test_live_output_of_a_flood_bounds_memory_and_never_slows_the_script(
     px.script("flood_script.py", FLOOD_SCRIPT)
     px.conftest(PEAK_MEMORY_CONFTEST)
     result = px.run(*mode, "--exec-live", *px.junit_args())
-    # Inline, a display that held the script up made it take 18 s here (timeout: 10 s).
+    # Inline, a display that held the script up made it take 18 s, unloaded; alone, it
+    # takes 0.1 s, and 1.5 s with the lines shown.
     result.assert_outcomes(passed=1)
     (case,) = px.junit()
-    assert case.time < 8, "the display held the script up"
+    assert case.time < 12, "the display held the script up"
     # Queued in memory, 200 MB of output grew pytest to 240 MB; bounded, it stays near 45 MB.
     peak = float((px.path / "peak_mb.txt").read_text())
     assert peak < 130, f"pytest grew to {peak:.0f} MB"
@@ -713,7 +714,7 @@ def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: list[str]) -
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with open({str(output)!r}) as stream:
-                if " running: " in stream.read():
+                if "1 running: stuck_script.py" in stream.read():
                     sys.exit(0)
             time.sleep(0.02)
         sys.exit("the notice never reached pytest's output while the script ran")
@@ -724,13 +725,16 @@ def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: list[str]) -
     result = px.run(*mode, "--exec-workers", "3", "-o", "exec_running_notice_after=1.5")
     result.assert_outcomes(passed=3)
     notices = [line for line in result.outlines if " running: " in line]
-    # 1.5 s after the last finish, once (the next would be 3 s later, after the end).
-    assert len(notices) == 1, notices
-    match = re.fullmatch(r"codomyrmex-exec: 1 running: stuck_script\.py (\d+) s", notices[0])
+    # 1.5 s after the last finish, once (the next would be 3 s later, after the end). A
+    # start slowed by a loaded machine may add one before, naming the three of them.
+    alone = [line for line in notices if line.startswith("codomyrmex-exec: 1 running: ")]
+    assert len(alone) == 1, notices
+    assert notices[-1] == alone[0], notices
+    match = re.fullmatch(r"codomyrmex-exec: 1 running: stuck_script\.py (\d+) s", alone[0])
     assert match, notices
     assert 2 <= int(match[1]) <= 10
     # Between progress lines, not inside one: the line before it got its percentage.
-    before = result.outlines[result.outlines.index(notices[0]) - 1]
+    before = result.outlines[result.outlines.index(alone[0]) - 1]
     assert re.fullmatch(r"\S+_script\.py \.\s+\[ *\d+%\]", before), result.outlines
 
 
