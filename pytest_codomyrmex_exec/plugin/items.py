@@ -26,6 +26,8 @@ RESULT_KEY = pytest.StashKey[ScriptResult]()
 HOOK_ERROR_KEY = pytest.StashKey[Exception]()
 """What a pytest_exec_* hook raised for this item with --exec-parallel; fails its call."""
 _SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
+_REPORTED_KEY = pytest.StashKey[bool]()
+"""Set at teardown: the result in RESULT_KEY was reported, and is no later attempt's."""
 
 
 # pytest's, pluggy's and this plugin's code: frames left out when a user's hook raised.
@@ -108,6 +110,13 @@ class ScriptItem(pytest.Item):
             self.settings()
         except MarkError as exc:
             raise ScriptNotStarted(str(exc)) from None
+        if self.stash.get(_REPORTED_KEY, False):
+            # The item runs again (pytest-rerunfailures): a rerun reruns the script.
+            del self.stash[_REPORTED_KEY]
+            if RESULT_KEY in self.stash:
+                del self.stash[RESULT_KEY]
+            if HOOK_ERROR_KEY in self.stash:
+                del self.stash[HOOK_ERROR_KEY]
         result = self.stash.get(RESULT_KEY, None)
         if result is None and not _setup_only(self.config):
             # Inline, the script runs here, in setup, so that one that cannot start (no
@@ -118,6 +127,9 @@ class ScriptItem(pytest.Item):
             self.user_properties.append(("worker", str(result["worker"])))
         if result is not None and result["status"] == ScriptStatus.ERROR:
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
+
+    def teardown(self) -> None:
+        self.stash[_REPORTED_KEY] = True
 
     def runtest(self) -> None:
         hook_error = self.stash.get(HOOK_ERROR_KEY, None)

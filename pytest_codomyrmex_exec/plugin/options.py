@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import math
@@ -154,6 +155,7 @@ def add_options(parser: pytest.Parser) -> None:
     # Shards and the durations file (plugin/shards.py, plugin/durations.py).
     add_shard_options(group)
     add_durations_options(group, parser)
+    add_notice_inis(parser)
 
 
 PATH_OPTIONS = ("--exec-python", "--exec-durations-file")
@@ -242,6 +244,10 @@ class ExecOptions:
     """The Dask scheduler's address; ``None``: start a local cluster (``--exec-backend dask``)."""
     resources: dict[str, float] = field(default_factory=dict)
     """Capacities of scarce resources (ini ``exec_resources``)."""
+    running_notice_after: float = 5.0
+    """Seconds without a script finishing before ``--exec-parallel`` says what runs."""
+    stop_report_after: float = 10.0
+    """Seconds the backend may take to stop before the session says that it does not."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -374,6 +380,8 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         preload=_preload(config),
         cwd=cwd,
         **_view_options(config, parallel),
+        running_notice_after=_seconds(config, "exec_running_notice_after"),
+        stop_report_after=_seconds(config, "exec_stop_report_after"),
     )
 
 
@@ -435,3 +443,34 @@ def _resources(config: pytest.Config) -> dict[str, float]:
         return parse_capacities(raw if isinstance(raw, str) else "")
     except ValueError as exc:
         raise pytest.UsageError(f"ini option 'exec_resources': {exc}") from None
+
+
+# -- how long the parallel session waits before it tells (ini only: rarely changed, and
+# mostly by test suites that would otherwise wait the real time out)
+
+NOTICE_INIS = {
+    "exec_running_notice_after": (
+        "running_notice_after",
+        "seconds without a script finishing before --exec-parallel says which scripts run",
+    ),
+    "exec_stop_report_after": (
+        "stop_report_after",
+        "seconds the parallel backend may take to stop before the session says it does not",
+    ),
+}
+
+
+def add_notice_inis(parser: pytest.Parser) -> None:
+    defaults = {field.name: field.default for field in dataclasses.fields(ExecOptions)}
+    for key, (attribute, help_text) in NOTICE_INIS.items():
+        parser.addini(key, help_text, default=f"{defaults[attribute]:g}")
+
+
+def _seconds(config: pytest.Config, key: str) -> float:
+    text = str(config.getini(key)).strip()
+    seconds = _number(text, f"ini option {key!r}")
+    if not 0 < seconds < math.inf:
+        raise pytest.UsageError(
+            f"ini option {key!r}: expected a positive number of seconds, got {text!r}"
+        )
+    return seconds
