@@ -118,3 +118,15 @@ def test_site_builds_without_warnings(tmp_path: Path) -> None:
     assert {"configuration", "api", "hooks", "troubleshooting", "report"} <= pages
     api = (tmp_path / "api" / "index.html").read_text(encoding="utf-8")
     assert "Run scripts concurrently" in api, "the API page lacks ParallelRunner's docstring"
+    raw = {
+        f"{page.relative_to(tmp_path)}: {match.group(0)}"
+        for page in tmp_path.rglob("*.html")
+        for match in RAW_ROLE.finditer(page.read_text(encoding="utf-8"))
+    }
+    assert not raw, f"Sphinx roles printed as raw text: {sorted(raw)}"
+    # A role naming a documented object becomes a link to its section.
+    assert 'href="#pytest_codomyrmex_exec.engine.spec.ScriptSpec"><code>ScriptSpec' in api
+
+
+RAW_ROLE = re.compile(r":(?:py:)?[a-z]+:(?:<code>[^<]*</code>|`[^`]*`)")
+"""A docstring role as mkdocstrings prints it when nothing renders it: ``:class:<code>X</code>``."""
