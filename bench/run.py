@@ -39,7 +39,7 @@ from measure import (
     run_once,
     wait_for_quiet,
 )
-from report import PLUGIN, WARM, ArmSummary, CorpusSummary, render, targets
+from report import PLUGIN, WARM, ArmSummary, CorpusSummary, ratios, render
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -338,7 +338,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warm",
         action="store_true",
-        help="add the plugin with --exec-warm as an arm (issue 10's targets)",
+        help="add the plugin with --exec-warm as an arm",
     )
     parser.add_argument(
         "--quick",
@@ -468,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 quiet=quiet,
             )
 
-        found = targets(summaries)
+        found = ratios(summaries)
         load_after = load_average()
         text = render(
             host, summaries, found, runs=args.runs, warmup=args.warmup, load_after=load_after
@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": host.to_dict(),
             "load_after": load_after,
             "corpora": {name: summary.to_dict() for name, summary in summaries.items()},
-            "targets": [target.to_dict() for target in found],
+            "ratios": [ratio.to_dict() for ratio in found],
             "table": text,
         }
         json_path = results / "latest.json"
