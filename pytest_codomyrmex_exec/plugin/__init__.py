@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ..engine import kill_tagged
+from ..engine.resources import describe_assigned
 from . import hookspecs
 from .durations import save_durations
 from .guardian import protect, scripts_will_run, unprotect
@@ -83,7 +84,11 @@ def pytest_exec_make_backend(config: pytest.Config) -> object:
     if options.backend == "dask":
         return None  # made by the dask_backend plugin, registered in pytest_configure
     return make_builtin_backend(
-        options.backend, options.workers, launcher_for(config), options.resources
+        options.backend,
+        options.workers,
+        launcher_for(config),
+        options.resources,
+        options.resource_env,
     )
 
 
@@ -172,6 +177,31 @@ def pytest_runtest_makereport(
             skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
             setattr(report, FACTS_ATTR, script_facts(result, skip_codes))
     return report
+
+
+_VERBOSE_WORDS = {
+    "passed": (".", "PASSED", {"green": True}),
+    "failed": ("F", "FAILED", {"red": True}),
+    "skipped": ("s", "SKIPPED", {"yellow": True}),
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+    """With -v, a script that held device ids says which: ``PASSED (GPU=0,1)``."""
+    facts = getattr(report, FACTS_ATTR, None)
+    if (
+        config.get_verbosity() <= 0
+        or report.when != "call"
+        or not isinstance(facts, dict)
+        or not facts.get("resource_ids")
+        or hasattr(report, "wasxfail")  # xfail's own words stay
+    ):
+        return None
+    letter, word, markup = _VERBOSE_WORDS[report.outcome]
+    return report.outcome, letter, (f"{word} ({describe_assigned(facts['resource_ids'])})", markup)
 
 
 @pytest.hookimpl(optionalhook=True)

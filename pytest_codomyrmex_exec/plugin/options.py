@@ -13,6 +13,7 @@ from typing import Any, Literal, cast, final
 import pytest
 
 from ..engine import parse_capacities, validate_memory_limit, validate_timeout
+from ..engine.resources import DEFAULT_RESOURCE_ENV, parse_resource_env
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PATTERNS = ["*_script.py"]
@@ -132,6 +133,18 @@ def add_options(parser: pytest.Parser) -> None:
         "e.g. 'GPU=1 db=2'",
         default="",
     )
+    # Scarce devices (docs/resources.md): which variables get the ids, and a missing one.
+    parser.addini(
+        "exec_resource_env",
+        "variables that get a resource's ids besides EXEC_RESOURCE_<NAME>, e.g. "
+        "'GPU=CUDA_VISIBLE_DEVICES,HIP_VISIBLE_DEVICES' (GPU: CUDA_VISIBLE_DEVICES by default)",
+        default="",
+    )
+    parser.addini(
+        "exec_missing_resources",
+        "a script needing more of a resource than exists: error (default) or skip",
+        default="error",
+    )
     parser.addini(
         "exec_guardian",
         "Linux: a guardian process kills the scripts if pytest is killed (SIGKILL, OOM)",
@@ -226,7 +239,13 @@ class ExecOptions:
     dask_scheduler: str | None = None
     """The Dask scheduler's address; ``None``: start a local cluster (``--exec-backend dask``)."""
     resources: dict[str, float] = field(default_factory=dict)
-    """Capacities of scarce resources (ini ``exec_resources``)."""
+    """Capacities of scarce resources (ini ``exec_resources``); ``Slots`` where ids are given."""
+    resource_env: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_RESOURCE_ENV)
+    )
+    """Variables that get a resource's ids (ini ``exec_resource_env``)."""
+    missing_resources: Literal["error", "skip"] = "error"
+    """What a script needing more than exists becomes (ini ``exec_missing_resources``)."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -355,6 +374,8 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         order=order,
         dask_scheduler=dask_scheduler,
         resources=resources,
+        resource_env=_resource_env(config, resources),
+        missing_resources=_missing_resources(config),
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
@@ -420,3 +441,22 @@ def _resources(config: pytest.Config) -> dict[str, float]:
         return parse_capacities(raw if isinstance(raw, str) else "")
     except ValueError as exc:
         raise pytest.UsageError(f"ini option 'exec_resources': {exc}") from None
+
+
+def _resource_env(config: pytest.Config, resources: dict[str, float]) -> dict[str, tuple[str, ...]]:
+    raw = config.getini("exec_resource_env")
+    try:
+        return parse_resource_env(raw if isinstance(raw, str) else "", resources)
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option 'exec_resource_env': {exc}") from None
+
+
+def _missing_resources(config: pytest.Config) -> Literal["error", "skip"]:
+    raw = str(config.getini("exec_missing_resources")).strip()
+    if raw == "skip":
+        return "skip"
+    if raw in ("error", ""):
+        return "error"
+    raise pytest.UsageError(
+        f"ini option 'exec_missing_resources': expected error or skip, got {raw!r}"
+    )
