@@ -62,9 +62,11 @@ def _write_suite(px: ExecPytester, log: Path) -> None:
             + _recorder(log, meet=2, group="half"),
         )
     px.script("two_script.py", "# pytest.mark.exec(resources={'GPU': 2})\n" + _recorder(log))
-    px.script(
-        "alone_script.py", "# pytest.mark.exec(exclusive=True, priority=5)\n" + _recorder(log)
-    )
+    # Exclusive scripts are placed by priority: one before all others, one near the end.
+    for name, priority in (("first", -3), ("alone", 5)):
+        mark = f"# pytest.mark.exec(exclusive=True, priority={priority})\n"
+        px.script(f"{name}_script.py", mark + _recorder(log))
+    px.script("late_script.py", "# pytest.mark.exec(priority=6)\n" + _recorder(log))
     px.script("plain_script.py", _recorder(log))
     px.script(
         "own_env_script.py",
@@ -93,7 +95,7 @@ def test_each_script_gets_its_own_gpus_in_every_mode(
         monkeypatch.setenv("MEET", "1")  # inline runs one at a time: nothing can meet
     result = px.run(*MODES[mode], "-v", *px.report_args(), *px.junit_args())
 
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=12)
     # The mode really ran: its backend (or none inline), and warm starts under --exec-warm.
     backend_file = px.path / "backend.txt"
     if mode == "inline":
@@ -106,14 +108,14 @@ def test_each_script_gets_its_own_gpus_in_every_mode(
             for prop in ElementTree.parse(px.junit_path).iter("property")
             if prop.get("name") == "warm"
         ]
-        assert len(values) == 10, values
+        assert len(values) == 12, values
         assert set(values) == {"warm"}, values
 
     runs = {}
     for line in px.lines("log.txt"):
         name, ids, start, end = line.split()
         runs[name] = (ids, float(start), float(end))
-    assert len(runs) == 10, sorted(runs)
+    assert len(runs) == 12, sorted(runs)
     held = {name: set(ids.split(",")) for name, (ids, _, _) in runs.items()}
     # Each gets as many ids as it asked for, from the four there are...
     for name in ("one_a", "one_b", "one_c", "one_d", "half_a", "half_b"):
@@ -128,10 +130,17 @@ def test_each_script_gets_its_own_gpus_in_every_mode(
         (_, start1, end1), (_, start2, end2) = runs[first], runs[second]
         if held[first] & held[second]:
             assert end1 <= start2 or end2 <= start1, f"{first} and {second} shared an id"
-    for name, (_, start, end) in runs.items():  # the exclusive script overlapped nothing
-        if name != "alone":
-            assert end <= runs["alone"][1] or start >= runs["alone"][2], f"{name} ran with alone"
-    if mode != "inline":
+    for alone in ("first", "alone"):  # the exclusive scripts overlapped nothing
+        for name, (_, start, end) in runs.items():
+            if name != alone:
+                assert end <= runs[alone][1] or start >= runs[alone][2], f"{name} ran with {alone}"
+    if mode != "inline":  # inline runs one at a time, in collection order
+        # Placed by priority: "first" before every other script started, "late" after "alone".
+        assert (
+            min(start for name, (_, start, _) in runs.items() if name != "first")
+            >= runs["first"][2]
+        )
+        assert runs["late"][1] >= runs["alone"][2]
         # All four ids in use at once, and the two halves on one id at the same time.
         assert set().union(*(held[n] for n in whole[:4])) == set("0123")
         assert held["half_a"] == held["half_b"]
