@@ -201,16 +201,19 @@ def test_gpu_auto_counts_what_nvidia_smi_lists(
 
 
 @pytest.mark.parametrize("missing", ["error", "skip"])
+@pytest.mark.parametrize("parallel", [(), ("--exec-parallel",)], ids=["inline", "parallel"])
 def test_no_gpu_found_is_an_error_or_a_skip_naming_it(
-    px: ExecPytester, monkeypatch: pytest.MonkeyPatch, missing: str
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch, missing: str, parallel: tuple[str, ...]
 ) -> None:
     px.script("gpu_script.py", "# pytest.mark.exec(resources={'GPU': 1})\n")
     px.script("cpu_script.py", "")
     px.ini(exec_resources="GPU=auto", exec_missing_resources=missing)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", str(px.path))  # no nvidia-smi there
-    result = px.run("-rsE")
+    px.conftest(px.backend_recorder())
+    result = px.run(*parallel, "-rsE")
 
+    assert (px.path / "backend.txt").exists() == bool(parallel)
     reason = (
         "*gpu_script.py*needs resource GPU=1, which the ini option exec_resources does not "
         "have (resources: GPU=(none found))"
@@ -358,3 +361,18 @@ def test_the_core_packs_shares_and_reserves_for_an_exclusive_job() -> None:
     queue.release(solo)
     assert [t.job for t in queue.pop_ready()] == ["early", "late"]
     assert late.assigned == {}
+
+
+def test_a_waiting_job_reserves_only_units_it_can_use() -> None:
+    queue: StartQueue[str] = StartQueue(limit=8, capacities={"db": 2.5})  # units 0, 1, half 2
+    holder = queue.push("holder", demand={"db": 1})
+    assert queue.pop_ready() == [holder]
+    assert holder.assigned == {"db": ("0",)}
+    big = queue.push("big", priority=-1, demand={"db": 2})
+    queue.push("small", demand={"db": 1})
+    queue.push("half", demand={"db": 0.5})
+    # big reserves units 0 and 1 (the half unit is no use to it): only "half" may pass it.
+    assert [t.job for t in queue.pop_ready()] == ["half"]
+    queue.release(holder)
+    assert queue.pop_ready() == [big]
+    assert big.assigned == {"db": ("0", "1")}

@@ -62,8 +62,8 @@ class Slots(float):
         duplicates = sorted({unit for unit in ids if ids.count(unit) > 1})
         if duplicates:
             raise ValueError(f"id {duplicates[0]!r} is given twice")
-        if not all(ids):
-            raise ValueError("an id must not be empty")
+        if not all(ids) or any("," in unit or "\0" in unit for unit in ids):
+            raise ValueError(f"ids must be non-empty, without ',' or NUL: {ids!r}")
         slots = super().__new__(cls, len(ids))
         slots.ids = ids
         return slots
@@ -299,13 +299,13 @@ class ResourcePool:
     def reserve(self, demand: Amounts) -> None:
         """Set aside what a job that cannot start yet would be given first (scratch only)."""
         for name, amount in demand.items():
-            units = self._free.get(name)
-            if not units:
-                continue  # nothing to keep others out of
+            units, sizes = self._free.get(name, {}), self._sizes.get(name, {})
             count = 1 if amount <= 1 + _EPSILON else round(amount)
-            # The freest units first: those are what it gets when they come free.
-            ids = sorted(units, key=lambda unit: -units[unit])[:count]
-            self._apply(name, amount, tuple(ids), -1)
+            # Only units it could ever run on, the freest first: what it gets when they free.
+            large = [unit for unit in units if sizes[unit] >= min(amount, 1.0) - _EPSILON]
+            ids = sorted(large, key=lambda unit: -units[unit])[:count]
+            if ids:
+                self._apply(name, amount, tuple(ids), -1)
 
     def give(self, demand: Amounts, assigned: Assigned) -> None:
         """A run that held ``demand`` on the units ``assigned`` ended."""
