@@ -192,15 +192,17 @@ def pytest_report_teststatus(
 ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
     """With -v, a script that held device ids says which: ``PASSED (GPU=0,1)``."""
     facts = getattr(report, FACTS_ATTR, None)
+    words = _VERBOSE_WORDS.get(report.outcome)  # another plugin's outcome ("rerun") keeps its own
     if (
         config.get_verbosity() <= 0
         or report.when != "call"
+        or words is None
         or not isinstance(facts, dict)
         or not facts.get("resource_ids")
         or hasattr(report, "wasxfail")  # xfail's own words stay
     ):
         return None
-    letter, word, markup = _VERBOSE_WORDS[report.outcome]
+    letter, word, markup = words
     return report.outcome, letter, (f"{word} ({describe_assigned(facts['resource_ids'])})", markup)
 
 
