@@ -235,6 +235,10 @@ def test_no_gpu_found_is_an_error_or_a_skip_naming_it(
             {"exec_resources": "GPU=2", "exec_resource_env": "TPU=TPU_VISIBLE"},
             "ini option 'exec_resource_env': 'TPU=TPU_VISIBLE': there is no resource 'TPU'",
         ),
+        (
+            {"exec_resources": "GPU=2", "exec_resource_env": "GPU=A=B"},
+            "ini option 'exec_resource_env': 'GPU=A=B': expected variable names",
+        ),
         ({"exec_missing_resources": "maybe"}, "ini option 'exec_missing_resources'"),
     ],
 )

@@ -160,7 +160,7 @@ def parse_resource_env(text: str, known: Mapping[str, float]) -> dict[str, tuple
                 f"(resources: {describe_capacities(known)})"
             )
         names = tuple(value.split(","))
-        if not all(names) or any("\0" in variable for variable in names):
+        if not all(names) or any("\0" in variable or "=" in variable for variable in names):
             raise ValueError(f"{entry!r}: expected variable names separated by commas")
         variables[name] = names
     return variables
