@@ -175,7 +175,10 @@ def pytest_runtest_makereport(
         if result is not None and final:
             # The script's final report: the facts for the summary and the results file.
             skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
-            setattr(report, FACTS_ATTR, script_facts(result, skip_codes))
+            facts = script_facts(result, skip_codes)
+            if report.skipped and facts["status"] == "error":
+                facts["status"] = "skipped"  # exec_missing_resources = skip: counted as pytest does
+            setattr(report, FACTS_ATTR, facts)
     return report
 
 

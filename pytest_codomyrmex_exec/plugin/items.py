@@ -125,7 +125,7 @@ class ScriptItem(pytest.Item):
             and result["cause"] == FailureCause.RESOURCES
             and self.config.stash[OPTIONS_KEY].missing_resources == "skip"
         ):
-            pytest.skip(f"{self.label}: {result['error']}")  # exec_missing_resources = skip
+            pytest.skip(result["error"] or "")  # exec_missing_resources = skip
         if result is not None and result["status"] == ScriptStatus.ERROR:
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
 
@@ -206,6 +206,10 @@ class ScriptItem(pytest.Item):
                 # script is where it belongs, as for a skip mark.
                 reason = report.longrepr[2]
                 report.longrepr = (str(self.path), 1, reason)
+        elif report.skipped and isinstance(report.longrepr, tuple) and RESULT_KEY in self.stash:
+            # exec_missing_resources = skip (skip marks act before a result exists): at the
+            # script, not in this module.
+            report.longrepr = (str(self.path), 1, report.longrepr[2])
         elif call.excinfo is not None and isinstance(call.excinfo.value, ScriptNotStarted):
             # pytest renders setup errors as a traceback through its own internals, without
             # asking repr_failure; the cause (missing cwd, bad exec mark) is the whole story.
