@@ -9,7 +9,12 @@ from typing import Any
 import pluggy
 import pytest
 
-from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
+from ..engine import FailureCause, ScriptResult, ScriptSpec, ScriptStatus, run_spec
+from ..engine.resources import (
+    ResourcePool,
+    with_resource_env,
+    with_resource_ids,
+)
 from .environment import child_environment
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
@@ -125,6 +130,12 @@ class ScriptItem(pytest.Item):
         if result is not None and result.get("worker"):
             # Where it ran (a Dask worker): a junit property, and a line in -v reports.
             self.user_properties.append(("worker", str(result["worker"])))
+        if (
+            result is not None
+            and result["cause"] == FailureCause.RESOURCES
+            and self.config.stash[OPTIONS_KEY].missing_resources == "skip"
+        ):
+            pytest.skip(result["error"] or "")  # exec_missing_resources = skip
         if result is not None and result["status"] == ScriptStatus.ERROR:
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
 
@@ -155,14 +166,18 @@ class ScriptItem(pytest.Item):
             from .live import inline_subscription
 
             events = inline_subscription(self.config, self.label)
-        refused = unmet_resources(spec, self.config.stash[OPTIONS_KEY].resources)
-        result = (
-            refused
-            if refused is not None
-            else run_spec(
-                spec, base_env=base_env, events=events, launcher=launcher_for(self.config)
+        options = self.config.stash[OPTIONS_KEY]
+        refused = unmet_resources(spec, options.resources)
+        if refused is not None:
+            result = refused
+        else:
+            # One script at a time: every unit is free, and it gets the first that fit.
+            assigned = ResourcePool(options.resources).take(spec.resources)
+            run = with_resource_env(spec, assigned, options.resource_env)
+            result = with_resource_ids(
+                run_spec(run, base_env=base_env, events=events, launcher=launcher_for(self.config)),
+                assigned,
             )
-        )
         self.stash[RESULT_KEY] = result
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)
@@ -204,6 +219,10 @@ class ScriptItem(pytest.Item):
                 # script is where it belongs, as for a skip mark.
                 reason = report.longrepr[2]
                 report.longrepr = (str(self.path), 1, reason)
+        elif report.skipped and isinstance(report.longrepr, tuple) and RESULT_KEY in self.stash:
+            # exec_missing_resources = skip (skip marks act before a result exists): at the
+            # script, not in this module.
+            report.longrepr = (str(self.path), 1, report.longrepr[2])
         elif call.excinfo is not None and isinstance(call.excinfo.value, ScriptNotStarted):
             # pytest renders setup errors as a traceback through its own internals, without
             # asking repr_failure; the cause (missing cwd, bad exec mark) is the whole story.

@@ -14,6 +14,7 @@ from typing import Any, Literal, cast, final
 import pytest
 
 from ..engine import parse_capacities, validate_memory_limit, validate_timeout
+from ..engine.resources import DEFAULT_RESOURCE_ENV, parse_resource_env
 from .durations import add_durations_options
 from .shards import add_shard_options
 
@@ -145,6 +146,18 @@ def add_options(parser: pytest.Parser) -> None:
         "e.g. 'GPU=1 db=2'",
         default="",
     )
+    # Scarce devices (docs/resources.md): which variables get the ids, and a missing one.
+    parser.addini(
+        "exec_resource_env",
+        "variables that get a resource's ids besides EXEC_RESOURCE_<NAME>, e.g. "
+        "'GPU=CUDA_VISIBLE_DEVICES,HIP_VISIBLE_DEVICES' (GPU: CUDA_VISIBLE_DEVICES by default)",
+        default="",
+    )
+    parser.addini(
+        "exec_missing_resources",
+        "a script needing more of a resource than exists: error (default) or skip",
+        default="error",
+    )
     parser.addini(
         "exec_guardian",
         "Linux: a guardian process kills the scripts if pytest is killed (SIGKILL, OOM)",
@@ -243,11 +256,17 @@ class ExecOptions:
     dask_scheduler: str | None = None
     """The Dask scheduler's address; ``None``: start a local cluster (``--exec-backend dask``)."""
     resources: dict[str, float] = field(default_factory=dict)
-    """Capacities of scarce resources (ini ``exec_resources``)."""
+    """Capacities of scarce resources (ini ``exec_resources``); ``Slots`` where ids are given."""
     running_notice_after: float = 5.0
     """Seconds without a script finishing before ``--exec-parallel`` says what runs."""
     stop_report_after: float = 10.0
     """Seconds the backend may take to stop before the session says that it does not."""
+    resource_env: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_RESOURCE_ENV)
+    )
+    """Variables that get a resource's ids (ini ``exec_resource_env``)."""
+    missing_resources: Literal["error", "skip"] = "error"
+    """What a script needing more than exists becomes (ini ``exec_missing_resources``)."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -376,6 +395,8 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         order=order,
         dask_scheduler=dask_scheduler,
         resources=resources,
+        resource_env=_resource_env(config, resources),
+        missing_resources=_missing_resources(config),
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
@@ -474,3 +495,22 @@ def _seconds(config: pytest.Config, key: str) -> float:
             f"ini option {key!r}: expected a positive number of seconds, got {text!r}"
         )
     return seconds
+
+
+def _resource_env(config: pytest.Config, resources: dict[str, float]) -> dict[str, tuple[str, ...]]:
+    raw = config.getini("exec_resource_env")
+    try:
+        return parse_resource_env(raw if isinstance(raw, str) else "", resources)
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option 'exec_resource_env': {exc}") from None
+
+
+def _missing_resources(config: pytest.Config) -> Literal["error", "skip"]:
+    raw = str(config.getini("exec_missing_resources")).strip()
+    if raw == "skip":
+        return "skip"
+    if raw in ("error", ""):
+        return "error"
+    raise pytest.UsageError(
+        f"ini option 'exec_missing_resources': expected error or skip, got {raw!r}"
+    )

@@ -12,6 +12,7 @@ from typing import IO, Any, final
 import pytest
 
 from ..engine import ScriptResult, ScriptStatus
+from ..engine.resources import describe_assigned
 from .live import write_notice
 from .options import ExecOptions
 from .outcome import crash_message, failure_cause, is_exit_skip
@@ -56,6 +57,8 @@ def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[
         "memory_limit_exceeded": result["memory_limit_exceeded"],
         "stdout_tail": _tail(result["stdout"]),
         "stderr_tail": _tail(result["stderr"]),
+        # The device ids it held ({"GPU": ["0"]}; empty when none): shown with -v too.
+        "resource_ids": result["resource_ids"],
     }
 
 
@@ -314,4 +317,6 @@ def junit_properties(config: pytest.Config, result: ScriptResult) -> list[tuple[
     ]
     if result["signal"]:
         properties.append(("exec_signal", result["signal"]))
+    if result["resource_ids"]:
+        properties.append(("exec_resources", describe_assigned(result["resource_ids"])))
     return properties
