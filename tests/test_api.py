@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest_codomyrmex_exec
+
+PACKAGE = Path(pytest_codomyrmex_exec.__file__).parent
 
 PUBLIC = {
     "run_script",
@@ -53,3 +57,94 @@ def test_job_status_values() -> None:
         "failed",
         "cancelled",
     }
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` for every import statement of the module, wherever it stands
+    (top level, a function, a TYPE_CHECKING block), relative imports resolved."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            names = [alias.name for alias in node.names]
+            # "from . import hookspecs" imports a module, not a name of the package.
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+            found.extend((module, []) for module in submodules)
+            if len(submodules) < len(names):
+                found.append((target, names))
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {
+        name: {target for target, _ in _imports(name, path, modules) if target in modules} - {name}
+        for name, path in modules.items()
+    }
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a path that ends where it starts, or None."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for target in sorted(graph[node]):
+            cycle = visit(target, [*path, node])
+            if cycle:
+                return cycle
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start, [])
+        if cycle:
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    graph = _import_graph()
+    # The graph is real: the plugin's entry point reaches its items, items reach the engine.
+    assert "pytest_codomyrmex_exec.plugin.items" in graph["pytest_codomyrmex_exec.plugin"]
+    assert "pytest_codomyrmex_exec.engine.run" in graph["pytest_codomyrmex_exec.plugin.items"]
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle_hidden_in_a_function() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycle(graph) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_plugin_imports_no_private_engine_name() -> None:
+    modules = _modules()
+    private = [
+        f"{name}: {target} {imported}"
+        for name, path in modules.items()
+        if name.startswith("pytest_codomyrmex_exec.plugin")
+        for target, imported in _imports(name, path, modules)
+        if target.startswith("pytest_codomyrmex_exec.engine")
+        and any(part.startswith("_") for part in [*target.split("."), *imported])
+    ]
+    assert private == []

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ..engine import kill_tagged
+from ..engine.launch import COLD, kill_tagged
 from . import hookspecs
 from .durations import save_durations
 from .guardian import protect, scripts_will_run, unprotect
-from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
+from .items import ScriptFile, ScriptItem, is_script
+from .keys import LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import EXEC_MARKER_HELP
 from .options import DEFAULT_PATTERNS, add_options, refuse_separate_path_values, resolve_options
 from .patterns import NEVER_SCRIPTS, PATTERNS_KEY, ScriptPatterns
@@ -78,13 +79,12 @@ def _xdist_active(config: pytest.Config) -> bool:
 def pytest_exec_make_backend(config: pytest.Config) -> object:
     """The built-in backends, chosen by ``--exec-backend``; other plugins may come first."""
     from .backends import make_builtin_backend
-    from .warm import launcher_for
 
     options = config.stash[OPTIONS_KEY]
     if options.backend == "dask":
         return None  # made by the dask_backend plugin, registered in pytest_configure
     return make_builtin_backend(
-        options.backend, options.workers, launcher_for(config), options.resources
+        options.backend, options.workers, config.stash[LAUNCHER_KEY], options.resources
     )
 
 
@@ -93,6 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
     options = resolve_options(config)
     config.stash[OPTIONS_KEY] = options
     config.stash[SESSION_TAG_KEY] = uuid.uuid4().hex
+    config.stash[LAUNCHER_KEY] = COLD
     if options.warm:
         from .warm import configure_warm
 

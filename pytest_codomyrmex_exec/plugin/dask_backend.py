@@ -45,7 +45,7 @@ from ..engine import (
     run_spec,
 )
 from .backends import BackendThread, ScriptJob, engine_broke, finished_event, runnable
-from .items import OPTIONS_KEY
+from .keys import OPTIONS_KEY
 from .settings import SESSION_TAG_VAR, child_environment
 
 logger = logging.getLogger(__name__)

@@ -9,21 +9,15 @@ from typing import Any
 import pluggy
 import pytest
 
-from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
+from ..engine.results import ScriptResult, ScriptStatus
+from ..engine.run import run_spec
+from ..engine.spec import ScriptSpec
+from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import MarkError, read_script_marks
-from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
 from .settings import child_environment, pytest_pythonpath, resolve_settings
 from .workdir import release_work_folder
 
-OPTIONS_KEY = pytest.StashKey[ExecOptions]()
-"""The session's resolved options, in ``config.stash``."""
-SESSION_TAG_KEY = pytest.StashKey[str]()
-"""This session's value of ``SESSION_TAG_VAR``, in ``config.stash``."""
-RESULT_KEY = pytest.StashKey[ScriptResult]()
-"""A script's result, set by the parallel session before the item's report is made."""
-HOOK_ERROR_KEY = pytest.StashKey[Exception]()
-"""What a pytest_exec_* hook raised for this item with --exec-parallel; fails its call."""
 _SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
 
 
@@ -132,7 +126,6 @@ class ScriptItem(pytest.Item):
         except Exception as exc:
             self.stash[HOOK_ERROR_KEY] = exc
         from .backends import unmet_resources  # one at a time: only unknown resources matter
-        from .warm import launcher_for  # not at the top: warm.py imports this module
 
         base_env = child_environment(
             self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
@@ -147,7 +140,10 @@ class ScriptItem(pytest.Item):
             refused
             if refused is not None
             else run_spec(
-                spec, base_env=base_env, events=events, launcher=launcher_for(self.config)
+                spec,
+                base_env=base_env,
+                events=events,
+                launcher=self.config.stash[LAUNCHER_KEY],
             )
         )
         self.stash[RESULT_KEY] = result

@@ -17,7 +17,8 @@ from ..engine import RunEvent, RunEventKind
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .guardian import sigterm_is_interrupt
-from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
+from .items import ScriptItem
+from .keys import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .live import LiveOutput, RunningScripts
 from .marks import MarkError
 from .settings import child_environment, pytest_pythonpath
