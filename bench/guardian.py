@@ -45,7 +45,7 @@ def arm_keys(backend: str) -> tuple[str, str]:
 # a guardian costs pytest's main thread, and the guardian's own CPU (a bare interpreter).
 _DIRECT = """
 import json, resource, statistics, sys, time
-from pytest_codomyrmex_exec.engine import start_guardian
+from pytest_codomyrmex_exec.engine.guardian import start_guardian
 rounds = int(sys.argv[1])
 starts, releases = [], []
 for _ in range(rounds):

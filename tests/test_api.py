@@ -22,7 +22,14 @@ PUBLIC = {
     "AsyncScheduler",
     "AsyncJob",
     "AsyncJobStatus",
+    "FailureCause",
+    "ScriptSpec",
+    "RUN_KEYWORDS",
+    "Subscription",
+    "run_spec",
+    "run_spec_async",
 }
+PLUGIN_ONLY = {"kill_tagged", "plan_launch", "COLD", "start_guardian", "make_result"}
 
 
 def test_public_names_are_exported() -> None:
@@ -30,6 +37,50 @@ def test_public_names_are_exported() -> None:
     assert not missing
     for name in pytest_codomyrmex_exec.__all__:
         assert getattr(pytest_codomyrmex_exec, name) is not None
+
+
+def test_the_engine_exports_the_library_and_not_the_plugins_internals() -> None:
+    from pytest_codomyrmex_exec import engine
+
+    assert engine.__all__ == pytest_codomyrmex_exec.__all__
+    assert set(dir(pytest_codomyrmex_exec)) >= set(engine.__all__)
+    for name in PLUGIN_ONLY:
+        assert not hasattr(engine, name)
+        assert not hasattr(pytest_codomyrmex_exec, name)
+
+
+def test_type_checkers_see_every_public_name_as_exported() -> None:
+    # mypy --strict (no implicit re-export) only lets users import "from .x import Y as Y".
+    tree = ast.parse((PACKAGE / "engine" / "__init__.py").read_text(encoding="utf-8"))
+    block = next(node for node in tree.body if isinstance(node, ast.If))
+    aliases = [
+        alias for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names
+    ]
+    assert sorted(alias.name for alias in aliases) == sorted(pytest_codomyrmex_exec.__all__)
+    assert all(alias.asname == alias.name for alias in aliases)
+
+
+def test_loading_the_plugin_imports_neither_asyncio_nor_the_pools() -> None:
+    # What every pytest start-up pays: the plugin module and what it imports at the top.
+    probe = (
+        "import json, sys\n"
+        "import pytest_codomyrmex_exec.plugin\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(json.loads(out.stdout))
+    assert "pytest_codomyrmex_exec.plugin.items" in loaded  # the probe saw the plugin load
+    heavy = {
+        "asyncio",
+        "concurrent.futures.thread",
+        "concurrent.futures.process",
+        "pytest_codomyrmex_exec.engine.parallel",
+        "pytest_codomyrmex_exec.engine.scheduler",
+        "pytest_codomyrmex_exec.engine.forkserver",
+    }
+    assert loaded & heavy == set()
 
 
 def test_library_import_pulls_in_neither_pytest_nor_pluggy() -> None:

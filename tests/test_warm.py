@@ -62,9 +62,9 @@ from test_runner import (  # noqa: F401
 from test_scheduler import test_cancelling_a_running_script_job_kills_its_process_tree  # noqa: F401
 
 from pytest_codomyrmex_exec import ScriptResult, ScriptSpec, ScriptStatus, WarmLauncher, run_script
-from pytest_codomyrmex_exec.engine import COLD, ParallelRunner, plan_launch, run_async
+from pytest_codomyrmex_exec.engine import ParallelRunner, run_async
 from pytest_codomyrmex_exec.engine import run as run_module
-from pytest_codomyrmex_exec.engine.launch import LaunchPlan
+from pytest_codomyrmex_exec.engine.launch import COLD, LaunchPlan, plan_launch
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux")
 

@@ -15,24 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, final
 
-from ..engine import (
-    COLD,
-    EventSink,
-    Launcher,
-    ParallelRunner,
-    RunEvent,
-    RunEventKind,
-    ScriptResult,
-    ScriptSpec,
-    ScriptStatus,
-    Subscription,
-    make_result,
-    run_spec_async,
-    unmet_demand,
-)
+from ..engine.events import EventSink, RunEvent, RunEventKind, Subscription
+from ..engine.launch import COLD, Launcher
+from ..engine.parallel import ParallelRunner
+from ..engine.resources import unmet_demand
+from ..engine.results import ScriptResult, ScriptStatus, make_result
+from ..engine.run_async import run_spec_async
+from ..engine.spec import ScriptSpec
 
 if TYPE_CHECKING:
-    from ..engine import AsyncScheduler, JobEvent
+    from ..engine.scheduler import AsyncScheduler, JobEvent
 
 
 @final
@@ -188,7 +180,7 @@ class AsyncBackend:
     ) -> None:
         self._launcher = launcher
         # Imported here: asyncio and the scheduler cost start-up time every other run skips.
-        from ..engine import AsyncScheduler, JobEventKind
+        from ..engine.scheduler import AsyncScheduler, JobEventKind
 
         self._kinds = JobEventKind
         self._capacities = dict(resources or {})

@@ -31,19 +31,13 @@ from typing import Any, final
 
 import pytest
 
-from ..engine import (
-    BATCH_ENV_VAR,
-    EventSink,
-    RunEvent,
-    RunEventKind,
-    ScriptResult,
-    ScriptSpec,
-    ScriptStatus,
-    describe_amounts,
-    kill_tagged,
-    make_result,
-    run_spec,
-)
+from ..engine.events import EventSink, RunEvent, RunEventKind
+from ..engine.launch import kill_tagged
+from ..engine.parallel import BATCH_ENV_VAR
+from ..engine.resources import describe_amounts
+from ..engine.results import ScriptResult, ScriptStatus, make_result
+from ..engine.run import run_spec
+from ..engine.spec import ScriptSpec
 from .backends import BackendThread, ScriptJob, engine_broke, finished_event, runnable
 from .keys import OPTIONS_KEY
 from .settings import SESSION_TAG_VAR, child_environment

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from ..engine import ScriptResult, ScriptStatus
+from ..engine.results import ScriptResult, ScriptStatus
 
 CACHE_KEY = "codomyrmex_exec/durations"
 

@@ -19,7 +19,7 @@ from types import FrameType
 
 import pytest
 
-from ..engine import Guardian, guardian_supported, start_guardian
+from ..engine.guardian import Guardian, guardian_supported, start_guardian
 from .items import ScriptItem
 from .keys import SESSION_TAG_KEY
 from .settings import SESSION_TAG_VAR

@@ -17,7 +17,7 @@ from typing import Any, final
 
 import pytest
 
-from ..engine import RunEvent, RunEventKind, Subscription
+from ..engine.events import RunEvent, RunEventKind, Subscription
 from .outcome import visible
 
 LINE_LIMIT = 1000

@@ -12,7 +12,8 @@ from typing import Any, Literal, cast, final
 
 import pytest
 
-from ..engine import parse_capacities, validate_memory_limit, validate_timeout
+from ..engine.resources import parse_capacities
+from ..engine.spec import validate_memory_limit, validate_timeout
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PATTERNS = ["*_script.py"]
@@ -335,7 +336,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
 
     warm = _flag(config, "exec_warm")
     if warm:
-        from ..engine import WARM_SUPPORTED
+        from ..engine.forkserver import WARM_SUPPORTED
 
         if not WARM_SUPPORTED:
             raise pytest.UsageError("--exec-warm needs fork() and SCM_RIGHTS (Linux, macOS)")

@@ -8,7 +8,7 @@ from typing import Protocol, final
 
 import pytest
 
-from ..engine import ScriptResult, ScriptStatus
+from ..engine.results import ScriptResult, ScriptStatus
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header; the full output is in the sections."""

@@ -10,7 +10,7 @@ from typing import IO, Any, final
 
 import pytest
 
-from ..engine import ScriptResult, ScriptStatus
+from ..engine.results import ScriptResult, ScriptStatus
 from .options import ExecOptions
 from .outcome import CrashLine, ScriptFailed, ScriptFailureRepr, crash_message, is_exit_skip
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 import pytest
 
-from ..engine import RunEvent, RunEventKind
+from ..engine.events import RunEvent, RunEventKind
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .guardian import sigterm_is_interrupt

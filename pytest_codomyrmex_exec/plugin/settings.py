@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ..engine import DEFAULT_TIMEOUT, ScriptSpec
+from ..engine.spec import DEFAULT_TIMEOUT, ScriptSpec
 from .marks import MarkError, check_exec_mark
 from .options import ExecOptions
 from .workdir import work_folder
