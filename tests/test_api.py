@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import pytest_codomyrmex_exec
+from pytest_codomyrmex_exec import InvalidSpec, ScriptSpec, ScriptStatus, run_script
 
 PACKAGE = Path(pytest_codomyrmex_exec.__file__).parent
 
@@ -199,3 +203,84 @@ def test_the_plugin_imports_no_private_engine_name() -> None:
         and any(part.startswith("_") for part in [*target.split("."), *imported])
     ]
     assert private == []
+
+
+# -- ScriptSpec validation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keywords", "named"),
+    [
+        ({"args": ["ok", "\udc80"]}, "args"),
+        ({"env": {"NAME": "\udc80"}}, "env['NAME']"),
+        ({"env": {"\ud800": "1"}}, "env key"),
+        ({"stdin": "line\n\udcff"}, "stdin"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_naming_the_keyword(
+    tmp_path: Path, keywords: dict[str, object], named: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(named) + " must be valid Unicode text"):
+        ScriptSpec.build(tmp_path / "a_script.py", **keywords)
+
+
+@pytest.mark.parametrize("priority", [10**30, 2**31, -(2**31) - 1])
+def test_a_priority_beyond_32_bits_is_refused_naming_the_range(
+    tmp_path: Path, priority: int
+) -> None:
+    with pytest.raises(InvalidSpec, match=r"priority must be from -2147483648 to 2147483647"):
+        ScriptSpec.build(tmp_path / "a_script.py", priority=priority)
+
+
+def test_the_32_bit_priority_range_is_accepted_to_its_ends(tmp_path: Path) -> None:
+    for priority in (-(2**31), 2**31 - 1):
+        assert ScriptSpec.build(tmp_path / "a_script.py", priority=priority).priority == priority
+
+
+@pytest.mark.parametrize("grace", [-1, float("nan"), float("inf"), 1e9, "3", True])
+def test_kill_grace_is_refused_when_no_stop_could_end_with_it(
+    tmp_path: Path, grace: object
+) -> None:
+    with pytest.raises(ValueError, match="kill_grace must be"):
+        ScriptSpec.build(tmp_path / "a_script.py", kill_grace=grace)
+
+
+def test_kill_grace_defaults_to_one_second_and_may_be_zero(tmp_path: Path) -> None:
+    assert ScriptSpec.build(tmp_path / "a_script.py").kill_grace == 1.0
+    assert ScriptSpec.build(tmp_path / "a_script.py", kill_grace=0).kill_grace == 0.0
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("pkg..tool", "must be a dotted module name"),
+        ("pkg.tool-x", "must be a dotted module name"),
+        ("other.tool", "does not name the script"),
+        ("tool.extra", "does not name the script"),
+    ],
+)
+def test_module_must_be_a_dotted_name_that_names_the_script(
+    tmp_path: Path, module: str, message: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=f"module.*{message}"):
+        ScriptSpec.build(tmp_path / "pkg" / "tool.py", module=module)
+    with pytest.raises(InvalidSpec, match="not both"):
+        ScriptSpec.build(tmp_path / "pkg" / "tool.py", module="pkg.tool", as_module=True)
+
+
+def test_module_runs_a_module_of_a_namespace_package_with_python_m(tmp_path: Path) -> None:
+    # No __init__.py anywhere: as_module stops at the script's own folder.
+    tool = tmp_path / "examples" / "tiny" / "tiny_run.py"
+    tool.parent.mkdir(parents=True)
+    (tmp_path / "examples" / "helpers.py").write_text("WHO = 'helper'\n")
+    tool.write_text(
+        "import sys\n"
+        "from examples.helpers import WHO\n"
+        "print(__name__, __spec__.name, WHO, sys.argv[1:])\n"
+    )
+    result = run_script(tool, module="examples.tiny.tiny_run", args=["x"], timeout=60)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    assert result["stdout"] == "__main__ examples.tiny.tiny_run helper ['x']\n"
+    cold = run_script(tool, as_module=True, timeout=60)
+    assert cold["status"] == ScriptStatus.FAILED  # what module= is for
+    assert "No module named 'examples'" in cold["stderr"]

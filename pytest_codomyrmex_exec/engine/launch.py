@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Protocol, final
 
 from .results import ScriptResult, ScriptStatus, make_result
-from .spec import ScriptSpec
+from .spec import ScriptSpec, module_root
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,10 @@ def plan_launch(
     child_env[RUN_TAG_VAR] = tag
     extra_paths: list[str] = []
     target = [str(script)]
-    if spec.as_module:
+    if spec.module is not None:
+        extra_paths.append(str(module_root(spec.script, spec.module)))  # the spec checked it
+        target = ["-m", spec.module]
+    elif spec.as_module:
         root, module = package_root(script)
         extra_paths.append(str(root))
         target = ["-m", module]

@@ -22,12 +22,16 @@ from .launch import COLD, Launcher, kill_tagged
 from .resources import Amounts, ResourcePool, unmet_demand
 from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
 from .run import CancelEvent, run_spec
-from .spec import DEFAULT_TIMEOUT, RUN_KEYWORDS, InvalidSpec, ScriptSpec, validate_timeout
+from .spec import (
+    DEFAULT_TIMEOUT,
+    RUN_KEYWORDS,
+    InvalidSpec,
+    ScriptSpec,
+    default_workers,
+    validate_timeout,
+)
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_WORKERS_CAP = 8
-"""``max_workers`` defaults to ``min(os.cpu_count(), DEFAULT_MAX_WORKERS_CAP)``."""
 
 BATCH_ENV_VAR = "PYTEST_CODOMYRMEX_EXEC_BATCH"
 """Set in the environment of scripts run on a foreign executor, so that scripts orphaned by a
@@ -173,7 +177,7 @@ class ParallelRunner:
         resources: Amounts | None = None,
     ) -> None:
         if max_workers is None:
-            max_workers = min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS_CAP)
+            max_workers = default_workers()
             self._in_flight_explicit = False
         else:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):

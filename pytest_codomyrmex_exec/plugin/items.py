@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,6 @@ def _is_plumbing(path: Path) -> bool:
 def _setup_only(config: pytest.Config) -> bool:
     """--setup-only / --setup-plan: pytest runs setups but no test; no script runs either."""
     return bool(config.getoption("setuponly", False) or config.getoption("setupplan", False))
-
-
-def is_script(file_path: Path, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns)
 
 
 def item_name(path: Path) -> str:

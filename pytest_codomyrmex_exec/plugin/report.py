@@ -11,7 +11,7 @@ from typing import IO, Any, final
 import pytest
 
 from ..engine.results import ScriptResult, ScriptStatus
-from .options import ExecOptions
+from .options import UNSET, ExecOptions
 from .outcome import CrashLine, ScriptFailed, ScriptFailureRepr, crash_message, is_exit_skip
 
 REPORT_SCHEMA_VERSION = 1
@@ -104,7 +104,7 @@ def _tail(text: str) -> str:
 def _jsonable_options(options: ExecOptions) -> dict[str, Any]:
     values = dataclasses.asdict(options)
     values["skip_exit_codes"] = sorted(options.skip_exit_codes)
-    values["timeout"] = None if options.timeout in (None, float("inf")) else options.timeout
+    values["timeout"] = None if options.timeout is UNSET else options.timeout
     return values
 
 
