@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
 import subprocess
@@ -284,3 +285,14 @@ def test_module_runs_a_module_of_a_namespace_package_with_python_m(tmp_path: Pat
     cold = run_script(tool, as_module=True, timeout=60)
     assert cold["status"] == ScriptStatus.FAILED  # what module= is for
     assert "No module named 'examples'" in cold["stderr"]
+
+
+def test_the_api_page_documents_exactly_the_public_names() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text("utf-8")
+    documented = re.findall(r"^::: pytest_codomyrmex_exec\.engine\.(\w+)\.(\w+)$", page, re.M)
+    assert sorted(name for _, name in documented) == sorted(pytest_codomyrmex_exec.__all__)
+    from pytest_codomyrmex_exec import engine
+
+    for module, name in documented:  # each where it is defined, the page's link target
+        home = importlib.import_module(f"pytest_codomyrmex_exec.engine.{module}")
+        assert getattr(engine, name) is getattr(home, name)
