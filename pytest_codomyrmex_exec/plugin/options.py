@@ -18,6 +18,7 @@ from ..engine.spec import (
     DEFAULT_KILL_GRACE,
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS_CAP,
+    ScriptSpec,
     default_workers,
     validate_kill_grace,
     validate_memory_limit,
@@ -436,8 +437,6 @@ def _script_defaults(config: pytest.Config) -> dict[str, Any]:
 def _checked_default(ini: str, keyword: str, value: object) -> object:
     """``value`` as the spec's ``keyword`` takes it; its refusal, a UsageError naming the ini
     key (not an error of every script)."""
-    from ..engine.spec import ScriptSpec
-
     try:
         ScriptSpec.build(".", **{keyword: value})
     except ValueError as exc:

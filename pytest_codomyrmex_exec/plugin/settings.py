@@ -69,9 +69,8 @@ def _pytest_timeout(item: pytest.Item) -> float | None:
     mark, then option, then the PYTEST_TIMEOUT variable, then ini; the engine's default if
     none is set. Its 0 means no timeout."""
     config = item.config
-    default = DEFAULT_TIMEOUT
     if not config.pluginmanager.hasplugin("timeout"):
-        return default
+        return DEFAULT_TIMEOUT
     mark = item.get_closest_marker("timeout")
     candidates: list[object] = []
     if mark is not None:
@@ -87,7 +86,7 @@ def _pytest_timeout(item: pytest.Item) -> float | None:
         except ValueError:
             continue  # pytest-timeout reports its own bad values
         return None if seconds <= 0 or math.isnan(seconds) else seconds
-    return default
+    return DEFAULT_TIMEOUT
 
 
 def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
