@@ -4,7 +4,9 @@ It imports neither pytest nor pluggy. The library's public names are the imports
 ``TYPE_CHECKING`` block below, the one list of them: type checkers read the block as it is
 written, and at run time :func:`__getattr__` reads the same block to import a name from its
 module on first use, since pytest loads this package at every start-up through the plugin and
-most runs need neither asyncio nor the pools. The top-level package re-exports these names.
+most runs need neither asyncio nor the pools. Each is written ``from .module import Name as
+Name``, the form that strict type checkers take for a re-export. The top-level package
+re-exports these names.
 Everything else stays in its module; the plugin imports what it needs from the modules by
 name.
 """
