@@ -24,7 +24,7 @@ from pytest_codomyrmex_exec import (
     ScriptStatus,
     run_script_async,
 )
-from pytest_codomyrmex_exec.engine import guardian_supported, start_guardian
+from pytest_codomyrmex_exec.engine.guardian import guardian_supported, start_guardian
 
 linux_only = pytest.mark.skipif(not guardian_supported(), reason="the guardian needs /proc")
 
@@ -171,7 +171,7 @@ def test_run_script_async_cancelled_twice_returns_only_after_the_tree_is_dead(
 OWNER = """
 import os, subprocess, sys, time
 sys.path.insert(0, {root!r})
-from pytest_codomyrmex_exec.engine import start_guardian
+from pytest_codomyrmex_exec.engine.guardian import start_guardian
 
 guardian = start_guardian("GUARDIAN_TEST_TAG", "tag-{name}")
 print(guardian.pid, flush=True)

@@ -228,6 +228,29 @@ def test_bad_conftest_exec_mark_is_an_error_naming_the_script(
     assert not list(px.path.glob("*.ran"))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_mark_value_no_backend_can_carry_is_an_error_naming_script_and_mark(
+    px: ExecPytester, mode: list[str]
+) -> None:
+    # A lone surrogate broke the launch ("the engine broke", a traceback, or a warm pass);
+    # 10**30 broke the Dask connection. Both are refused before anything starts.
+    px.script("surrogate_script.py", '# pytest.mark.exec(args=["\\udc80"])\n' + RAN)
+    px.script("huge_script.py", f"# pytest.mark.exec(priority={10**30})\n" + RAN)
+    px.script("good_script.py", "")
+    result = px.run("-rE", *mode)
+    result.assert_outcomes(errors=2, passed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "surrogate_script.py::surrogate_script: exec mark: args=* is not valid: "
+            "args must be valid Unicode text*",
+            "huge_script.py::huge_script: exec mark: priority=* is not valid: "
+            "priority must be from -2147483648 to 2147483647*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+    assert not list(px.path.glob("*.ran"))
+
+
 # -- marks are comments, read as Python reads the file -----------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -32,6 +33,9 @@ SLEEPER = "import time\ntime.sleep(30)\n"
         ("--exec-python", "."),
         ("--exec-python", "not_executable.txt"),
         ("--exec-order", "random"),
+        ("--exec-kill-grace", "-1"),
+        ("--exec-kill-grace", "inf"),
+        ("--exec-kill-grace", "never"),
     ],
 )
 def test_bad_option_value_is_a_usage_error_naming_it(
@@ -54,6 +58,8 @@ def test_bad_option_value_is_a_usage_error_naming_it(
         ("exec_memory_limit", "0"),
         ("exec_python", "/no/such/python"),
         ("exec_order", "random"),
+        ("exec_kill_grace", "nan"),
+        ("exec_args", "'unclosed"),
     ],
 )
 def test_bad_ini_value_is_a_usage_error_naming_the_key(
@@ -264,3 +270,112 @@ def test_parallel_workers_and_backend_from_ini(px: ExecPytester) -> None:
     result.assert_outcomes(passed=6)
     counts = [int(n) for n in px.lines("concurrency.txt")]
     assert max(counts) == 3
+
+
+NO_TIMEOUT_HOOK = """\
+def pytest_exec_script_started(item, settings):
+    with open("timeouts.txt", "a") as out:
+        out.write(f"{item.name} {settings.timeout!r}\\n")
+"""
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "mark", "session_timeout"),
+    [
+        pytest.param({}, ["--exec-timeout=0"], "", None, id="option-zero"),
+        pytest.param({}, ["--exec-timeout=inf"], "", None, id="option-infinity"),
+        pytest.param({}, ["--exec-timeout=1e12"], "", None, id="option-beyond-longest-wait"),
+        pytest.param({"exec_timeout": "0"}, [], "", None, id="ini-zero"),
+        pytest.param({"exec_timeout": "5"}, [], "exec(timeout=0)", 5.0, id="mark-zero"),
+        pytest.param({}, ["--timeout=0"], "", None, id="pytest-timeout-zero"),
+    ],
+)
+def test_no_timeout_reaches_the_script_as_none_from_every_source(
+    px: ExecPytester,
+    ini: dict[str, str],
+    args: list[str],
+    mark: str,
+    session_timeout: float | None,
+) -> None:
+    px.ini(**ini)
+    px.conftest(NO_TIMEOUT_HOOK)
+    px.script("a_script.py", f"# pytest.mark.{mark}\n" if mark else "")
+    px.run_inprocess(*args, *px.report_args()).assert_outcomes(passed=1)
+    assert px.lines("timeouts.txt") == ["a_script None"]
+    header = json.loads(px.results_path.read_text().splitlines()[0])
+    assert header["options"]["timeout"] == session_timeout  # null: none, or not given
+
+
+KILL_GRACE_HOOK = """\
+def pytest_exec_script_started(item, settings):
+    with open("graces.txt", "a") as out:
+        out.write(f"{item.name} {settings.kill_grace}\\n")
+"""
+
+
+def test_kill_grace_precedence_mark_command_line_ini_default(px: ExecPytester) -> None:
+    px.conftest(KILL_GRACE_HOOK)
+    px.script("plain_script.py")
+    px.script("marked_script.py", "# pytest.mark.exec(kill_grace=4)\n")
+    px.run_inprocess().assert_outcomes(passed=2)
+    px.ini(exec_kill_grace="2")
+    px.run_inprocess().assert_outcomes(passed=2)
+    px.run_inprocess("--exec-kill-grace=3").assert_outcomes(passed=2)
+    assert sorted(px.lines("graces.txt")) == sorted(
+        [
+            "plain_script 1.0",
+            "marked_script 4.0",
+            "plain_script 2.0",
+            "marked_script 4.0",
+            "plain_script 3.0",
+            "marked_script 4.0",
+        ]
+    )
+
+
+# Cleans up for 1.5 s after SIGTERM, then records that it finished cleaning up.
+TRAPS_SIGTERM = """\
+# pytest.mark.exec(timeout=3MARK)
+import pathlib, signal, sys, time
+def clean_up(signum, frame):
+    time.sleep(1.5)
+    pathlib.Path(__file__).with_suffix(".cleaned").touch()
+    sys.exit(1)
+signal.signal(signal.SIGTERM, clean_up)
+time.sleep(60)
+"""
+
+
+def test_kill_grace_gives_a_stopped_script_time_to_clean_up(px: ExecPytester) -> None:
+    px.script("patient_script.py", TRAPS_SIGTERM.replace("MARK", ", kill_grace=3"), track=True)
+    px.script("hasty_script.py", TRAPS_SIGTERM.replace("MARK", ""), track=True)
+    started = time.monotonic()
+    result = px.run("--exec-parallel", "--exec-workers=2")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines_random(
+        ["*patient_script.py timed out after 3 s*", "*hasty_script.py timed out after 3 s*"]
+    )
+    assert (px.path / "patient_script.cleaned").exists()  # SIGKILL waited past its clean-up
+    assert not (px.path / "hasty_script.cleaned").exists()  # the default 1 s cut it short
+    assert time.monotonic() - started < 40  # not the scripts' 60 s sleep
+    px.assert_no_process_left(at_least=2)
+
+
+STDIN_AND_ARGS = """\
+import sys
+print(repr(sys.stdin.read()), sys.argv[1:])
+"""
+
+
+def test_ini_stdin_and_args_reach_every_script_without_its_own(px: ExecPytester) -> None:
+    px.ini(exec_stdin="\n    5\n    three words", exec_args="--fast 'a b'")
+    px.script("plain_script.py", STDIN_AND_ARGS)
+    px.script("own_script.py", "# pytest.mark.exec(stdin='mine', args=['x'])\n" + STDIN_AND_ARGS)
+    (px.path / "input.txt").write_text("from a file\n")
+    px.script("file_script.py", "# pytest.mark.exec(stdin_file='input.txt')\n" + STDIN_AND_ARGS)
+    result = px.run_inprocess("-rA", "-s")
+    result.assert_outcomes(passed=3)
+    printed = set(result.stdout.lines)  # -s: the scripts' own lines
+    assert "'5\\nthree words\\n' ['--fast', 'a b']" in printed
+    assert "'mine' ['x']" in printed  # the mark's own values win, both of them
+    assert "'from a file\\n' ['--fast', 'a b']" in printed  # stdin_file wins over exec_stdin

@@ -128,6 +128,19 @@ def test_path_globs_unit() -> None:
     assert ScriptPatterns(("x/[[]a].py",), root).matches(root / "x" / "[a].py")
 
 
+def test_a_name_glob_no_file_can_match_is_a_usage_error_like_a_path_glob(
+    px: ExecPytester,
+) -> None:
+    px.ini(exec_script_patterns="*_script.py [z-a].py")
+    px.script("a_script.py")
+    result = px.run_inprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert (
+        "ERROR: ini option 'exec_script_patterns': '[z-a].py' is not a valid glob: "
+        "bad character range z-a\n" in result.stderr.str() + "\n"
+    )
+
+
 def write_example_repo(px: ExecPytester) -> None:
     px.script("setup.py", "raise SystemExit('setup.py must not run')\n")
     px.script("docs/conf.py", "raise SystemExit('conf.py must not run')\n")
@@ -545,3 +558,70 @@ def test_find_python_finds_this_interpreter() -> None:
     # Keeps the 3.13 test from skipping for a broken finder rather than a missing Python.
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert find_python(version) is not None
+
+
+def test_a_script_lost_to_python_files_is_named_in_one_line(px: ExecPytester) -> None:
+    # Repositories often name demos *_test.py (a speed test, an I/O test), and many set
+    # python_files to include *_test.py: such a file silently became an empty test module.
+    px.ini(
+        exec_script_patterns="examples/**/*.py",
+        python_files="test_*.py *_test.py",
+        filterwarnings="error",
+    )
+    demo = "def main():\n    print('demo')\n\nif __name__ == '__main__':\n    main()\n"
+    px.script("examples/io/speed_test.py", demo)
+    px.script("examples/table.py", demo)
+    px.script("examples/checks_test.py", "def test_checks():\n    pass\n")  # a real test module
+    result = px.run_inprocess()
+    result.assert_outcomes(passed=2)
+    notices = [line for line in result.stdout.lines if "codomyrmex-exec: matching" in line]
+    assert len(notices) == 1, notices
+    assert "did not run as scripts: examples/io/speed_test.py (narrow" in notices[0]
+    assert "checks_test" not in notices[0]
+
+
+def test_module_runs_a_demo_of_a_namespace_package_as_python_m(px: ExecPytester) -> None:
+    # rich-style examples: no __init__.py, imports through the top folder's name.
+    px.ini(exec_script_patterns="examples/**/*.py")
+    px.script("examples/helpers.py", "GREETING = 'hello from helpers'\n")
+    px.script(
+        "examples/tiny/tiny_run.py",
+        "# pytest.mark.exec(module='examples.tiny.tiny_run')\n"
+        "from examples.helpers import GREETING\n"
+        "print(GREETING, __spec__.name)\n",
+    )
+    px.script("examples/tiny/wrong.py", "# pytest.mark.exec(module='examples.wrong')\n")
+    result = px.run("-rA", "-k", "tiny_run or wrong")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "hello from helpers examples.tiny.tiny_run",
+            "*examples/tiny/wrong.py::wrong: exec mark: module='examples.wrong' is not valid: "
+            "*its path must end in examples/wrong.py or examples/wrong/__main__.py*",
+        ]
+    )
+
+
+PROMPTS = """\
+n = int(input("How many? "))
+word = input("Which word? ")
+print(" ".join([word] * n))
+"""
+
+
+def test_ini_stdin_answers_the_prompts_of_a_collection_of_algorithms(px: ExecPytester) -> None:
+    # TheAlgorithms-style: many scripts ask with input(); one ini line answers them all.
+    px.ini(exec_script_patterns="maths/*.py", exec_stdin="\n    3\n    ant")
+    px.script("maths/repeat.py", PROMPTS)
+    px.script("maths/repeat_again.py", PROMPTS)
+    px.script("maths/fixed.py", "# pytest.mark.exec(stdin='2\\nbee\\n')\n" + PROMPTS)
+    px.script("maths/argv.py", "import sys\nprint(sys.argv[1:])\n")
+    result = px.run("-rA", "-o", "exec_args=--rounds 2 'a b'")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "How many? Which word? ant ant ant",
+            "How many? Which word? bee bee",
+            "*'--rounds', '2', 'a b'*",
+        ]
+    )

@@ -62,8 +62,10 @@ from test_runner import (  # noqa: F401
 from test_scheduler import test_cancelling_a_running_script_job_kills_its_process_tree  # noqa: F401
 
 from pytest_codomyrmex_exec import ScriptResult, ScriptSpec, ScriptStatus, WarmLauncher, run_script
-from pytest_codomyrmex_exec.engine import COLD, FailureCause, ParallelRunner, run_async
+from pytest_codomyrmex_exec.engine import ParallelRunner, run_async
 from pytest_codomyrmex_exec.engine import run as run_module
+from pytest_codomyrmex_exec.engine.launch import COLD
+from pytest_codomyrmex_exec.engine.results import FailureCause
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux")
 

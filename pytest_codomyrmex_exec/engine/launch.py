@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Protocol, final
 
 from .results import FailureCause, ScriptResult, ScriptStatus, make_result
-from .spec import ScriptSpec
+from .spec import ScriptSpec, module_root
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,11 @@ def plan_launch(
     child_env[RUN_TAG_VAR] = tag
     extra_paths: list[str] = []
     target = str(script)
-    if spec.as_module:
+    as_module = spec.as_module
+    if spec.module is not None:
+        extra_paths.append(str(module_root(spec.script, spec.module)))  # the spec checked it
+        target, as_module = spec.module, True
+    elif spec.as_module:
         root, target = package_root(script)
         extra_paths.append(str(root))
     pythonpath = _pythonpath(str(script.parent), child_env.get("PYTHONPATH"))
@@ -224,7 +228,7 @@ def plan_launch(
         spec=spec,
         interpreter=interpreter,
         target=target,
-        as_module=spec.as_module,
+        as_module=as_module,
         cwd=work_dir,
         env=child_env,
         tag=tag,

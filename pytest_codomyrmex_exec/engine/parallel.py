@@ -26,13 +26,17 @@ from .resources import (
 )
 from .results import ExecutionResult, FailureCause, ScriptResult, ScriptStatus, make_result
 from .run import CancelEvent, run_spec
-from .spec import DEFAULT_TIMEOUT, RUN_KEYWORDS, InvalidSpec, ScriptSpec, validate_timeout
+from .spec import (
+    DEFAULT_TIMEOUT,
+    RUN_KEYWORDS,
+    InvalidSpec,
+    ScriptSpec,
+    default_workers,
+    validate_timeout,
+)
 from .start_queue import StartQueue, Ticket
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_WORKERS_CAP = 8
-"""``max_workers`` defaults to ``min(os.cpu_count(), DEFAULT_MAX_WORKERS_CAP)``."""
 
 BATCH_ENV_VAR = "PYTEST_CODOMYRMEX_EXEC_BATCH"
 """Set in the environment of scripts run on a foreign executor, so that scripts orphaned by a
@@ -193,7 +197,7 @@ class ParallelRunner:
         resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
     ) -> None:
         if max_workers is None:
-            max_workers = min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS_CAP)
+            max_workers = default_workers()
             self._in_flight_explicit = False
         else:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):

@@ -152,7 +152,7 @@ def run_script(
     ``stdin``, ...), and the first four also by position (:data:`SEED_POSITIONAL`); given with
     a spec, they change it. The script runs in a new session. On
     timeout or cancellation its whole process group gets SIGTERM, then SIGKILL after
-    :data:`TERMINATE_GRACE` seconds; when the script exits, whatever it left running in its
+    ``kill_grace`` seconds; when the script exits, whatever it left running in its
     group is killed. Nothing the script does raises here: it ends up in the result's
     ``status`` and ``error``. Invalid arguments raise ``ValueError`` or ``TypeError``.
 

@@ -23,6 +23,16 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 """Bytes kept per stream by default (half from the start, half from the end)."""
 
+DEFAULT_KILL_GRACE = 1.0
+"""Seconds between SIGTERM and SIGKILL when a script's tree is stopped, by default."""
+
+DEFAULT_WORKERS_CAP = 8
+"""Scripts run at once, when nobody says how many, are one per CPU but at most this many."""
+
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+"""The priorities every runner and backend can carry: a signed 32-bit int (Dask's wire
+format breaks on larger ones)."""
+
 LONGEST_WAIT = 2**31 / 1000
 """The longest timeout, in seconds, that the OS can wait for in one call (about 24.8 days).
 A longer timeout means "no timeout": ``None``, the one internal value for it."""
@@ -50,6 +60,24 @@ def validate_timeout(timeout: object) -> float | None:
     if math.isnan(timeout) or timeout <= 0:
         raise InvalidSpec(f"timeout must be a positive number of seconds, got {timeout!r}")
     return None if timeout > LONGEST_WAIT else float(timeout)
+
+
+def validate_kill_grace(kill_grace: object) -> float:
+    """Seconds as a float: 0 (SIGKILL right after SIGTERM) up to :data:`LONGEST_WAIT`; a stop
+    must end, so there is no "no limit" here."""
+    if isinstance(kill_grace, bool) or not isinstance(kill_grace, int | float):
+        raise InvalidSpecType(f"kill_grace must be a number of seconds, got {kill_grace!r}")
+    if not 0 <= kill_grace <= LONGEST_WAIT:  # NaN fails this too
+        raise InvalidSpec(
+            f"kill_grace must be from 0 to {int(LONGEST_WAIT)} seconds, got {kill_grace!r}"
+        )
+    return float(kill_grace)
+
+
+def default_workers() -> int:
+    """How many scripts run at once when nobody says: one per CPU, at most
+    :data:`DEFAULT_WORKERS_CAP`."""
+    return min(os.cpu_count() or 1, DEFAULT_WORKERS_CAP)
 
 
 def validate_memory_limit(memory_limit_mb: object) -> float | None:
@@ -93,6 +121,19 @@ def _text(name: str, value: object) -> str:
     return value
 
 
+def _unicode(name: str, value: str) -> str:
+    """Text that can be encoded: a lone surrogate (``"\\udc80"``, what a bytes value decoded
+    with ``surrogateescape`` holds) cannot cross a pipe, JSON or a Dask worker."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidSpec(
+            f"{name} must be valid Unicode text: {value!r} holds a lone surrogate "
+            f"at index {exc.start}"
+        ) from None
+    return value
+
+
 def _path(name: str, value: object) -> str:
     return os.path.abspath(_text(name, value))
 
@@ -100,7 +141,7 @@ def _path(name: str, value: object) -> str:
 def _args(value: object) -> tuple[str, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise InvalidSpecType(f"args must be a sequence of strings, got {value!r}")
-    return tuple(_text("args", arg) for arg in value)
+    return tuple(_unicode("args", _text("args", arg)) for arg in value)
 
 
 def _env(value: object) -> dict[str, str | None]:
@@ -116,10 +157,13 @@ def _env(value: object) -> dict[str, str | None]:
             raise InvalidSpec(
                 f"env key {key!r} is not a valid variable name (empty, or has '=' or NUL)"
             )
+        _unicode("env key", key)
         if item is not None and not isinstance(item, str):
             raise InvalidSpecType(f"env[{key!r}] must be a string or None, got {item!r}")
         if item is not None and "\0" in item:
             raise InvalidSpec(f"env[{key!r}] must not contain a NUL character")
+        if item is not None:
+            _unicode(f"env[{key!r}]", item)
         checked[key] = item
     return checked
 
@@ -144,7 +188,41 @@ def _whole(name: str, value: object, minimum: int) -> int:
 def _priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSpecType(f"priority must be an int, got {value!r}")
+    low, high = PRIORITY_RANGE
+    if not low <= value <= high:
+        raise InvalidSpec(
+            f"priority must be from {low} to {high} (a signed 32-bit int), got {value}"
+        )
     return value
+
+
+def _module(value: object, script: str) -> str:
+    """A dotted module name that names the script: ``a.b.c`` for ``.../a/b/c.py`` or
+    ``.../a/b/c/__main__.py``, so the folder it is found from follows from the path."""
+    if not isinstance(value, str):
+        raise InvalidSpecType(f"module must be a dotted module name, got {value!r}")
+    parts = value.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise InvalidSpec(f"module must be a dotted module name like 'pkg.tool', got {value!r}")
+    if module_root(script, value) is None:
+        tail = "/".join(parts)
+        raise InvalidSpec(
+            f"module={value!r} does not name the script {script}: its path must end in "
+            f"{tail}.py or {tail}/__main__.py"
+        )
+    return value
+
+
+def module_root(script: str, module: str) -> str | None:
+    """The folder ``python -m module`` finds ``script`` from, or ``None`` if ``module`` does
+    not name ``script``. Works for namespace packages (no ``__init__.py``)."""
+    parts = module.split(".")
+    path = os.path.normpath(script)
+    for tail in ([*parts[:-1], parts[-1] + ".py"], [*parts, "__main__.py"]):
+        suffix = os.sep + os.path.join(*tail)
+        if path.endswith(suffix):
+            return path[: -len(suffix)] or os.sep
+    return None
 
 
 def _resources(value: object) -> dict[str, float]:
@@ -212,13 +290,21 @@ class ScriptSpec:
     stdin_file: str | None = None
     """A file fed to the script's standard input; relative to the script's folder."""
     as_module: bool = False
-    """Run as ``python -m package.module`` from the top of the script's package."""
+    """Run as ``python -m package.module`` from the top of the script's package (its chain of
+    ``__init__.py`` files)."""
+    module: str | None = None
+    """Run as ``python -m`` this dotted name, which must name the script (``a.b.c`` for
+    ``.../a/b/c.py``), from the folder above its first part: reaches modules in namespace
+    packages, which ``as_module`` cannot."""
     run_for: float | None = None
     """Smoke-test an endless script: still running after this many seconds means passed."""
     warm: bool = True
     """May start from a pre-warmed interpreter when the runner has one."""
     exclusive: bool = False
     """Runs with no other script running (the runner waits for the others, they for it)."""
+    kill_grace: float = DEFAULT_KILL_GRACE
+    """Seconds between SIGTERM and SIGKILL when the script is stopped (timeout, cancel,
+    ``run_for``): time to clean up."""
 
     def __post_init__(self) -> None:
         # Frozen: normalised values are written through object.__setattr__, once, here.
@@ -237,15 +323,21 @@ class ScriptSpec:
         put(self, "max_runs", _whole("max_runs", self.max_runs, 1))
         put(self, "priority", _priority(self.priority))
         put(self, "resources", _resources(self.resources))
-        put(self, "stdin", None if self.stdin is None else _text("stdin", self.stdin))
+        if self.stdin is not None:
+            put(self, "stdin", _unicode("stdin", _text("stdin", self.stdin)))
         if self.stdin_file is not None:
             put(self, "stdin_file", _text("stdin_file", self.stdin_file))
             if self.stdin is not None:
                 raise InvalidSpec("give stdin or stdin_file, not both")
         put(self, "as_module", _flag("as_module", self.as_module))
+        if self.module is not None:
+            put(self, "module", _module(self.module, self.script))
+            if self.as_module:
+                raise InvalidSpec("give module or as_module, not both")
         put(self, "run_for", _positive_seconds("run_for", self.run_for))
         put(self, "warm", _flag("warm", self.warm))
         put(self, "exclusive", _flag("exclusive", self.exclusive))
+        put(self, "kill_grace", validate_kill_grace(self.kill_grace))
 
     def replace(self, **changes: Any) -> ScriptSpec:
         """A copy with ``changes`` applied (and checked)."""

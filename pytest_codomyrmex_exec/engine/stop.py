@@ -26,9 +26,6 @@ from .results import FailureCause, ScriptResult, ScriptStatus, make_result
 
 logger = logging.getLogger("pytest_codomyrmex_exec.engine")
 
-TERMINATE_GRACE = 1.0
-"""Seconds between SIGTERM and SIGKILL when a script's tree is stopped."""
-
 DRAIN_LIMIT = 1.0
 """Seconds to keep reading pipes after the script has exited (or been killed)."""
 
@@ -132,7 +129,7 @@ def supervise(
 
     if timed_out or cancelled or survived:
         kill_group(child.pgid, signal.SIGTERM)
-        grace_end = time.monotonic() + TERMINATE_GRACE
+        grace_end = time.monotonic() + spec.kill_grace
         while not child.exited() and time.monotonic() < grace_end:
             yield Wait(grace_end, for_exit=True)
         kill_group(child.pgid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shlex
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ..engine import kill_tagged
+from ..engine.launch import COLD, kill_tagged
 from ..engine.resources import describe_assigned
 from . import hookspecs
 from .durations import configure_durations
 from .environment import SESSION_TAG_VAR
 from .guardian import protect, scripts_will_run, unprotect
-from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
+from .items import ScriptFile, ScriptItem
+from .keys import LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import EXEC_MARKER_HELP
 from .options import DEFAULT_PATTERNS, add_options, refuse_separate_path_values, resolve_options
 from .patterns import NEVER_SCRIPTS, PATTERNS_KEY, ScriptPatterns
@@ -42,6 +44,10 @@ _PYTHON_MODULE_KEY = pytest.StashKey[bool]()
 _SCRIPTS_KEY = pytest.StashKey[bool]()
 """Set once collection found scripts that will run: only then is there anything to sweep."""
 _SWEPT_KEY = pytest.StashKey[bool]()
+_BOTH_KEY = pytest.StashKey[bool]()
+"""Set on a test module whose file also matches the script patterns."""
+_EMPTY_TEST_MODULES_KEY = pytest.StashKey[list[str]]()
+"""Such test modules that collected no test: files meant as scripts, lost to python_files."""
 
 logger = logging.getLogger("pytest_codomyrmex_exec.plugin")
 
@@ -79,7 +85,6 @@ def _xdist_active(config: pytest.Config) -> bool:
 def pytest_exec_make_backend(config: pytest.Config) -> object:
     """The built-in backends, chosen by ``--exec-backend``; other plugins may come first."""
     from .backends import make_builtin_backend
-    from .warm import launcher_for
 
     options = config.stash[OPTIONS_KEY]
     if options.backend == "dask":
@@ -87,7 +92,7 @@ def pytest_exec_make_backend(config: pytest.Config) -> object:
     return make_builtin_backend(
         options.backend,
         options.workers,
-        launcher_for(config),
+        config.stash[LAUNCHER_KEY],
         options.resources,
         options.resource_env,
     )
@@ -98,6 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
     options = resolve_options(config)
     config.stash[OPTIONS_KEY] = options
     config.stash[SESSION_TAG_KEY] = uuid.uuid4().hex
+    config.stash[LAUNCHER_KEY] = COLD
     if options.warm:
         from .warm import configure_warm
 
@@ -142,8 +148,13 @@ def pytest_collect_file(
     if not parent.config.stash[PATTERNS_KEY].matches(file_path):
         return collectors
     # A test module (python_files, e.g. test_*.py) stays a test module even if its name
-    # also fits a script pattern: collecting it twice would run it twice.
-    if is_script(file_path, tuple(parent.config.getini("python_files"))):
+    # also fits a script pattern: collecting it twice would run it twice. If it turns out to
+    # hold no test, it was meant as a script: the end of the run says so.
+    python_files = [str(pattern) for pattern in parent.config.getini("python_files")]
+    if any(fnmatch.fnmatch(file_path.name, pattern) for pattern in python_files):
+        for collector in collectors:
+            if collector.stash.get(_PYTHON_MODULE_KEY, False):
+                collector.stash[_BOTH_KEY] = True
         return collectors
     # pytest's python plugin makes a test module of any .py named on the command line, and
     # collecting that module would import (run) the script: the script item replaces it.
@@ -151,6 +162,16 @@ def pytest_collect_file(
     # runs the file's doctests beside the script item.
     kept = [c for c in collectors if not c.stash.get(_PYTHON_MODULE_KEY, False)]
     return [*kept, ScriptFile.from_parent(parent, path=file_path)]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    if collector.stash.get(_BOTH_KEY, False) and report.passed and not report.result:
+        collector.config.stash.setdefault(_EMPTY_TEST_MODULES_KEY, []).append(collector.nodeid)
+    return report
 
 
 @pytest.hookimpl(trylast=True)
@@ -256,8 +277,23 @@ def _warn_unmatched_patterns(terminalreporter: pytest.TerminalReporter) -> None:
         )
 
 
+def _warn_lost_to_python_files(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line naming the files that match both the script patterns and ``python_files``
+    and hold no test: they became empty test modules, and never ran as scripts."""
+    lost = terminalreporter.config.stash.get(_EMPTY_TEST_MODULES_KEY, [])
+    if lost:
+        terminalreporter.write_sep(
+            "-",
+            "codomyrmex-exec: matching both exec_script_patterns and python_files, these "
+            f"became test modules without tests and did not run as scripts: {', '.join(lost)} "
+            "(narrow python_files or the patterns)",
+            yellow=True,
+        )
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     _warn_unmatched_patterns(terminalreporter)
+    _warn_lost_to_python_files(terminalreporter)
     leftovers = terminalreporter.config.stash.get(_LEFTOVERS_KEY, 0)
     if leftovers:
         terminalreporter.write_sep(

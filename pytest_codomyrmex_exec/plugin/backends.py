@@ -16,26 +16,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, final
 
-from ..engine import (
-    COLD,
-    EventSink,
-    FailureCause,
-    Launcher,
-    ParallelRunner,
-    RunEvent,
-    RunEventKind,
-    ScriptResult,
-    ScriptSpec,
-    ScriptStatus,
-    Subscription,
-    make_result,
-    run_spec_async,
+from ..engine.events import EventSink, RunEvent, RunEventKind, Subscription
+from ..engine.launch import COLD, Launcher
+from ..engine.parallel import ParallelRunner
+from ..engine.resources import (
+    DEFAULT_RESOURCE_ENV,
     unmet_demand,
+    with_resource_env,
+    with_resource_ids,
 )
-from ..engine.resources import DEFAULT_RESOURCE_ENV, with_resource_env, with_resource_ids
+from ..engine.results import FailureCause, ScriptResult, ScriptStatus, make_result
+from ..engine.run_async import run_spec_async
+from ..engine.spec import ScriptSpec
 
 if TYPE_CHECKING:
-    from ..engine import AsyncScheduler, JobEvent
+    from ..engine.events import JobEvent
+    from ..engine.scheduler import AsyncScheduler
 
 
 @final
@@ -200,7 +196,8 @@ class AsyncBackend:
         self._launcher = launcher
         self._resource_env = resource_env
         # Imported here: asyncio and the scheduler cost start-up time every other run skips.
-        from ..engine import AsyncScheduler, JobEventKind
+        from ..engine.events import JobEventKind
+        from ..engine.scheduler import AsyncScheduler
 
         self._kinds = JobEventKind
         self._capacities = dict(resources or {})

@@ -57,7 +57,7 @@ from .dask_worker import (
     worker_label,
 )
 from .environment import SESSION_TAG_VAR
-from .items import OPTIONS_KEY
+from .keys import OPTIONS_KEY
 from .outcome import is_exit_skip
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,10 @@ from types import FrameType
 
 import pytest
 
-from ..engine import Guardian, guardian_supported, start_guardian
+from ..engine.guardian import Guardian, guardian_supported, start_guardian
 from .environment import SESSION_TAG_VAR
-from .items import SESSION_TAG_KEY, ScriptItem
+from .items import ScriptItem
+from .keys import SESSION_TAG_KEY
 
 logger = logging.getLogger("pytest_codomyrmex_exec.plugin")
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from ..engine import ScriptResult, ScriptSpec
+    from ..engine.results import ScriptResult
+    from ..engine.spec import ScriptSpec
     from .backends import ScriptBackend
 
 

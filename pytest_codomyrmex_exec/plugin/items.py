@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
 
-from ..engine import FailureCause, ScriptResult, ScriptSpec, ScriptStatus, run_spec
 from ..engine.resources import (
     ResourcePool,
     with_resource_env,
     with_resource_ids,
 )
+from ..engine.results import FailureCause, ScriptResult, ScriptStatus
+from ..engine.run import run_spec
+from ..engine.spec import ScriptSpec
 from .environment import child_environment
+from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import MarkError, read_script_marks
-from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
 from .settings import pytest_pythonpath, resolve_settings
 from .workdir import release_work_folder
 
-OPTIONS_KEY = pytest.StashKey[ExecOptions]()
-"""The session's resolved options, in ``config.stash``."""
-SESSION_TAG_KEY = pytest.StashKey[str]()
-"""This session's value of ``SESSION_TAG_VAR``, in ``config.stash``."""
-RESULT_KEY = pytest.StashKey[ScriptResult]()
-"""A script's result, set by the parallel session before the item's report is made."""
-HOOK_ERROR_KEY = pytest.StashKey[Exception]()
-"""What a pytest_exec_* hook raised for this item with --exec-parallel; fails its call."""
 _SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
 _REPORTED_KEY = pytest.StashKey[bool]()
 """Set at teardown: the result in RESULT_KEY was reported, and is no later attempt's."""
@@ -50,10 +43,6 @@ def _is_plumbing(path: Path) -> bool:
 def _setup_only(config: pytest.Config) -> bool:
     """--setup-only / --setup-plan: pytest runs setups but no test; no script runs either."""
     return bool(config.getoption("setuponly", False) or config.getoption("setupplan", False))
-
-
-def is_script(file_path: Path, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns)
 
 
 def item_name(path: Path) -> str:
@@ -156,7 +145,6 @@ class ScriptItem(pytest.Item):
         except Exception as exc:
             self.stash[HOOK_ERROR_KEY] = exc
         from .backends import unmet_resources  # one at a time: only unknown resources matter
-        from .warm import launcher_for  # not at the top: warm.py imports this module
 
         base_env = child_environment(
             self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
@@ -175,7 +163,9 @@ class ScriptItem(pytest.Item):
             assigned = ResourcePool(options.resources).take(spec.resources)
             run = with_resource_env(spec, assigned, options.resource_env)
             result = with_resource_ids(
-                run_spec(run, base_env=base_env, events=events, launcher=launcher_for(self.config)),
+                run_spec(
+                    run, base_env=base_env, events=events, launcher=self.config.stash[LAUNCHER_KEY]
+                ),
                 assigned,
             )
         self.stash[RESULT_KEY] = result

@@ -23,8 +23,7 @@ from typing import Any, TypeAlias, final
 
 import pytest
 
-from ..engine import RunEvent, RunEventKind, Subscription
-from ..engine.events import Stream
+from ..engine.events import RunEvent, RunEventKind, Stream, Subscription
 from .outcome import visible
 
 LINE_LIMIT = 1000

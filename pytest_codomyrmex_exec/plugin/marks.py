@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
 
-from ..engine import RUN_KEYWORDS
+from ..engine.spec import RUN_KEYWORDS
 
 EXEC_MARKER_HELP = (
     f"exec({', '.join(RUN_KEYWORDS)}): how a script item runs (docs: the exec mark); "

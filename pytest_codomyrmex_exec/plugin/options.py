@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import itertools
 import math
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast, final
+from typing import Any, Final, Literal, cast, final
 
 import pytest
 
-from ..engine import parse_capacities, validate_memory_limit, validate_timeout
-from ..engine.resources import DEFAULT_RESOURCE_ENV, parse_resource_env
+from ..engine.resources import DEFAULT_RESOURCE_ENV, parse_capacities, parse_resource_env
+from ..engine.spec import (
+    DEFAULT_KILL_GRACE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS_CAP,
+    ScriptSpec,
+    default_workers,
+    validate_kill_grace,
+    validate_memory_limit,
+    validate_timeout,
+)
 from .durations import add_durations_options
 from .shards import add_shard_options
 
-DEFAULT_TIMEOUT = 60.0
 DEFAULT_PATTERNS = ["*_script.py"]
 BACKENDS = ("process", "async", "dask")
 # Chosen by bench/run.py (docs/performance.md): equal on CPU-bound scripts, 5% slower on 200
@@ -32,8 +42,19 @@ Order = Literal["duration", "collection"]
 Cwd = Literal["script", "tmp", "rootdir"]
 
 
-def default_workers() -> int:
-    return min(os.cpu_count() or 1, 8)
+class Unset(enum.Enum):
+    """A setting neither the command line nor the ini file gave: the next source decides."""
+
+    UNSET = "unset"
+
+
+UNSET: Final = Unset.UNSET
+
+
+def timeout_setting(value: object) -> object:
+    """The plugin's convention for a timeout (pytest-timeout's too): ``0`` means none, as
+    ``None`` does in the engine; any other value is the engine's to check."""
+    return None if value == 0 and not isinstance(value, bool) else value
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -48,7 +69,8 @@ def add_options(parser: pytest.Parser) -> None:
         "--exec-workers",
         metavar="N|auto",
         default=None,
-        help="scripts run at once with --exec-parallel; auto = min(cpus, 8) (ini: exec_workers)",
+        help="scripts run at once with --exec-parallel; "
+        f"auto = min(cpus, {DEFAULT_WORKERS_CAP}) (ini: exec_workers)",
     )
     group.addoption(
         "--exec-backend",
@@ -61,6 +83,13 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         default=None,
         help=f"per-script timeout, 0 for none (default {DEFAULT_TIMEOUT:g}; ini: exec_timeout)",
+    )
+    group.addoption(
+        "--exec-kill-grace",
+        metavar="SECONDS",
+        default=None,
+        help="seconds a stopped script gets between SIGTERM and SIGKILL to clean up "
+        f"(default {DEFAULT_KILL_GRACE:g}; ini: exec_kill_grace)",
     )
     group.addoption(
         "--exec-memory-limit",
@@ -119,6 +148,20 @@ def add_options(parser: pytest.Parser) -> None:
         "exec_backend", "parallel engine: process, async or dask", default=DEFAULT_BACKEND
     )
     parser.addini("exec_timeout", "per-script timeout in seconds", default="")
+    parser.addini(
+        "exec_kill_grace", "seconds between SIGTERM and SIGKILL for a stopped script", default=""
+    )
+    parser.addini(
+        "exec_stdin",
+        "text fed to the standard input of every script without exec(stdin=...) or "
+        "exec(stdin_file=...)",
+        default="",
+    )
+    parser.addini(
+        "exec_args",
+        "arguments (split like a shell does) of every script without exec(args=...)",
+        default="",
+    )
     parser.addini("exec_memory_limit", "per-script memory limit in MB", default="")
     parser.addini("exec_python", "interpreter the scripts run with", default="")
     parser.addini("exec_order", "start order: duration or collection", default="duration")
@@ -237,8 +280,9 @@ class ExecOptions:
     parallel: bool
     workers: int
     backend: Backend
-    timeout: float | None
-    """``None`` when neither the command line nor the ini file set one."""
+    timeout: float | Unset | None
+    """Seconds, or ``None`` for no timeout; :data:`UNSET` when neither the command line nor
+    the ini file gave one."""
     memory_limit_mb: float | None
     python: str | None
     order: Order
@@ -267,6 +311,12 @@ class ExecOptions:
     """Variables that get a resource's ids (ini ``exec_resource_env``)."""
     missing_resources: Literal["error", "skip"] = "error"
     """What a script needing more than exists becomes (ini ``exec_missing_resources``)."""
+    kill_grace: float = DEFAULT_KILL_GRACE
+    """Seconds between SIGTERM and SIGKILL for a script without exec(kill_grace=...)."""
+    stdin: str | None = None
+    """Input of every script without its own (ini ``exec_stdin``)."""
+    args: tuple[str, ...] | None = None
+    """Arguments of every script without its own (ini ``exec_args``)."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -348,14 +398,16 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
 
     backend = cast(Backend, _choice(config, "exec_backend", BACKENDS, DEFAULT_BACKEND))
 
-    timeout: float | None = None
+    timeout: float | Unset | None = UNSET
     picked = _pick(config, "exec_timeout", "exec_timeout")
     if picked:
-        # 0 means none (as in pytest-timeout); so do infinity and anything beyond the
-        # engine's longest wait (validate_timeout gives None): all become math.inf here.
         text, where = picked
-        checked = None if _number(text, where) == 0 else _validated(validate_timeout, text, where)
-        timeout = math.inf if checked is None else checked
+        timeout = _validated(lambda value: validate_timeout(timeout_setting(value)), text, where)
+
+    kill_grace = DEFAULT_KILL_GRACE
+    picked = _pick(config, "exec_kill_grace", "exec_kill_grace")
+    if picked:
+        kill_grace = cast(float, _validated(validate_kill_grace, *picked))
 
     memory: float | None = None
     picked = _pick(config, "exec_memory_limit", "exec_memory_limit")
@@ -375,7 +427,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
 
     warm = _flag(config, "exec_warm")
     if warm:
-        from ..engine import WARM_SUPPORTED
+        from ..engine.forkserver import WARM_SUPPORTED
 
         if not WARM_SUPPORTED:
             raise pytest.UsageError("--exec-warm needs fork() and SCM_RIGHTS (Linux, macOS)")
@@ -400,10 +452,40 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
+        kill_grace=kill_grace,
+        **_script_defaults(config),
         **_view_options(config, parallel),
         running_notice_after=_seconds(config, "exec_running_notice_after"),
         stop_report_after=_seconds(config, "exec_stop_report_after"),
     )
+
+
+def _script_defaults(config: pytest.Config) -> dict[str, Any]:
+    """ini ``exec_stdin`` and ``exec_args``: what every script without its own gets."""
+    defaults: dict[str, Any] = {}
+    stdin = config.getini("exec_stdin")
+    if isinstance(stdin, str) and stdin.strip():
+        # As typed at a prompt: every line ends, the last one included.
+        text = stdin.strip("\n") + "\n"
+        defaults["stdin"] = _checked_default("exec_stdin", "stdin", text)
+    args = config.getini("exec_args")
+    if isinstance(args, str) and args.strip():
+        try:
+            split = tuple(shlex.split(args))
+        except ValueError as exc:  # an unclosed quote
+            raise pytest.UsageError(f"ini option 'exec_args': {exc}: {args!r}") from None
+        defaults["args"] = _checked_default("exec_args", "args", split)
+    return defaults
+
+
+def _checked_default(ini: str, keyword: str, value: object) -> object:
+    """``value`` as the spec's ``keyword`` takes it; its refusal, a UsageError naming the ini
+    key (not an error of every script)."""
+    try:
+        ScriptSpec.build(".", **{keyword: value})
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option {ini!r}: {exc}") from None
+    return value
 
 
 def _view_options(config: pytest.Config, parallel: bool) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Protocol, final
 
 import pytest
 
-from ..engine import FailureCause, ScriptResult, ScriptStatus
+from ..engine.results import FailureCause, ScriptResult, ScriptStatus
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header when stderr has no section of its own."""

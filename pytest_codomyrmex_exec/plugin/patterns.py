@@ -5,11 +5,12 @@ file's name wherever it is. A pattern with ``/`` is a path glob relative to the 
 (``examples/**/*.py``, ``tools/*.py``): ``*``, ``?`` and ``[...]`` stay inside one folder
 level and ``**`` as a whole level matches any number of levels, none included. This is
 ``glob``'s recursive syntax, implemented here because ``PurePath.full_match`` needs 3.13.
+Both kinds are translated here, so a pattern no file could match (a reversed range,
+``[z-a].py``) is a usage error either way, never a silent "matched nothing".
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from pathlib import Path
 from typing import final
@@ -77,7 +78,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
         return re.compile(translate(pattern))
     except re.error as exc:  # a reversed range, [z-a]
         raise pytest.UsageError(
-            f"ini option 'exec_script_patterns': {pattern!r} is not a valid glob: {exc}"
+            # exc.msg: its position would count in the regex, not in the pattern.
+            f"ini option 'exec_script_patterns': {pattern!r} is not a valid glob: {exc.msg}"
         ) from None
 
 
@@ -89,14 +91,14 @@ class ScriptPatterns:
         self.patterns = patterns
         self.rootdir = rootdir
         self._paths = [(p, _compile(p)) for p in patterns if is_path_pattern(p)]
-        self._names = [p for p in patterns if not is_path_pattern(p)]
+        self._names = [(p, _compile(p)) for p in patterns if not is_path_pattern(p)]
         self.matched: set[str] = set()
 
     def matches(self, file_path: Path) -> bool:
         """Does any pattern select ``file_path``? Every pattern that does is remembered."""
         hit = False
-        for pattern in self._names:
-            if fnmatch.fnmatch(file_path.name, pattern):
+        for pattern, regex in self._names:
+            if regex.match(file_path.name):
                 self.matched.add(pattern)
                 hit = True
         if self._paths:

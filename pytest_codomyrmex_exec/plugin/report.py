@@ -11,10 +11,10 @@ from typing import IO, Any, final
 
 import pytest
 
-from ..engine import ScriptResult, ScriptStatus
 from ..engine.resources import describe_assigned
+from ..engine.results import ScriptResult, ScriptStatus
 from .live import write_notice
-from .options import ExecOptions
+from .options import UNSET, ExecOptions
 from .outcome import crash_message, failure_cause, is_exit_skip
 
 REPORT_SCHEMA_VERSION = 1
@@ -113,7 +113,7 @@ def _tail(text: str) -> str:
 def _jsonable_options(options: ExecOptions) -> dict[str, Any]:
     values = dataclasses.asdict(options)
     values["skip_exit_codes"] = sorted(options.skip_exit_codes)
-    values["timeout"] = None if options.timeout in (None, float("inf")) else options.timeout
+    values["timeout"] = None if options.timeout is UNSET else options.timeout
     return values
 
 

@@ -13,12 +13,14 @@ from typing import Literal
 
 import pytest
 
-from ..engine import RunEvent, RunEventKind, ScriptStatus
+from ..engine.events import RunEvent, RunEventKind
+from ..engine.results import ScriptStatus
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .environment import child_environment
 from .guardian import sigterm_is_interrupt
-from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
+from .items import ScriptItem
+from .keys import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .live import Backlog, Dropped, LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
 from .report import RECORDS_KEY

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from ..engine import DEFAULT_TIMEOUT, ScriptSpec
+from ..engine.spec import DEFAULT_TIMEOUT, ScriptSpec
 from .marks import MarkError, check_exec_mark
-from .options import ExecOptions
+from .options import UNSET, ExecOptions, timeout_setting
 from .workdir import work_folder
 
 
@@ -37,13 +37,13 @@ def _exec_mark_values(item: pytest.Item) -> dict[str, Any]:
     return merged
 
 
-def _pytest_timeout(item: pytest.Item, default: float) -> float | None:
+def _pytest_timeout(item: pytest.Item) -> float | None:
     """pytest-timeout's setting for this item, if it is loaded, looked up in its own order:
-    mark, then option, then the PYTEST_TIMEOUT variable, then ini; ``default`` if none is
-    set. Its 0 means no timeout."""
+    mark, then option, then the PYTEST_TIMEOUT variable, then ini; the engine's default if
+    none is set. Its 0 means no timeout."""
     config = item.config
     if not config.pluginmanager.hasplugin("timeout"):
-        return default
+        return DEFAULT_TIMEOUT
     mark = item.get_closest_marker("timeout")
     candidates: list[object] = []
     if mark is not None:
@@ -59,31 +59,25 @@ def _pytest_timeout(item: pytest.Item, default: float) -> float | None:
         except ValueError:
             continue  # pytest-timeout reports its own bad values
         return None if seconds <= 0 or math.isnan(seconds) else seconds
-    return default
-
-
-def no_timeout_if_zero(seconds: float) -> float | None:
-    """pytest-timeout's convention, and ours on the command line and in marks: 0 means none."""
-    return None if seconds == 0 or math.isinf(seconds) else seconds
+    return DEFAULT_TIMEOUT
 
 
 def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
     """Resolve the item's spec; raises :class:`MarkError` for a bad exec mark."""
     marked = _exec_mark_values(item)
-
-    timeout: float | None
+    timeout: object
     if "timeout" in marked:
-        timeout = marked["timeout"]
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
-            timeout = no_timeout_if_zero(timeout)
-    elif options.timeout is not None:
-        timeout = no_timeout_if_zero(options.timeout)
+        timeout = marked["timeout"] = timeout_setting(marked["timeout"])
+    elif options.timeout is not UNSET:
+        timeout = options.timeout
     else:
-        timeout = _pytest_timeout(item, DEFAULT_TIMEOUT)
+        timeout = _pytest_timeout(item)
 
     keywords: dict[str, Any] = {
         "python": options.python,
         "memory_limit_mb": options.memory_limit_mb,
+        "kill_grace": options.kill_grace,
+        **_ini_defaults(options, marked),
         **marked,
         "timeout": timeout,
     }
@@ -95,6 +89,17 @@ def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
         return ScriptSpec.build(item.path, **keywords)
     except (TypeError, ValueError) as exc:
         raise MarkError(f"{item.nodeid}: exec mark: {_culprit(item, marked, exc)}") from None
+
+
+def _ini_defaults(options: ExecOptions, marked: dict[str, Any]) -> dict[str, Any]:
+    """ini ``exec_stdin`` and ``exec_args`` for a script whose exec mark sets neither its own
+    input nor its own arguments."""
+    defaults: dict[str, Any] = {}
+    if options.stdin is not None and not {"stdin", "stdin_file"} & set(marked):
+        defaults["stdin"] = options.stdin
+    if options.args is not None:
+        defaults["args"] = options.args
+    return defaults
 
 
 def _culprit(item: pytest.Item, marked: dict[str, Any], failure: Exception) -> str:

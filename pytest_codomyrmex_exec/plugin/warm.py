@@ -1,7 +1,7 @@
 """--exec-warm: one warm-start server per run, shared by inline runs and both backends.
 
 :func:`configure_warm` builds the :class:`WarmLauncher` (its server starts at the first
-script) and stores it in ``config.stash``; :func:`launcher_for` is how items and backends
+script) and stores it in ``config.stash`` as the session's launcher, where items and backends
 fetch it. :class:`WarmReport` closes the server when the session ends (before the session's
 sweep for tagged leftovers) and says which scripts started cold, and why: a ``warm``
 junit property on every script item, and a summary line (one per script with ``-v``).
@@ -14,23 +14,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..engine import COLD, Launcher
 from .environment import child_environment
-from .items import OPTIONS_KEY, SESSION_TAG_KEY, ScriptItem
+from .items import ScriptItem
+from .keys import LAUNCHER_KEY, OPTIONS_KEY, SESSION_TAG_KEY
 from .marks import MarkError
 from .settings import pytest_pythonpath
 
 if TYPE_CHECKING:
-    from ..engine import WarmLauncher
+    from ..engine.forkserver import WarmLauncher
 
-WARM_KEY = pytest.StashKey["WarmLauncher"]()
-"""The run's warm launcher, in ``config.stash`` (only with --exec-warm)."""
 _PLUGIN = "codomyrmex-exec-warm"
-
-
-def launcher_for(config: pytest.Config) -> Launcher:
-    """The launcher scripts start with: the warm one with --exec-warm, else the cold one."""
-    return config.stash.get(WARM_KEY, COLD)
 
 
 def configure_warm(config: pytest.Config) -> None:
@@ -38,7 +31,7 @@ def configure_warm(config: pytest.Config) -> None:
     options = config.stash[OPTIONS_KEY]
     if not options.warm:
         return
-    from ..engine import WarmLauncher  # imported only when the feature is on
+    from ..engine.forkserver import WarmLauncher  # imported only when the feature is on
 
     launcher = WarmLauncher(
         python=options.python or sys.executable,
@@ -48,7 +41,7 @@ def configure_warm(config: pytest.Config) -> None:
         # PYTHONPATH (pytest's ``pythonpath`` entries first) is where the preload is found.
         env=child_environment(config.stash[SESSION_TAG_KEY], pytest_pythonpath(config)),
     )
-    config.stash[WARM_KEY] = launcher
+    config.stash[LAUNCHER_KEY] = launcher
     config.pluginmanager.register(WarmReport(config, launcher), _PLUGIN)
 
 
