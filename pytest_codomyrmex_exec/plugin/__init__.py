@@ -14,6 +14,7 @@ import pytest
 from ..engine import kill_tagged
 from . import hookspecs
 from .durations import save_durations
+from .expected import add_output_options
 from .guardian import protect, scripts_will_run, unprotect
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
 from .marks import EXEC_MARKER_HELP
@@ -27,6 +28,7 @@ from .report import (
     script_facts,
 )
 from .settings import SESSION_TAG_VAR
+from .update import configure_output_checks
 
 __all__ = ["ScriptFile", "ScriptItem"]
 """Public names for conftests: ``isinstance(item, ScriptItem)`` tells script items apart."""
@@ -46,6 +48,7 @@ logger = logging.getLogger("pytest_codomyrmex_exec.plugin")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    add_output_options(parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -97,6 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         configure_warm(config)
     config.stash[PATTERNS_KEY] = ScriptPatterns(options.patterns, config.rootpath)
+    configure_output_checks(config)
     records = config.stash[RECORDS_KEY] = RunRecords(options)
     config.pluginmanager.register(records, _RECORDS_PLUGIN)
     if options.report_path and not hasattr(config, "workerinput"):

@@ -10,6 +10,7 @@ import pluggy
 import pytest
 
 from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
+from .expected import check_output
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
@@ -123,7 +124,9 @@ class ScriptItem(pytest.Item):
         if hook_error is not None:
             raise hook_error
         skip_codes = self.config.stash[OPTIONS_KEY].skip_exit_codes
-        raise_for_result(self, self.label, self.stash[RESULT_KEY], skip_codes)
+        result = self.stash[RESULT_KEY]
+        mismatches = check_output(self, result, self.settings())
+        raise_for_result(self, self.label, result, skip_codes, mismatches)
 
     def _run_inline(self) -> ScriptResult:
         spec = self.settings()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ..engine import DEFAULT_TIMEOUT, ScriptSpec
+from .expected import take_output_keywords
 from .marks import MarkError, check_exec_mark
 from .options import ExecOptions
 from .workdir import work_folder
@@ -96,7 +97,7 @@ def no_timeout_if_zero(seconds: float) -> float | None:
 
 def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
     """Resolve the item's spec; raises :class:`MarkError` for a bad exec mark."""
-    marked = _exec_mark_values(item)
+    marked = take_output_keywords(item, _exec_mark_values(item))
 
     timeout: float | None
     if "timeout" in marked:
