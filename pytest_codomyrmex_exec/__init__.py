@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .engine.async_runner import AsyncParallelRunner
-    from .engine.events import RunEvent, RunEventKind
+    from .engine.events import JobEvent, JobEventKind, RunEvent, RunEventKind
     from .engine.forkserver import WarmLauncher
     from .engine.parallel import ParallelRunner, ProgressEvent
     from .engine.results import (
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
         AsyncJob,
         AsyncJobStatus,
         AsyncScheduler,
-        JobEvent,
-        JobEventKind,
         SchedulerMetrics,
     )
     from .engine.spec import ScriptSpec

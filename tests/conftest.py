@@ -187,6 +187,26 @@ class ExecPytester:
     def conftest(self, body: str) -> None:
         self.pytester.makeconftest(textwrap.dedent(body))
 
+    def backend_recorder(self) -> str:
+        """conftest lines that record the backend the session made; :meth:`backend_used`
+        reads it, so a backend-parametrized test sees its backend really ran."""
+        return textwrap.dedent(
+            f"""\
+            import pytest
+            @pytest.hookimpl(wrapper=True)
+            def pytest_exec_make_backend(config):
+                backend = yield
+                with open({str(self.path / "backend.txt")!r}, "w") as stream:
+                    stream.write(type(backend).__name__)
+                return backend
+            """
+        )
+
+    def backend_used(self) -> str:
+        """The ``--exec-backend`` name of the backend that ran (see :meth:`backend_recorder`)."""
+        names = {"ProcessBackend": "process", "AsyncBackend": "async", "DaskBackend": "dask"}
+        return names[(self.path / "backend.txt").read_text()]
+
     # -- running ------------------------------------------------------------------------------
 
     def run(self, *args: str, timeout: float = RUN_TIMEOUT) -> pytest.RunResult:
@@ -270,6 +290,8 @@ def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[E
     # pytest-timeout reads it in the inner sessions too, and scripts take their timeout from
     # it: a CI job that sets it would change what the tests expect (60 s default, ini values).
     monkeypatch.delenv("PYTEST_TIMEOUT", raising=False)
+    # A CI matrix's shard (EXEC_SHARD) would shard every inner session too.
+    monkeypatch.delenv("EXEC_SHARD", raising=False)
     # Wide enough that pytest does not cut the short summary lines the tests read.
     monkeypatch.setenv("COLUMNS", "240")
     helper = ExecPytester(pytester)

@@ -77,6 +77,7 @@ def test_max_concurrency_bounds_how_many_run_at_once() -> None:
     result = asyncio.run(runner.run(tasks))
 
     assert tracker.peak == 2
+    assert tracker.started == [f"t{i}" for i in range(6)], "waiting tasks start in given order"
     assert result.completed == 6
     assert result.results["t3"] == "T3"
 

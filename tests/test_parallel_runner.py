@@ -1,4 +1,5 @@
-"""ParallelRunner against real scripts: counts, order, configs, fail-fast, cancel, pools, async."""
+"""ParallelRunner against real scripts: counts, order, configs, keyed specs, fail-fast, cancel,
+pools, async; and the plugin's backends running the same script under two keys."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import error_of, still_alive, write_script
+from conftest import ExecPytester, error_of, still_alive, write_script
 
-from pytest_codomyrmex_exec import ParallelRunner, ProgressEvent
+from pytest_codomyrmex_exec import FailureCause, ParallelRunner, ProgressEvent, ScriptSpec
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -108,6 +109,90 @@ def test_default_and_invalid_max_workers() -> None:
             ParallelRunner(bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="executor"):
         ParallelRunner(executor=42)  # type: ignore[arg-type]
+
+
+def test_scripts_start_by_priority_across_the_batch(tmp_path: Path) -> None:
+    log = tmp_path / "order.txt"
+    body = f"import sys\nopen({str(log)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+    scripts = [write_script(tmp_path, f"p{n}.py", body) for n in range(4)]
+    priorities = {scripts[0]: 3, scripts[1]: -2, scripts[2]: 3, scripts[3]: 0}
+    configs = {path: {"priority": p, "args": [path.stem]} for path, p in priorities.items()}
+
+    outcome = ParallelRunner(1).run_scripts(scripts, configs=configs, timeout=10)
+
+    assert outcome.success
+    assert [r["script"] for r in outcome.results] == [str(s) for s in scripts]  # input order
+    # Lower first; equal priorities keep the batch's order.
+    assert log.read_text().split() == ["p1", "p3", "p0", "p2"]
+
+
+# -- keyed specs -------------------------------------------------------------------------------
+
+
+def test_run_specs_runs_one_script_under_two_keys_with_events_keyed_by_them(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "runs.txt"
+    script = write_script(tmp_path, "twice.py", f"open({str(log)!r}, 'a').write('ran\\n')\n")
+    spec = ScriptSpec.build(script, timeout=10)
+    events: list[ProgressEvent] = []
+
+    outcome = ParallelRunner(2, progress_callback=events.append).run_specs(
+        [(("item", 1), spec), (("item", 2), spec.replace(args=["again"]))]
+    )
+
+    assert [r["status"] for r in outcome.results] == ["passed", "passed"]
+    assert log.read_text() == "ran\nran\n", "the script did not run once per key"
+    for key, result in zip([("item", 1), ("item", 2)], outcome.results, strict=True):
+        mine = [event for event in events if event.key == key]
+        assert [event.kind for event in mine] == ["started", "finished"]
+        assert mine[1].result is result
+    by_mapping = ParallelRunner(1).run_specs({"a": spec, "b": spec})
+    assert by_mapping.passed == 2
+    assert log.read_text().count("ran") == 4
+
+
+@pytest.mark.parametrize(
+    ("specs", "error", "message"),
+    [
+        ([("k", "script.py")], TypeError, "'k' must be a ScriptSpec"),
+        ([("k", None), ("k", None)], TypeError, "must be a ScriptSpec"),
+        (["script.py"], TypeError, r"#0 must be a \(key, ScriptSpec\) pair"),
+        ("script.py", TypeError, "pairs or a mapping"),
+    ],
+)
+def test_run_specs_refuses_malformed_input_by_name(
+    specs: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        ParallelRunner().run_specs(specs)  # type: ignore[arg-type]
+
+
+def test_run_specs_refuses_a_key_given_twice_before_anything_runs(tmp_path: Path) -> None:
+    script, marker = marker_script(tmp_path, "once.py")
+    spec = ScriptSpec.build(script)
+    with pytest.raises(ValueError, match="the key 'k' is given twice"):
+        ParallelRunner().run_specs([("k", spec), ("k", spec)])
+    with pytest.raises(TypeError, match=r"the key \['k'\] is not hashable"):
+        ParallelRunner().run_specs([(["k"], spec)])
+    assert not marker.exists()
+
+
+def test_the_same_script_twice_is_two_items_and_two_runs(px: ExecPytester, backend: str) -> None:
+    px.script("a_script.py", f"open({str(px.path / 'runs.txt')!r}, 'a').write('ran\\n')\n")
+    px.conftest(px.backend_recorder())
+    result = px.run(
+        "--exec-parallel",
+        "--exec-backend",
+        backend,
+        "--keep-duplicates",
+        "a_script.py",
+        "a_script.py",
+    )
+
+    result.assert_outcomes(passed=2)
+    assert px.backend_used() == backend
+    assert px.lines("runs.txt") == ["ran", "ran"]
 
 
 # -- per-script configs ------------------------------------------------------------------------
@@ -202,6 +287,8 @@ def test_fail_fast_kills_running_scripts_promptly_and_cancels_the_rest(tmp_path:
     assert [r["status"] for r in outcome.results] == ["failed", "cancelled", "cancelled"]
     assert (outcome.failed, outcome.cancelled, outcome.total) == (1, 2, 3)
     reason = error_of(outcome.results[2])
+    assert outcome.results[2]["cause"] == FailureCause.CANCELLED
+    assert outcome.results[2]["attempts"] == 0, "the queued script never started"
     assert "fail_fast" in reason
     assert "fails.py" in reason
     assert not marker.exists(), "a script queued behind the failure was started"
@@ -357,6 +444,7 @@ def test_broken_process_pool_becomes_error_results(tmp_path: Path) -> None:
     assert wall < 25
     assert [r["status"] for r in outcome.results] == ["error"] * 3
     assert all("pool" in (r["error"] or "") for r in outcome.results), outcome.results
+    assert {r["cause"] for r in outcome.results} == {FailureCause.WORKER_LOST}
     assert outcome.failed == outcome.total == 3
     assert still_alive([read_pid(sleeper)]) == [], "the dead worker's script was left running"
 

@@ -421,6 +421,27 @@ def test_events_tell_each_jobs_story() -> None:
     assert times == sorted(times)
 
 
+def test_job_events_carry_the_callers_key_so_equal_names_stay_apart() -> None:
+    events: list[JobEvent] = []
+    scheduler = AsyncScheduler(event_sink=events.append)
+    first = scheduler.schedule(_sleep_return, name="same", args=(0.0, 1), key=("item", 1))
+    second = scheduler.schedule(_Flaky(failures=9), name="same", key=("item", 2))
+    unkeyed = scheduler.schedule(_noop, name="same")
+    with pytest.raises(TypeError, match="key must be hashable"):
+        scheduler.schedule(_noop, key=["not", "hashable"])
+
+    asyncio.run(scheduler.run_all())
+
+    def story(key: object) -> list[tuple[str, JobEventKind]]:
+        return [(e.job_id, e.kind) for e in events if e.key == key]
+
+    assert story(("item", 1)) == [(first, kind) for kind in ("scheduled", "started", "completed")]
+    assert story(("item", 2)) == [(second, kind) for kind in ("scheduled", "started", "failed")]
+    assert story(unkeyed) == [(unkeyed, kind) for kind in ("scheduled", "started", "completed")]
+    assert scheduler.get_job(first).key == ("item", 1)  # type: ignore[union-attr]
+    assert len(scheduler.list_jobs()) == 3, "the refused job was not queued"
+
+
 def test_a_raising_event_sink_is_logged_and_does_not_break_scheduling(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

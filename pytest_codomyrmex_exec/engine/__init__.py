@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .async_runner import AsyncParallelRunner
-    from .events import EventSink, RunEvent, RunEventKind, Subscription
+    from .events import (
+        EventSink,
+        JobEvent,
+        JobEventKind,
+        JobEventSink,
+        RunEvent,
+        RunEventKind,
+        Subscription,
+    )
     from .forkserver import WARM_SUPPORTED, WarmChild, WarmLauncher
     from .guardian import Guardian, guardian_supported, start_guardian
     from .launch import (
@@ -42,8 +50,6 @@ if TYPE_CHECKING:
         AsyncJob,
         AsyncJobStatus,
         AsyncScheduler,
-        JobEvent,
-        JobEventKind,
         SchedulerMetrics,
     )
     from .spec import (
@@ -60,6 +66,9 @@ if TYPE_CHECKING:
 _HOMES = {
     "AsyncParallelRunner": "async_runner",
     "EventSink": "events",
+    "JobEvent": "events",
+    "JobEventKind": "events",
+    "JobEventSink": "events",
     "RunEvent": "events",
     "RunEventKind": "events",
     "Subscription": "events",
@@ -99,8 +108,6 @@ _HOMES = {
     "AsyncJob": "scheduler",
     "AsyncJobStatus": "scheduler",
     "AsyncScheduler": "scheduler",
-    "JobEvent": "scheduler",
-    "JobEventKind": "scheduler",
     "SchedulerMetrics": "scheduler",
     "DEFAULT_OUTPUT_LIMIT": "spec",
     "DEFAULT_TIMEOUT": "spec",
@@ -137,6 +144,7 @@ __all__ = [
     "InvalidSpec",
     "JobEvent",
     "JobEventKind",
+    "JobEventSink",
     "LaunchPlan",
     "Launcher",
     "ParallelRunner",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias, final
 
 from .results import AsyncExecutionResult
+from .start_queue import StartQueue, Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -80,18 +82,36 @@ class AsyncParallelRunner:
     async def run(self, tasks: Iterable[TaskSpec]) -> AsyncExecutionResult:
         """Run every task and return once all have finished, failed or been cancelled.
 
+        Tasks start in the order given, as many at once as ``max_concurrency`` allows.
         Raises :class:`TypeError` / :class:`ValueError` before starting anything if a task
         is malformed (not a 3-tuple, a non-callable, duplicate names).
         """
         specs = _check_tasks(tasks)
         result = AsyncExecutionResult(total=len(specs))
         self.last_result = result
-        # Created here, not in __init__: a semaphore binds to the loop that first waits on
-        # it, and the runner must work again under the next asyncio.run.
-        semaphore = (
-            asyncio.Semaphore(self._max_concurrency) if self._max_concurrency is not None else None
-        )
+        queue: StartQueue[TaskSpec] = StartQueue(limit=self._max_concurrency)
+        for spec in specs:
+            queue.push(spec)
+        # Made per run: the runner must work again under the next asyncio.run.
+        wakeup = asyncio.Event()
         handles: list[asyncio.Task[None]] = []
+
+        def ended(ticket: Ticket[TaskSpec], task: asyncio.Task[None]) -> None:
+            queue.release(ticket)
+            wakeup.set()
+
+        def fail_fast(failed: str) -> None:
+            queue.drain()  # nothing more starts; the waiting are recorded cancelled below
+            wakeup.set()
+            me = asyncio.current_task()
+            running = [task for task in handles if task is not me and not task.done()]
+            if running:
+                logger.info(
+                    "fail-fast: task %r failed, cancelling %d task(s)", failed, len(running)
+                )
+            for task in running:
+                task.cancel()
+
         started = time.monotonic()
         logger.info(
             "running %d task(s) (max_concurrency=%s, fail_fast=%s)",
@@ -104,14 +124,21 @@ class AsyncParallelRunner:
             # so no task outlives run(). Children never raise (failures are recorded), so
             # the group itself only ever propagates cancellation.
             async with asyncio.TaskGroup() as group:
-                for name, func, args in specs:
-                    coro = self._run_one(
-                        name, func, args, semaphore=semaphore, result=result, handles=handles
-                    )
-                    handles.append(group.create_task(coro, name=f"async-runner:{name}"))
+                while True:
+                    wakeup.clear()
+                    for ticket in queue.pop_ready():
+                        name, func, args = ticket.job
+                        on_failure = fail_fast if self._fail_fast else None
+                        coro = self._run_one(name, func, args, result, on_failure)
+                        task = group.create_task(coro, name=f"async-runner:{name}")
+                        task.add_done_callback(functools.partial(ended, ticket))
+                        handles.append(task)
+                    if not queue.waiting:
+                        break
+                    await wakeup.wait()
         finally:
-            # A task cancelled before its first step never runs its own bookkeeping, so the
-            # cancelled ones are found here: whatever has neither a result nor an error.
+            # A task that never started, or was cancelled before its first step, never ran
+            # its own bookkeeping: whatever has neither a result nor an error was cancelled.
             for name, _, _ in specs:
                 if name not in result.results and name not in result.errors:
                     result.cancelled_tasks.append(name)
@@ -132,35 +159,21 @@ class AsyncParallelRunner:
         name: str,
         func: Callable[..., Awaitable[Any]],
         args: Sequence[Any],
-        *,
-        semaphore: asyncio.Semaphore | None,
         result: AsyncExecutionResult,
-        handles: list[asyncio.Task[None]],
+        on_failure: Callable[[str], None] | None,
     ) -> None:
         try:
-            if semaphore is None:
-                value = await _call(name, func, args)
-            else:
-                async with semaphore:
-                    value = await _call(name, func, args)
+            value = await _call(name, func, args)
         except Exception as exc:
             result.errors[name] = describe_error(exc)
             logger.warning("task %r failed: %s", name, result.errors[name])
             self._notify(name, exc)
-            if self._fail_fast:
-                self._cancel_others(name, handles)
+            if on_failure is not None:
+                on_failure(name)
             return
         result.results[name] = value
         logger.debug("task %r completed", name)
         self._notify(name, value)
-
-    def _cancel_others(self, failed: str, handles: list[asyncio.Task[None]]) -> None:
-        me = asyncio.current_task()
-        pending = [task for task in handles if task is not me and not task.done()]
-        if pending:
-            logger.info("fail-fast: task %r failed, cancelling %d task(s)", failed, len(pending))
-        for task in pending:
-            task.cancel()
 
     def _notify(self, name: str, outcome: Any) -> None:
         if self._on_task_complete is None:

@@ -1,4 +1,11 @@
-"""The event stream of script runs: started, output, retry and finished, one event type."""
+"""The events of the engine, each keyed by the caller's key for what it is about.
+
+A script run reports :class:`RunEvent` values (started, output, retry, finished) to an
+:data:`EventSink`; an :class:`AsyncScheduler` reports :class:`JobEvent` values (scheduled,
+started, and one end) about its jobs to a :data:`JobEventSink`. Both carry ``key``: the
+caller's own name for the script or job, so whoever listens maps an event to its work by key,
+never by a path or a name.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +42,9 @@ Stream: TypeAlias = Literal["stdout", "stderr"]
 class RunEvent:
     """One step of one script's run.
 
-    ``key`` is the caller's name for the script (an index for :class:`ParallelRunner`, an
-    item's key in the plugin); ``time`` is wall-clock (:func:`time.time`).
+    ``key`` is the caller's key for the script (its key in :meth:`ParallelRunner.run_specs`,
+    its position for ``run_scripts``, a test item's key in the plugin); ``time`` is
+    wall-clock (:func:`time.time`).
     """
 
     kind: RunEventKind
@@ -56,7 +64,40 @@ class RunEvent:
 
 
 EventSink: TypeAlias = Callable[[RunEvent], object]
-"""Receives events; an exception it raises is logged and ignored by the engine."""
+"""Receives run events; an exception it raises is logged and ignored by the engine."""
+
+
+class JobEventKind(enum.StrEnum):
+    """What a job event sink is told: one ``scheduled``, at most one ``started``, one end."""
+
+    SCHEDULED = "scheduled"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One change in a scheduler job's life, as given to the scheduler's ``event_sink``.
+
+    ``time`` is wall-clock (:func:`time.time`). ``runs`` is how many attempts had started
+    when the event was sent; ``error`` is set on ``failed`` events. ``key`` is the caller's
+    key for the job (``schedule(key=...)``), its ``job_id`` when none was given.
+    """
+
+    kind: JobEventKind
+    job_id: str
+    name: str
+    time: float
+    runs: int = 0
+    error: str | None = None
+    key: Any = None
+
+
+JobEventSink: TypeAlias = Callable[[JobEvent], object]
+"""Receives job events; an exception it raises is logged and ignored by the scheduler."""
 
 
 @final

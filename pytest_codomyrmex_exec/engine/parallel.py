@@ -9,8 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import suppress
@@ -19,10 +18,11 @@ from typing import Any, final
 
 from .events import RunEvent, RunEventKind, Subscription
 from .launch import COLD, Launcher, kill_tagged
-from .resources import Amounts, ResourcePool, unmet_demand
-from .results import ExecutionResult, ScriptResult, ScriptStatus, make_result
+from .resources import Amounts
+from .results import ExecutionResult, FailureCause, ScriptResult, ScriptStatus, make_result
 from .run import CancelEvent, run_spec
 from .spec import DEFAULT_TIMEOUT, RUN_KEYWORDS, InvalidSpec, ScriptSpec, validate_timeout
+from .start_queue import StartQueue, Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,12 @@ _FAILING = frozenset({ScriptStatus.FAILED, ScriptStatus.TIMEOUT, ScriptStatus.ER
 # invariant: ``dict[Path, ...]`` would not match ``Mapping[str | PathLike[str], ...]``.
 ScriptConfigs = Mapping[Any, "Mapping[str, Any] | ScriptSpec"]
 
+KeyedSpecs = Mapping[Hashable, ScriptSpec] | Iterable[tuple[Hashable, ScriptSpec]]
+"""What :meth:`ParallelRunner.run_specs` takes: each spec under the caller's key for it."""
+
 ProgressEvent = RunEvent
-"""The events ``progress_callback`` receives: :class:`RunEvent` (``index`` is the script's
-position in the list given to ``run_scripts``)."""
+"""The events ``progress_callback`` receives: :class:`RunEvent` keyed by the script's key
+(for ``run_scripts``, its position in the list; ``index`` reads the same key)."""
 
 
 @final
@@ -75,6 +78,9 @@ class FileCancelToken:
 @dataclass(frozen=True, slots=True)
 class _Job:
     index: int
+    """Its place in the batch: where its result goes."""
+    key: Hashable
+    """The caller's key: what its events carry."""
     spec: ScriptSpec
 
     @property
@@ -156,10 +162,12 @@ class ParallelRunner:
     on the thread that runs the script; only with the default pool (what a passed executor
     runs must pickle). Left ``None``, no output event is made.
 
+    Scripts start in order of their spec's ``priority`` (lower first), then of the batch.
     ``resources`` are capacities (``{"GPU": 1}``): a script whose spec asks for resources
-    starts only when they are free (meanwhile later scripts that fit start first), so they
-    are never oversubscribed; one asking for more than exists is an ``"error"`` result
-    naming the resource. Without capacities (``None``) demands are not tracked.
+    starts only when they are free, so they are never oversubscribed; one asking for more
+    than exists is an ``"error"`` result naming the resource. A script that waits for
+    resources reserves them: scripts after it start first only with what it does not need,
+    so it is never starved. Without capacities (``None``) demands are not tracked.
     """
 
     def __init__(
@@ -221,6 +229,26 @@ class ParallelRunner:
         batch = self._open_batch()  # first: a cancel() from now on reaches this batch
         try:
             jobs = self._prepare(scripts, timeout, cwd, env, configs)
+        except BaseException:
+            self._close_batch(batch)
+            raise
+        return self._execute(jobs, batch, base_env)
+
+    def run_specs(
+        self, specs: KeyedSpecs, *, base_env: Mapping[str, str] | None = None
+    ) -> ExecutionResult:
+        """Run ready-made specs, each under the caller's key; results follow the given order.
+
+        ``specs`` maps keys to :class:`ScriptSpec` values, or is an iterable of ``(key,
+        spec)`` pairs. Keys are the caller's (hashable, each given once); the same script
+        may appear under two keys and then runs twice. Every event for a script (to
+        ``progress_callback`` and ``output_callback``) carries its key, so a path is never
+        mapped back to its run. Start order, resources, fail-fast and cancel are as for
+        :meth:`run_scripts`.
+        """
+        batch = self._open_batch()
+        try:
+            jobs = _keyed_jobs(specs)
         except BaseException:
             self._close_batch(batch)
             raise
@@ -321,7 +349,7 @@ class ParallelRunner:
                     spec = ScriptSpec.build(path, **{**keywords, "env": keywords["env"] or {}})
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"{path}: {exc}") from exc
-            jobs.append(_Job(index, spec))
+            jobs.append(_Job(index, index, spec))
         return jobs
 
     def _open_batch(self) -> _Batch:
@@ -397,11 +425,12 @@ class ParallelRunner:
         """Hand jobs to the executor, collect results, stop on fail-fast or cancel."""
         own_threads = self._executor is None
         # A foreign executor sizes itself unless the caller asked for a bound explicitly.
-        limit = self.max_workers if own_threads or self._in_flight_explicit else len(jobs)
+        limited = own_threads or self._in_flight_explicit
+        queue: StartQueue[_Job] = StartQueue(
+            limit=self.max_workers if limited else None, capacities=self._capacities
+        )
         results: list[ScriptResult | None] = [None] * len(jobs)
-        pool = None if self._capacities is None else ResourcePool(self._capacities)
-        waiting = _Waiting(jobs, tracked=pool is not None)
-        running: dict[Future[ScriptResult], _Job] = {}
+        running: dict[Future[ScriptResult], Ticket[_Job]] = {}
         announced: set[int] = set()
         executor_failed = False
 
@@ -411,73 +440,67 @@ class ParallelRunner:
                 result["error"] = f"cancelled: {batch.reason}"
             results[job.index] = result
             logger.debug("finished %s: %s", job.script, result["status"].value)
-            self._emit(RunEvent(RunEventKind.FINISHED, job.index, job.script, time.time(), result))
+            self._emit(RunEvent(RunEventKind.FINISHED, job.key, job.script, time.time(), result))
 
         def announce(job: _Job) -> None:
             announced.add(job.index)
             logger.debug("started %s", job.script)
-            self._emit(RunEvent(RunEventKind.STARTED, job.index, job.script, time.time()))
+            self._emit(RunEvent(RunEventKind.STARTED, job.key, job.script, time.time()))
 
-        if pool is not None:
-            for job in waiting.needing_resources():
-                never = unmet_demand(job.spec.resources, pool.capacities)
-                if never is not None:
-                    waiting.remove(job)
-                    finish(job, make_result(job.script, ScriptStatus.ERROR, error=never))
+        for job in jobs:
+            never = queue.refusal(job.spec.resources)
+            if never is None:
+                queue.push(job, priority=job.spec.priority, demand=job.spec.resources)
+            else:
+                finish(job, _not_run(job, ScriptStatus.ERROR, FailureCause.RESOURCES, never))
 
-        def next_job() -> _Job | None:
-            """The first waiting job whose resources are free (taken for it), if any."""
-            job = waiting.pop_first(lambda demand: pool is None or pool.fits(demand))
-            if job is not None and pool is not None and job.spec.resources:
-                pool.take(job.spec.resources)
-            return job
-
-        def release(job: _Job) -> None:
-            if pool is not None and job.spec.resources:
-                pool.give(job.spec.resources)
+        def refuse_all(starting: list[Ticket[_Job]], exc: Exception) -> None:
+            """A broken or shut-down pool: no script can run; one log line, not one each."""
+            logger.error("cannot submit %s: %r", starting[0].job.script, exc)
+            for ticket in starting:
+                queue.release(ticket)
+            for ticket in [*starting, *queue.drain()]:
+                finish(ticket.job, _executor_error(ticket.job, exc))
 
         try:
-            while waiting or running:
+            while queue.waiting or running:
                 batch.wakeup.clear()
-                while waiting and len(running) < limit and batch.reason is None:
-                    picked = next_job()
-                    if picked is None:
+                starting = queue.pop_ready() if batch.reason is None else []
+                for position, ticket in enumerate(starting):
+                    if batch.reason is not None:  # cancelled from another thread meanwhile
+                        for left in starting[position:]:
+                            queue.release(left)
+                            finish(left.job, _not_run(left.job, ScriptStatus.CANCELLED))
                         break
-                    job = picked
                     try:
-                        future = self._submit(executor, job, batch, base_env)
-                    except Exception as exc:  # a broken or shut-down pool: no script can run
-                        logger.error("cannot submit %s: %r", job.script, exc)
-                        release(job)
-                        finish(job, _executor_error(job, exc))
-                        while waiting:  # one log line, not one per script
-                            refused = waiting.popleft()
-                            finish(refused, _executor_error(refused, exc))
-                        continue
+                        future = self._submit(executor, ticket.job, batch, base_env)
+                    except Exception as exc:
+                        refuse_all(starting[position:], exc)
+                        break
                     future.add_done_callback(lambda _: batch.wakeup.set())
-                    running[future] = job
+                    running[future] = ticket
 
                 if batch.reason is not None:
-                    while waiting:
-                        job = waiting.popleft()
-                        finish(job, make_result(job.script, ScriptStatus.CANCELLED))
-                    for future, job in list(running.items()):
+                    for ticket in queue.drain():
+                        finish(ticket.job, _not_run(ticket.job, ScriptStatus.CANCELLED))
+                    for future, ticket in list(running.items()):
                         # Only our own pool's cancel() is trustworthy: a Dask future cancels
                         # "successfully" while its script keeps running on a worker. Elsewhere
                         # the token stops running scripts and makes queued ones return at once.
                         if own_threads and future.cancel():  # still queued: it never started
                             del running[future]
-                            release(job)
-                            finish(job, make_result(job.script, ScriptStatus.CANCELLED))
+                            queue.release(ticket)
+                            finish(ticket.job, _not_run(ticket.job, ScriptStatus.CANCELLED))
 
-                for future, job in running.items():
-                    if job.index not in announced and future.running():
-                        announce(job)
+                for future, ticket in running.items():
+                    if ticket.job.index not in announced and future.running():
+                        announce(ticket.job)
 
                 done = [future for future in running if future.done()]
                 for future in done:
-                    job = running.pop(future)
-                    release(job)
+                    ticket = running.pop(future)
+                    queue.release(ticket)
+                    job = ticket.job
                     if job.index not in announced:
                         announce(job)
                     result, failed = _outcome(future, job)
@@ -517,7 +540,7 @@ class ParallelRunner:
         if self._executor is None:
             events = None
             if self.output_callback is not None:
-                events = Subscription(self._forward_output, key=job.index, output=True)
+                events = Subscription(self._forward_output, key=job.key, output=True)
 
             def work() -> ScriptResult:
                 batch.wakeup.set()  # so the parent announces the start now, not at its next poll
@@ -556,43 +579,30 @@ class ParallelRunner:
             logger.exception("progress_callback raised on %s", event)
 
 
-class _Waiting:
-    """Jobs not yet handed to the executor, in start order, one lane per resource demand:
-    if the first job of a lane does not fit, none of it does, so picking the next job looks
-    at one job per distinct demand, not at every waiting job."""
-
-    def __init__(self, jobs: Iterable[_Job], *, tracked: bool) -> None:
-        self._lanes: dict[frozenset[tuple[str, float]], deque[_Job]] = {}
-        self._tracked = tracked
-        for job in jobs:
-            self._lanes.setdefault(self._demand(job), deque()).append(job)
-
-    def _demand(self, job: _Job) -> frozenset[tuple[str, float]]:
-        return frozenset(job.spec.resources.items()) if self._tracked else frozenset()
-
-    def __bool__(self) -> bool:
-        return any(self._lanes.values())
-
-    def needing_resources(self) -> list[_Job]:
-        return [job for demand, lane in self._lanes.items() if demand for job in lane]
-
-    def remove(self, job: _Job) -> None:
-        self._lanes[self._demand(job)].remove(job)
-
-    def pop_first(self, fits: Callable[[dict[str, float]], bool]) -> _Job | None:
-        """The earliest job whose demand ``fits``, taken out; ``None`` if none does."""
-        best: deque[_Job] | None = None
-        for demand, lane in self._lanes.items():
-            earlier = lane and (best is None or lane[0].index < best[0].index)
-            if earlier and (not demand or fits(dict(demand))):
-                best = lane
-        return None if best is None else best.popleft()
-
-    def popleft(self) -> _Job:
-        """The earliest job, whatever it needs (to record it as not run)."""
-        job = self.pop_first(lambda _: True)
-        assert job is not None, "popleft() from no waiting job"
-        return job
+def _keyed_jobs(specs: KeyedSpecs) -> list[_Job]:
+    pairs = specs.items() if isinstance(specs, Mapping) else specs
+    if isinstance(pairs, str | bytes | os.PathLike | ScriptSpec):
+        raise TypeError(f"specs must be (key, ScriptSpec) pairs or a mapping, got {pairs!r}")
+    jobs: list[_Job] = []
+    seen: set[Hashable] = set()
+    for index, pair in enumerate(pairs):
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"specs item #{index} must be a (key, ScriptSpec) pair, got {pair!r}")
+        key, spec = pair
+        if not isinstance(spec, ScriptSpec):
+            raise TypeError(
+                f"specs item {key!r} must be a ScriptSpec, got {type(spec).__name__}; "
+                "build one with ScriptSpec.build(path, ...)"
+            )
+        try:
+            given_twice = key in seen
+        except TypeError:
+            raise TypeError(f"specs item #{index}: the key {key!r} is not hashable") from None
+        if given_twice:
+            raise ValueError(f"specs: the key {key!r} is given twice")
+        seen.add(key)
+        jobs.append(_Job(index, key, spec))
+    return jobs
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:
@@ -635,10 +645,17 @@ def _normalise_configs(
     return normalised
 
 
+def _not_run(
+    job: _Job, status: ScriptStatus, cause: FailureCause = FailureCause.CANCELLED, error: str = ""
+) -> ScriptResult:
+    """The result of a script that never started."""
+    return make_result(job.script, status, error=error or None, attempts=0, cause=cause)
+
+
 def _outcome(future: Future[ScriptResult], job: _Job) -> tuple[ScriptResult, bool]:
     """The future's result, or an error result for what the executor raised (and a flag)."""
     if future.cancelled():
-        return make_result(job.script, ScriptStatus.CANCELLED), False
+        return _not_run(job, ScriptStatus.CANCELLED), False
     exc = future.exception()
     if exc is None:
         return future.result(), False
@@ -649,9 +666,11 @@ def _outcome(future: Future[ScriptResult], job: _Job) -> tuple[ScriptResult, boo
 def _executor_error(job: _Job, exc: BaseException) -> ScriptResult:
     if isinstance(exc, BrokenExecutor):
         message = f"the worker pool broke: {type(exc).__name__}: {exc}"
+        cause = FailureCause.WORKER_LOST
     else:
         message = f"the executor raised {type(exc).__name__}: {exc}"
-    return make_result(job.script, ScriptStatus.ERROR, error=message)
+        cause = FailureCause.ENGINE
+    return make_result(job.script, ScriptStatus.ERROR, error=message, cause=cause)
 
 
 def _kill_leftovers(marker: str) -> None:

@@ -9,7 +9,7 @@ up front, by name, so it cannot wait forever.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import final
 
 Amounts = Mapping[str, float]
@@ -60,15 +60,30 @@ def unmet_demand(demand: Amounts, capacities: Amounts, where: str = "this runner
 
 @final
 class ResourcePool:
-    """What is free of each capacity. Not thread-safe: one thread (or loop) hands out."""
+    """What is free of each capacity: the one place that knows what "fits" means.
+
+    Not thread-safe: one thread (or loop) hands out. A :meth:`copy` is a scratch pool for
+    planning; taking from it may go below zero, which is how a waiting job's reservation
+    keeps others out of what it needs.
+    """
 
     def __init__(self, capacities: Amounts) -> None:
         self.capacities: dict[str, float] = dict(capacities)
         self._free = dict(capacities)
 
+    def copy(self) -> ResourcePool:
+        scratch = ResourcePool(self.capacities)
+        scratch._free = dict(self._free)
+        return scratch
+
     def fits(self, demand: Amounts) -> bool:
+        """Is there enough of every resource ``demand`` names?"""
         free = self._free
         return all(amount <= free.get(name, 0.0) + _EPSILON for name, amount in demand.items())
+
+    def exhausted(self, names: Iterable[str]) -> bool:
+        """Is every one of ``names`` used up, so that no further demand on them could fit?"""
+        return all(self._free.get(name, 0.0) <= _EPSILON for name in names)
 
     def take(self, demand: Amounts) -> None:
         for name, amount in demand.items():

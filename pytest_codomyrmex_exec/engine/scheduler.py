@@ -1,24 +1,27 @@
-"""AsyncScheduler: run queued coroutine jobs by priority, with retries, cancellation and events."""
+"""AsyncScheduler: run queued coroutine jobs by priority, with retries, cancellation and events.
+
+Which waiting job starts next is the :class:`StartQueue`'s decision, as for every runner.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import enum
-import heapq
 import inspect
-import itertools
 import logging
 import math
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar, final
+from typing import Any, TypeVar, final
 
 from .async_runner import describe_error
-from .resources import Amounts, ResourcePool, unmet_demand
+from .events import JobEvent, JobEventKind, JobEventSink
+from .resources import Amounts
+from .start_queue import StartQueue, Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -37,36 +40,6 @@ class AsyncJobStatus(enum.StrEnum):
     @property
     def is_final(self) -> bool:
         return self not in (AsyncJobStatus.PENDING, AsyncJobStatus.RUNNING)
-
-
-class JobEventKind(enum.StrEnum):
-    """What an event sink is told about: one ``scheduled``, at most one ``started``, one end."""
-
-    SCHEDULED = "scheduled"
-    STARTED = "started"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class JobEvent:
-    """One change in a job's life, as given to the scheduler's ``event_sink``.
-
-    ``time`` is wall-clock (:func:`time.time`). ``runs`` is how many attempts had started
-    when the event was sent; ``error`` is set on ``failed`` events.
-    """
-
-    kind: JobEventKind
-    job_id: str
-    name: str
-    time: float
-    runs: int = 0
-    error: str | None = None
-
-
-EventSink: TypeAlias = Callable[[JobEvent], object]
 
 
 @dataclass(eq=False)
@@ -94,6 +67,9 @@ class AsyncJob:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    key: Any = None
+    """The caller's key for the job (``schedule(key=...)``), its ``id`` when none was given;
+    every :class:`JobEvent` about it carries it."""
 
     @property
     def duration(self) -> float | None:
@@ -154,8 +130,10 @@ class AsyncScheduler:
 
     ``resources`` are capacities (``{"GPU": 1, "db": 2}``): a job scheduled with
     ``resources=`` starts only when its whole demand is free, so they are never
-    oversubscribed; meanwhile jobs behind it that fit start first. Scheduling a demand that
-    could never fit raises ``ValueError`` naming the resource. Without capacities
+    oversubscribed. A job that waits for resources reserves them: jobs behind it (in
+    priority, then schedule order) start first only with what it does not need, so a job
+    needing much is never starved by a stream of jobs needing little. Scheduling a demand
+    that could never fit raises ``ValueError`` naming the resource. Without capacities
     (``None``), demands are not tracked.
     """
 
@@ -163,7 +141,7 @@ class AsyncScheduler:
         self,
         *,
         max_concurrency: int = 4,
-        event_sink: EventSink | None = None,
+        event_sink: JobEventSink | None = None,
         resources: Amounts | None = None,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
@@ -174,17 +152,10 @@ class AsyncScheduler:
             raise TypeError(f"event_sink must be callable, got {event_sink!r}")
         self._max_concurrency = max_concurrency
         self._event_sink = event_sink
-        self._pool = None if resources is None else ResourcePool(resources)
-        self._held: dict[str, Mapping[str, float]] = {}
+        self._queue: StartQueue[str] = StartQueue(limit=max_concurrency, capacities=resources)
+        self._tickets: dict[str, Ticket[str]] = {}
+        """Each job that waits or runs, by id: its place in the queue."""
         self._jobs: dict[str, AsyncJob] = {}
-        # (priority, sequence, job id): the sequence keeps equal priorities first-in,
-        # first-out and means jobs themselves are never compared. Cancelled pending jobs
-        # stay in the heap and are skipped when popped (cheaper than removing them).
-        self._queue: list[tuple[float, int, str]] = []
-        # Jobs that hold resources wait in one heap per demand: if the best of a heap does
-        # not fit, none of it does, so a start looks at one entry per demand, not at all.
-        self._parked: dict[frozenset[tuple[str, float]], list[tuple[float, int, str]]] = {}
-        self._sequence = itertools.count()
         self._counts = dict.fromkeys(AsyncJobStatus, 0)
         self._total_runs = 0
         self._peak_running = 0
@@ -214,8 +185,14 @@ class AsyncScheduler:
         priority: float = 0,
         max_runs: int = 1,
         resources: Amounts | None = None,
+        *,
+        key: Hashable | None = None,
     ) -> str:
-        """Queue ``func(*args, **kwargs)`` (which must return an awaitable); return its id."""
+        """Queue ``func(*args, **kwargs)`` (which must return an awaitable); return its id.
+
+        ``key`` is the caller's key for the job (hashable; the job id when left out): the
+        job's events carry it, so a listener finds its own work without parsing names.
+        """
         if not callable(func):
             raise TypeError(f"func must be a coroutine function or other callable, got {func!r}")
         if name is not None and not isinstance(name, str):
@@ -233,11 +210,14 @@ class AsyncScheduler:
             raise TypeError(f"max_runs must be an int, got {max_runs!r}")
         if max_runs < 1:
             raise ValueError(f"max_runs must be at least 1, got {max_runs}")
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {key!r}") from None
         demand = dict(resources or {})
-        if demand and self._pool is not None:
-            refused = unmet_demand(demand, self._pool.capacities, "the scheduler")
-            if refused is not None:
-                raise ValueError(f"job {name or _default_name(func)!r} {refused}")
+        refused = self._queue.refusal(demand, "the scheduler")
+        if refused is not None:
+            raise ValueError(f"job {name or _default_name(func)!r} {refused}")
         self._check_thread("schedule")
 
         job_id = uuid.uuid4().hex
@@ -245,6 +225,7 @@ class AsyncScheduler:
             id=job_id,
             name=name if name is not None else _default_name(func),
             func=func,
+            key=job_id if key is None else key,
             args=tuple(args),
             kwargs=dict(kwargs or {}),
             priority=priority,
@@ -259,11 +240,7 @@ class AsyncScheduler:
             # A closed scheduler stays closed: work arriving after close() never runs.
             self._finish(job, AsyncJobStatus.CANCELLED)
             return job_id
-        entry = (priority, next(self._sequence), job_id)
-        if demand and self._pool is not None:
-            heapq.heappush(self._parked.setdefault(frozenset(demand.items()), []), entry)
-        else:
-            heapq.heappush(self._queue, entry)
+        self._tickets[job_id] = self._queue.push(job_id, priority=priority, demand=demand)
         if self._wakeup is not None:
             self._wakeup.set()
         return job_id
@@ -319,8 +296,9 @@ class AsyncScheduler:
             while True:
                 # Clearing before starting jobs is safe: nothing else runs until the await.
                 wakeup.clear()
-                self._start_ready()
-                if not self._running and not self._queue and not self._parked:
+                for ticket in self._queue.pop_ready():
+                    self._start(self._jobs[ticket.job])
+                if not self._running and not self._queue.waiting:
                     break
                 await wakeup.wait()
         except BaseException:
@@ -342,30 +320,6 @@ class AsyncScheduler:
                 self.metrics.to_dict(),
             )
         return dict(self._jobs)
-
-    def _start_ready(self) -> None:
-        pool = self._pool
-        while True:
-            # Drop cancelled entries at the tops, so an empty-looking heap really is empty.
-            for heap in (self._queue, *self._parked.values()):
-                while heap and self._jobs[heap[0][2]].status is not AsyncJobStatus.PENDING:
-                    heapq.heappop(heap)
-            for demand in [demand for demand, heap in self._parked.items() if not heap]:
-                del self._parked[demand]
-            if len(self._running) >= self._max_concurrency:
-                return
-            best = self._queue if self._queue else None
-            for demand, heap in self._parked.items():
-                better = best is None or heap[0] < best[0]
-                if better and pool is not None and pool.fits(dict(demand)):
-                    best = heap
-            if best is None:
-                return  # nothing pending, or only jobs whose resources are busy
-            job = self._jobs[heapq.heappop(best)[2]]
-            if job.resources and pool is not None:
-                pool.take(job.resources)
-                self._held[job.id] = job.resources
-            self._start(job)
 
     def _start(self, job: AsyncJob) -> None:
         self._set_status(job, AsyncJobStatus.RUNNING)
@@ -416,9 +370,7 @@ class AsyncScheduler:
 
     def _on_task_done(self, job: AsyncJob, task: asyncio.Task[None]) -> None:
         self._running.pop(job.id, None)
-        held = self._held.pop(job.id, None)
-        if held is not None and self._pool is not None:
-            self._pool.give(held)
+        self._queue.release(self._tickets.pop(job.id))
         if not job.status.is_final:
             # Only when the task was cancelled before its first step, so _execute never ran.
             if task.cancelled():
@@ -445,11 +397,9 @@ class AsyncScheduler:
             # that interrupted the wait above.
             for job_id, _ in tasks:
                 self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
-            for heap in (self._queue, *self._parked.values()):
-                while heap:
-                    _, _, job_id = heapq.heappop(heap)
-                    self._finish(self._jobs[job_id], AsyncJobStatus.CANCELLED)
-            self._parked.clear()
+            for ticket in self._queue.drain():
+                del self._tickets[ticket.job]
+                self._finish(self._jobs[ticket.job], AsyncJobStatus.CANCELLED)
 
     # -- cancelling -------------------------------------------------------------------------
 
@@ -466,6 +416,7 @@ class AsyncScheduler:
         if job is None:
             return False
         if job.status is AsyncJobStatus.PENDING:
+            self._queue.withdraw(self._tickets.pop(job_id))
             self._finish(job, AsyncJobStatus.CANCELLED)
             return True
         if job.status is AsyncJobStatus.RUNNING:
@@ -593,7 +544,7 @@ class AsyncScheduler:
         sink = self._event_sink
         if sink is None:
             return
-        event = JobEvent(kind, job.id, job.name, time.time(), job.runs, job.error)
+        event = JobEvent(kind, job.id, job.name, time.time(), job.runs, job.error, job.key)
         try:
             sink(event)
         except Exception:

@@ -13,7 +13,7 @@ import pytest
 
 from ..engine import kill_tagged
 from . import hookspecs
-from .durations import save_durations
+from .durations import configure_durations
 from .expected import add_output_options
 from .guardian import protect, scripts_will_run, unprotect
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
@@ -28,6 +28,7 @@ from .report import (
     script_facts,
 )
 from .settings import SESSION_TAG_VAR
+from .shards import configure_shard
 from .update import configure_output_checks
 
 __all__ = ["ScriptFile", "ScriptItem"]
@@ -101,6 +102,8 @@ def pytest_configure(config: pytest.Config) -> None:
         configure_warm(config)
     config.stash[PATTERNS_KEY] = ScriptPatterns(options.patterns, config.rootpath)
     configure_output_checks(config)
+    configure_durations(config)
+    configure_shard(config)
     records = config.stash[RECORDS_KEY] = RunRecords(options)
     config.pluginmanager.register(records, _RECORDS_PLUGIN)
     if options.report_path and not hasattr(config, "workerinput"):
@@ -190,12 +193,6 @@ def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    measured = [
-        (item.nodeid, result)
-        for item in session.items
-        if isinstance(item, ScriptItem) and (result := item.stash.get(RESULT_KEY, None))
-    ]
-    save_durations(session.config, measured)
     if not session.config.stash.get(_SCRIPTS_KEY, False):
         return  # no script ran: nothing can carry the tag, and reading /proc costs time
     # Scripts are killed with their process group; this catches what left the group on

@@ -1,14 +1,14 @@
 """The built-in backends of the parallel session: the async scheduler and the process pool.
 
-A backend takes jobs in start order, runs at most ``workers`` at once and passes the
+A backend takes keyed jobs in start order, runs at most ``workers`` at once and passes the
 engine's :class:`RunEvent` stream to the session's sink: ``started`` and ``finished`` for
-every script (``output`` too when asked for), each event keyed by the job's key. Other
-plugins provide more through the ``pytest_exec_make_backend`` hook.
+every script (``output`` too when asked for), each event keyed by the job's key. The key is
+a run's only identity: two jobs may run the same script. Other plugins provide more through
+the ``pytest_exec_make_backend`` hook.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 from ..engine import (
     COLD,
     EventSink,
+    FailureCause,
     Launcher,
     ParallelRunner,
     RunEvent,
@@ -67,9 +68,13 @@ class ScriptBackend(Protocol):
 
 def engine_broke(spec: ScriptSpec, exc: BaseException | str) -> ScriptResult:
     """The ``error`` result for a script the backend itself failed to run."""
-    cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     return make_result(
-        spec.script, ScriptStatus.ERROR, error=f"the engine broke: {cause}", attempts=0
+        spec.script,
+        ScriptStatus.ERROR,
+        error=f"the engine broke: {why}",
+        attempts=0,
+        cause=FailureCause.ENGINE,
     )
 
 
@@ -85,7 +90,9 @@ def unmet_resources(spec: ScriptSpec, capacities: Mapping[str, float]) -> Script
     refused = unmet_demand(spec.resources, capacities, CAPACITIES_SOURCE)
     if refused is None:
         return None
-    return make_result(spec.script, ScriptStatus.ERROR, error=refused, attempts=0)
+    return make_result(
+        spec.script, ScriptStatus.ERROR, error=refused, attempts=0, cause=FailureCause.RESOURCES
+    )
 
 
 def runnable(
@@ -153,9 +160,8 @@ class ProcessBackend:
         self._thread.run(self._serve, base_env)
 
     def _serve(self, base_env: Mapping[str, str]) -> None:
-        configs = {job.spec.script: job.spec for job in self._jobs}
         try:
-            self._runner.run_scripts(list(configs), configs=configs, base_env=base_env)
+            self._runner.run_specs([(job.key, job.spec) for job in self._jobs], base_env=base_env)
         except Exception as exc:
             assert self._sink is not None
             for job in self._jobs:  # the session ignores a second "finished" for a key
@@ -163,7 +169,7 @@ class ProcessBackend:
 
     def _progress(self, event: RunEvent) -> None:
         assert self._sink is not None
-        self._sink(dataclasses.replace(event, key=self._jobs[event.index].key))
+        self._sink(event)  # keyed by the job's key already: run_specs passes keys through
 
     def cancel(self) -> None:
         self._runner.close()
@@ -196,7 +202,7 @@ class AsyncBackend:
             max_concurrency=workers, event_sink=self._job_event, resources=self._capacities
         )
         self._thread = BackendThread("codomyrmex-exec-scheduler")
-        self._by_name: dict[str, ScriptJob] = {}
+        self._by_key: dict[int, ScriptJob] = {}
         self._sink: EventSink | None = None
 
     def start(
@@ -219,12 +225,12 @@ class AsyncBackend:
         assert self._sink is not None
         for job in jobs:  # in start order: equal priorities keep it (first in, first out)
             events = Subscription(self._sink, job.key, output=job.output)
-            # Known by name before scheduling: a closed scheduler cancels it inside schedule().
-            name = f"#{job.key} {job.spec.script}"
-            self._by_name[name] = job
+            # Known before scheduling: a closed scheduler cancels it inside schedule().
+            self._by_key[job.key] = job
             self._scheduler.schedule(
                 run_spec_async,
-                name=name,
+                name=job.spec.script,
+                key=job.key,
                 args=(job.spec,),
                 kwargs={"base_env": base_env, "events": events, "launcher": self._launcher},
                 priority=job.spec.priority,
@@ -235,12 +241,16 @@ class AsyncBackend:
     def _job_event(self, event: JobEvent) -> None:
         # The engine reports started/finished itself; the scheduler only knows about the
         # jobs that never got to run or whose coroutine was cancelled or broke.
-        job = self._by_name.get(event.name)
+        job = self._by_key.get(event.key)
         if job is None or self._sink is None:
             return
         if event.kind == self._kinds.CANCELLED:
             result = make_result(
-                job.spec.script, ScriptStatus.CANCELLED, error="cancelled", attempts=event.runs
+                job.spec.script,
+                ScriptStatus.CANCELLED,
+                error="cancelled",
+                attempts=event.runs,
+                cause=FailureCause.CANCELLED,
             )
             self._sink(finished_event(job, result))
         elif event.kind == self._kinds.FAILED:

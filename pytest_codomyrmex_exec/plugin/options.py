@@ -13,6 +13,8 @@ from typing import Any, Literal, cast, final
 import pytest
 
 from ..engine import parse_capacities, validate_memory_limit, validate_timeout
+from .durations import add_durations_options
+from .shards import add_shard_options
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PATTERNS = ["*_script.py"]
@@ -139,9 +141,12 @@ def add_options(parser: pytest.Parser) -> None:
         default=True,
     )
     add_view_options(group, parser)
+    # Shards and the durations file (plugin/shards.py, plugin/durations.py).
+    add_shard_options(group)
+    add_durations_options(group, parser)
 
 
-PATH_OPTIONS = ("--exec-python",)
+PATH_OPTIONS = ("--exec-python", "--exec-durations-file")
 """Options whose value is a path: given as a separate argument, pytest takes the value for a
 test path, since it picks the rootdir and ini file before any plugin's options exist."""
 

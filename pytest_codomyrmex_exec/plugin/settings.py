@@ -14,10 +14,18 @@ from ..engine import DEFAULT_TIMEOUT, ScriptSpec
 from .expected import take_output_keywords
 from .marks import MarkError, check_exec_mark
 from .options import ExecOptions
+from .shards import SHARD_VAR
 from .workdir import work_folder
 
-# Variables pytest sets for itself; a script that runs pytest must not inherit them.
-_PYTEST_ONLY_ENV = ("PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_VERSION")
+# Variables meant for this pytest run (pytest's own, and the shard a CI matrix picks); a
+# script that runs pytest must not inherit them.
+_PYTEST_ONLY_ENV = (
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+    "PYTEST_VERSION",
+    SHARD_VAR,
+)
 _PYTEST_ONLY_ENV_PREFIXES = ("PYTEST_XDIST_",)
 
 

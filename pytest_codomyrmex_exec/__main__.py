@@ -1,0 +1,44 @@
+"""``python -m pytest_codomyrmex_exec``: tools that work on the plugin's files without pytest.
+
+``merge-durations OUT IN...`` merges the durations files written by several shards of a run
+(``--exec-durations-file``) into one: the newest measurement of each item wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .durations_file import DurationsFileError, merge_durations, read_durations, write_durations
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_codomyrmex_exec")
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser(
+        "merge-durations",
+        help="merge durations files: the newest measurement of each item wins",
+        description="Merge durations files (--exec-durations-file) from several shards "
+        "into OUT: the newest measurement of each item wins. OUT may be one of the INs.",
+    )
+    merge.add_argument("out", metavar="OUT", type=Path)
+    merge.add_argument("inputs", metavar="IN", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+
+    missing = [str(path) for path in args.inputs if not path.is_file()]
+    if missing:
+        parser.error(f"no such durations file: {', '.join(missing)}")
+    try:
+        merged = merge_durations(read_durations(path) for path in args.inputs)
+        write_durations(args.out, merged)
+    except (DurationsFileError, OSError) as exc:
+        print(f"merge-durations: {exc}", file=sys.stderr)
+        return 1
+    print(f"merge-durations: {len(merged)} items from {len(args.inputs)} files in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
