@@ -16,16 +16,6 @@ MODES = [
     pytest.param(["--exec-warm"], id="warm"),
 ]
 
-MODE_OBSERVER = """\
-import pytest
-
-@pytest.hookimpl(wrapper=True)
-def pytest_exec_make_backend(config):
-    backend = yield
-    (config.rootpath / "backend.txt").write_text(type(backend).__name__)
-    return backend
-"""
-
 
 def assert_mode_ran(px: ExecPytester, mode: list[str], scripts: int) -> None:
     """The session ran ``scripts`` script items in ``mode``, not a fallback."""
@@ -34,12 +24,10 @@ def assert_mode_ran(px: ExecPytester, mode: list[str], scripts: int) -> None:
         [p.get("value") for p in case.iter("property") if p.get("name") == "warm"] for case in cases
     ]
     assert len(warm) == scripts
-    backend = px.path / "backend.txt"
     if "--exec-parallel" in mode:
-        expected = {"process": "ProcessBackend", "async": "AsyncBackend"}[mode[-1]]
-        assert backend.read_text() == expected
+        assert px.backend_used() == mode[-1]
     else:
-        assert not backend.exists()
+        assert not (px.path / "backend.txt").exists()
     if "--exec-warm" in mode:
         assert warm == [["warm"]] * scripts
     else:
@@ -47,7 +35,7 @@ def assert_mode_ran(px: ExecPytester, mode: list[str], scripts: int) -> None:
 
 
 def write_matching_project(px: ExecPytester) -> None:
-    px.conftest(MODE_OBSERVER)
+    px.conftest(px.backend_recorder())
     px.ini(exec_redact="\n    ADDR=0x[0-9a-f]+\n    TIME=\\d\\d:\\d\\d:\\d\\d")
     px.script(
         "sub/paths_script.py",
