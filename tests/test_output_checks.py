@@ -374,3 +374,63 @@ def test_placeholders_name_this_machines_paths(px: ExecPytester) -> None:
     assert written == "[CWD] [TMP] [PYTHON]\n"
     for path in (str(px.path), tempfile.gettempdir(), sys.executable):
         assert path not in written
+
+
+# -- cases -------------------------------------------------------------------------------------
+
+CASES = {
+    "help": {"args": ["--help"]},
+    "bad": {"args": ["--nope"], "exit_code": 2},
+    "name": {"args": ["--greeting", "Hi", "Ann"]},
+}
+CLI_WITH_CASES = (
+    f"""\
+# pytest.mark.exec(args=["--greeting", "Hi"])
+# pytest.mark.exec(cases={CASES!r})
+"""
+    + """\
+import argparse
+parser = argparse.ArgumentParser(prog="greet")
+parser.add_argument("--greeting", required=True)
+parser.add_argument("name", nargs="?", default="world")
+options = parser.parse_args()
+print(f"{options.greeting}, {options.name}!")
+"""
+)
+
+
+def test_cases_make_an_item_each_with_their_own_files_selectable_and_rerun_alone(
+    px: ExecPytester,
+) -> None:
+    px.ini(exec_check_output="true")
+    px.script("cli_script.py", CLI_WITH_CASES)
+    px.pytester.runpytest_subprocess("--exec-update-output").assert_outcomes(passed=3)
+    assert (px.path / "cli_script.name.stdout").read_text() == "Hi, Ann!\n"
+    assert (px.path / "cli_script.bad.stdout").read_text() == ""
+    assert "usage: greet" in (px.path / "cli_script.help.stdout").read_text()
+    (px.path / "cli_script.name.stdout").write_text("Hello, Ann!\n")
+
+    first = px.pytester.runpytest_subprocess("-rf")
+    first.assert_outcomes(passed=2, failed=1)
+    first.stdout.fnmatch_lines(
+        [
+            "FAILED cli_script.py::cli_script[name] - stdout differs from cli_script.name.stdout"
+            " at line 1: expected 'Hello, Ann!', got 'Hi, Ann!'"
+        ]
+    )
+    rerun = px.pytester.runpytest_subprocess("--lf", "-v")
+    rerun.assert_outcomes(failed=1)
+    rerun.stdout.fnmatch_lines(["cli_script.py::cli_script[[]name] FAILED*"])
+    selected = px.pytester.runpytest_subprocess("-k", "help", "-v")
+    selected.assert_outcomes(passed=1, deselected=2)
+    selected.stdout.fnmatch_lines(["cli_script.py::cli_script[[]help] PASSED*"])
+
+
+def test_a_bad_cases_mark_is_a_collection_error_naming_the_file(px: ExecPytester) -> None:
+    px.script("odd_script.py", "# pytest.mark.exec(cases={'a b': {}})\n")
+    px.script("fine_script.py", "print('fine')\n")
+    result = px.run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*{px.path}/odd_script.py: exec mark: cases: case name 'a b' must be letters, *"]
+    )

@@ -162,11 +162,36 @@ class OutputPlan:
 
 PLAN_KEY = pytest.StashKey[OutputPlan]()
 """A script item's expectations, in ``item.stash`` once its settings are resolved."""
+CASE_KEY = pytest.StashKey[str]()
+"""The case a script item runs (``exec(cases={...})``), in ``item.stash``."""
+_CASE_NAME = re.compile(r"[\w-]+")
 
 
-def default_expectation(script: Path, stream: Stream) -> Path:
-    """``name_script.stdout`` beside ``name_script.py``."""
-    return script.with_suffix(f".{stream}")
+def script_cases(file: pytest.Collector) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, exec keywords)`` of each case of the file's ``exec(cases={...})`` mark (the
+    closest mark that has one); none without. A bad value raises :class:`MarkError`."""
+    cases = next(
+        (mark.kwargs["cases"] for mark in file.iter_markers("exec") if "cases" in mark.kwargs),
+        None,
+    )
+    if cases is None:
+        return []
+    where = f"{file.path}: exec mark: cases"
+    if not isinstance(cases, dict) or not cases:
+        raise MarkError(f"{where} must be a non-empty dict of case name to keywords")
+    found = []
+    for name, keywords in cases.items():
+        if not isinstance(name, str) or not _CASE_NAME.fullmatch(name):
+            raise MarkError(f"{where}: case name {name!r} must be letters, digits, _ or -")
+        if not isinstance(keywords, dict) or "cases" in keywords:
+            raise MarkError(f"{where}[{name!r}] must be a dict of exec keywords (no cases)")
+        found.append((name, keywords))
+    return found
+
+
+def default_expectation(script: Path, stream: Stream, case: str | None = None) -> Path:
+    """``name_script.stdout`` beside ``name_script.py``; a case's ``name_script.CASE.stdout``."""
+    return script.with_suffix(f".{stream}" if case is None else f".{case}.{stream}")
 
 
 def _read(path: Path, where: str) -> str:
@@ -225,7 +250,7 @@ def take_output_keywords(item: pytest.Item, marked: dict[str, Any]) -> dict[str,
                     f"(create it with pytest {UPDATE_OPTION})"
                 )
         else:
-            path = default_expectation(Path(item.path), stream)
+            path = default_expectation(Path(item.path), stream, item.stash.get(CASE_KEY, None))
         if path.exists() or path.is_symlink():
             expectations.append(Expectation(stream, path, _read(path, item.nodeid)))
         elif stream in marked or (stream == "stdout" and must_have_stdout):

@@ -10,7 +10,7 @@ import pluggy
 import pytest
 
 from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
-from .expected import check_output
+from .expected import CASE_KEY, check_output, script_cases
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
@@ -77,7 +77,22 @@ class ScriptFile(pytest.File):
             # On the file, not the item: marks a conftest adds to the item are closer and win
             # per keyword, as marks on a test function beat marks on its module.
             self.add_marker(decorator(*mark.args, **mark.kwargs))
-        return [ScriptItem.from_parent(self, name=item_name(self.path))]
+        try:
+            cases = script_cases(self)
+        except MarkError as exc:
+            raise self.CollectError(str(exc)) from None
+        if not cases:
+            return [ScriptItem.from_parent(self, name=item_name(self.path))]
+        items: list[pytest.Item] = []
+        for case, keywords in cases:  # exec(cases=...): an item per case, its keywords closest
+            name = f"{item_name(self.path)}[{case}]"
+            # The node id given as a string, which pytest parses into name and parameters
+            # as it does for a parametrized test's: else --lf could not find the item again.
+            item = ScriptItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}")
+            item.stash[CASE_KEY] = case
+            item.add_marker(pytest.mark.exec(**keywords))
+            items.append(item)
+        return items
 
 
 class ScriptItem(pytest.Item):
@@ -86,9 +101,11 @@ class ScriptItem(pytest.Item):
     @property
     def label(self) -> str:
         """The script's path as pytest shows it (relative to the rootdir): its file's node
-        id, not this id cut at "::", which a file name may itself contain (c::d_script.py)."""
+        id, not this id cut at "::", which a file name may itself contain (c::d_script.py);
+        with ``[case]`` for one case of ``exec(cases=...)``."""
         assert self.parent is not None  # a ScriptFile, always
-        return self.parent.nodeid
+        case = self.stash.get(CASE_KEY, None)
+        return self.parent.nodeid if case is None else f"{self.parent.nodeid}[{case}]"
 
     def settings(self) -> ScriptSpec:
         """Resolve (once) how this script runs; raises MarkError for a bad exec mark."""

@@ -14,7 +14,7 @@ from typing import Any, final
 
 from ..engine import RUN_KEYWORDS
 
-OUTPUT_KEYWORDS = ("stdout", "stderr", "exit_code", "check_output")
+OUTPUT_KEYWORDS = ("stdout", "stderr", "exit_code", "check_output", "cases")
 """exec mark keywords of the output checks (docs/output.md), beside the spec's own."""
 
 EXEC_MARKER_HELP = (

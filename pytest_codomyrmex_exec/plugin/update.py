@@ -108,8 +108,9 @@ class ExpectationFiles:
                 path = Path(entry.path)
                 if path.suffix[1:] not in STREAMS or str(path) in self.checked:
                     continue
-                script = path.with_suffix(".py")
-                if not (script.is_file() and patterns.matches(script)):
+                # name_script.stdout, or a case's name_script.CASE.stdout
+                owners = (path.with_suffix(".py"), path.with_suffix("").with_suffix(".py"))
+                if not any(owner.is_file() and patterns.matches(owner) for owner in owners):
                     found.append(str(path))
         return found
 
