@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -14,6 +15,7 @@ MODES = [
     pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
     pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
     pytest.param(["--exec-warm"], id="warm"),
+    pytest.param(["-n", "2"], id="xdist"),
 ]
 
 
@@ -32,6 +34,10 @@ def assert_mode_ran(px: ExecPytester, mode: list[str], scripts: int) -> None:
         assert warm == [["warm"]] * scripts
     else:
         assert warm == [[]] * scripts
+    records = [json.loads(line) for line in px.results_path.read_text().splitlines()[1:]]
+    workers = {record["worker"] for record in records}
+    assert len(records) == scripts
+    assert workers == ({"gw0", "gw1"} if "-n" in mode else {None})
 
 
 def write_matching_project(px: ExecPytester) -> None:
@@ -116,7 +122,7 @@ def test_the_same_output_gives_the_same_outcome_in_every_mode(
     px: ExecPytester, mode: list[str]
 ) -> None:
     write_matching_project(px)
-    result = px.run(*mode, *px.junit_args(), "-rf")
+    result = px.run(*mode, *px.junit_args(), *px.report_args(), "-rf")
     assert_mode_ran(px, mode, scripts=len(MATCHING_OUTCOMES))
     assert {case.name: case.outcome for case in px.junit()} == MATCHING_OUTCOMES
     result.stdout.fnmatch_lines_random(

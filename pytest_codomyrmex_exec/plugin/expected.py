@@ -202,7 +202,7 @@ def _read(path: Path, where: str) -> str:
     except OSError as exc:
         raise MarkError(f"{where}: cannot read expectation file {path}: {exc}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # an editor's byte order mark is not text
     except UnicodeDecodeError as exc:
         raise MarkError(
             f"{where}: expectation file {path} is not UTF-8 (byte {exc.start}: {exc.reason})"
