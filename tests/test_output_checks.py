@@ -345,6 +345,8 @@ def test_update_touches_only_the_scripts_selected(px: ExecPytester) -> None:
     [
         pytest.param(["-n", "2"], id="xdist"),
         pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
+        pytest.param(["--exec-parallel", "--exec-backend", "async", "--exec-warm"], id="warm"),
+        *[mode for mode in MODES if mode.id == "dask"],
     ],
 )
 def test_update_writes_each_file_once_from_the_process_that_logs_reports(
