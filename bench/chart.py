@@ -1,9 +1,10 @@
-"""Render the benchmark's JSON as a bar chart in plain SVG (no plotting library needed).
+"""Draw the benchmark's JSON as a bar chart with matplotlib (the ``bench`` extra).
 
-    python bench/chart.py [bench/results/latest.json] [-o bench/results/latest.svg]
+    python bench/chart.py [bench/results/latest.json] [-o chart.svg]
 
-One panel per corpus, one bar per arm: the median wall time, with a thin line from the fastest
-to the slowest run. Each panel has its own scale, since the corpora differ tenfold in length.
+One panel per corpus, one bar per arm: the median wall time, an error bar from the fastest
+to the slowest run, the floor (``xargs -P``) dashed. Each panel has its own scale, since the
+corpora differ tenfold in length. The format follows the output's suffix (.svg, .png, .pdf).
 """
 
 from __future__ import annotations
@@ -14,137 +15,94 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
-WIDTH = 1040
-LABEL_WIDTH = 330
-BAR_SPACE = 400
-RANGE_ROOM = 1.12
-"""How far past the longest median a run's range may reach before it is cut."""
-ROW = 22
-BAR = 14
-PANEL_GAP = 18
-TITLE = 22
-
-_COLOURS = {
-    "plugin": "#2b6cb0",
-    "xdist": "#dd6b20",
-    "floor": "#38a169",
-    "serial": "#a0aec0",
-    "collect": "#805ad5",
-    "first": "#718096",
-    "second": "#2b6cb0",
-    "collection-order": "#90cdf4",
-}
-_OTHER_PLUGIN = "#63b3ed"
-
-
-def _colour(key: str) -> str:
-    if key in _COLOURS:
-        return _COLOURS[key]
-    return _OTHER_PLUGIN if key.startswith("plugin-") else "#4a5568"
-
-
-def _text(x: float, y: float, content: str, *, anchor: str = "start", weight: str = "") -> str:
-    bold = f' font-weight="{weight}"' if weight else ""
-    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{bold}>{escape(content)}</text>'
-
-
-def _panel(name: str, corpus: Mapping[str, Any], top: float) -> tuple[list[str], float]:
-    """SVG elements of one corpus's panel, and the height it takes."""
-    arms: Mapping[str, Mapping[str, Any]] = corpus["arms"]
-    measured = {k: a for k, a in arms.items() if a.get("median_wall") is not None}
-    parts = [_text(10, top + 15, f"{name}: {corpus['description']}", weight="bold")]
-    if not measured:
-        return [*parts, _text(LABEL_WIDTH, top + 15 + ROW, "no successful runs")], TITLE + ROW
-    # Scaled to the longest median, not the slowest run: one run slowed by someone else's
-    # work must not squash the panel. Longer ranges are cut at the panel's edge.
-    longest = max(float(a["median_wall"]) for a in measured.values())
-    scale = BAR_SPACE / longest if longest > 0 else 0.0
-    edge = BAR_SPACE * RANGE_ROOM
-    floor = arms.get("floor", {}).get("median_wall")
-    y = top + TITLE
-    for key, arm in measured.items():
-        median = float(arm["median_wall"])
-        low, high = float(arm["min_wall"]), float(arm["max_wall"])
-        parts.append(_text(LABEL_WIDTH - 8, y + BAR - 2, str(arm["label"]), anchor="end"))
-        parts.append(
-            f'<rect x="{LABEL_WIDTH}" y="{y:.1f}" width="{max(median * scale, 1):.1f}" '
-            f'height="{BAR}" fill="{_colour(key)}"/>'
-        )
-        middle = y + BAR / 2
-        reach = min(high * scale, edge)
-        parts.append(
-            f'<line x1="{LABEL_WIDTH + low * scale:.1f}" y1="{middle:.1f}" '
-            f'x2="{LABEL_WIDTH + reach:.1f}" y2="{middle:.1f}" stroke="#1a202c"/>'
-        )
-        notes = []
-        if key.startswith("plugin") and floor:
-            notes.append(f"{median / float(floor):.2f}x floor")
-        if high * scale > edge:
-            notes.append(f"slowest run {high:.1f} s")
-        value = f"{median:.2f} s" + (f"  ({'; '.join(notes)})" if notes else "")
-        parts.append(_text(LABEL_WIDTH + max(median * scale, reach) + 6, y + BAR - 2, value))
-        y += ROW
-    if floor:
-        # The floor as a dashed rule across the panel: how far each bar is from it shows.
-        x = LABEL_WIDTH + float(floor) * scale
-        first, last = top + TITLE - 3, y - ROW + BAR + 3
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{first:.1f}" x2="{x:.1f}" y2="{last:.1f}" '
-            'stroke="#38a169" stroke-dasharray="4 3"/>'
-        )
-    return parts, y - top
-
-
-def render(document: Mapping[str, Any]) -> str:
-    """The whole chart as an SVG document."""
-    host = document.get("machine", {})
-    runs = document.get("settings", {}).get("runs", "?")
-    heading = "pytest-codomyrmex-exec: median wall time (lower is better)"
-    machine = (
-        f"{host.get('cpu_model', '?')}, {host.get('cores', '?')} cores, "
-        f"Python {host.get('python', '?')}, pytest {host.get('pytest', '?')}, "
-        f"{host.get('date', '?')}"
-    )
-    legend = f"median of {runs} runs; thin line: fastest to slowest run; dashed: the floor"
-    body = [
-        _text(10, 22, heading, weight="bold"),
-        _text(10, 42, machine),
-        _text(10, 60, legend),
-    ]
-    top = 76.0
-    for name, corpus in document.get("corpora", {}).items():
-        parts, height = _panel(name, corpus, top)
-        body += parts
-        top += height + PANEL_GAP
-    height = int(top + 10)
-    return "\n".join(
-        [
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-            f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
-            f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
-            *body,
-            "</svg>",
-            "",
-        ]
-    )
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write(document: Mapping[str, Any], path: Path) -> Path:
-    path.write_text(render(document))
+    """Draw ``document`` (``bench/run.py``'s JSON) into ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: small, searchable
+    matplotlib.rcParams["svg.hashsalt"] = "bench"  # the same numbers give the same file
+    import matplotlib.pyplot as plt
+
+    corpora = {
+        name: {k: arm for k, arm in corpus["arms"].items() if arm.get("median_wall") is not None}
+        for name, corpus in document["corpora"].items()
+    }
+    corpora = {name: arms for name, arms in corpora.items() if arms}
+    heights = [len(arms) + 1.5 for arms in corpora.values()] or [1.0]
+    figure, axes = plt.subplots(
+        len(heights),
+        1,
+        figsize=(10, 0.32 * sum(heights) + 1.2),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for axis, (name, arms) in zip(axes[:, 0], corpora.items(), strict=False):
+        labels = [str(arm["label"]) for arm in arms.values()]
+        medians = [float(arm["median_wall"]) for arm in arms.values()]
+        spread = [
+            [m - float(arm["min_wall"]) for m, arm in zip(medians, arms.values(), strict=True)],
+            [float(arm["max_wall"]) - m for m, arm in zip(medians, arms.values(), strict=True)],
+        ]
+        colours = [_colour(key) for key in arms]
+        axis.barh(labels, medians, xerr=spread, color=colours, error_kw={"linewidth": 0.8})
+        axis.invert_yaxis()
+        for y, (median, arm) in enumerate(zip(medians, arms.values(), strict=True)):
+            axis.annotate(
+                f"{median:.2f} s",
+                (max(median, float(arm["max_wall"])), y),
+                xytext=(4, -3),
+                textcoords="offset points",
+            )
+        floor = arms.get("floor", {}).get("median_wall")
+        if floor:
+            axis.axvline(float(floor), color="#38a169", linestyle="--", linewidth=1)
+        description = document["corpora"][name]["description"]
+        axis.set_title(f"{name}: {description}", loc="left", fontsize=10, fontweight="bold")
+        axis.set_xlim(0, max(float(arm["max_wall"]) for arm in arms.values()) * 1.2)
+        axis.tick_params(labelsize=8)
+    host = document.get("machine", {})
+    runs = document.get("settings", {}).get("runs", "?")
+    axes[-1, 0].set_xlabel(
+        f"wall time in s: median of {runs} runs, error bar from the fastest to the slowest, "
+        "floor dashed",
+        fontsize=8,
+    )
+    figure.suptitle(
+        f"pytest-codomyrmex-exec benchmark: {host.get('cpu_model', '?')}, "
+        f"{host.get('cores', '?')} cores, Python {host.get('python', '?')}, "
+        f"{host.get('date', '?')}",
+        fontsize=9,
+        x=0.01,
+        ha="left",
+    )
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(figure)
     return path
 
 
+def _colour(key: str) -> str:
+    if key == "floor":
+        return "#38a169"
+    if key in {"xdist", "serial"}:
+        return "#dd6b20"
+    if key.startswith("plugin") or key in ("first", "second", "collection-order"):
+        return "#2b6cb0"
+    return "#a0aec0"  # pytest's own start-up and collection
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    here = Path(__file__).resolve().parent / "results"
-    parser = argparse.ArgumentParser(description="Render bench/run.py's JSON as an SVG chart.")
-    parser.add_argument("source", nargs="?", type=Path, default=here / "latest.json")
+    parser = argparse.ArgumentParser(description="Draw bench/run.py's JSON as a chart.")
+    parser.add_argument("source", nargs="?", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("-o", "--output", type=Path, help="default: the source with .svg")
     args = parser.parse_args(argv)
     document = json.loads(args.source.read_text())
-    output = write(document, args.output or args.source.with_suffix(".svg"))
-    print(output)
+    print(write(document, args.output or args.source.with_suffix(".svg")))
     return 0
 
 

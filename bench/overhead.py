@@ -1,9 +1,9 @@
 """``bench/run.py --overhead``: the pytest process's own CPU per script against a trivial test.
 
-Issue 10's third target: once a script starts in a millisecond (warm start), what is left per
-script is what the pytest process itself spends on it: collecting the file, starting and
-supervising the child, turning the result into reports. That must be no more than what pytest
-spends on a trivial ordinary test, measured in the same run.
+Once a script starts in a millisecond (warm start), what is left per script is what the
+pytest process itself spends on it: collecting the file, starting and supervising the child,
+turning the result into reports. The yardstick is what pytest spends on a trivial ordinary
+test, measured in the same run.
 
 Every arm runs through ``bench/probe.py``, which records ``RUSAGE_SELF``: the pytest process
 alone, all its threads, without the scripts (those are ``RUSAGE_CHILDREN``). CPU time, unlike
@@ -95,12 +95,6 @@ def run(
             f"| {label} | {median:.2f} | {span} | {per_item * 1000:.2f} | "
             f"{per_item / per_trivial:.2f}x |"
         )
-    warm_ratio = (medians[f"plugin, warm ({default})"] - bare) / count / per_trivial
-    lines += [
-        "",
-        f"target (issue 10): plugin warm ({default}) per script <= a trivial test: "
-        f"{warm_ratio:.2f}x, {'met' if warm_ratio <= 1.0 else 'missed'}",
-    ]
     text = "\n".join(lines)
     (results / "overhead.md").write_text(text + "\n")
     return text

@@ -1,4 +1,4 @@
-"""Summaries of the measured runs, the issue's targets checked against them, and the table.
+"""Summaries of the measured runs, the ratios that sum them up, and the table.
 
 The table is Markdown, so the same text reads in a terminal and pastes into the docs.
 """
@@ -14,31 +14,12 @@ from measure import Machine, Sample
 
 PLUGIN = "plugin"
 """Key of the plugin with its default backend; the other backend is ``plugin-<name>``."""
+WARM = "plugin-warm"
+"""Key of the plugin with ``--exec-warm`` (``bench/run.py --warm``)."""
 PEERS = ("xdist", "floor", "serial")
 """Arms the plugin is divided by, in the table's column order."""
 # Arms that run no script (or are the reference): no CPU-over-floor figure for them.
 _NOT_RUNS = ("floor", "collect", "startup")
-
-# (corpus, peer, limit): the plugin's median wall time divided by the peer's must stay below.
-_RATIO_TARGETS = (
-    ("tiny", "xdist", 0.75),
-    ("tiny", "floor", 1.25),
-    ("cpu", "xdist", 0.95),
-    ("cpu", "floor", 1.10),
-    ("sleep", "xdist", 0.50),
-    ("sleep", "floor", 1.30),
-)
-# (corpus, limit): the warm arm (--exec-warm) against the cold-start floor (issue 10).
-WARM = "plugin-warm"
-"""Key of the plugin with ``--exec-warm`` (``bench/run.py --warm``)."""
-_WARM_TARGETS = (("tiny", 0.50), ("numpy", 0.30))
-SKEW_LIMIT = 0.80
-"""The skewed corpus's second run (remembered durations) against its first."""
-ORDER_OFF_LIMIT = 0.90
-"""With ``--exec-order collection`` the second run must not speed up: ratio at least this."""
-SCALE_LIMIT = 1.15
-RSS_LIMIT_MB = 150.0
-COLLECT_LIMIT_S = 2.0
 
 
 @final
@@ -171,35 +152,17 @@ class CorpusSummary:
 
 @final
 @dataclass(frozen=True, slots=True)
-class Target:
+class Ratio:
+    """One figure of the summary: what was measured, and what bounds it where that is known."""
+
     check: str
     measured: float | None
-    op: Literal["<=", "<", ">="]
-    limit: float
     unit: str
     best: float | None = None
-    """For ratio targets: what (floor + pytest start-up) / peer gives, the reachable best."""
-
-    @property
-    def verdict(self) -> str:
-        if self.measured is None:
-            return "NOT RUN"
-        ok = {
-            "<=": self.measured <= self.limit,
-            "<": self.measured < self.limit,
-            ">=": self.measured >= self.limit,
-        }[self.op]
-        return "PASS" if ok else "MISS"
-
-    @property
-    def off_by(self) -> str:
-        """How far a miss is from the target, as a percentage of the limit."""
-        if self.verdict != "MISS" or self.measured is None:
-            return ""
-        return f"{abs(self.measured - self.limit) / self.limit:.1%}"
+    """For the plugin against a peer: (floor + pytest start-up) / peer, the reachable best."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "verdict": self.verdict}
+        return asdict(self)
 
 
 def scale_per_script(corpora: dict[str, CorpusSummary], key: str) -> tuple[float, float] | None:
@@ -213,80 +176,51 @@ def scale_per_script(corpora: dict[str, CorpusSummary], key: str) -> tuple[float
     return a / small.count, b / large.count
 
 
-def targets(corpora: dict[str, CorpusSummary]) -> list[Target]:
-    """The issue's targets, for the plugin with its default backend."""
-    found: list[Target] = []
-    for corpus, peer, limit in _RATIO_TARGETS:
-        summary = corpora.get(corpus)
-        if summary is None:
+def ratios(corpora: dict[str, CorpusSummary]) -> list[Ratio]:
+    """The ratios that sum a run up, for the plugin with its default backend."""
+    found: list[Ratio] = []
+    for name, summary in corpora.items():
+        if name.startswith("scale") or name == "skewed":
             continue
-        measured = summary.ratio(PLUGIN, peer)
-        found.append(
-            Target(
-                f"{corpus}: plugin / {peer}",
-                measured,
-                "<=",
-                limit,
-                "x",
-                best=summary.best_ratio(peer),
-            )
-        )
-
-    for corpus, limit in _WARM_TARGETS:
-        summary = corpora.get(corpus)
-        if summary is None or WARM not in summary.arms:
-            continue
-        # No "best possible" here: warm scripts start faster than the floor's interpreters.
-        found.append(
-            Target(f"{corpus}: plugin warm / floor", summary.ratio(WARM, "floor"), "<=", limit, "x")
-        )
+        for peer in ("xdist", "floor"):
+            if PLUGIN in summary.arms and peer in summary.arms:
+                found.append(
+                    Ratio(
+                        f"{name}: plugin / {peer}",
+                        summary.ratio(PLUGIN, peer),
+                        "x",
+                        best=summary.best_ratio(peer),
+                    )
+                )
+        if WARM in summary.arms and "floor" in summary.arms:
+            found.append(Ratio(f"{name}: plugin warm / floor", summary.ratio(WARM, "floor"), "x"))
 
     skewed = corpora.get("skewed")
     if skewed is not None:
+        found.append(Ratio("skewed: 2nd run / 1st run", skewed.ratio("second", "first"), "x"))
         found.append(
-            Target(
-                "skewed: 2nd run / 1st run", skewed.ratio("second", "first"), "<=", SKEW_LIMIT, "x"
-            )
-        )
-        found.append(
-            Target(
+            Ratio(
                 "skewed: 2nd run with --exec-order collection / 1st",
                 skewed.ratio("collection-order", "first"),
-                ">=",
-                ORDER_OFF_LIMIT,
                 "x",
             )
         )
 
-    if "scale-500" in corpora or "scale-5000" in corpora:
-        per_script = scale_per_script(corpora, PLUGIN)
+    per_script = scale_per_script(corpora, PLUGIN)
+    if per_script:
         found.append(
-            Target(
-                "scale: wall per script, 5,000 / 500",
-                per_script[1] / per_script[0] if per_script else None,
-                "<=",
-                SCALE_LIMIT,
-                "x",
-            )
+            Ratio("scale: wall per script, 5,000 / 500", per_script[1] / per_script[0], "x")
         )
-        large = corpora.get("scale-5000")
-        plugin = large.arms.get(PLUGIN) if large else None
-        collect = large.arms.get("collect") if large else None
+    large = corpora.get("scale-5000")
+    if large is not None:
+        plugin, collect = large.arms.get(PLUGIN), large.arms.get("collect")
         found.append(
-            Target(
-                "scale: peak RSS at 5,000 scripts",
-                plugin.peak_rss_mb if plugin else None,
-                "<",
-                RSS_LIMIT_MB,
-                "MB",
-            )
+            Ratio("scale: peak RSS at 5,000 scripts", plugin.peak_rss_mb if plugin else None, "MB")
         )
         found.append(
-            Target(
+            Ratio(
                 "scale: --collect-only of 5,000 scripts",
                 collect.median_wall if collect else None,
-                "<",
-                COLLECT_LIMIT_S,
                 "s",
             )
         )
@@ -318,13 +252,13 @@ def machine_lines(machine: Machine, runs: int, warmup: int) -> list[str]:
 def render(
     machine: Machine,
     corpora: dict[str, CorpusSummary],
-    found: Sequence[Target],
+    found: Sequence[Ratio],
     *,
     runs: int,
     warmup: int,
     load_after: str,
 ) -> str:
-    """The full report: machine, the table of arms, the targets."""
+    """The full report: machine, the table of arms, the ratios."""
     lines = machine_lines(machine, runs, warmup)
     lines[-1] += f"; load average after: {load_after}"
     lines += [
@@ -375,17 +309,12 @@ def render(
 
     lines += [
         "",
-        "| target | measured | limit | result | best possible: (floor + pytest start-up) / peer |",
-        "|---|--:|--:|---|--:|",
+        "| ratio | measured | best possible: (floor + pytest start-up) / peer |",
+        "|---|--:|--:|",
     ]
-    for target in found:
-        digits = 0 if target.unit == "MB" else 2
-        unit = "x" if target.unit == "x" else f" {target.unit}"
-        measured = _num(target.measured, digits, unit)
-        verdict = target.verdict + (f" (off by {target.off_by})" if target.off_by else "")
-        best = "" if target.best is None else _num(target.best, 2, "x")
-        lines.append(
-            f"| {target.check} | {measured} | {target.op} {target.limit:g}{unit} | {verdict} "
-            f"| {best} |"
-        )
+    for ratio in found:
+        digits = 0 if ratio.unit == "MB" else 2
+        unit = "x" if ratio.unit == "x" else f" {ratio.unit}"
+        best = "" if ratio.best is None else _num(ratio.best, 2, "x")
+        lines.append(f"| {ratio.check} | {_num(ratio.measured, digits, unit)} | {best} |")
     return "\n".join(lines)

@@ -4,7 +4,6 @@
     python bench/run.py --quick              # 3 runs, no serial peer, scale only at 500
     python bench/run.py --corpora tiny,cpu --runs 7
     python bench/run.py --profile            # where the pytest process spends its time
-    python bench/run.py --guardian           # the guardian's cost: with / without, per backend
     python bench/run.py --overhead           # pytest's own CPU per script / per trivial test
 
 Prints the table (Markdown) and writes ``bench/results/latest.json``, ``latest.md`` and the
@@ -16,17 +15,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
 
 import chart
-import guardian
 import overhead
 import profiling
 from corpora import SPECS, Corpus, generate
@@ -39,7 +39,7 @@ from measure import (
     run_once,
     wait_for_quiet,
 )
-from report import PLUGIN, WARM, ArmSummary, CorpusSummary, render, targets
+from report import PLUGIN, WARM, ArmSummary, CorpusSummary, ratios, render
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -67,15 +67,26 @@ class Arm:
     before: Callable[[], None] | None = field(default=None, compare=False)
 
 
-def plugin_backends() -> tuple[str, str]:
-    """``(default, other)`` backend names, read from the plugin so a changed default shows."""
-    try:
-        from pytest_codomyrmex_exec.plugin import options
-    except ImportError:
-        return "process", "async"
-    default = str(options.DEFAULT_BACKEND)
-    others = [str(name) for name in options.BACKENDS if name != default]
-    return default, others[0] if others else default
+LOCAL_BACKENDS = ("async", "process")
+"""The backends that run on this machine (``dask`` has ``bench/dask_row.py``)."""
+
+
+def plugin_backends(python: str, env: Mapping[str, str], folder: Path) -> tuple[str, str]:
+    """``(default, other)`` local backends; the default as ``pytest --help`` states it."""
+    shown = subprocess.run(
+        [python, "-m", "pytest", "--help"],
+        cwd=folder,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    found = re.search(r"--exec-backend\S*\s+.*?\(default\s+(\w+)", shown, re.S)
+    if found is None or found.group(1) not in LOCAL_BACKENDS:
+        raise SystemExit("pytest --help states no local default for --exec-backend")
+    default = found.group(1)
+    return default, next(name for name in LOCAL_BACKENDS if name != default)
 
 
 def _pytest(python: str, *args: str) -> tuple[str, ...]:
@@ -231,24 +242,6 @@ def make_arms(
     return arms
 
 
-def make_guardian_arms(corpus: Corpus, python: str, *, backends: tuple[str, str]) -> list[Arm]:
-    """Per backend, the plugin with its guardian (the default) and without."""
-    workers = corpus.spec.workers
-    arms = []
-    for backend in dict.fromkeys(backends):
-        plugin = ("--exec-parallel", "--exec-workers", str(workers), "--exec-backend", backend)
-        on, off = guardian.arm_keys(backend)
-        for key, extra, label in (
-            (on, (), f"plugin ({backend}), guardian on"),
-            (off, guardian.OFF, f"plugin ({backend}), exec_guardian=false"),
-        ):
-            argv = _pytest(python, *plugin, *extra)
-            arms.append(
-                Arm(key, label, workers, argv, corpus.folder, expect_passed=corpus.spec.count)
-            )
-    return arms
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class Quiet:
@@ -345,7 +338,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warm",
         action="store_true",
-        help="add the plugin with --exec-warm as an arm (issue 10's targets)",
+        help="add the plugin with --exec-warm as an arm",
     )
     parser.add_argument(
         "--quick",
@@ -394,26 +387,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead of the benchmark: profile the plugin on tiny and scale-500",
     )
     parser.add_argument(
-        "--guardian",
-        action="store_true",
-        help="instead of the benchmark: the plugin with and without its guardian process",
-    )
-    parser.add_argument(
         "--overhead",
         action="store_true",
         help="instead of the benchmark: the pytest process's CPU per script (scale-500, warm"
         " and cold) against a trivial parametrized test",
     )
-    parser.add_argument(
-        "--guardian-scripts",
-        type=int,
-        default=50,
-        metavar="N",
-        help="tiny scripts in the --guardian corpus (default 50)",
-    )
     args = parser.parse_args(argv)
     if args.runs is None:
-        args.runs = 3 if args.quick else 7 if args.guardian else 5
+        args.runs = 3 if args.quick else 5
     if args.corpora is None:
         args.corpora = ",".join(WARM_CORPORA if args.warm else ALL_CORPORA)
     if args.runs < 1 or args.warmup < 0:
@@ -438,12 +419,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: Path = args.results.resolve()
     results.mkdir(parents=True, exist_ok=True)
     env = child_environment(workdir / "pycache")
-    backends = plugin_backends()
     quiet = Quiet(args.quiet, args.quiet_limit, args.disturbance, max(args.retries, 0))
     try:
+        empty = workdir / "empty"
+        empty.mkdir(exist_ok=True)
+        (empty / "pytest.ini").write_text("[pytest]\n")
+        backends = plugin_backends(python, env, empty)
         if args.profile:
             corpora = [generate(SPECS[name], workdir) for name in names]
-            profiling.run(corpora, python=python, env=env, results=results, backends=backends)
+            profiling.run(
+                corpora, python=python, env=env, results=results, backends=backends, empty=empty
+            )
             return 0
         if args.overhead:
             corpus = generate(SPECS["scale-500"], workdir)
@@ -458,29 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
-        if args.guardian:
-            corpus = generate(guardian.corpus_spec(args.guardian_scripts), workdir)
-            arms = make_guardian_arms(corpus, python, backends=backends)
-            summary = run_corpus(
-                corpus, arms, runs=args.runs, warmup=args.warmup, env=env, quiet=quiet
-            )
-            guardian.report(
-                summary,
-                list(dict.fromkeys(backends)),
-                results,
-                runs=args.runs,
-                workers=corpus.spec.workers,
-                direct=guardian.direct_costs(python, env),
-            )
-            failed = any(arm.failed for arm in summary.arms.values())
-            return 1 if failed else 0
 
         host = machine(python, REPO)
         print("\n".join(["Benchmark of pytest-codomyrmex-exec", host.cpu_model]), file=sys.stderr)
         summaries: dict[str, CorpusSummary] = {}
-        empty = workdir / "empty"
-        empty.mkdir(exist_ok=True)
-        (empty / "pytest.ini").write_text("[pytest]\n")
         for name in names:
             corpus = generate(SPECS[name], workdir)
             arms = make_arms(
@@ -501,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 quiet=quiet,
             )
 
-        found = targets(summaries)
+        found = ratios(summaries)
         load_after = load_average()
         text = render(
             host, summaries, found, runs=args.runs, warmup=args.warmup, load_after=load_after
@@ -523,14 +490,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": host.to_dict(),
             "load_after": load_after,
             "corpora": {name: summary.to_dict() for name, summary in summaries.items()},
-            "targets": [target.to_dict() for target in found],
+            "ratios": [ratio.to_dict() for ratio in found],
             "table": text,
         }
         json_path = results / "latest.json"
         json_path.write_text(json.dumps(document, indent=2) + "\n")
         (results / "latest.md").write_text(text + "\n")
-        svg = chart.write(document, results / "latest.svg")
-        print(f"\nwrote {json_path}, {results / 'latest.md'} and {svg}", file=sys.stderr)
+        print(f"\nwrote {json_path} and {results / 'latest.md'}", file=sys.stderr)
+        try:
+            print(f"wrote {chart.write(document, results / 'latest.svg')}", file=sys.stderr)
+        except ImportError:
+            print("no chart: matplotlib is missing (pip install -e '.[bench]')", file=sys.stderr)
         failed = any(arm.failed for summary in summaries.values() for arm in summary.arms.values())
         return 1 if failed else 0
     finally:

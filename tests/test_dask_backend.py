@@ -7,8 +7,13 @@ reached with ``--exec-dask-scheduler``. The CLI cluster is shared by the module'
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import http.server
+import json
 import os
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
@@ -21,7 +26,7 @@ import pytest
 from conftest import ExecPytester, still_alive
 from test_plugin_ecosystem import interrupt, sleeper_with_child
 
-from pytest_codomyrmex_exec import ScriptSpec, ScriptStatus
+from pytest_codomyrmex_exec import FailureCause, ScriptSpec, ScriptStatus
 
 distributed = pytest.importorskip("distributed")
 
@@ -51,6 +56,11 @@ def pytest_exec_make_backend(config):
     with open("backend.txt", "w") as out:
         out.write(type(backend).__name__)
     return backend
+
+
+def pytest_exec_script_finished(item, result):
+    with open("causes.txt", "a") as out:
+        out.write(f"{item.name} {result['cause']}\\n")
 """
 
 
@@ -61,6 +71,11 @@ def _on_dask(px: ExecPytester, conftest: str = "") -> None:
 
 def _ran_on_dask(px: ExecPytester) -> bool:
     return px.lines("backend.txt") == ["DaskBackend"]
+
+
+def _causes(px: ExecPytester) -> dict[str, str]:
+    """Each script's ``cause`` as the finished hook saw it (with :func:`_on_dask`)."""
+    return dict(line.split(" ", 1) for line in px.lines("causes.txt"))
 
 
 @pytest.fixture(scope="module")
@@ -186,23 +201,25 @@ def test_priority_order_holds_on_one_single_thread_worker(px: ExecPytester) -> N
     # Each line: the script's name, and the pid of the Dask worker that ran it.
     append = (
         f"import os\nopen({str(log)!r}, 'a').write(__file__.rsplit('/', 1)[1] + ' ' + "
-        "os.environ.get('CODOMYRMEX_EXEC_WORKER_PID', 'none') + '\\n')\n"
+        "os.environ.get('CODOMYRMEX_EXEC_DASK_WORKER', 'none') + '\\n')\n"
     )
-    # Runs first and holds the only slot while the others are queued on the cluster.
-    px.script("first_script.py", f"# pytest.mark.exec(priority=-100)\nimport time\n{append}"
-              "time.sleep(1.5)\n")  # fmt: skip
-    for name, priority in (("p5", 5), ("m3", -3), ("p0", 0), ("p2", 2), ("m9", -9)):
+    # Runs first and holds the only slot while the others are queued on the cluster. The
+    # lowest and the highest priority a spec may have travel to the scheduler and back.
+    px.script("first_script.py", f"# pytest.mark.exec(priority={-2**31})\nimport time\n"
+              f"{append}time.sleep(1.5)\n")  # fmt: skip
+    queued = (("p5", 5), ("m3", -3), ("max", 2**31 - 1), ("p0", 0), ("p2", 2), ("m9", -9))
+    for name, priority in queued:
         px.script(f"{name}_script.py", f"# pytest.mark.exec(priority={priority})\n{append}")
     result = px.run("--exec-parallel", "--exec-backend", "dask", "--exec-workers", "1")
 
     assert _ran_on_dask(px)
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     lines = [line.split() for line in px.lines("order.txt")]
     assert [name for name, _ in lines] == [
-        f"{name}_script.py" for name in ("first", "m9", "m3", "p0", "p2", "p5")
+        f"{name}_script.py" for name in ("first", "m9", "m3", "p0", "p2", "p5", "max")
     ]
     assert len({worker for _, worker in lines}) == 1
-    assert lines[0][1].isdigit()  # run by one Dask worker process
+    assert lines[0][1].startswith("Worker-")  # run by one Dask worker, named by its id
 
 
 def test_choosing_dask_without_distributed_is_a_usage_error(px: ExecPytester) -> None:
@@ -286,6 +303,7 @@ open({str(stamps)!r}, "a").write(f"{{start}} {{time.time()}}\\n")
     result.stdout.fnmatch_lines(
         ["*tpu_script.py could not run: needs resource TPU=1, which no Dask worker has*"]
     )
+    assert _causes(px)["tpu_script"] == "resources"
     intervals = sorted(tuple(map(float, line.split())) for line in px.lines("stamps.txt"))
     assert len(intervals) == 2
     assert intervals[0][1] <= intervals[1][0], f"the GPU scripts overlapped: {intervals}"
@@ -421,6 +439,7 @@ def test_a_worker_killed_mid_script_is_an_error_naming_it(
         ]
     )
     assert px.lines("runs.txt") == ["run"]  # never started twice
+    assert _causes(px)["victim_script"] == "worker_lost"
     px.assert_no_process_left(at_least=1)  # the orphaned script was killed
 
 
@@ -443,6 +462,7 @@ def pytest_collection_finish(session):
 
     assert _ran_on_dask(px)
     result.assert_outcomes(errors=1)
+    assert _causes(px) == {"gone_script": "missing_path"}
     result.stdout.fnmatch_lines(
         [
             "*gone_script.py could not run: script not found: * on Dask worker tcp://127.0.0.1:*"
@@ -452,17 +472,257 @@ def pytest_collection_finish(session):
 
 
 def test_the_task_reports_a_missing_path_with_its_worker(cli_cluster: str) -> None:
-    from pytest_codomyrmex_exec.plugin.dask_backend import run_on_worker
+    from pytest_codomyrmex_exec.plugin.dask_worker import WorkerRun, run_on_worker
 
     with distributed.Client(cli_cluster, timeout=30) as client:
         spec = ScriptSpec(script="/nonexistent/folder/x_script.py")
-        result = client.submit(run_on_worker, spec, "tag", "run-missing", 0, pure=False).result(
-            timeout=60
-        )
+        run = WorkerRun(run_id="run-missing", session_tag="tag")
+        result = client.submit(run_on_worker, spec, 0, run, pure=False).result(timeout=60)
     assert result["status"] == ScriptStatus.ERROR
+    assert result["cause"] == FailureCause.MISSING_PATH
     assert str(result["worker"]).startswith("tcp://127.0.0.1:")
     assert "on Dask worker" in (result["error"] or "")
     assert "shared filesystem" in (result["error"] or "")
+
+
+# -- nothing waits on a cluster without a deadline --------------------------------------------
+
+
+@contextlib.contextmanager
+def _not_a_scheduler(kind: str) -> Iterator[tuple[str, threading.Event]]:
+    """A server on loopback that is no Dask scheduler, and an event set once someone connects:
+    ``http`` is a web server, ``silent`` accepts and never says a word."""
+    connected = threading.Event()
+    server: socketserver.TCPServer
+    if kind == "http":
+
+        class Web(http.server.BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                connected.set()
+                super().setup()
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Web)
+    else:
+
+        class Silent(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                connected.set()
+                while self.request.recv(65536):
+                    pass
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Silent)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{server.server_address[1]}", connected
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("kind", ["http", "silent"])
+def test_an_address_that_is_no_scheduler_makes_every_script_an_error_in_time(
+    px: ExecPytester, kind: str
+) -> None:
+    _on_dask(px)
+    px.ini(exec_dask_connect_timeout="2")
+    px.script("a_script.py", "print('never runs')\n")
+    px.script("b_script.py", "print('never runs')\n")
+    with _not_a_scheduler(kind) as (address, connected):
+        started = time.monotonic()
+        result = px.run(
+            "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", address,
+            *px.junit_args(), timeout=60,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        assert connected.is_set()
+
+    assert _ran_on_dask(px)
+    assert _outcomes(px) == {"a_script": "error", "b_script": "error"}
+    assert _causes(px) == {"a_script": "engine", "b_script": "engine"}
+    for name in ("a", "b"):
+        result.stdout.fnmatch_lines(
+            [
+                f"*{name}_script.py could not run: cannot use Dask: connecting to the scheduler "
+                f"({address}): no answer in 2 s"
+            ]
+        )
+    # Without a deadline the client waits for the handshake forever.
+    assert elapsed < 25, f"pytest took {elapsed:.1f} s"
+
+
+def test_sigterm_while_connecting_ends_pytest_promptly(px: ExecPytester) -> None:
+    px.script("a_script.py", "print('never runs')\n")
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
+    with _not_a_scheduler("silent") as (address, connected):
+        command += ["--exec-backend", "dask", "--exec-dask-scheduler", address]
+        with subprocess.Popen(
+            command, cwd=px.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc:
+            try:
+                assert connected.wait(60), "pytest never tried to connect"
+                signalled = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                output, _ = proc.communicate(timeout=30)
+                elapsed = time.monotonic() - signalled
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    text = output.decode(errors="replace")
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, text
+    assert "INTERNALERROR" not in text
+    # The connect deadline is 30 s; before it existed, the stop waited for up to a day.
+    assert elapsed < 10, f"pytest took {elapsed:.1f} s after SIGTERM"
+
+
+def test_x_starts_no_queued_script_after_the_failure(px: ExecPytester) -> None:
+    _on_dask(px)
+    started = px.path / "started"
+    started.mkdir()
+    px.script("fails_script.py", "# pytest.mark.exec(priority=-1)\nraise SystemExit(1)\n")
+    for index in range(4):
+        px.script(
+            f"queued{index}_script.py",
+            f"open({str(started / f'queued{index}')!r}, 'w').close()\n",
+        )
+    result = px.run("-x", "--exec-parallel", "--exec-backend", "dask", "--exec-workers", "1")
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*stopping after 1 failures*"])
+    assert sorted(os.listdir(started)) == [], "queued scripts started after the failure"
+
+
+def test_x_lets_the_queue_go_on_after_a_skip_exit_code(px: ExecPytester) -> None:
+    # The exit is held for pytest's judgement like a failure; pytest counts it a skip, so
+    # the queued scripts must start after all (not wait for ever, not be cancelled).
+    _on_dask(px)
+    px.ini(exec_skip_exit_codes="77")
+    px.script("skips_script.py", "# pytest.mark.exec(priority=-1)\nraise SystemExit(77)\n")
+    for index in range(3):
+        px.script(f"queued{index}_script.py", "")
+    result = px.run("-x", "--exec-parallel", "--exec-backend", "dask", "--exec-workers", "1")
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=3, skipped=1)
+
+
+@contextlib.contextmanager
+def _run_on_a_lone_scheduler(
+    px: ExecPytester, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """A ``dask scheduler`` of the test's own, with no worker, and a pytest run on it that has
+    sent its scripts there (they wait: no worker): the scheduler's and pytest's processes."""
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen(
+        [DASK, "scheduler", "--no-dashboard", "--host", "127.0.0.1", "--port", "0",
+         "--scheduler-file", str(scheduler_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline, "the dask scheduler did not start"
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
+        command += ["--exec-backend", "dask", "--exec-dask-scheduler", address]
+        with subprocess.Popen(
+            [*command, *px.junit_args()],
+            cwd=px.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        ) as pytest_process:
+            try:
+                with distributed.Client(address, timeout=30) as watcher:
+                    # A lambda: sent by value, the scheduler cannot import this module.
+                    while not watcher.run_on_scheduler(
+                        lambda dask_scheduler: len(dask_scheduler.tasks)
+                    ):
+                        assert time.monotonic() < deadline, "the script never reached Dask"
+                        time.sleep(0.1)
+                yield scheduler, pytest_process
+            finally:
+                if pytest_process.poll() is None:
+                    pytest_process.kill()
+                    pytest_process.wait()
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+
+
+def test_a_scheduler_that_dies_mid_run_ends_it_with_errors(
+    px: ExecPytester, tmp_path: Path
+) -> None:
+    _on_dask(px)
+    px.ini(exec_dask_connect_timeout="3")
+    px.script("a_script.py", "print('never runs: the cluster has no worker')\n")
+    with _run_on_a_lone_scheduler(px, tmp_path) as (scheduler, pytest_process):
+        scheduler.kill()
+        killed = time.monotonic()
+        output, _ = pytest_process.communicate(timeout=60)
+        elapsed = time.monotonic() - killed
+    text = output.decode(errors="replace")
+    assert _ran_on_dask(px)
+    assert _outcomes(px) == {"a_script": "error"}, text
+    assert _causes(px) == {"a_script": "engine"}
+    assert "lost the connection to Dask" in text, text
+    assert elapsed < 30, f"pytest took {elapsed:.1f} s after the scheduler died"
+
+
+def test_a_stop_the_scheduler_does_not_answer_is_abandoned_with_a_note(
+    px: ExecPytester, tmp_path: Path
+) -> None:
+    # A frozen scheduler keeps its connections open and answers nothing: the cancel, the
+    # sweep and the close would each wait for good.
+    px.ini(exec_dask_call_timeout="2")
+    px.script("a_script.py", "print('never runs: the cluster has no worker')\n")
+    with _run_on_a_lone_scheduler(px, tmp_path) as (scheduler, pytest_process):
+        scheduler.send_signal(signal.SIGSTOP)
+        pytest_process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output, _ = pytest_process.communicate(timeout=60)
+        elapsed = time.monotonic() - signalled
+    text = output.decode(errors="replace")
+    assert pytest_process.returncode == pytest.ExitCode.INTERRUPTED, text
+    assert "codomyrmex-exec: Dask (tcp://127.0.0.1:" in text, text
+    assert "stopped answering (setting the cancel event: no answer in 2 s)" in text, text
+    assert "the backend did not stop" not in text, text
+    # Two exchanges of 2 s at most (the cancel, closing the client); before, for good.
+    assert elapsed < 20, f"pytest took {elapsed:.1f} s after SIGTERM"
+
+
+def test_the_worker_side_imports_nothing_of_pytest() -> None:
+    """The task's module and what it imports of the package stay free of pytest's side."""
+    package = Path(__file__).parent.parent / "pytest_codomyrmex_exec"
+    for module in ("plugin/dask_worker.py", "plugin/environment.py"):
+        tree = ast.parse((package / module).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("pytest", "_pytest", "pluggy"), (module, name)
+                if name.startswith(".") and not name.startswith(".."):
+                    assert name == ".environment", f"{module} imports the plugin's {name}"
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf"])
+def test_an_unusable_deadline_is_a_usage_error_naming_the_key(px: ExecPytester, value: str) -> None:
+    px.ini(exec_dask_call_timeout=value)
+    px.script("a_script.py", "")
+    result = px.run_inprocess("--exec-parallel", "--exec-backend", "dask")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ini option 'exec_dask_call_timeout'" in result.stderr.str()
+    assert repr(value) in result.stderr.str()
 
 
 def test_local_capacities_are_shared_out_over_the_workers() -> None:

@@ -132,10 +132,17 @@ def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, backend: str) 
 def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend: str) -> None:
     # Half a second apart: a measured duration includes the interpreter's start, which on a
     # loaded machine varies by more than the quarter second that used to separate them.
+    # The scripts sleep only while "slow" exists: one run measures them; the later runs
+    # start from what it remembered (the cache file as that run left it), without sleeping.
     sleeps = {"a_short": 0.0, "b_long": 1.0, "c_mid": 0.5}
     for name, seconds in sleeps.items():
-        px.script(f"{name}_script.py", RECORD_START + f"import time\ntime.sleep({seconds})\n")
+        px.script(
+            f"{name}_script.py",
+            RECORD_START + f"import time\nif pathlib.Path({str(px.path / 'slow')!r}).exists():"
+            f"\n    time.sleep({seconds})\n",
+        )
     args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
+    cache = px.path / ".pytest_cache" / "v" / "codomyrmex_exec" / "durations"
 
     def start_order(*extra: str) -> list[str]:
         (px.path / "order.txt").unlink(missing_ok=True)
@@ -143,19 +150,25 @@ def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend:
         return px.lines("order.txt")
 
     # Nothing remembered yet: collection order. Then the longest first.
+    (px.path / "slow").touch()
     assert start_order() == ["a_short_script", "b_long_script", "c_mid_script"]
+    (px.path / "slow").unlink()
+    measured = cache.read_text()
     assert start_order() == ["b_long_script", "c_mid_script", "a_short_script"]
+    cache.write_text(measured)
     assert start_order("--exec-order", "collection") == [
         "a_short_script",
         "b_long_script",
         "c_mid_script",
     ]
+    cache.write_text(measured)
     assert start_order("-o", "exec_order=collection") == [
         "a_short_script",
         "b_long_script",
         "c_mid_script",
     ]
     # An explicit priority beats any remembered duration.
+    cache.write_text(measured)
     mid = px.path / "c_mid_script.py"
     mid.write_text("# pytest.mark.exec(priority=-1)\n" + mid.read_text())
     assert start_order() == ["c_mid_script", "b_long_script", "a_short_script"]

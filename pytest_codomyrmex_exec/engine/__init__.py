@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         plan_launch,
     )
     from .parallel import BATCH_ENV_VAR, ParallelRunner, ProgressEvent
-    from .resources import describe_amounts, parse_capacities, unmet_demand
+    from .resources import Slots, describe_amounts, parse_capacities, unmet_demand
     from .results import (
         AsyncExecutionResult,
         ExecutionResult,
@@ -89,6 +89,7 @@ _HOMES = {
     "plan_launch": "launch",
     "BATCH_ENV_VAR": "parallel",
     "ParallelRunner": "parallel",
+    "Slots": "resources",
     "describe_amounts": "resources",
     "parse_capacities": "resources",
     "unmet_demand": "resources",
@@ -155,6 +156,7 @@ __all__ = [
     "ScriptResult",
     "ScriptSpec",
     "ScriptStatus",
+    "Slots",
     "Subscription",
     "WarmChild",
     "WarmLauncher",

@@ -171,13 +171,13 @@ def plan_launch(
     try:
         is_file = stat.S_ISREG(os.stat(script).st_mode)  # one stat call, not two
     except OSError:
-        return error(f"script not found: {script}")
+        return error(f"script not found: {script}", FailureCause.MISSING_PATH)
     if not is_file:
-        return error(f"not a file: {script}")
+        return error(f"not a file: {script}", FailureCause.MISSING_PATH)
 
     work_dir = spec.cwd if spec.cwd is not None else str(script.parent)
     if not os.path.isdir(work_dir):
-        return error(f"working directory does not exist: {work_dir}")
+        return error(f"working directory does not exist: {work_dir}", FailureCause.MISSING_PATH)
 
     stdin_file = None
     if spec.stdin_file is not None:

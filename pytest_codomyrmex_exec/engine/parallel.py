@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import suppress
@@ -18,7 +18,12 @@ from typing import Any, final
 
 from .events import RunEvent, RunEventKind, Subscription
 from .launch import COLD, Launcher, kill_tagged
-from .resources import Amounts
+from .resources import (
+    DEFAULT_RESOURCE_ENV,
+    Amounts,
+    with_resource_env,
+    with_resource_ids,
+)
 from .results import ExecutionResult, FailureCause, ScriptResult, ScriptStatus, make_result
 from .run import CancelEvent, run_spec
 from .spec import DEFAULT_TIMEOUT, RUN_KEYWORDS, InvalidSpec, ScriptSpec, validate_timeout
@@ -168,6 +173,12 @@ class ParallelRunner:
     than exists is an ``"error"`` result naming the resource. A script that waits for
     resources reserves them: scripts after it start first only with what it does not need,
     so it is never starved. Without capacities (``None``) demands are not tracked.
+
+    With capacities, each script is given the ids of the units it holds (a capacity of
+    ``4`` has units ``0``..``3``; :class:`Slots` names them): ``EXEC_RESOURCE_<NAME>`` and
+    the variables ``resource_env`` lists for the resource (by default ``CUDA_VISIBLE_DEVICES``
+    for ``GPU``) are set to them, and its result's ``resource_ids`` lists them. A spec with
+    ``exclusive=True`` runs with no other script of the batch running.
     """
 
     def __init__(
@@ -179,6 +190,7 @@ class ParallelRunner:
         executor: Executor | Callable[[], Executor] | None = None,
         launcher: Launcher = COLD,
         resources: Amounts | None = None,
+        resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
     ) -> None:
         if max_workers is None:
             max_workers = min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS_CAP)
@@ -201,6 +213,7 @@ class ParallelRunner:
         self._executor = executor
         self._launcher = launcher
         self._capacities = None if resources is None else dict(resources)
+        self._resource_env = {name: tuple(names) for name, names in resource_env.items()}
         self._lock = threading.Lock()
         self._batches: set[_Batch] = set()
         self._closed = False
@@ -450,7 +463,12 @@ class ParallelRunner:
         for job in jobs:
             never = queue.refusal(job.spec.resources)
             if never is None:
-                queue.push(job, priority=job.spec.priority, demand=job.spec.resources)
+                queue.push(
+                    job,
+                    priority=job.spec.priority,
+                    demand=job.spec.resources,
+                    exclusive=job.spec.exclusive,
+                )
             else:
                 finish(job, _not_run(job, ScriptStatus.ERROR, FailureCause.RESOURCES, never))
 
@@ -473,7 +491,7 @@ class ParallelRunner:
                             finish(left.job, _not_run(left.job, ScriptStatus.CANCELLED))
                         break
                     try:
-                        future = self._submit(executor, ticket.job, batch, base_env)
+                        future = self._submit(executor, ticket, batch, base_env)
                     except Exception as exc:
                         refuse_all(starting[position:], exc)
                         break
@@ -505,7 +523,7 @@ class ParallelRunner:
                         announce(job)
                     result, failed = _outcome(future, job)
                     executor_failed |= failed
-                    finish(job, result)
+                    finish(job, with_resource_ids(result, ticket.assigned))
                     if self.fail_fast and result["status"] in _FAILING:
                         batch.cancel(
                             f"fail_fast: {job.script} ended {result['status'].value}"
@@ -533,10 +551,12 @@ class ParallelRunner:
     def _submit(
         self,
         executor: Executor,
-        job: _Job,
+        ticket: Ticket[_Job],
         batch: _Batch,
         base_env: Mapping[str, str] | None,
     ) -> Future[ScriptResult]:
+        job = ticket.job
+        spec = with_resource_env(job.spec, ticket.assigned, self._resource_env)
         if self._executor is None:
             events = None
             if self.output_callback is not None:
@@ -545,7 +565,7 @@ class ParallelRunner:
             def work() -> ScriptResult:
                 batch.wakeup.set()  # so the parent announces the start now, not at its next poll
                 return run_spec(
-                    job.spec,
+                    spec,
                     base_env=base_env,
                     cancel_event=batch.token,
                     events=events,
@@ -555,7 +575,7 @@ class ParallelRunner:
             return executor.submit(work)
         # Everything handed to a foreign executor must pickle: a module-level function, plain
         # values, and the file token; the marker lets a dead worker's script be found.
-        spec = job.spec.replace(env={**job.spec.env, BATCH_ENV_VAR: batch.marker})
+        spec = spec.replace(env={**spec.env, BATCH_ENV_VAR: batch.marker})
         call = functools.partial(
             run_spec,
             spec,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, final
 
@@ -67,6 +68,9 @@ class ScriptResult(TypedDict):
     address and name); ``None`` otherwise."""
     cause: FailureCause | None
     """Why it did not pass (``None`` when it passed): what code should switch on."""
+    resource_ids: dict[str, list[str]]
+    """The ids of the resource units it held, by resource (``{"GPU": ["0", "1"]}``); empty
+    when it held none or the runner does not track resources."""
 
 
 def make_result(
@@ -83,6 +87,7 @@ def make_result(
     attempts: int = 1,
     worker: str | None = None,
     cause: FailureCause | None = None,
+    resource_ids: Mapping[str, Sequence[str]] | None = None,
 ) -> ScriptResult:
     """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
     return ScriptResult(
@@ -99,6 +104,7 @@ def make_result(
         attempts=attempts,
         worker=worker,
         cause=cause,
+        resource_ids={name: list(ids) for name, ids in (resource_ids or {}).items()},
     )
 
 

@@ -60,6 +60,12 @@ class AsyncJob:
     max_runs: int = 1
     resources: dict[str, float] = field(default_factory=dict)
     """What the job holds while it runs, out of the scheduler's ``resources``."""
+    exclusive: bool = False
+    """It runs with no other job of the scheduler running."""
+    assigned: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The ids of the resource units it holds, by resource, set when it starts (before its
+    function is called, so the function may read them: :func:`resource_env` makes
+    ``CUDA_VISIBLE_DEVICES`` of them)."""
     status: AsyncJobStatus = AsyncJobStatus.PENDING
     result: Any = field(default=None, repr=False)
     error: str | None = None
@@ -134,7 +140,8 @@ class AsyncScheduler:
     priority, then schedule order) start first only with what it does not need, so a job
     needing much is never starved by a stream of jobs needing little. Scheduling a demand
     that could never fit raises ``ValueError`` naming the resource. Without capacities
-    (``None``), demands are not tracked.
+    (``None``), demands are not tracked. A job scheduled with ``exclusive=True`` runs with no
+    other job running: it waits for the running ones, and nothing behind it starts meanwhile.
     """
 
     def __init__(
@@ -187,6 +194,7 @@ class AsyncScheduler:
         resources: Amounts | None = None,
         *,
         key: Hashable | None = None,
+        exclusive: bool = False,
     ) -> str:
         """Queue ``func(*args, **kwargs)`` (which must return an awaitable); return its id.
 
@@ -210,6 +218,8 @@ class AsyncScheduler:
             raise TypeError(f"max_runs must be an int, got {max_runs!r}")
         if max_runs < 1:
             raise ValueError(f"max_runs must be at least 1, got {max_runs}")
+        if not isinstance(exclusive, bool):
+            raise TypeError(f"exclusive must be True or False, got {exclusive!r}")
         try:
             hash(key)
         except TypeError:
@@ -231,6 +241,7 @@ class AsyncScheduler:
             priority=priority,
             max_runs=max_runs,
             resources=demand,
+            exclusive=exclusive,
         )
         self._jobs[job_id] = job
         self._counts[AsyncJobStatus.PENDING] += 1
@@ -240,7 +251,9 @@ class AsyncScheduler:
             # A closed scheduler stays closed: work arriving after close() never runs.
             self._finish(job, AsyncJobStatus.CANCELLED)
             return job_id
-        self._tickets[job_id] = self._queue.push(job_id, priority=priority, demand=demand)
+        self._tickets[job_id] = self._queue.push(
+            job_id, priority=priority, demand=demand, exclusive=exclusive
+        )
         if self._wakeup is not None:
             self._wakeup.set()
         return job_id
@@ -297,7 +310,9 @@ class AsyncScheduler:
                 # Clearing before starting jobs is safe: nothing else runs until the await.
                 wakeup.clear()
                 for ticket in self._queue.pop_ready():
-                    self._start(self._jobs[ticket.job])
+                    job = self._jobs[ticket.job]
+                    job.assigned = ticket.assigned
+                    self._start(job)
                 if not self._running and not self._queue.waiting:
                     break
                 await wakeup.wait()

@@ -160,6 +160,9 @@ def _resources(value: object) -> dict[str, float]:
             raise InvalidSpecType(f"resources[{key!r}] must be a number, got {amount!r}")
         if not math.isfinite(amount) or amount <= 0:
             raise InvalidSpec(f"resources[{key!r}] must be a positive amount, got {amount!r}")
+        if amount > 1 and not float(amount).is_integer():
+            # Up to 1 is a share of one device; more is that many whole devices.
+            raise InvalidSpec(f"resources[{key!r}] above 1 must be whole, got {amount!r}")
         checked[key] = amount
     return checked
 
@@ -214,6 +217,8 @@ class ScriptSpec:
     """Smoke-test an endless script: still running after this many seconds means passed."""
     warm: bool = True
     """May start from a pre-warmed interpreter when the runner has one."""
+    exclusive: bool = False
+    """Runs with no other script running (the runner waits for the others, they for it)."""
 
     def __post_init__(self) -> None:
         # Frozen: normalised values are written through object.__setattr__, once, here.
@@ -240,6 +245,7 @@ class ScriptSpec:
         put(self, "as_module", _flag("as_module", self.as_module))
         put(self, "run_for", _positive_seconds("run_for", self.run_for))
         put(self, "warm", _flag("warm", self.warm))
+        put(self, "exclusive", _flag("exclusive", self.exclusive))
 
     def replace(self, **changes: Any) -> ScriptSpec:
         """A copy with ``changes`` applied (and checked)."""

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from ..engine import kill_tagged
+from ..engine.resources import describe_assigned
 from . import hookspecs
 from .durations import configure_durations
+from .environment import SESSION_TAG_VAR
 from .expected import add_output_options
 from .guardian import protect, scripts_will_run, unprotect
 from .items import OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptFile, ScriptItem, is_script
@@ -27,7 +29,6 @@ from .report import (
     junit_properties,
     script_facts,
 )
-from .settings import SESSION_TAG_VAR
 from .shards import configure_shard
 from .update import configure_output_checks
 
@@ -87,7 +88,11 @@ def pytest_exec_make_backend(config: pytest.Config) -> object:
     if options.backend == "dask":
         return None  # made by the dask_backend plugin, registered in pytest_configure
     return make_builtin_backend(
-        options.backend, options.workers, launcher_for(config), options.resources
+        options.backend,
+        options.workers,
+        launcher_for(config),
+        options.resources,
+        options.resource_env,
     )
 
 
@@ -177,8 +182,38 @@ def pytest_runtest_makereport(
         if result is not None and final:
             # The script's final report: the facts for the summary and the results file.
             skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
-            setattr(report, FACTS_ATTR, script_facts(result, skip_codes))
+            facts = script_facts(result, skip_codes)
+            if report.skipped and facts["status"] == "error":
+                facts["status"] = "skipped"  # exec_missing_resources = skip: counted as pytest does
+            setattr(report, FACTS_ATTR, facts)
     return report
+
+
+_VERBOSE_WORDS = {
+    "passed": (".", "PASSED", {"green": True}),
+    "failed": ("F", "FAILED", {"red": True}),
+    "skipped": ("s", "SKIPPED", {"yellow": True}),
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+    """With -v, a script that held device ids says which: ``PASSED (GPU=0,1)``."""
+    facts = getattr(report, FACTS_ATTR, None)
+    words = _VERBOSE_WORDS.get(report.outcome)  # another plugin's outcome ("rerun") keeps its own
+    if (
+        config.get_verbosity() <= 0
+        or report.when != "call"
+        or words is None
+        or not isinstance(facts, dict)
+        or not facts.get("resource_ids")
+        or hasattr(report, "wasxfail")  # xfail's own words stay
+    ):
+        return None
+    letter, word, markup = words
+    return report.outcome, letter, (f"{word} ({describe_assigned(facts['resource_ids'])})", markup)
 
 
 @pytest.hookimpl(optionalhook=True)

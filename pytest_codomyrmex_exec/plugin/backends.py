@@ -9,6 +9,7 @@ the ``pytest_exec_make_backend`` hook.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from ..engine import (
     run_spec_async,
     unmet_demand,
 )
+from ..engine.resources import DEFAULT_RESOURCE_ENV, with_resource_env, with_resource_ids
 
 if TYPE_CHECKING:
     from ..engine import AsyncScheduler, JobEvent
@@ -139,6 +141,7 @@ class ProcessBackend:
         workers: int,
         launcher: Launcher = COLD,
         resources: Mapping[str, float] | None = None,
+        resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
     ) -> None:
         self._capacities = dict(resources or {})
         self._runner = ParallelRunner(
@@ -146,6 +149,7 @@ class ProcessBackend:
             progress_callback=self._progress,
             launcher=launcher,
             resources=self._capacities,
+            resource_env=resource_env,
         )
         self._thread = BackendThread("codomyrmex-exec-runner")
         self._jobs: Sequence[ScriptJob] = ()
@@ -191,8 +195,10 @@ class AsyncBackend:
         workers: int,
         launcher: Launcher = COLD,
         resources: Mapping[str, float] | None = None,
+        resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
     ) -> None:
         self._launcher = launcher
+        self._resource_env = resource_env
         # Imported here: asyncio and the scheduler cost start-up time every other run skips.
         from ..engine import AsyncScheduler, JobEventKind
 
@@ -203,6 +209,7 @@ class AsyncBackend:
         )
         self._thread = BackendThread("codomyrmex-exec-scheduler")
         self._by_key: dict[int, ScriptJob] = {}
+        self._job_ids: dict[int, str] = {}
         self._sink: EventSink | None = None
 
     def start(
@@ -224,19 +231,37 @@ class AsyncBackend:
     async def _main(self, jobs: Sequence[ScriptJob], base_env: Mapping[str, str]) -> None:
         assert self._sink is not None
         for job in jobs:  # in start order: equal priorities keep it (first in, first out)
-            events = Subscription(self._sink, job.key, output=job.output)
             # Known before scheduling: a closed scheduler cancels it inside schedule().
             self._by_key[job.key] = job
-            self._scheduler.schedule(
-                run_spec_async,
+            self._job_ids[job.key] = self._scheduler.schedule(
+                self._run,
                 name=job.spec.script,
                 key=job.key,
-                args=(job.spec,),
-                kwargs={"base_env": base_env, "events": events, "launcher": self._launcher},
+                args=(job, base_env),
                 priority=job.spec.priority,
                 resources=job.spec.resources,
+                exclusive=job.spec.exclusive,
             )
         await self._scheduler.run_all()
+
+    async def _run(self, job: ScriptJob, base_env: Mapping[str, str]) -> ScriptResult:
+        """Run one script with the resource ids the scheduler gave it as it started."""
+        assert self._sink is not None
+        scheduled = self._scheduler.get_job(self._job_ids[job.key])
+        assigned = scheduled.assigned if scheduled is not None else {}
+        sink = self._sink
+
+        def tell(event: RunEvent) -> None:
+            if event.result is not None and event.kind == RunEventKind.FINISHED:
+                event = dataclasses.replace(event, result=with_resource_ids(event.result, assigned))
+            sink(event)
+
+        return await run_spec_async(
+            with_resource_env(job.spec, assigned, self._resource_env),
+            base_env=base_env,
+            events=Subscription(tell, job.key, output=job.output),
+            launcher=self._launcher,
+        )
 
     def _job_event(self, event: JobEvent) -> None:
         # The engine reports started/finished itself; the scheduler only knows about the
@@ -271,7 +296,8 @@ def make_builtin_backend(
     workers: int,
     launcher: Launcher = COLD,
     resources: Mapping[str, float] | None = None,
+    resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
 ) -> ScriptBackend:
     if backend == "async":
-        return AsyncBackend(workers, launcher, resources)
-    return ProcessBackend(workers, launcher, resources)
+        return AsyncBackend(workers, launcher, resources, resource_env)
+    return ProcessBackend(workers, launcher, resources, resource_env)

@@ -1,241 +1,105 @@
-"""The ``dask`` backend: each script is one task on a Dask cluster, run there by the engine.
+"""The ``dask`` backend, pytest's side: each script is one task on a Dask cluster.
 
 Registered as a plugin (its ``pytest_exec_make_backend``) only when ``--exec-backend dask``
-is chosen, so ``distributed`` is imported by nobody else. On a worker the task
-(:func:`run_on_worker`) runs the engine's ``run_spec``: timeouts, tree kills, bounded
-output, memory limits and retries happen there, exactly as locally. What crosses the network:
+is chosen, so ``distributed`` is imported by nobody else. The task itself, and everything
+that runs on a worker, is in :mod:`.dask_worker`: there the engine's ``run_spec`` runs the
+script (timeouts, tree kills, bounded output, memory limits and retries, exactly as
+locally). What crosses the network:
 
-- to the worker, the :class:`ScriptSpec` (plain data) and a few strings;
+- to the worker, the :class:`ScriptSpec` (plain data), its key and a :class:`WorkerRun`;
 - back, the result dict (with ``worker`` set) when the task ends, and a ``started`` event
   through a Dask event topic (``Worker.log_event``) when the script is about to start;
-- a cancel: a Dask ``Event`` that every running task polls (at most every
-  :data:`CANCEL_POLL` s) and that stops its script's process tree.
+- a cancel: a Dask ``Event`` that every running task polls and that stops its script's tree.
 
 Scripts have side effects, so none runs twice: before starting, the task claims its job in
 the scheduler's metadata; a task Dask re-runs after its worker died finds the claim and
 returns an ``error`` naming the dead worker instead of running the script again.
+
+Nothing here waits on the cluster without a deadline: connecting (``exec_dask_connect_timeout``),
+every other exchange (``exec_dask_call_timeout``), and a lost connection. A stop whose
+exchanges get no answer is abandoned with a message; this machine is swept all the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
-import signal
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, final
 
 import pytest
 
-from ..engine import (
-    BATCH_ENV_VAR,
-    EventSink,
-    RunEvent,
-    RunEventKind,
-    ScriptResult,
-    ScriptSpec,
-    ScriptStatus,
-    describe_amounts,
-    kill_tagged,
-    make_result,
-    run_spec,
+from ..engine.events import EventSink, RunEvent, RunEventKind
+from ..engine.launch import kill_tagged
+from ..engine.parallel import BATCH_ENV_VAR
+from ..engine.resources import describe_amounts
+from ..engine.results import FailureCause, ScriptResult, ScriptStatus, make_result
+from .backends import BackendThread, ScriptJob, finished_event, runnable
+from .dask_worker import (
+    FAIL_FAST,
+    NAMESPACE,
+    STARTED_TOPIC,
+    WORKER_TAG_VAR,
+    Unreachable,
+    WorkerRun,
+    bounded,
+    cancel_name,
+    claim_key,
+    distributed,
+    run_metadata,
+    run_on_worker,
+    worker_label,
 )
-from .backends import BackendThread, ScriptJob, engine_broke, finished_event, runnable
+from .environment import SESSION_TAG_VAR
 from .items import OPTIONS_KEY
-from .settings import SESSION_TAG_VAR, child_environment
+from .outcome import is_exit_skip
 
 logger = logging.getLogger(__name__)
 
-
-def _distributed() -> Any:
-    """The ``distributed`` package, imported on first use (it is partly untyped: ``Any``)."""
-    import distributed
-
-    return distributed
-
-
-WORKER_PID_VAR = "CODOMYRMEX_EXEC_WORKER_PID"
-"""Set in a script's environment on a worker: the worker process's pid. A script whose worker
-is gone is an orphan; :func:`kill_orphans` finds it by this and :data:`BATCH_ENV_VAR`."""
-
-CANCEL_POLL = 0.2
-"""Seconds between two looks at the cancel ``Event`` from one running task: the engine
-asks every 0.05 s, but each look is a round trip to the scheduler."""
+T = TypeVar("T")
 
 CANCEL_WAIT = 10.0
 """Seconds to wait, after a cancel, for running tasks to report their killed scripts."""
 
-CONNECT_TIMEOUT = 30.0
-"""Seconds to wait for the scheduler, and for a local cluster's workers."""
-
-_GIVE_UP_ON_SCHEDULER = 10.0
-"""A running task that cannot reach the scheduler this long stops its script: no one could
-collect its result, and it must not run on unsupervised."""
-
-_NAMESPACE = "codomyrmex-exec"
-STARTED_TOPIC = f"{_NAMESPACE}-started"
-"""The Dask event topic of script starts, one for every run: the scheduler keeps the last
-1,000 events of each topic for good, so one topic per run would grow a long-lived
-scheduler with every run. Each subscriber keeps its own run's events."""
-_PATH_ERRORS = (
-    "script not found",
-    "not a file",
-    "working directory does not exist",
-    "stdin_file not found",
-    "Python interpreter not found",
-)
-
-
-def worker_label(address: str, name: object) -> str:
-    """How a report names a worker: its address, and its name when that says more."""
-    text = str(name)
-    return address if not text or text == address else f"{address} (name {text})"
-
 
 @final
-class DaskCancelSignal:
-    """The engine's cancel signal inside a task: set when the run is cancelled or the task is.
+@dataclass(frozen=True, slots=True)
+class DaskLimits:
+    """How long the backend waits on the cluster; every wait has one of these deadlines."""
 
-    Two sources. The task's own state on this worker, read locally at every look: Dask
-    cancels a running task when nobody wants its result any more, as when pytest died
-    (SIGKILL, out of memory) and the scheduler dropped its client. And the run's Dask
-    ``Event``, a round trip to the scheduler, so read at most every :data:`CANCEL_POLL` s.
-    Once set it stays set. If the scheduler cannot be reached for
-    :data:`_GIVE_UP_ON_SCHEDULER` s it counts as set: no one could collect the result.
-    """
-
-    def __init__(self, name: str, worker: Any, key: object) -> None:
-        self._name = name
-        self._worker = worker
-        self._key = key
-        self._event: Any = None
-        self._next = 0.0
-        self._set = False
-        self._unreachable_since: float | None = None
-
-    def is_set(self) -> bool:
-        if self._set:
-            return True
-        task = self._worker.state.tasks.get(self._key)
-        if task is None or task.state == "cancelled":
-            self._set = True
-            return True
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + CANCEL_POLL
-        try:
-            if self._event is None:
-                self._event = _distributed().Event(self._name)
-            self._set = bool(self._event.is_set())
-            self._unreachable_since = None
-        except Exception as exc:  # the scheduler is unreachable or going away
-            if self._unreachable_since is None:
-                self._unreachable_since = now
-                logger.warning("cannot read the cancel event %s: %r", self._name, exc)
-            elif now - self._unreachable_since > _GIVE_UP_ON_SCHEDULER:
-                self._set = True
-        return self._set
+    connect: float = 30.0
+    """Seconds to reach the scheduler (and for a local cluster's workers to start); also how
+    long a lost connection may stay lost before the run's remaining scripts are given up."""
+    call: float = 30.0
+    """Seconds for any other single exchange: metadata, cancel, the sweep, closing."""
 
 
-def _with_worker_hint(result: ScriptResult, label: str) -> ScriptResult:
-    error = result["error"]
-    if result["status"] == ScriptStatus.ERROR and error and error.startswith(_PATH_ERRORS):
-        result["error"] = (
-            f"{error} on Dask worker {label}: workers must see the scripts, their folders and "
-            "the interpreter at the same paths as pytest does (a shared filesystem)"
-        )
-    return result
+CONNECT_TIMEOUT_INI = "exec_dask_connect_timeout"
+CALL_TIMEOUT_INI = "exec_dask_call_timeout"
 
 
-def run_on_worker(spec: ScriptSpec, session_tag: str, run_id: str, key: int) -> ScriptResult:
-    """The task: run ``spec`` on this worker once, and return its result with ``worker`` set.
-
-    Module-level and given plain values, so Dask pickles it by reference (the package must be
-    installed on the workers, as it is in the same environment).
-    """
-    dask = _distributed()
-    worker = dask.get_worker()
-    label = worker_label(worker.address, worker.name)
-    client = dask.get_client()
-    claim = [_NAMESPACE, run_id, "claims", str(key)]
-    earlier = client.get_metadata(claim, None)
-    if earlier is not None:
-        return make_result(
-            spec.script,
-            ScriptStatus.ERROR,
-            error=f"the Dask worker {earlier} died while running the script; it is not run a "
-            "second time (scripts may have side effects)",
-            attempts=1,
-            worker=str(earlier),
-        )
-    client.set_metadata(claim, label)
-    worker.log_event(STARTED_TOPIC, {"run": run_id, "key": key, "worker": label})
-    base_env = child_environment(session_tag)  # this machine's environment, not pytest's
-    base_env[BATCH_ENV_VAR] = run_id
-    base_env[WORKER_PID_VAR] = str(os.getpid())
-    cancel = DaskCancelSignal(_cancel_name(run_id), worker, worker.get_current_task())
-    result = run_spec(spec, base_env=base_env, cancel_event=cancel)
-    result["worker"] = label
-    return _with_worker_hint(result, label)
-
-
-def _cancel_name(run_id: str) -> str:
-    return f"{_NAMESPACE}-cancel-{run_id}"
-
-
-def _environ(pid: int) -> dict[bytes, bytes] | None:
+def _seconds(config: pytest.Config, key: str) -> float:
+    text = str(config.getini(key)).strip()
     try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    return dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+        value = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"ini option {key!r}: expected seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise pytest.UsageError(f"ini option {key!r}: must be a positive number, got {text!r}")
+    return value
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def kill_orphans(run_id: str) -> int:
-    """Kill this run's scripts on this machine whose worker process is gone; how many.
-
-    Run on every worker (and here) when a worker died: its scripts, each in a session of
-    its own, would otherwise run on. Linux only (``/proc``), like ``kill_tagged``.
-    """
-    if not os.path.isdir("/proc"):
-        return 0
-    found = 0
-    want = run_id.encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        env = _environ(int(entry.name))
-        if env is None or env.get(BATCH_ENV_VAR.encode()) != want:
-            continue
-        owner = env.get(WORKER_PID_VAR.encode(), b"")
-        if owner.isdigit() and _alive(int(owner)):
-            continue
-        found += 1
-        with contextlib.suppress(OSError):
-            os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.kill(int(entry.name), signal.SIGKILL)
-    return found
+def limits_from_ini(config: pytest.Config) -> DaskLimits:
+    """The backend's deadlines from the ini keys, refused with the key's name when unusable."""
+    return DaskLimits(
+        connect=_seconds(config, CONNECT_TIMEOUT_INI), call=_seconds(config, CALL_TIMEOUT_INI)
+    )
 
 
 def spread_resources(capacities: Mapping[str, float], workers: int) -> list[dict[str, float]]:
@@ -277,9 +141,25 @@ def unmet_on_cluster(
     return f"needs {describe_amounts(demand)} on one worker, and no Dask worker has them all"
 
 
+def _not_run(job: ScriptJob, status: ScriptStatus, cause: FailureCause, error: str) -> ScriptResult:
+    return make_result(job.spec.script, status, error=error, attempts=0, cause=cause)
+
+
+def _say(message: str) -> None:
+    """A note for the person at the terminal about a stop that could not be completed: no
+    script's outcome carries it, and the session's reporter belongs to the main thread."""
+    print(f"codomyrmex-exec: {message}", file=sys.stderr, flush=True)
+
+
 @final
 class DaskBackend:
-    """Runs the session's scripts as Dask tasks; see the module's docstring."""
+    """Runs the session's scripts as Dask tasks; see the module's docstring.
+
+    ``stop_after``: pytest's ``--maxfail`` (``-x`` is 1; 0 for none). With it, a task whose
+    script did not pass holds every later start on the cluster until this side has judged
+    it, so that no queued script starts once the run stops. ``skip_exit_codes`` are the
+    exits that count as skips, not failures, in that judgement.
+    """
 
     def __init__(
         self,
@@ -287,17 +167,38 @@ class DaskBackend:
         address: str | None,
         workers: int,
         resources: Mapping[str, float] | None = None,
+        limits: DaskLimits = DaskLimits(),
+        stop_after: int = 0,
+        skip_exit_codes: frozenset[int] = frozenset(),
     ) -> None:
         self._address = address
+        self._where = address or "a local cluster"
         self._workers = workers
         self._capacities = dict(resources or {})
+        self._limits = limits
+        self._stop_after = stop_after
+        self._skip_exit_codes = skip_exit_codes
         self._stop = threading.Event()
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread = BackendThread("codomyrmex-exec-dask")
         self._sink: EventSink | None = None
-        self._client: Any = None
-        self._cluster: Any = None
+        self._reported: set[int] = set()
         self.run_id = uuid.uuid4().hex
+
+    @classmethod
+    def from_config(cls, config: pytest.Config, *, address: str | None) -> DaskBackend:
+        """The backend for this session, on the scheduler at ``address`` (``None``: a local
+        cluster of ``--exec-workers``): the session's deadlines, ``--maxfail`` and resources.
+        A conftest that starts its own cluster (dask-jobqueue) makes its backend with this."""
+        options = config.stash[OPTIONS_KEY]
+        return cls(
+            address=address,
+            workers=options.workers,
+            resources=options.resources,
+            limits=limits_from_ini(config),
+            stop_after=config.getoption("maxfail") or 0,
+            skip_exit_codes=options.skip_exit_codes,
+        )
 
     # -- ScriptBackend ----------------------------------------------------------------------
 
@@ -322,46 +223,104 @@ class DaskBackend:
 
     def _emit(self, event: RunEvent) -> None:
         assert self._sink is not None
+        if event.kind == RunEventKind.FINISHED:
+            if event.key in self._reported:
+                return
+            self._reported.add(event.key)
         self._sink(event)
 
     def _serve(self, jobs: list[ScriptJob], session_tag: str) -> None:
         try:
-            with self._connected():
+            with self._connected() as client:
                 if self._address is None:
                     # A local cluster: exec_resources were shared out over its workers.
                     jobs = runnable(jobs, self._capacities, self._emit)
-                _Run(self, jobs, session_tag).run()
+                run = _Run(
+                    client,
+                    jobs,
+                    run=WorkerRun(
+                        run_id=self.run_id,
+                        session_tag=session_tag,
+                        fail_fast=self._stop_after > 0,
+                        call_timeout=self._limits.call,
+                    ),
+                    where=self._where,
+                    limits=self._limits,
+                    stop=self._stop,
+                    inbox=self._inbox,
+                    emit=self._emit,
+                    judge=_FailFast(self._stop_after, self._skip_exit_codes),
+                )
+                run.run()
         except Exception as exc:
-            logger.exception("the dask backend broke")
-            where = self._address or "a local cluster"
-            for job in jobs:  # the session ignores a second "finished" for a key
-                result = engine_broke(job.spec, f"Dask ({where}): {type(exc).__name__}: {exc}")
-                self._emit(finished_event(job, result))
+            if self._stop.is_set():
+                status, cause, text = ScriptStatus.CANCELLED, FailureCause.CANCELLED, "cancelled"
+            else:
+                status, cause = ScriptStatus.ERROR, FailureCause.ENGINE
+                if isinstance(exc, Unreachable):
+                    text = f"cannot use Dask: {exc}"  # it names what was asked of whom
+                else:
+                    logger.exception("the dask backend broke")
+                    text = f"cannot use Dask ({self._where}): {type(exc).__name__}: {exc}"
+            for job in jobs:  # those reported already are skipped by _emit
+                self._emit(finished_event(job, _not_run(job, status, cause, text)))
+
+    def _bounded(self, call: Callable[[], T], seconds: float, what: str, **kw: Any) -> T:
+        value: T = bounded(call, seconds, f"{what} ({self._where})", **kw)
+        return value
 
     @contextlib.contextmanager
     def _connected(self) -> Iterator[Any]:
-        Client = _distributed().Client
+        """A client of the scheduler (and the local cluster, if ours), closed at the end.
 
-        if self._address is not None:
-            client = Client(self._address, timeout=CONNECT_TIMEOUT)
-        else:
-            self._cluster = self._local_cluster()
-            client = Client(self._cluster, timeout=CONNECT_TIMEOUT)
-        self._client = client
+        Connecting is abandoned at its deadline or at a cancel; closing is bounded too, and
+        a close that gets no answer is left behind with a note.
+        """
+        dask = distributed()
+        seconds = self._limits.connect
+        cluster: Any = None
+        if self._address is None:
+            cluster = self._bounded(
+                self._local_cluster, seconds, "starting a local cluster", stop=self._stop,
+                discard=lambda late: late.close(timeout=self._limits.call),
+            )  # fmt: skip
+        target = cluster if cluster is not None else self._address
         try:
-            if self._cluster is not None:
-                client.wait_for_workers(self._workers, timeout=CONNECT_TIMEOUT)
-            yield client
+            client = self._bounded(
+                lambda: dask.Client(target, timeout=seconds, set_as_default=False),
+                seconds,
+                "connecting to the scheduler",
+                stop=self._stop,
+                discard=lambda late: late.close(timeout=self._limits.call),
+            )
+            try:
+                if cluster is not None:
+                    self._bounded(
+                        lambda: client.wait_for_workers(self._workers, timeout=seconds),
+                        seconds,
+                        "waiting for the workers",
+                        stop=self._stop,
+                    )
+                yield client
+            finally:
+                self._close("closing the client", lambda: client.close(timeout=self._limits.call))
         finally:
-            with contextlib.suppress(Exception):
-                client.close(timeout=CONNECT_TIMEOUT)
-            if self._cluster is not None:
-                with contextlib.suppress(Exception):
-                    self._cluster.close(timeout=CONNECT_TIMEOUT)
+            if cluster is not None:
+                self._close(
+                    "closing the local cluster", lambda: cluster.close(timeout=self._limits.call)
+                )
+
+    def _close(self, what: str, call: Callable[[], object]) -> None:
+        try:
+            self._bounded(call, self._limits.call, what)
+        except Unreachable as exc:
+            _say(f"{exc}; left behind")
+        except Exception as exc:
+            logger.warning("%s: %r", what, exc)
 
     def _local_cluster(self) -> Any:
         """Worker processes on loopback, one thread each, ``exec_resources`` shared out."""
-        cluster = _distributed().LocalCluster(
+        cluster = distributed().LocalCluster(
             n_workers=0,
             threads_per_worker=1,
             processes=True,
@@ -382,36 +341,94 @@ class DaskBackend:
         return cluster
 
 
-class _Run:
-    """One session's jobs on the cluster: submit, collect, cancel, sweep."""
+@final
+class _FailFast:
+    """pytest's ``--maxfail`` for the results the cluster sends: which failures stop the run."""
 
-    def __init__(self, backend: DaskBackend, jobs: list[ScriptJob], session_tag: str) -> None:
-        assert backend._client is not None
-        self.backend = backend
-        self.client: Any = backend._client
+    def __init__(self, stop_after: int, skip_exit_codes: frozenset[int]) -> None:
+        self.on = stop_after > 0
+        self._left = stop_after
+        self._skip_exit_codes = skip_exit_codes
+
+    def stops(self, result: ScriptResult) -> bool:
+        """Does this result, counted as pytest counts failures, reach ``--maxfail``?"""
+        if result["status"] in (ScriptStatus.PASSED, ScriptStatus.CANCELLED):
+            return False
+        if is_exit_skip(result, self._skip_exit_codes):
+            return False
+        self._left -= 1
+        return self._left <= 0
+
+
+class _Run:
+    """One session's jobs on the cluster: submit, collect, cancel, sweep.
+
+    Everything it uses is given: the client, what each task gets besides its spec and key,
+    the backend's stop flag and inbox (``cancel`` posts there), ``emit`` for the session's
+    events, and the deadlines.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        jobs: list[ScriptJob],
+        *,
+        run: WorkerRun,
+        where: str,
+        limits: DaskLimits,
+        stop: threading.Event,
+        inbox: queue.SimpleQueue[tuple[str, Any]],
+        emit: EventSink,
+        judge: _FailFast,
+    ) -> None:
+        self.client = client
         self.jobs = jobs
-        self.session_tag = session_tag
-        self.run_id = backend.run_id
-        self.inbox = backend._inbox
+        self.worker_run = run
+        self.run_id = run.run_id
+        self.where = where
+        self.limits = limits
+        self.stop = stop
+        self.inbox = inbox
+        self.emit = emit
+        self.judge = judge
         self.futures: dict[str, tuple[Any, ScriptJob]] = {}
         self.started: set[int] = set()
         self.finished: set[int] = set()
+        self.unreachable: str | None = None
+        """Set once an exchange got no answer: the rest of the stop skips the cluster."""
+
+    def call(self, call: Callable[[], T], what: str) -> T | None:
+        """One exchange with the scheduler, bounded; ``None`` if it failed (logged) or got no
+        answer (noted in :attr:`unreachable`: later ones are not even tried)."""
+        if self.unreachable is not None:
+            return None
+        try:
+            return bounded(call, self.limits.call, what)
+        except Unreachable as exc:
+            self.unreachable = str(exc)
+        except Exception as exc:  # a closed client, a scheduler going away: the stop goes on
+            logger.warning("%s (%s): %r", what, self.where, exc)
+        return None
 
     def run(self) -> None:
         client = self.client
         client.subscribe_topic(STARTED_TOPIC, self._on_started)
-        cancel = _distributed().Event(_cancel_name(self.run_id), client=client)
+        cancel = distributed().Event(cancel_name(self.run_id), client=client)
         try:
             self._submit_all()
             self._collect(cancel)
         finally:
-            self._sweep(everything=True)
+            self._sweep(BATCH_ENV_VAR, self.run_id)
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic(STARTED_TOPIC)
-            with contextlib.suppress(Exception):
-                client.set_metadata([_NAMESPACE, self.run_id], None)
-            with contextlib.suppress(Exception):
-                cancel.clear()
+            self.call(lambda: client.set_metadata(run_metadata(self.run_id), None), "cleanup")
+            self.call(cancel.clear, "cleanup")
+            if self.unreachable is not None:
+                _say(
+                    f"Dask ({self.where}) stopped answering ({self.unreachable}); the stop "
+                    "was abandoned there. Scripts of this run on this machine are killed; "
+                    "those on other machines stop within 10 s of losing the scheduler."
+                )
 
     def _on_started(self, event: tuple[float, Any]) -> None:
         message = event[1]
@@ -424,61 +441,87 @@ class _Run:
         if job.key not in self.started and result["attempts"] > 0:
             self._announce(job)
         self.finished.add(job.key)
-        self.backend._emit(finished_event(job, result))
+        self.emit(finished_event(job, result))
 
     def _announce(self, job: ScriptJob) -> None:
         self.started.add(job.key)
-        self.backend._emit(RunEvent(RunEventKind.STARTED, job.key, job.spec.script, time.time()))
+        self.emit(RunEvent(RunEventKind.STARTED, job.key, job.spec.script, time.time()))
+
+    def _task_key(self, key: object) -> str:
+        """The Dask key of job ``key``'s task."""
+        return f"{NAMESPACE}-{self.run_id}-{key}"
 
     def _submit_all(self) -> None:
-        info = self.client.scheduler_info(n_workers=-1)
+        info = bounded(
+            lambda: self.client.scheduler_info(n_workers=-1),
+            self.limits.call,
+            f"asking for the workers ({self.where})",
+        )
         offered = {
             address: dict(worker.get("resources") or {})
             for address, worker in info.get("workers", {}).items()
         }
         for job in self.jobs:  # in start order: Dask breaks priority ties by submission
-            if self.backend._stop.is_set():
-                self._finish(job, _cancelled(job, "cancelled before it was sent to Dask"))
+            if self.stop.is_set():
+                self._finish(
+                    job,
+                    _not_run(
+                        job,
+                        ScriptStatus.CANCELLED,
+                        FailureCause.CANCELLED,
+                        "cancelled before it was sent to Dask",
+                    ),
+                )
                 continue
             refused = unmet_on_cluster(job.spec.resources, offered)
             if refused is not None:
-                error = make_result(job.spec.script, ScriptStatus.ERROR, error=refused, attempts=0)
-                self._finish(job, error)
+                self._finish(
+                    job, _not_run(job, ScriptStatus.ERROR, FailureCause.RESOURCES, refused)
+                )
                 continue
             future = self.client.submit(
                 run_on_worker,
                 job.spec,
-                self.session_tag,
-                self.run_id,
                 job.key,
-                key=f"{_NAMESPACE}-{self.run_id}-{job.key}",
+                self.worker_run,
+                key=self._task_key(job.key),
                 pure=False,
                 retries=0,
                 priority=-job.spec.priority,  # Dask runs higher numbers first; we run lower
-                resources=dict(job.spec.resources) or None,
+                # Floats, whatever the spec holds: the message to the scheduler carries no
+                # big integer (msgpack would drop the whole batch, and the run would wait).
+                resources={name: float(amount) for name, amount in job.spec.resources.items()}
+                or None,
             )
             self.futures[future.key] = (future, job)
             future.add_done_callback(lambda done: self.inbox.put(("done", done.key)))
 
     def _collect(self, cancel: Any) -> None:
         deadline: float | None = None
+        lost_since: float | None = None
         while len(self.finished) < len(self.jobs):
-            if self.backend._stop.is_set() and deadline is None:
-                deadline = time.monotonic() + CANCEL_WAIT
+            now = time.monotonic()
+            if self.stop.is_set() and deadline is None:
+                deadline = now + CANCEL_WAIT
                 self._cancel(cancel)
                 continue
-            if deadline is not None and time.monotonic() > deadline:
-                for future, job in self.futures.values():
-                    self._finish(job, _cancelled(job, "cancelled: its worker did not answer"))
-                    with contextlib.suppress(Exception):
-                        future.release()
+            if deadline is not None and now > deadline:
+                self._give_up(ScriptStatus.CANCELLED, FailureCause.CANCELLED,
+                              "cancelled: its worker did not answer")  # fmt: skip
+                return
+            if self.client.status == "running":
+                lost_since = None
+            elif lost_since is None:
+                lost_since = now
+            elif now - lost_since > self.limits.connect:
+                self._give_up(ScriptStatus.ERROR, FailureCause.ENGINE, self._lost())
                 return
             try:
                 kind, value = self.inbox.get(timeout=0.25)
             except queue.Empty:
                 continue
             if kind == "started":
-                entry = self.futures.get(f"{_NAMESPACE}-{self.run_id}-{value.get('key')}")
+                entry = self.futures.get(self._task_key(value.get("key")))
                 if entry is not None and entry[1].key not in self.started | self.finished:
                     self._announce(entry[1])
             elif kind == "done":
@@ -486,20 +529,35 @@ class _Run:
                 if entry is not None:
                     self._take(*entry)
 
-    def _take(self, future: Any, job: ScriptJob) -> None:
-        KilledWorker = _distributed().KilledWorker
+    def _lost(self) -> str:
+        if self.client.status == "running":
+            return f"its Dask task was cancelled by someone else ({self.where})"
+        return (
+            f"lost the connection to Dask ({self.where}): no answer for "
+            f"{self.limits.connect:g} s (exec_dask_connect_timeout)"
+        )
 
+    def _give_up(self, status: ScriptStatus, cause: FailureCause, error: str) -> None:
+        for future, job in self.futures.values():
+            self._finish(job, _not_run(job, status, cause, error))
+            with contextlib.suppress(Exception):
+                future.release()
+
+    def _take(self, future: Any, job: ScriptJob) -> None:
+        KilledWorker = distributed().KilledWorker
+
+        result: ScriptResult
         if future.cancelled():
-            self._finish(job, _cancelled(job, "cancelled"))
-            return
-        exc = future.exception()
-        if exc is None:
-            result: ScriptResult = future.result()
+            if self.stop.is_set():
+                result = _not_run(job, ScriptStatus.CANCELLED, FailureCause.CANCELLED, "cancelled")
+            else:  # not by us: the client gave up on a lost scheduler, or another client
+                result = _not_run(job, ScriptStatus.ERROR, FailureCause.ENGINE, self._lost())
             self._finish(job, result)
-            if "is not run a second time" in (result["error"] or ""):
-                self._sweep(everything=False)
             return
-        if isinstance(exc, KilledWorker):
+        exc = future.exception(timeout=self.limits.call)
+        if exc is None:
+            result = future.result(timeout=self.limits.call)
+        elif isinstance(exc, KilledWorker):
             last = exc.last_worker
             label = worker_label(last.address, last.name)
             result = make_result(
@@ -508,43 +566,64 @@ class _Run:
                 error=f"the Dask worker {label} died while running the script; "
                 "it is not run a second time (scripts may have side effects)",
                 worker=label,
+                cause=FailureCause.WORKER_LOST,
             )
-            self._finish(job, result)
-            self._sweep(everything=False)
+        else:
+            result = make_result(
+                job.spec.script,
+                ScriptStatus.ERROR,
+                error=f"the engine broke: on Dask: {type(exc).__name__}: {exc}",
+                attempts=0,
+                cause=FailureCause.ENGINE,
+            )
+        self._finish(job, result)
+        if result["cause"] == FailureCause.WORKER_LOST:
+            self._sweep_dead_worker(job)
+        if self.judge.on and result["status"] not in (ScriptStatus.PASSED, ScriptStatus.CANCELLED):
+            self._judge(job, result)
+
+    def _judge(self, job: ScriptJob, result: ScriptResult) -> None:
+        """``-x``: stop at the failure that reaches ``--maxfail``; else let the others start."""
+        if self.judge.stops(result):
+            self.stop.set()  # pytest stops the session on this result too
             return
-        self._finish(job, engine_broke(job.spec, f"on Dask: {type(exc).__name__}: {exc}"))
+        judged = run_metadata(self.run_id, FAIL_FAST, "judged", str(job.key))
+        self.call(lambda: self.client.set_metadata(judged, True), "fail-fast")
+        if self.unreachable is not None:  # the held tasks would wait for good
+            self._give_up(ScriptStatus.ERROR, FailureCause.ENGINE, self.unreachable)
 
     def _cancel(self, cancel: Any) -> None:
         """Stop every script: the event stops running ones, queued tasks are dropped."""
-        with contextlib.suppress(Exception):
-            cancel.set()
+        self.call(cancel.set, "setting the cancel event")
         queued = [
             (future, job)
             for future, job in self.futures.values()
             if job.key not in self.started and job.key not in self.finished
         ]
-        with contextlib.suppress(Exception):
-            # A task that started a moment ago sees the event before its script starts.
-            self.client.cancel([future for future, _ in queued], reason="pytest stopped")
+        # A task that started a moment ago sees the event before its script starts.
+        futures = [future for future, _ in queued]
+        self.call(lambda: self.client.cancel(futures, reason="pytest stopped"), "cancelling")
         for _, job in queued:
-            self._finish(job, _cancelled(job, "cancelled"))
+            self._finish(
+                job, _not_run(job, ScriptStatus.CANCELLED, FailureCause.CANCELLED, "cancelled")
+            )
 
-    def _sweep(self, *, everything: bool) -> None:
-        """Kill what must not run on: a dead worker's scripts, or at the end all of ours."""
-        if everything:
-            with contextlib.suppress(Exception):
-                self.client.run(kill_tagged, BATCH_ENV_VAR, self.run_id, on_error="ignore")
-            kill_tagged(BATCH_ENV_VAR, self.run_id)
-            return
-        with contextlib.suppress(Exception):
-            self.client.run(kill_orphans, self.run_id, on_error="ignore")
-        found = kill_orphans(self.run_id)
-        if found:
-            logger.warning("killed %d script process(es) left by a dead Dask worker", found)
+    def _sweep_dead_worker(self, job: ScriptJob) -> None:
+        """The dead worker's script outlived it (a session of its own): kill it by its tag."""
+        claim = self.call(lambda: self.client.get_metadata(claim_key(self.run_id, job.key), None),
+                          "reading the claim")  # fmt: skip
+        if claim is None:
+            return  # it never started its script
+        if self._sweep(WORKER_TAG_VAR, claim["id"]):
+            logger.warning("killed the script process(es) left by a dead Dask worker")
 
-
-def _cancelled(job: ScriptJob, reason: str) -> ScriptResult:
-    return make_result(job.spec.script, ScriptStatus.CANCELLED, error=reason, attempts=0)
+    def _sweep(self, variable: str, value: str) -> int:
+        """Kill what carries ``variable=value`` on every worker and here; how many here."""
+        self.call(
+            lambda: self.client.run(kill_tagged, variable, value, on_error="ignore"),
+            "sweeping the workers",
+        )
+        return kill_tagged(variable, value)
 
 
 @pytest.hookimpl(trylast=True)  # after a conftest's (dask-jobqueue), before the built-in
@@ -552,6 +631,4 @@ def pytest_exec_make_backend(config: pytest.Config) -> DaskBackend | None:
     options = config.stash[OPTIONS_KEY]
     if options.backend != "dask":
         return None
-    return DaskBackend(
-        address=options.dask_scheduler, workers=options.workers, resources=options.resources
-    )
+    return DaskBackend.from_config(config, address=options.dask_scheduler)

@@ -20,8 +20,8 @@ from types import FrameType
 import pytest
 
 from ..engine import Guardian, guardian_supported, start_guardian
+from .environment import SESSION_TAG_VAR
 from .items import SESSION_TAG_KEY, ScriptItem
-from .settings import SESSION_TAG_VAR
 
 logger = logging.getLogger("pytest_codomyrmex_exec.plugin")
 

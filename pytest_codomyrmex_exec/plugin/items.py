@@ -9,12 +9,18 @@ from typing import Any
 import pluggy
 import pytest
 
-from ..engine import ScriptResult, ScriptSpec, ScriptStatus, run_spec
+from ..engine import FailureCause, ScriptResult, ScriptSpec, ScriptStatus, run_spec
+from ..engine.resources import (
+    ResourcePool,
+    with_resource_env,
+    with_resource_ids,
+)
+from .environment import child_environment
 from .expected import CASE_KEY, check_output, script_cases
 from .marks import MarkError, read_script_marks
 from .options import ExecOptions
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
-from .settings import child_environment, pytest_pythonpath, resolve_settings
+from .settings import pytest_pythonpath, resolve_settings
 from .workdir import release_work_folder
 
 OPTIONS_KEY = pytest.StashKey[ExecOptions]()
@@ -26,6 +32,8 @@ RESULT_KEY = pytest.StashKey[ScriptResult]()
 HOOK_ERROR_KEY = pytest.StashKey[Exception]()
 """What a pytest_exec_* hook raised for this item with --exec-parallel; fails its call."""
 _SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
+_REPORTED_KEY = pytest.StashKey[bool]()
+"""Set at teardown: the result in RESULT_KEY was reported, and is no later attempt's."""
 
 
 # pytest's, pluggy's and this plugin's code: frames left out when a user's hook raised.
@@ -125,6 +133,13 @@ class ScriptItem(pytest.Item):
             self.settings()
         except MarkError as exc:
             raise ScriptNotStarted(str(exc)) from None
+        if self.stash.get(_REPORTED_KEY, False):
+            # The item runs again (pytest-rerunfailures): a rerun reruns the script.
+            del self.stash[_REPORTED_KEY]
+            if RESULT_KEY in self.stash:
+                del self.stash[RESULT_KEY]
+            if HOOK_ERROR_KEY in self.stash:
+                del self.stash[HOOK_ERROR_KEY]
         result = self.stash.get(RESULT_KEY, None)
         if result is None and not _setup_only(self.config):
             # Inline, the script runs here, in setup, so that one that cannot start (no
@@ -133,8 +148,17 @@ class ScriptItem(pytest.Item):
         if result is not None and result.get("worker"):
             # Where it ran (a Dask worker): a junit property, and a line in -v reports.
             self.user_properties.append(("worker", str(result["worker"])))
+        if (
+            result is not None
+            and result["cause"] == FailureCause.RESOURCES
+            and self.config.stash[OPTIONS_KEY].missing_resources == "skip"
+        ):
+            pytest.skip(result["error"] or "")  # exec_missing_resources = skip
         if result is not None and result["status"] == ScriptStatus.ERROR:
             raise ScriptNotStarted(f"{self.label} could not run: {result['error']}")
+
+    def teardown(self) -> None:
+        self.stash[_REPORTED_KEY] = True
 
     def runtest(self) -> None:
         hook_error = self.stash.get(HOOK_ERROR_KEY, None)
@@ -162,14 +186,18 @@ class ScriptItem(pytest.Item):
             from .live import inline_subscription
 
             events = inline_subscription(self.config, self.label)
-        refused = unmet_resources(spec, self.config.stash[OPTIONS_KEY].resources)
-        result = (
-            refused
-            if refused is not None
-            else run_spec(
-                spec, base_env=base_env, events=events, launcher=launcher_for(self.config)
+        options = self.config.stash[OPTIONS_KEY]
+        refused = unmet_resources(spec, options.resources)
+        if refused is not None:
+            result = refused
+        else:
+            # One script at a time: every unit is free, and it gets the first that fit.
+            assigned = ResourcePool(options.resources).take(spec.resources)
+            run = with_resource_env(spec, assigned, options.resource_env)
+            result = with_resource_ids(
+                run_spec(run, base_env=base_env, events=events, launcher=launcher_for(self.config)),
+                assigned,
             )
-        )
         self.stash[RESULT_KEY] = result
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)
@@ -211,6 +239,10 @@ class ScriptItem(pytest.Item):
                 # script is where it belongs, as for a skip mark.
                 reason = report.longrepr[2]
                 report.longrepr = (str(self.path), 1, reason)
+        elif report.skipped and isinstance(report.longrepr, tuple) and RESULT_KEY in self.stash:
+            # exec_missing_resources = skip (skip marks act before a result exists): at the
+            # script, not in this module.
+            report.longrepr = (str(self.path), 1, report.longrepr[2])
         elif call.excinfo is not None and isinstance(call.excinfo.value, ScriptNotStarted):
             # pytest renders setup errors as a traceback through its own internals, without
             # asking repr_failure; the cause (missing cwd, bad exec mark) is the whole story.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import math
@@ -13,6 +14,7 @@ from typing import Any, Literal, cast, final
 import pytest
 
 from ..engine import parse_capacities, validate_memory_limit, validate_timeout
+from ..engine.resources import DEFAULT_RESOURCE_ENV, parse_resource_env
 from .durations import add_durations_options
 from .shards import add_shard_options
 
@@ -129,10 +131,32 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("exec_cwd", "where scripts run: script, tmp or rootdir", default="script")
     parser.addini("exec_dask_scheduler", "address of the Dask scheduler to use", default="")
     parser.addini(
+        "exec_dask_connect_timeout",
+        "seconds to reach the Dask scheduler (and a lost connection may last)",
+        default="30",
+    )
+    parser.addini(
+        "exec_dask_call_timeout",
+        "seconds for any other exchange with the Dask cluster",
+        default="30",
+    )
+    parser.addini(
         "exec_resources",
         "capacities of scarce resources scripts ask for with exec(resources=...), "
         "e.g. 'GPU=1 db=2'",
         default="",
+    )
+    # Scarce devices (docs/resources.md): which variables get the ids, and a missing one.
+    parser.addini(
+        "exec_resource_env",
+        "variables that get a resource's ids besides EXEC_RESOURCE_<NAME>, e.g. "
+        "'GPU=CUDA_VISIBLE_DEVICES,HIP_VISIBLE_DEVICES' (GPU: CUDA_VISIBLE_DEVICES by default)",
+        default="",
+    )
+    parser.addini(
+        "exec_missing_resources",
+        "a script needing more of a resource than exists: error (default) or skip",
+        default="error",
     )
     parser.addini(
         "exec_guardian",
@@ -144,6 +168,7 @@ def add_options(parser: pytest.Parser) -> None:
     # Shards and the durations file (plugin/shards.py, plugin/durations.py).
     add_shard_options(group)
     add_durations_options(group, parser)
+    add_notice_inis(parser)
 
 
 PATH_OPTIONS = ("--exec-python", "--exec-durations-file")
@@ -231,7 +256,17 @@ class ExecOptions:
     dask_scheduler: str | None = None
     """The Dask scheduler's address; ``None``: start a local cluster (``--exec-backend dask``)."""
     resources: dict[str, float] = field(default_factory=dict)
-    """Capacities of scarce resources (ini ``exec_resources``)."""
+    """Capacities of scarce resources (ini ``exec_resources``); ``Slots`` where ids are given."""
+    running_notice_after: float = 5.0
+    """Seconds without a script finishing before ``--exec-parallel`` says what runs."""
+    stop_report_after: float = 10.0
+    """Seconds the backend may take to stop before the session says that it does not."""
+    resource_env: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_RESOURCE_ENV)
+    )
+    """Variables that get a resource's ids (ini ``exec_resource_env``)."""
+    missing_resources: Literal["error", "skip"] = "error"
+    """What a script needing more than exists becomes (ini ``exec_missing_resources``)."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -360,10 +395,14 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         order=order,
         dask_scheduler=dask_scheduler,
         resources=resources,
+        resource_env=_resource_env(config, resources),
+        missing_resources=_missing_resources(config),
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
         **_view_options(config, parallel),
+        running_notice_after=_seconds(config, "exec_running_notice_after"),
+        stop_report_after=_seconds(config, "exec_stop_report_after"),
     )
 
 
@@ -425,3 +464,53 @@ def _resources(config: pytest.Config) -> dict[str, float]:
         return parse_capacities(raw if isinstance(raw, str) else "")
     except ValueError as exc:
         raise pytest.UsageError(f"ini option 'exec_resources': {exc}") from None
+
+
+# -- how long the parallel session waits before it tells (ini only: rarely changed, and
+# mostly by test suites that would otherwise wait the real time out)
+
+NOTICE_INIS = {
+    "exec_running_notice_after": (
+        "running_notice_after",
+        "seconds without a script finishing before --exec-parallel says which scripts run",
+    ),
+    "exec_stop_report_after": (
+        "stop_report_after",
+        "seconds the parallel backend may take to stop before the session says it does not",
+    ),
+}
+
+
+def add_notice_inis(parser: pytest.Parser) -> None:
+    defaults = {field.name: field.default for field in dataclasses.fields(ExecOptions)}
+    for key, (attribute, help_text) in NOTICE_INIS.items():
+        parser.addini(key, help_text, default=f"{defaults[attribute]:g}")
+
+
+def _seconds(config: pytest.Config, key: str) -> float:
+    text = str(config.getini(key)).strip()
+    seconds = _number(text, f"ini option {key!r}")
+    if not 0 < seconds < math.inf:
+        raise pytest.UsageError(
+            f"ini option {key!r}: expected a positive number of seconds, got {text!r}"
+        )
+    return seconds
+
+
+def _resource_env(config: pytest.Config, resources: dict[str, float]) -> dict[str, tuple[str, ...]]:
+    raw = config.getini("exec_resource_env")
+    try:
+        return parse_resource_env(raw if isinstance(raw, str) else "", resources)
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option 'exec_resource_env': {exc}") from None
+
+
+def _missing_resources(config: pytest.Config) -> Literal["error", "skip"]:
+    raw = str(config.getini("exec_missing_resources")).strip()
+    if raw == "skip":
+        return "skip"
+    if raw in ("error", ""):
+        return "error"
+    raise pytest.UsageError(
+        f"ini option 'exec_missing_resources': expected error or skip, got {raw!r}"
+    )

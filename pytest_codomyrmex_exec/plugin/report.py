@@ -3,6 +3,7 @@ properties, and the failure report in the script's own words."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from typing import IO, Any, final
 import pytest
 
 from ..engine import ScriptResult, ScriptStatus
+from ..engine.resources import describe_assigned
+from .live import write_notice
 from .options import ExecOptions
 from .outcome import crash_message, failure_cause, is_exit_skip
 
@@ -27,7 +30,9 @@ JUNIT_PROPERTY_FAMILIES = ("xunit1", "legacy")
 """junit families whose schema allows ``<properties>`` in a testcase (pytest's
 ``record_property`` warns under ``xunit2`` for the same reason)."""
 
-_STATUS_ORDER = ("passed", "failed", "timeout", "error", "cancelled", "skipped")
+_OUTCOME_ORDER = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", "rerun")
+"""The run summary's counts: pytest's outcomes, so that they add up as pytest's own do
+(``rerun``: an attempt that pytest-rerunfailures ran again)."""
 
 
 FACTS_ATTR = "codomyrmex_exec"
@@ -52,6 +57,8 @@ def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[
         "memory_limit_exceeded": result["memory_limit_exceeded"],
         "stdout_tail": _tail(result["stdout"]),
         "stderr_tail": _tail(result["stderr"]),
+        # The device ids it held ({"GPU": ["0"]}; empty when none): shown with -v too.
+        "resource_ids": result["resource_ids"],
     }
 
 
@@ -123,7 +130,13 @@ class RunRecords:
         self.records: list[ScriptRecord] = []
         self.loop_started = time.monotonic()
         self.last_finished: float | None = None
+        self.most_at_once = 1
+        """The most scripts that ran at the same time in this process (--exec-parallel)."""
         self._stream: IO[str] | None = None
+        self._stream_path = ""
+        self._stream_failure: str | None = None
+        """Why the results file stopped being written, until the terminal has shown it."""
+        self._reporter: pytest.TerminalReporter | None = None
 
     # -- the JSONL stream ---------------------------------------------------------------------
 
@@ -135,6 +148,7 @@ class RunRecords:
             self._stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
         except OSError as exc:
             raise pytest.UsageError(f"--exec-report: cannot write {path}: {exc}") from None
+        self._stream_path = path
         header = {
             "schema": "pytest-codomyrmex-exec/report",
             "version": REPORT_SCHEMA_VERSION,
@@ -148,26 +162,51 @@ class RunRecords:
     def _write(self, line: dict[str, Any]) -> None:
         import json
 
-        assert self._stream is not None
-        self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-        # Flushed per line: the kernel has it, so a SIGKILLed pytest loses no finished result.
-        self._stream.flush()
+        if self._stream is None:
+            return  # never opened, or given up on after a failed write
+        try:
+            self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+            # Flushed per line: the kernel has it, so a SIGKILLed pytest loses no result.
+            self._stream.flush()
+        except OSError as exc:
+            # A full disk (ENOSPC, EFBIG, a reader gone) must not end the run that the file
+            # is there to record: stop writing it, say so once, and let the scripts go on.
+            self._stream_failure = (
+                f"codomyrmex-exec: the results file {self._stream_path} could not be written "
+                f"({exc}); it stops here, the run goes on"
+            )
+            self.close()
+            self._show_stream_failure()
+
+    def _show_stream_failure(self) -> None:
+        if self._stream_failure is not None and self._reporter is not None:
+            # Within an item's report, or at collection's end: between items only then.
+            write_notice(self._reporter, self._stream_failure, red=True, between_items=False)
+            self._stream_failure = None
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            # What a failed write left in the buffer fails again here; the fd closes anyway.
+            with contextlib.suppress(OSError):
+                stream.close()
 
     # -- records ------------------------------------------------------------------------------
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # Not at configure, when the header is written: the terminal is made after that.
+        self._reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
     def pytest_collection_finish(self) -> None:
         self.loop_started = time.monotonic()
+        self._show_stream_failure()  # a failed header: below pytest's own header lines
 
     def pytest_unconfigure(self) -> None:
         self.close()
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        self._show_stream_failure()  # if collection never finished
         if self.options.summary:
             self.write_summary(terminalreporter)
 
@@ -194,7 +233,12 @@ class RunRecords:
 
     # -- the summary --------------------------------------------------------------------------
 
+    def final(self) -> list[ScriptRecord]:
+        """One record per script: its last attempt's (earlier ones are ``rerun``)."""
+        return [record for record in self.records if record.outcome != "rerun"]
+
     def script_time(self) -> float:
+        """Every attempt's time: reruns took their time too."""
         return sum(record.duration for record in self.records)
 
     def wall_time(self) -> float:
@@ -202,41 +246,60 @@ class RunRecords:
         return max(end - self.loop_started, 0.0)
 
     def counts(self) -> dict[str, int]:
+        """Scripts per pytest outcome (a timeout is one of the failed, as pytest counts it)."""
         counts: dict[str, int] = {}
         for record in self.records:
-            counts[record.status] = counts.get(record.status, 0) + 1
-        return {status: counts[status] for status in _STATUS_ORDER if status in counts}
+            counts[record.outcome] = counts.get(record.outcome, 0) + 1
+        return {outcome: counts[outcome] for outcome in _OUTCOME_ORDER if outcome in counts}
+
+    def concurrent(self) -> bool:
+        """Did two scripts or more run at the same time? Only then is a speed-up a result:
+        of one script, or of scripts run one by one, the ratio only measures the overhead."""
+        workers = {record.worker for record in self.records if record.worker is not None}
+        return self.most_at_once > 1 or len(workers) > 1
 
     def headline(self) -> str:
-        """``41 scripts, 96.3 s of script time in 12.1 s: 8.0x``."""
-        count = len(self.records)
+        """``41 scripts, 96.3 s of script time in 12.1 s: 8.0x``; no ratio when one ran at a
+        time. Times keep three significant digits, so the ratio follows from what is shown."""
+        count = len(self.final())
         script, wall = self.script_time(), self.wall_time()
-        line = f"{count} script{'s' if count != 1 else ''}, {script:.1f} s of script time"
-        line += f" in {wall:.1f} s"
-        if wall > 0:
+        line = f"{count} script{'s' if count != 1 else ''}, {_seconds(script)} s of script time"
+        line += f" in {_seconds(wall)} s"
+        if wall > 0 and self.concurrent():
             line += f": {script / wall:.1f}x"
         return line
 
     def write_summary(self, reporter: pytest.TerminalReporter) -> None:
         if not self.records:
             return
-        counts = ", ".join(f"{n} {status}" for status, n in self.counts().items())
+        counts = ", ".join(_counted(n, outcome) for outcome, n in self.counts().items())
         if reporter.verbosity < 0:  # -q: one line
             reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts})")
             return
         reporter.write_sep("=", "codomyrmex-exec: script runs")
         reporter.write_line(self.headline())
         reporter.write_line(counts)
-        slowest = sorted(self.records, key=lambda r: -r.duration)[:SLOWEST]
-        if len(self.records) > 1:
+        final = self.final()
+        slowest = sorted(final, key=lambda r: -r.duration)[:SLOWEST]
+        if len(final) > 1:
             reporter.write_line("slowest:")
             for record in slowest:
                 reporter.write_line(f"  {record.duration:8.2f} s  {record.label}")
-        limited = [record for record in self.records if record.hit_limit]
+        limited = [record for record in final if record.hit_limit]
         if limited:
             reporter.write_line("hit their limit:")
             for record in limited:
                 reporter.write_line(f"  {record.label}: {record.facts['error']}", yellow=True)
+
+
+def _seconds(value: float) -> str:
+    """Three significant digits at least (``0.0821``, ``1.50``, ``96.3``, ``1234``)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:#.3g}"
+
+
+def _counted(count: int, outcome: str) -> str:
+    """``3 passed``, ``2 errors``: pytest's words for its own counts."""
+    return f"{count} {outcome}{'s' if outcome == 'error' and count != 1 else ''}"
 
 
 RECORDS_KEY = pytest.StashKey[RunRecords]()
@@ -254,4 +317,6 @@ def junit_properties(config: pytest.Config, result: ScriptResult) -> list[tuple[
     ]
     if result["signal"]:
         properties.append(("exec_signal", result["signal"]))
+    if result["resource_ids"]:
+        properties.append(("exec_resources", describe_assigned(result["resource_ids"])))
     return properties

@@ -13,18 +13,18 @@ from typing import Literal
 
 import pytest
 
-from ..engine import RunEvent, RunEventKind
+from ..engine import RunEvent, RunEventKind, ScriptStatus
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
+from .environment import child_environment
 from .guardian import sigterm_is_interrupt
 from .items import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY, ScriptItem
-from .live import LiveOutput, RunningScripts
+from .live import Backlog, Dropped, LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
-from .settings import child_environment, pytest_pythonpath
+from .report import RECORDS_KEY
+from .settings import pytest_pythonpath
 
 _WAKE = 0.5
-_STOP_REPORT_AFTER = 10.0
-"""Seconds to wait for the backend to wind down before saying that it does not."""
 
 
 class _HeldSignals:
@@ -106,14 +106,16 @@ class ExecSession:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self._events: queue.SimpleQueue[RunEvent] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[RunEvent, Dropped]] = queue.SimpleQueue()
         self._background: list[ScriptItem] = []
         self._ordinary: deque[pytest.Item] = deque()
         self._ready: deque[ScriptItem] = deque()
         self._unfinished: set[int] = set()
         self._backend: ScriptBackend | None = None
-        self._live = LiveOutput(config) if config.stash[OPTIONS_KEY].live else None
-        self._running = RunningScripts()
+        live = config.stash[OPTIONS_KEY].live
+        self._live = LiveOutput(config, between_items=True) if live else None
+        self._backlog = Backlog()
+        self._running = self._new_running()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> object:
@@ -128,7 +130,7 @@ class ExecSession:
             return None  # nothing for us: pytest's own loop runs the tests
 
         self._plan(session.items)
-        self._running = RunningScripts()  # the quiet that counts starts now, not at configure
+        self._running = self._new_running()  # the quiet that counts starts now, not at configure
         backend: ScriptBackend = self.config.hook.pytest_exec_make_backend(config=self.config)
         self._backend = backend
         held = _HeldSignals()
@@ -136,7 +138,7 @@ class ExecSession:
             base_env = child_environment(
                 self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
             )
-            backend.start(self._jobs(), base_env, self._events.put)
+            backend.start(self._jobs(), base_env, self._post)
             self._run(session)
         finally:
             # Two signals can be pending together (both came while pytest was stopped, or
@@ -156,17 +158,21 @@ class ExecSession:
                 held.release()
         return True
 
+    def _new_running(self) -> RunningScripts:
+        return RunningScripts(self.config.stash[OPTIONS_KEY].running_notice_after)
+
     def _stop(self, backend: ScriptBackend) -> None:
         """Cancel for good, wait for the background, and say so if it will not stop."""
         backend.cancel()
-        if not backend.join(_STOP_REPORT_AFTER):
+        report_after = self.config.stash[OPTIONS_KEY].stop_report_after
+        if not backend.join(report_after):
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             message = (
-                f"codomyrmex-exec: the backend did not stop within {_STOP_REPORT_AFTER:g} s; "
+                f"codomyrmex-exec: the backend did not stop within {report_after:g} s; "
                 "waiting for it so that no script outlives the run"
             )
             if reporter is not None:
-                reporter.write_line(message, yellow=True)
+                write_notice(reporter, message)
             backend.join(24 * 3600.0)
 
     def _plan(self, items: Sequence[pytest.Item]) -> None:
@@ -197,7 +203,7 @@ class ExecSession:
         while True:
             self._absorb_events(block=False)
             if self._ready:
-                _replay(self._ready.popleft())
+                self._report(session, self._ready.popleft())
             elif self._ordinary:
                 item = self._ordinary.popleft()
                 following = self._ordinary[0] if self._ordinary else None
@@ -211,6 +217,34 @@ class ExecSession:
                 raise session.Failed(session.shouldfail)
             if session.shouldstop:
                 raise session.Interrupted(session.shouldstop)
+
+    def _report(self, session: pytest.Session, item: ScriptItem) -> None:
+        """Report a script that ran in the background; one that failed may be run again.
+
+        pytest-rerunfailures reruns through the test protocol, which it drives itself: a
+        failed script goes through that protocol, its first attempt being the result from
+        the background, every rerun a run inline. The protocol sets up and tears down the
+        item's collectors, while the setup state holds those of the ordinary test that comes
+        next: the script gets a setup state of its own for the while. pytest has no public
+        way to run one item's protocol beside another's setup state.
+        """
+        result = item.stash[RESULT_KEY]
+        passed = result["status"] == ScriptStatus.PASSED and HOOK_ERROR_KEY not in item.stash
+        if passed or not self.config.pluginmanager.hasplugin("rerunfailures"):
+            _replay(item)
+            return
+        kept = session._setupstate
+        session._setupstate = type(kept)()
+        try:
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
+        finally:
+            session._setupstate = kept
+
+    def _post(self, event: RunEvent) -> None:
+        """The backend's sink (any thread): output beyond the backlog is dropped, counted."""
+        dropped = self._backlog.admit(event)
+        if dropped is not None:
+            self._events.put((event, dropped))
 
     def _absorb_events(self, *, block: bool) -> None:
         """Take the backend's news: start hooks, results into the items, finished scripts ready."""
@@ -227,16 +261,20 @@ class ExecSession:
                 self._say_what_runs()
                 continue
             block = False
-            self._take(event)
+            self._take(*event)
 
-    def _take(self, event: RunEvent) -> None:
+    def _take(self, event: RunEvent, dropped: Dropped | None = None) -> None:
         item = self._background[event.key]
         if self._live is not None and event.kind != RunEventKind.STARTED:
-            self._live.take(event, item.label)  # output lines, written from this (main) thread
+            # Output lines, written from this (main) thread.
+            self._live.take(event, item.label, dropped)
         if event.kind == RunEventKind.OUTPUT:
+            self._backlog.shown(event)
             return
         if event.kind == RunEventKind.STARTED:
             self._running.started(event.key, item.label, event.time)
+            records = self.config.stash[RECORDS_KEY]
+            records.most_at_once = max(records.most_at_once, len(self._running))
         if event.kind == RunEventKind.STARTED and event.attempt == 1:
             with _failing_the_item(item):
                 item.ihook.pytest_exec_script_started(item=item, settings=item.settings())
@@ -254,7 +292,7 @@ class ExecSession:
         line = self._running.notice()
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if line is not None and reporter is not None:
-            reporter.write_line(line, yellow=True)
+            write_notice(reporter, line)
 
     def _check_backend(self) -> None:
         """A backend that died with scripts unreported would leave us waiting forever."""
@@ -263,7 +301,7 @@ class ExecSession:
             return
         while True:  # what it posted before it ended comes first
             try:
-                self._take(self._events.get_nowait())
+                self._take(*self._events.get_nowait())
             except queue.Empty:
                 break
         for key in sorted(self._unfinished):

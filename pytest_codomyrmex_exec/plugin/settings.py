@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,41 +13,7 @@ from ..engine import DEFAULT_TIMEOUT, ScriptSpec
 from .expected import take_output_keywords
 from .marks import MarkError, check_exec_mark
 from .options import ExecOptions
-from .shards import SHARD_VAR
 from .workdir import work_folder
-
-# Variables meant for this pytest run (pytest's own, and the shard a CI matrix picks); a
-# script that runs pytest must not inherit them.
-_PYTEST_ONLY_ENV = (
-    "PYTEST_CURRENT_TEST",
-    "PYTEST_ADDOPTS",
-    "PYTEST_PLUGINS",
-    "PYTEST_VERSION",
-    SHARD_VAR,
-)
-_PYTEST_ONLY_ENV_PREFIXES = ("PYTEST_XDIST_",)
-
-
-SESSION_TAG_VAR = "CODOMYRMEX_EXEC_SESSION"
-"""Set in every script's environment, one value per pytest session: at the end of the session
-whatever still carries it (a daemon a script left behind) is found and killed."""
-
-
-def child_environment(session_tag: str, pythonpath: Sequence[Path] = ()) -> dict[str, str]:
-    """The environment scripts inherit: ours, less the variables that belong to pytest, with
-    ``pythonpath`` (pytest's ini entries) on ``PYTHONPATH`` ahead of the inherited value."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in _PYTEST_ONLY_ENV and not key.startswith(_PYTEST_ONLY_ENV_PREFIXES)
-    }
-    env[SESSION_TAG_VAR] = session_tag
-    entries = [str(path) for path in pythonpath]
-    if env.get("PYTHONPATH"):
-        entries.append(env["PYTHONPATH"])
-    if entries:
-        env["PYTHONPATH"] = os.pathsep.join(entries)
-    return env
 
 
 def pytest_pythonpath(config: pytest.Config) -> list[Path]:

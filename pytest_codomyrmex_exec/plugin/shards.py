@@ -19,8 +19,8 @@ from typing import Any, final
 import pytest
 
 from .durations import file_durations
+from .environment import SHARD_VAR
 
-SHARD_VAR = "EXEC_SHARD"
 _SHARD_PLUGIN = "codomyrmex-exec-shard"
 _WORKER_OUTPUT_KEY = "codomyrmex_exec_shard"
 """Where an xdist worker leaves its split for the controller, which collects nothing."""

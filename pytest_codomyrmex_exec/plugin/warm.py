@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ..engine import COLD, Launcher
+from .environment import child_environment
 from .items import OPTIONS_KEY, SESSION_TAG_KEY, ScriptItem
 from .marks import MarkError
-from .settings import child_environment, pytest_pythonpath
+from .settings import pytest_pythonpath
 
 if TYPE_CHECKING:
     from ..engine import WarmLauncher
