@@ -55,7 +55,7 @@ def test_configuration_reference_lists_every_option_and_ini_key(
     for name, option in registered.items():
         help_text = " ".join(str(option.attrs().get("help", "")).split())
         ini = _code(options[name][1])
-        if ini:  # --exec-shard has none: a shard belongs to one machine, not to the project
+        if ini:  # --exec-shard, --exec-update-output: one run's decision, not the project's
             assert f"ini: {ini}" in help_text, f"{name}: its help names another ini key than {ini}"
     for key, row in ini_rows.items():
         default = inidict[key][2]

@@ -15,10 +15,10 @@ RAN = "open(__file__ + '.ran', 'w').close()\n"
 
 
 def test_exec_marker_is_registered_with_its_help_line(px: ExecPytester) -> None:
-    from pytest_codomyrmex_exec.engine import RUN_KEYWORDS
+    from pytest_codomyrmex_exec.plugin.marks import EXEC_KEYWORDS
 
     result = px.run_inprocess("--markers")
-    result.stdout.fnmatch_lines([f"@pytest.mark.exec({', '.join(RUN_KEYWORDS)}): *"])
+    result.stdout.fnmatch_lines([f"@pytest.mark.exec({', '.join(EXEC_KEYWORDS)}): *"])
 
 
 def test_in_script_exec_mark_sets_the_timeout(px: ExecPytester) -> None:

@@ -6,7 +6,11 @@ from typing import final
 
 from .spec import DEFAULT_OUTPUT_LIMIT
 
-__all__ = ["DEFAULT_OUTPUT_LIMIT", "BoundedOutput"]
+__all__ = ["DEFAULT_OUTPUT_LIMIT", "TRUNCATION_MARKER", "BoundedOutput"]
+
+TRUNCATION_MARKER = "[... {dropped} bytes of output truncated ...]"
+"""The line that stands for the dropped middle of an output over its limit (``format`` it
+with ``dropped``); output checks recognise it, so it is defined once, here."""
 
 
 @final
@@ -49,7 +53,7 @@ class BoundedOutput:
         tail = self._tail[excess:] if excess > 0 else self._tail
         if not dropped:
             return (self._head + tail).decode("utf-8", errors="replace")
-        marker = f"\n[... {dropped} bytes of output truncated ...]\n"
+        marker = "\n" + TRUNCATION_MARKER.format(dropped=dropped) + "\n"
         return (
             self._head.decode("utf-8", errors="replace")
             + marker

@@ -17,6 +17,7 @@ from ..engine.resources import describe_assigned
 from . import hookspecs
 from .durations import configure_durations
 from .environment import SESSION_TAG_VAR
+from .expected import add_output_options
 from .guardian import protect, scripts_will_run, unprotect
 from .items import ScriptFile, ScriptItem
 from .keys import LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
@@ -31,6 +32,7 @@ from .report import (
     script_facts,
 )
 from .shards import configure_shard
+from .update import configure_output_checks
 
 __all__ = ["ScriptFile", "ScriptItem"]
 """Public names for conftests: ``isinstance(item, ScriptItem)`` tells script items apart."""
@@ -54,6 +56,7 @@ logger = logging.getLogger("pytest_codomyrmex_exec.plugin")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    add_output_options(parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -109,6 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         configure_warm(config)
     config.stash[PATTERNS_KEY] = ScriptPatterns(options.patterns, config.rootpath)
+    configure_output_checks(config)
     configure_durations(config)
     configure_shard(config)
     records = config.stash[RECORDS_KEY] = RunRecords(options)

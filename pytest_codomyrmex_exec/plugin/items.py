@@ -17,6 +17,7 @@ from ..engine.results import FailureCause, ScriptResult, ScriptStatus
 from ..engine.run import run_spec
 from ..engine.spec import ScriptSpec
 from .environment import child_environment
+from .expected import CASE_KEY, check_output, script_cases
 from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import MarkError, read_script_marks
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
@@ -73,7 +74,22 @@ class ScriptFile(pytest.File):
             # On the file, not the item: marks a conftest adds to the item are closer and win
             # per keyword, as marks on a test function beat marks on its module.
             self.add_marker(decorator(*mark.args, **mark.kwargs))
-        return [ScriptItem.from_parent(self, name=item_name(self.path))]
+        try:
+            cases = script_cases(self)
+        except MarkError as exc:
+            raise self.CollectError(str(exc)) from None
+        if not cases:
+            return [ScriptItem.from_parent(self, name=item_name(self.path))]
+        items: list[pytest.Item] = []
+        for case, keywords in cases:  # exec(cases=...): an item per case, its keywords closest
+            name = f"{item_name(self.path)}[{case}]"
+            # The node id given as a string, which pytest parses into name and parameters
+            # as it does for a parametrized test's: else --lf could not find the item again.
+            item = ScriptItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}")
+            item.stash[CASE_KEY] = case
+            item.add_marker(pytest.mark.exec(**keywords))
+            items.append(item)
+        return items
 
 
 class ScriptItem(pytest.Item):
@@ -82,9 +98,11 @@ class ScriptItem(pytest.Item):
     @property
     def label(self) -> str:
         """The script's path as pytest shows it (relative to the rootdir): its file's node
-        id, not this id cut at "::", which a file name may itself contain (c::d_script.py)."""
+        id, not this id cut at "::", which a file name may itself contain (c::d_script.py);
+        with ``[case]`` for one case of ``exec(cases=...)``."""
         assert self.parent is not None  # a ScriptFile, always
-        return self.parent.nodeid
+        case = self.stash.get(CASE_KEY, None)
+        return self.parent.nodeid if case is None else f"{self.parent.nodeid}[{case}]"
 
     def settings(self) -> ScriptSpec:
         """Resolve (once) how this script runs; raises MarkError for a bad exec mark."""
@@ -136,7 +154,9 @@ class ScriptItem(pytest.Item):
         if hook_error is not None:
             raise hook_error
         skip_codes = self.config.stash[OPTIONS_KEY].skip_exit_codes
-        raise_for_result(self, self.label, self.stash[RESULT_KEY], skip_codes)
+        result = self.stash[RESULT_KEY]
+        mismatches = check_output(self, result, self.settings())
+        raise_for_result(self, self.label, result, skip_codes, mismatches)
 
     def _run_inline(self) -> ScriptResult:
         spec = self.settings()

@@ -14,8 +14,13 @@ from typing import Any, final
 
 from ..engine.spec import RUN_KEYWORDS
 
+OUTPUT_KEYWORDS = ("stdout", "stderr", "exit_code", "check_output", "cases")
+"""exec mark keywords of the output checks (docs/output.md), beside the spec's own."""
+EXEC_KEYWORDS = RUN_KEYWORDS + OUTPUT_KEYWORDS
+"""Every keyword the exec mark takes."""
+
 EXEC_MARKER_HELP = (
-    f"exec({', '.join(RUN_KEYWORDS)}): how a script item runs (docs: the exec mark); "
+    f"exec({', '.join(EXEC_KEYWORDS)}): how a script item runs (docs: the exec mark); "
     "lower priority starts first, timeout=0 means none"
 )
 
@@ -150,8 +155,8 @@ def check_exec_mark(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[st
     here"."""
     if args:
         raise MarkError(f"exec mark takes keyword arguments only, got positional {args!r}")
-    unknown = [key for key in kwargs if key not in RUN_KEYWORDS]
+    unknown = [key for key in kwargs if key not in EXEC_KEYWORDS]
     if unknown:
-        known = ", ".join(RUN_KEYWORDS)
+        known = ", ".join(EXEC_KEYWORDS)
         raise MarkError(f"exec mark: unknown keyword {unknown[0]!r} (known: {known})")
     return {key: value for key, value in kwargs.items() if value is not None}

@@ -9,12 +9,14 @@ fields (:class:`ScriptFailure`), and rendered for the ``--tb`` style; nothing pa
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, final
 
 import pytest
 
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
+from .expected import Mismatch
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header when stderr has no section of its own."""
@@ -66,17 +68,35 @@ class _TextTraceback:
             tw.line(self.extraline)
 
 
+_DIFF_MARKUP = {"-": {"red": True}, "+": {"green": True}, "@": {"cyan": True}}
+
+
 @final
 class ScriptFailureRepr:
-    """A failing script's ``longrepr``: its rendered text and its crash location."""
+    """A failing script's ``longrepr``: its rendered text and its crash location.
 
-    def __init__(self, text: str, crash: CrashLocation) -> None:
+    ``parts`` are the text's pieces, each plain or a diff; a terminal with colours shows a
+    diff's ``-`` lines red and ``+`` lines green (pytest-xdist carries the plain text)."""
+
+    def __init__(
+        self, text: str, crash: CrashLocation, parts: tuple[tuple[str, bool], ...] = ()
+    ) -> None:
         self.reprcrash = crash
         self.reprtraceback = _TextTraceback(extraline=text or None)
         self.sections: list[tuple[str, str, str]] = []
+        self._parts = parts
 
     def toterminal(self, tw: _LineWriter) -> None:
-        self.reprtraceback.toterminal(tw)
+        if not self._parts:
+            self.reprtraceback.toterminal(tw)
+            return
+        for text, is_diff in self._parts:
+            if not is_diff:
+                tw.line(text)
+                continue
+            for line in text.split("\n"):
+                markup = {} if line.startswith(("---", "+++")) else _DIFF_MARKUP.get(line[:1], {})
+                tw.line(line, **markup)
 
     def __str__(self) -> str:  # junit's failure text
         return self.reprtraceback.extraline or str(self.reprcrash)
@@ -104,6 +124,9 @@ class ScriptFailure:
     stderr_tail: str
     """The last lines of stderr, for when stderr has no section of its own in the report
     (``--show-capture=no`` or ``stdout``); empty when it does, so it appears once."""
+    output_diffs: tuple[str, ...] = ()
+    """For each stream that differs from its expectation file: what differs and the
+    unified diff (``-expected``, ``+actual``)."""
 
     def render(self, style: str) -> ScriptFailureRepr:
         """The report for pytest's ``--tb`` style: ``line`` is the location alone; ``short``
@@ -113,9 +136,15 @@ class ScriptFailure:
         tail = self.stderr_tail
         if style == "short":
             tail = _tail(tail, SHORT_TAIL_LINES)
-        parts = [self.header, *self.notes, tail]
-        text = "\n".join(part for part in parts if part)
-        return ScriptFailureRepr(text, replace(self.location, message=self.summary))
+        parts = [
+            (self.header, False),
+            *((note, False) for note in self.notes),
+            *((diff, True) for diff in self.output_diffs),
+            (tail, False),
+        ]
+        kept = tuple((text, is_diff) for text, is_diff in parts if text)
+        text = "\n".join(text for text, _ in kept)
+        return ScriptFailureRepr(text, replace(self.location, message=self.summary), kept)
 
 
 @final
@@ -178,6 +207,27 @@ def _header(label: str, result: ScriptResult, cause: FailureCause | None) -> str
     return f"{label} {verb}{_ending(result, cause)}"
 
 
+def _quoted(line: str | None) -> str:
+    """A line for the summary: ``'text'`` (cut to 80 characters), or ``nothing``."""
+    if line is None:
+        return "nothing"
+    return repr(visible(line if len(line) <= 80 else f"{line[:77]}..."))
+
+
+def mismatch_message(mismatch: Mismatch) -> str:
+    """``stdout differs from x_script.stdout at line 3: expected 'a', got 'b'``."""
+    if not mismatch.line:
+        return f"{mismatch.stream} not checked: {mismatch.file} is missing"
+    return (
+        f"{mismatch.stream} differs from {mismatch.file} at line {mismatch.line}: "
+        f"expected {_quoted(mismatch.expected)}, got {_quoted(mismatch.actual)}"
+    )
+
+
+def _output_diff(mismatch: Mismatch) -> str:
+    return "\n".join([mismatch_message(mismatch), *mismatch.notes, *mismatch.diff])
+
+
 _FRAME = re.compile(r'^\s*File "(?P<path>.+)", line (?P<line>\d+)', re.M)
 
 
@@ -229,22 +279,42 @@ def cancel_reason(result: ScriptResult) -> str:
 
 
 def describe_failure(
-    label: str, result: ScriptResult, *, stderr_shown: bool, worker_shown: bool = False
+    label: str,
+    result: ScriptResult,
+    *,
+    stderr_shown: bool,
+    worker_shown: bool = False,
+    mismatches: Sequence[Mismatch] = (),
 ) -> ScriptFailure:
     """A failed or timed-out script's report, as fields. ``stderr_shown``: its stderr has a
-    section of its own in the report, so the failure text leaves it out."""
+    section of its own in the report, so the failure text leaves it out. ``mismatches``:
+    the streams that differ from their expectation files, for a script that passed by its
+    exit code (then they are the failure) or failed by it (then both are shown)."""
     cause = failure_cause(result)
     notes = []
     if worker_shown and result.get("worker"):
         notes.append(f"ran on worker {result['worker']}")
     if cause == FailureCause.TIMEOUT:
         notes.append(TIMEOUT_HINT)
+    differs = "; ".join(mismatch_message(mismatch) for mismatch in mismatches)
+    if cause is None:  # it passed by its exit code: what it printed is the failure
+        header = f"{label} failed: {differs} (after {result['execution_time']:.2f} s)"
+        location = CrashLocation(label, 0, differs)
+        summary = differs
+    else:
+        header = _header(label, result, cause)
+        location = _location(label, result, cause)
+        summary = crash_message(result)
+        if differs:
+            location = replace(location, message=f"{location.message}; {differs}")
+            summary = f"{summary}; {differs}"
     return ScriptFailure(
-        header=_header(label, result, cause),
+        header=header,
         notes=tuple(notes),
-        location=_location(label, result, cause),
-        summary=crash_message(result),
+        location=location,
+        summary=summary,
         stderr_tail="" if stderr_shown else _tail(result["stderr"], STDERR_TAIL_LINES),
+        output_diffs=tuple(_output_diff(mismatch) for mismatch in mismatches),
     )
 
 
@@ -260,14 +330,17 @@ def raise_for_result(
     label: str,
     result: ScriptResult,
     skip_exit_codes: frozenset[int] = frozenset(),
+    mismatches: Sequence[Mismatch] = (),
 ) -> None:
-    """Return for a passed script; raise the exception that gives the table's outcome."""
+    """Return for a passed script; raise the exception that gives the table's outcome.
+    ``mismatches``: its streams that differ from their expectation files."""
     status = result["status"]
     line_style = item.config.getoption("tbstyle", "auto") == "line"
-    if status == ScriptStatus.PASSED or not line_style:
+    passed = status == ScriptStatus.PASSED and not mismatches
+    if passed or not line_style:
         # --tb=line: a failing script is one line, not followed by its captured output.
         add_output_sections(item, result)
-    if status == ScriptStatus.PASSED:
+    if passed:
         return
     if is_exit_skip(result, skip_exit_codes):
         # The script decided at run time that it does not apply (exec_skip_exit_codes).
@@ -287,6 +360,7 @@ def raise_for_result(
             result,
             stderr_shown=stderr_shown,
             worker_shown=item.config.get_verbosity() > 0,
+            mismatches=mismatches,
         )
     )
 

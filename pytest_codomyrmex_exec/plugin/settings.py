@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ..engine.spec import DEFAULT_TIMEOUT, ScriptSpec
+from .expected import take_output_keywords
 from .marks import MarkError, check_exec_mark
 from .options import UNSET, ExecOptions, timeout_setting
 from .workdir import work_folder
@@ -64,7 +65,7 @@ def _pytest_timeout(item: pytest.Item) -> float | None:
 
 def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
     """Resolve the item's spec; raises :class:`MarkError` for a bad exec mark."""
-    marked = _exec_mark_values(item)
+    marked = take_output_keywords(item, _exec_mark_values(item))
     timeout: object
     if "timeout" in marked:
         timeout = marked["timeout"] = timeout_setting(marked["timeout"])
