@@ -135,9 +135,11 @@ def _environment(**changes: str | None) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``dask scheduler`` plus two ``dask worker`` processes: ``gpu`` (GPU=1) and ``plain``."""
+    # Without pytest's CUDA_VISIBLE_DEVICES: two ids there would not match GPU=1.
+    environment = _environment(CUDA_VISIBLE_DEVICES=None)
     workers = [
-        (["--name", "gpu", "--resources", "GPU=1"], dict(os.environ)),
-        (["--name", "plain"], dict(os.environ)),
+        (["--name", "gpu", "--resources", "GPU=1"], environment),
+        (["--name", "plain"], environment),
     ]
     with _start_cli_cluster(tmp_path_factory.mktemp("dask-cli"), workers) as address:
         yield address
