@@ -905,6 +905,9 @@ def test_worker_ids_come_from_its_environment_and_must_match_its_resources() -> 
     }
     given = {RESOURCE_IDS_VAR: '{"GPU": ["1", "3"]}', "CUDA_VISIBLE_DEVICES": "6,7"}
     assert ids(worker_capacities({"GPU": 2.0, "db": 1.0}, given)) == {"GPU": ("1", "3"), "db": 1.0}
+    # A local cluster's share with a fraction has no ids: not those of pytest's variable.
+    given = {RESOURCE_IDS_VAR: '{"GPU": null}', "CUDA_VISIBLE_DEVICES": "6,7"}
+    assert ids(worker_capacities({"GPU": 1.5}, given)) == {"GPU": 1.5}
     with pytest.raises(ValueError, match=r"GPU=2 but CUDA_VISIBLE_DEVICES gives 3 ids \(6,7,8\)"):
         worker_capacities({"GPU": 2.0}, {"CUDA_VISIBLE_DEVICES": "6,7,8"})
 

@@ -355,7 +355,7 @@ class DaskBackend:
             if share:
                 # Plain numbers for Dask (its messages know no Slots); the ids by environment.
                 options["resources"] = {name: float(amount) for name, amount in share.items()}
-                ids = {name: a.ids for name, a in share.items() if isinstance(a, Slots)}
+                ids = {name: getattr(amount, "ids", None) for name, amount in share.items()}
                 options["env"] = {RESOURCE_IDS_VAR: json.dumps(ids)}
             cluster.worker_spec[index] = {**template, "options": options}
         cluster.scale(self._workers)  # starts the workers just specified

@@ -70,7 +70,8 @@ scheduler with every run. Each subscriber keeps its own run's events."""
 
 RESOURCE_IDS_VAR = "CODOMYRMEX_EXEC_DASK_RESOURCE_IDS"
 """Set by a local cluster in each of its workers' environment: the ids of the units of
-``exec_resources`` that worker was given, as JSON (``{"GPU": ["0", "2"]}``)."""
+``exec_resources`` that worker was given, as JSON (``{"GPU": ["0", "2"], "db": null}``;
+``null``: a share with a fraction, ids ``0``..``n-1``)."""
 
 _SHARED_FILESYSTEM_CAUSES = (FailureCause.MISSING_PATH, FailureCause.START_FAILED)
 """Causes that, on a worker, mostly mean it does not see pytest's files at the same paths."""
@@ -254,12 +255,12 @@ def worker_capacities(total: Amounts, environ: Mapping[str, str]) -> dict[str, f
     gave it (:data:`RESOURCE_IDS_VAR`), else for GPU those in its ``CUDA_VISIBLE_DEVICES``,
     else ``0``..``n-1``. Raise ``ValueError`` when ids and amount disagree: which of them
     the user meant cannot be told, and either guess would put two scripts on one device."""
-    given: dict[str, list[str]] = json.loads(environ.get(RESOURCE_IDS_VAR) or "{}")
+    given: dict[str, list[str] | None] = json.loads(environ.get(RESOURCE_IDS_VAR) or "{}")
     capacities: dict[str, float] = {}
     for name, amount in total.items():
         ids = given.get(name)
         source = RESOURCE_IDS_VAR
-        if ids is None and name == GPU and "CUDA_VISIBLE_DEVICES" in environ:
+        if name not in given and name == GPU and "CUDA_VISIBLE_DEVICES" in environ:
             ids, source = list(detect_gpus(environ).ids), "CUDA_VISIBLE_DEVICES"
         if ids is None:
             capacities[name] = amount
