@@ -159,6 +159,10 @@ def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
 
 
+_GPU_CLUSTER_IDS = {"w01": {"0", "1"}, "w67": {"6", "7"}}
+"""The GPU ids each worker of :func:`gpu_cluster` has."""
+
+
 def _wait_for_workers(address: str, count: int) -> None:
     """After a test killed a worker, its nanny restarts it: wait for the cluster to be whole."""
     with distributed.Client(address, timeout=30) as client:
@@ -809,17 +813,17 @@ def test_each_worker_hands_out_its_own_device_ids(px: ExecPytester, gpu_cluster:
     report = px.path / "report.jsonl"
     result = px.run(
         "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", gpu_cluster,
-        "--exec-workers", "4", "-v", "--exec-report", str(report),
+        "--exec-workers", "4", "-v", "--exec-report", str(report), *px.junit_args(),
+        "-o", "junit_family=xunit1",
     )  # fmt: skip
 
     assert _ran_on_dask(px)
     result.assert_outcomes(passed=len(asked))
     records = _stamps(px)
     assert set(records) == set(asked)
-    own_ids = {"w01": {"0", "1"}, "w67": {"6", "7"}}
     for name, (_, _, ids, worker) in records.items():
         assert len(set(ids)) == len(ids) == max(1, asked[name]), (name, ids)
-        assert set(ids) <= own_ids[worker], f"{name} on {worker} got {ids}"
+        assert set(ids) <= _GPU_CLUSTER_IDS[worker], f"{name} on {worker} got {ids}"
     assert {worker for *_, worker in records.values()} == {"w01", "w67"}
     assert {unit for _, _, ids, _ in records.values() for unit in ids} == {"0", "1", "6", "7"}
     # No id held by two whole-device scripts at once on one worker, though some overlapped.
@@ -837,6 +841,42 @@ def test_each_worker_hands_out_its_own_device_ids(px: ExecPytester, gpu_cluster:
     for name, (_, _, ids, _) in records.items():
         assert reported[name]["resource_ids"] == {"GPU": ids}
     result.stdout.fnmatch_lines([f"*two0_script PASSED (GPU={','.join(records['two0'][2])})*"])
+    properties = {
+        case.get("name"): {prop.get("name"): prop.get("value") for prop in case.iter("property")}
+        for case in ET.parse(px.junit_path).getroot().iter("testcase")
+    }
+    for name, (_, _, ids, _) in records.items():
+        assert properties[f"{name}_script"]["exec_resources"] == f"GPU={','.join(ids)}"
+
+
+def test_half_device_scripts_on_one_worker_share_an_id(px: ExecPytester, gpu_cluster: str) -> None:
+    _on_dask(px)
+    stamps = px.path / "stamps.txt"
+    halves = [f"half{index}" for index in range(4)]
+    for name in halves:
+        px.script(f"{name}_script.py", _device_script(stamps, 0.5))
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", gpu_cluster,
+        "--exec-workers", "4",
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=4)
+    records = _stamps(px)
+    assert set(records) == set(halves)
+    for name, (_, _, ids, worker) in records.items():
+        assert len(ids) == 1, (name, ids)
+        assert ids[0] in _GPU_CLUSTER_IDS[worker], f"{name} on {worker} got {ids}"
+    # Two threads a worker: at most two halves at once there, packed onto one device.
+    pairs = 0
+    for index, a in enumerate(halves):
+        for b in halves[index + 1 :]:
+            a_start, a_end, a_ids, a_worker = records[a]
+            b_start, b_end, b_ids, b_worker = records[b]
+            if a_worker == b_worker and a_start < b_end and b_start < a_end:
+                pairs += 1
+                assert a_ids == b_ids, f"{a} got {a_ids}, {b} got {b_ids} at the same time"
+    assert pairs, "no two half-device scripts ran at once on one worker"
 
 
 def test_exclusive_is_refused_on_dask_naming_the_mark(px: ExecPytester, gpu_cluster: str) -> None:
