@@ -78,43 +78,35 @@ def _causes(px: ExecPytester) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in px.lines("causes.txt"))
 
 
-@pytest.fixture(scope="module")
-def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``dask scheduler`` plus two ``dask worker`` processes: ``gpu`` (GPU=1) and ``plain``."""
-    folder = tmp_path_factory.mktemp("dask-cli")
+@contextlib.contextmanager
+def _start_cli_cluster(
+    folder: Path, workers: list[tuple[list[str], dict[str, str]]]
+) -> Iterator[str]:
+    """``dask scheduler`` plus a ``dask worker`` process for each ``(arguments, environment)``
+    (one thread each unless the arguments say ``--nthreads``); yields the scheduler address."""
     scheduler_file = folder / "scheduler.json"
     common = ["--no-dashboard", "--host", "127.0.0.1"]
-    worker = [DASK, "worker", *common, "--scheduler-file", str(scheduler_file)]
-    worker += ["--nthreads", "1", "--nworkers", "1"]
-    commands = [
-        [
-            DASK,
-            "scheduler",
-            *common,
-            "--port",
-            "0",
-            "--dashboard-address",
-            "127.0.0.1:0",
-            "--scheduler-file",
-            str(scheduler_file),
-        ],
-        [*worker, "--name", "gpu", "--resources", "GPU=1"],
-        [*worker, "--name", "plain"],
-    ]
+    worker = [DASK, "worker", *common, "--scheduler-file", str(scheduler_file), "--nworkers", "1"]
+    scheduler = [DASK, "scheduler", *common, "--port", "0", "--dashboard-address",
+                 "127.0.0.1:0", "--scheduler-file", str(scheduler_file)]  # fmt: skip
+    commands = [(scheduler, dict(os.environ))]
+    for arguments, environment in workers:
+        threads = [] if "--nthreads" in arguments else ["--nthreads", "1"]
+        commands.append(([*worker, *threads, *arguments], environment))
     processes: list[subprocess.Popen[bytes]] = []
     logs = []
     try:
-        for index, command in enumerate(commands):
+        for index, (command, environment) in enumerate(commands):
             log = open(folder / f"log{index}.txt", "wb")  # noqa: SIM115 (closed below)
             logs.append(log)
-            processes.append(subprocess.Popen(command, stdout=log, stderr=log))
+            processes.append(subprocess.Popen(command, stdout=log, stderr=log, env=environment))
             if index == 0:
                 deadline = time.monotonic() + 60
                 while not scheduler_file.exists():
                     assert time.monotonic() < deadline, "the dask scheduler did not start"
                     time.sleep(0.1)
         with distributed.Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(len(workers), timeout=60)
             address = client.scheduler.address
         yield address
     finally:
@@ -128,6 +120,47 @@ def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 process.wait()
         for log in logs:
             log.close()
+
+
+def _environment(**changes: str | None) -> dict[str, str]:
+    """This process's environment with ``changes`` (``None``: removed)."""
+    environment = dict(os.environ)
+    for name, value in changes.items():
+        environment.pop(name, None)
+        if value is not None:
+            environment[name] = value
+    return environment
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``dask scheduler`` plus two ``dask worker`` processes: ``gpu`` (GPU=1) and ``plain``."""
+    # Without pytest's CUDA_VISIBLE_DEVICES: two ids there would not match GPU=1.
+    environment = _environment(CUDA_VISIBLE_DEVICES=None)
+    workers = [
+        (["--name", "gpu", "--resources", "GPU=1"], environment),
+        (["--name", "plain"], environment),
+    ]
+    with _start_cli_cluster(tmp_path_factory.mktemp("dask-cli"), workers) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Two ``dask worker --resources GPU=2`` processes of two threads: ``w01`` without
+    ``CUDA_VISIBLE_DEVICES``, ``w67`` with ``CUDA_VISIBLE_DEVICES=6,7``. Each has
+    ``WORKER_NAME`` in its environment, for its scripts to say where they ran."""
+    gpus = ["--nthreads", "2", "--resources", "GPU=2"]
+    workers = [
+        ([*gpus, "--name", "w01"], _environment(CUDA_VISIBLE_DEVICES=None, WORKER_NAME="w01")),
+        ([*gpus, "--name", "w67"], _environment(CUDA_VISIBLE_DEVICES="6,7", WORKER_NAME="w67")),
+    ]
+    with _start_cli_cluster(tmp_path_factory.mktemp("dask-gpu"), workers) as address:
+        yield address
+
+
+_GPU_CLUSTER_IDS = {"w01": {"0", "1"}, "w67": {"6", "7"}}
+"""The GPU ids each worker of :func:`gpu_cluster` has."""
 
 
 def _wait_for_workers(address: str, count: int) -> None:
@@ -741,3 +774,204 @@ def test_a_demand_no_single_worker_meets_is_named() -> None:
     assert "GPU=2, which no Dask worker has" in str(unmet_on_cluster({"GPU": 2}, workers))
     assert "no Dask worker has them all" in str(unmet_on_cluster({"GPU": 1, "db": 1}, workers))
     assert unmet_on_cluster({"GPU": 9}, {}) is None  # no worker yet: nothing to judge by
+
+
+# -- device ids on the workers ----------------------------------------------------------------
+
+
+def _device_script(stamps: Path, gpus: float, hold: float = 1.0) -> str:
+    """Asks for ``gpus``, holds them ``hold`` s, and appends to ``stamps`` its name, start,
+    end, ``CUDA_VISIBLE_DEVICES``, ``EXEC_RESOURCE_GPU`` and its worker's ``WORKER_NAME``."""
+    return f"""\
+# pytest.mark.exec(resources={{'GPU': {gpus}}})
+import os, time
+start = time.time()
+time.sleep({hold})
+fields = [os.path.basename(__file__)[: -len("_script.py")], str(start), str(time.time()),
+          os.environ.get("CUDA_VISIBLE_DEVICES", "-"), os.environ.get("EXEC_RESOURCE_GPU", "-"),
+          os.environ.get("WORKER_NAME", "-")]
+open({str(stamps)!r}, "a").write(" ".join(fields) + "\\n")
+"""
+
+
+def _stamps(px: ExecPytester) -> dict[str, tuple[float, float, list[str], str]]:
+    """Each device script's start, end, ids and worker, by name."""
+    records = {}
+    for line in px.lines("stamps.txt"):
+        name, start, end, visible, exec_ids, worker = line.split()
+        assert visible == exec_ids, f"{name}: CUDA_VISIBLE_DEVICES {visible}, ids {exec_ids}"
+        records[name] = (float(start), float(end), visible.split(","), worker)
+    return records
+
+
+def test_each_worker_hands_out_its_own_device_ids(px: ExecPytester, gpu_cluster: str) -> None:
+    _on_dask(px)
+    stamps = px.path / "stamps.txt"
+    asked = {f"one{index}": 1 for index in range(6)} | {"two0": 2, "two1": 2, "half0": 0.5}
+    for name, gpus in asked.items():
+        px.script(f"{name}_script.py", _device_script(stamps, gpus))
+    report = px.path / "report.jsonl"
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", gpu_cluster,
+        "--exec-workers", "4", "-v", "--exec-report", str(report), *px.junit_args(),
+        "-o", "junit_family=xunit1",
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=len(asked))
+    records = _stamps(px)
+    assert set(records) == set(asked)
+    for name, (_, _, ids, worker) in records.items():
+        assert len(set(ids)) == len(ids) == max(1, asked[name]), (name, ids)
+        assert set(ids) <= _GPU_CLUSTER_IDS[worker], f"{name} on {worker} got {ids}"
+    assert {worker for *_, worker in records.values()} == {"w01", "w67"}
+    assert {unit for _, _, ids, _ in records.values() for unit in ids} == {"0", "1", "6", "7"}
+    # No id held by two whole-device scripts at once on one worker, though some overlapped.
+    whole = [(name, *records[name]) for name in asked if asked[name] >= 1]
+    overlapped = False
+    for index, (a, a_start, a_end, a_ids, a_worker) in enumerate(whole):
+        for b, b_start, b_end, b_ids, b_worker in whole[index + 1 :]:
+            if a_worker == b_worker and a_start < b_end and b_start < a_end:
+                overlapped = True
+                assert not set(a_ids) & set(b_ids), f"{a} and {b} shared {a_ids} / {b_ids}"
+    assert overlapped, "no two device scripts ran at once on one worker"
+    # The ids are in the results file and in -v, as they are locally.
+    lines = [json.loads(line) for line in report.read_text().splitlines()[1:]]
+    reported = {line["nodeid"].split("::")[-1][: -len("_script")]: line for line in lines}
+    for name, (_, _, ids, _) in records.items():
+        assert reported[name]["resource_ids"] == {"GPU": ids}
+    result.stdout.fnmatch_lines([f"*two0_script PASSED (GPU={','.join(records['two0'][2])})*"])
+    properties = {
+        case.get("name"): {prop.get("name"): prop.get("value") for prop in case.iter("property")}
+        for case in ET.parse(px.junit_path).getroot().iter("testcase")
+    }
+    for name, (_, _, ids, _) in records.items():
+        assert properties[f"{name}_script"]["exec_resources"] == f"GPU={','.join(ids)}"
+
+
+def test_half_device_scripts_on_one_worker_share_an_id(px: ExecPytester, gpu_cluster: str) -> None:
+    _on_dask(px)
+    stamps = px.path / "stamps.txt"
+    halves = [f"half{index}" for index in range(4)]
+    for name in halves:
+        px.script(f"{name}_script.py", _device_script(stamps, 0.5))
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", gpu_cluster,
+        "--exec-workers", "4",
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=4)
+    records = _stamps(px)
+    assert set(records) == set(halves)
+    for name, (_, _, ids, worker) in records.items():
+        assert len(ids) == 1, (name, ids)
+        assert ids[0] in _GPU_CLUSTER_IDS[worker], f"{name} on {worker} got {ids}"
+    # Two threads a worker: at most two halves at once there, packed onto one device.
+    pairs = 0
+    for index, a in enumerate(halves):
+        for b in halves[index + 1 :]:
+            a_start, a_end, a_ids, a_worker = records[a]
+            b_start, b_end, b_ids, b_worker = records[b]
+            if a_worker == b_worker and a_start < b_end and b_start < a_end:
+                pairs += 1
+                assert a_ids == b_ids, f"{a} got {a_ids}, {b} got {b_ids} at the same time"
+    assert pairs, "no two half-device scripts ran at once on one worker"
+
+
+def test_exclusive_is_refused_on_dask_naming_the_mark(px: ExecPytester, gpu_cluster: str) -> None:
+    _on_dask(px)
+    px.ini(exec_missing_resources="skip")  # a refusal is no missing resource: never a skip
+    px.script("alone_script.py", "# pytest.mark.exec(exclusive=True)\nprint('ran')\n")
+    px.script("other_script.py", "")
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", gpu_cluster
+    )
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=1, errors=1)
+    assert _causes(px)["alone_script"] == "engine"
+    result.stdout.fnmatch_lines(
+        [
+            "*alone_script.py could not run: exec(exclusive=True) is not supported by "
+            "--exec-backend dask*"
+        ]
+    )
+
+
+def test_a_local_cluster_hands_out_the_ini_ids(px: ExecPytester) -> None:
+    _on_dask(px)
+    px.ini(exec_resources="GPU=0,1,2,3")
+    stamps = px.path / "stamps.txt"
+    for name in ("two0", "two1", "two2"):
+        px.script(f"{name}_script.py", _device_script(stamps, 2, hold=0.2))
+    report = px.path / "report.jsonl"
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-workers", "2",
+        "--exec-report", str(report),
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=3)
+    header = json.loads(report.read_text().splitlines()[0])
+    assert header["options"]["resources"] == {"GPU": ["0", "1", "2", "3"]}
+    records = _stamps(px)
+    assert len(records) == 3
+    # Each of the two workers has two of the four ids, and a script asking for two gets both.
+    for name, (_, _, ids, _) in records.items():
+        assert sorted(ids) in (["0", "2"], ["1", "3"]), f"{name} got {ids}"
+
+
+def test_a_local_cluster_shares_out_ids_round_robin() -> None:
+    from pytest_codomyrmex_exec.engine import Slots
+    from pytest_codomyrmex_exec.plugin.dask_backend import spread_resources
+
+    shares = spread_resources({"GPU": Slots(["3", "5", "8"]), "db": 2}, 2)
+    assert [{name: amount.ids for name, amount in share.items()} for share in shares] == [
+        {"GPU": ("3", "8"), "db": ("0",)},
+        {"GPU": ("5",), "db": ("1",)},
+    ]
+
+
+def test_worker_ids_come_from_its_environment_and_must_match_its_resources() -> None:
+    from pytest_codomyrmex_exec.plugin.dask_worker import RESOURCE_IDS_VAR, worker_capacities
+
+    def ids(capacities: dict[str, float]) -> dict[str, object]:
+        return {name: getattr(amount, "ids", amount) for name, amount in capacities.items()}
+
+    assert ids(worker_capacities({"GPU": 2.0}, {})) == {"GPU": 2.0}  # ids 0 and 1
+    assert ids(worker_capacities({"GPU": 2.0}, {"CUDA_VISIBLE_DEVICES": "6,7"})) == {
+        "GPU": ("6", "7")
+    }
+    given = {RESOURCE_IDS_VAR: '{"GPU": ["1", "3"]}', "CUDA_VISIBLE_DEVICES": "6,7"}
+    assert ids(worker_capacities({"GPU": 2.0, "db": 1.0}, given)) == {"GPU": ("1", "3"), "db": 1.0}
+    # A local cluster's share with a fraction has no ids: not those of pytest's variable.
+    given = {RESOURCE_IDS_VAR: '{"GPU": null}', "CUDA_VISIBLE_DEVICES": "6,7"}
+    assert ids(worker_capacities({"GPU": 1.5}, given)) == {"GPU": 1.5}
+    with pytest.raises(ValueError, match=r"GPU=2 but CUDA_VISIBLE_DEVICES gives 3 ids \(6,7,8\)"):
+        worker_capacities({"GPU": 2.0}, {"CUDA_VISIBLE_DEVICES": "6,7,8"})
+
+
+def test_a_share_that_fits_no_unit_yet_waits_for_one() -> None:
+    from pytest_codomyrmex_exec.plugin.dask_worker import WorkerPool
+
+    class NeverCancelled:
+        def is_set(self) -> bool:
+            return False
+
+    # Dask's count admits 0.8 after 0.6 and 0.6 on GPU=2; no single unit has 0.8 free.
+    pool = WorkerPool({"GPU": 2.0})
+    first = pool.take({"GPU": 0.6}, NeverCancelled())  # type: ignore[arg-type]
+    assert first is not None
+    assert pool.take({"GPU": 0.6}, NeverCancelled()) is not None  # type: ignore[arg-type]
+    got: list[object] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(pool.take({"GPU": 0.8}, NeverCancelled()))  # type: ignore[arg-type]
+    )
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()
+    assert not got
+    pool.give({"GPU": 0.6}, first)
+    waiter.join(10)
+    assert got == [first]

@@ -23,6 +23,7 @@ exchanges get no answer is abandoned with a message; this machine is swept all t
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import sys
@@ -38,12 +39,13 @@ import pytest
 from ..engine.events import EventSink, RunEvent, RunEventKind
 from ..engine.launch import kill_tagged
 from ..engine.parallel import BATCH_ENV_VAR
-from ..engine.resources import describe_amounts
+from ..engine.resources import DEFAULT_RESOURCE_ENV, Slots, describe_amounts
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus, make_result
 from .backends import BackendThread, ScriptJob, finished_event, runnable
 from .dask_worker import (
     FAIL_FAST,
     NAMESPACE,
+    RESOURCE_IDS_VAR,
     STARTED_TOPIC,
     WORKER_TAG_VAR,
     Unreachable,
@@ -63,6 +65,11 @@ from .outcome import is_exit_skip
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+EXCLUSIVE_REFUSED = (
+    "exec(exclusive=True) is not supported by --exec-backend dask: Dask cannot keep every "
+    "other task of the cluster from running; run exclusive scripts with a local backend"
+)
 
 CANCEL_WAIT = 10.0
 """Seconds to wait, after a cancel, for running tasks to report their killed scripts."""
@@ -104,16 +111,23 @@ def limits_from_ini(config: pytest.Config) -> DaskLimits:
 
 def spread_resources(capacities: Mapping[str, float], workers: int) -> list[dict[str, float]]:
     """Share each capacity out over a local cluster's workers, whole units round-robin (any
-    fraction goes with the next unit), so that together they have exactly the capacities."""
+    fraction goes with the next unit), so that together they have exactly the capacities.
+
+    A worker's whole units are a :class:`Slots` of their ids (``GPU=0,1,2,3`` on two workers:
+    ``0,2`` and ``1,3``; ``GPU=4``: the same ids), so that on the cluster each script gets
+    the ids it would get here. A share holding the fraction is a plain amount."""
     shares: list[dict[str, float]] = [{} for _ in range(workers)]
     for name, amount in capacities.items():
-        whole = int(amount)
-        for unit in range(whole):
-            share = shares[unit % workers]
-            share[name] = share.get(name, 0.0) + 1.0
-        fraction = amount - whole
+        ids = (
+            amount.ids if isinstance(amount, Slots) else [str(unit) for unit in range(int(amount))]
+        )
+        for index in range(workers):
+            mine = ids[index::workers]
+            if mine:
+                shares[index][name] = Slots(mine)
+        fraction = amount - len(ids)
         if fraction > 0:
-            share = shares[whole % workers]
+            share = shares[len(ids) % workers]
             share[name] = share.get(name, 0.0) + fraction
     return shares
 
@@ -167,6 +181,7 @@ class DaskBackend:
         address: str | None,
         workers: int,
         resources: Mapping[str, float] | None = None,
+        resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
         limits: DaskLimits = DaskLimits(),
         stop_after: int = 0,
         skip_exit_codes: frozenset[int] = frozenset(),
@@ -175,6 +190,7 @@ class DaskBackend:
         self._where = address or "a local cluster"
         self._workers = workers
         self._capacities = dict(resources or {})
+        self._resource_env = {name: tuple(names) for name, names in resource_env.items()}
         self._limits = limits
         self._stop_after = stop_after
         self._skip_exit_codes = skip_exit_codes
@@ -195,6 +211,7 @@ class DaskBackend:
             address=address,
             workers=options.workers,
             resources=options.resources,
+            resource_env=options.resource_env,
             limits=limits_from_ini(config),
             stop_after=config.getoption("maxfail") or 0,
             skip_exit_codes=options.skip_exit_codes,
@@ -243,6 +260,7 @@ class DaskBackend:
                         session_tag=session_tag,
                         fail_fast=self._stop_after > 0,
                         call_timeout=self._limits.call,
+                        resource_env=self._resource_env,
                     ),
                     where=self._where,
                     limits=self._limits,
@@ -335,7 +353,10 @@ class DaskBackend:
         for index, share in enumerate(spread_resources(self._capacities, self._workers)):
             options = {**template["options"], "nthreads": 1}
             if share:
-                options["resources"] = share
+                # Plain numbers for Dask (its messages know no Slots); the ids by environment.
+                options["resources"] = {name: float(amount) for name, amount in share.items()}
+                ids = {name: getattr(amount, "ids", None) for name, amount in share.items()}
+                options["env"] = {RESOURCE_IDS_VAR: json.dumps(ids)}
             cluster.worker_spec[index] = {**template, "options": options}
         cluster.scale(self._workers)  # starts the workers just specified
         return cluster
@@ -472,6 +493,12 @@ class _Run:
                         "cancelled before it was sent to Dask",
                     ),
                 )
+                continue
+            if job.spec.exclusive:
+                # ENGINE, not RESOURCES: with exec_missing_resources = skip, RESOURCES would
+                # turn a mark the backend cannot keep into a quiet skip.
+                self._finish(job, _not_run(job, ScriptStatus.ERROR, FailureCause.ENGINE,
+                                           EXCLUSIVE_REFUSED))  # fmt: skip
                 continue
             refused = unmet_on_cluster(job.spec.resources, offered)
             if refused is not None:

@@ -7,18 +7,37 @@ and a :class:`WorkerRun`, and reads back the names and keys defined here.
 
 Every exchange with the scheduler has a deadline (:func:`bounded`): a worker that cannot
 reach it gives up instead of waiting, as does pytest's side.
+
+Device ids: Dask counts a worker's ``--resources`` but does not say *which* unit a task holds.
+Each worker keeps a :class:`ResourcePool` of its own units (:func:`worker_capacities`); a task
+takes its ids from it, gives them to its script as a local run does (``EXEC_RESOURCE_<NAME>``,
+``CUDA_VISIBLE_DEVICES``) and gives them back when it ends.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, final
 
 from ..engine.parallel import BATCH_ENV_VAR
+from ..engine.resources import (
+    DEFAULT_RESOURCE_ENV,
+    GPU,
+    Amounts,
+    Assigned,
+    ResourcePool,
+    Slots,
+    detect_gpus,
+    unmet_demand,
+    with_resource_env,
+    with_resource_ids,
+)
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus, make_result
 from ..engine.run import run_spec
 from ..engine.spec import ScriptSpec
@@ -48,6 +67,11 @@ STARTED_TOPIC = f"{NAMESPACE}-started"
 """The Dask event topic of script starts, one for every run: the scheduler keeps the last
 1,000 events of each topic for good, so one topic per run would grow a long-lived
 scheduler with every run. Each subscriber keeps its own run's events."""
+
+RESOURCE_IDS_VAR = "CODOMYRMEX_EXEC_DASK_RESOURCE_IDS"
+"""Set by a local cluster in each of its workers' environment: the ids of the units of
+``exec_resources`` that worker was given, as JSON (``{"GPU": ["0", "2"], "db": null}``;
+``null``: a share with a fraction, ids ``0``..``n-1``)."""
 
 _SHARED_FILESYSTEM_CAUSES = (FailureCause.MISSING_PATH, FailureCause.START_FAILED)
 """Causes that, on a worker, mostly mean it does not see pytest's files at the same paths."""
@@ -220,6 +244,80 @@ class WorkerRun:
     pytest's side has judged it (see :data:`FAIL_FAST`)."""
     call_timeout: float = 30.0
     """Seconds for one exchange with the scheduler."""
+    resource_env: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_RESOURCE_ENV)
+    )
+    """The variables that get a resource's ids (ini ``exec_resource_env``)."""
+
+
+def worker_capacities(total: Amounts, environ: Mapping[str, str]) -> dict[str, float]:
+    """A worker's units, from its ``--resources`` (``total``): with the ids a local cluster
+    gave it (:data:`RESOURCE_IDS_VAR`), else for GPU those in its ``CUDA_VISIBLE_DEVICES``,
+    else ``0``..``n-1``. Raise ``ValueError`` when ids and amount disagree: which of them
+    the user meant cannot be told, and either guess would put two scripts on one device."""
+    given: dict[str, list[str] | None] = json.loads(environ.get(RESOURCE_IDS_VAR) or "{}")
+    capacities: dict[str, float] = {}
+    for name, amount in total.items():
+        ids = given.get(name)
+        source = RESOURCE_IDS_VAR
+        if name not in given and name == GPU and "CUDA_VISIBLE_DEVICES" in environ:
+            ids, source = list(detect_gpus(environ).ids), "CUDA_VISIBLE_DEVICES"
+        if ids is None:
+            capacities[name] = amount
+        elif len(ids) != amount:
+            raise ValueError(
+                f"it has resource {name}={amount:g} but {source} gives {len(ids)} ids "
+                f"({','.join(ids) or 'none'}): start it with --resources {name}={len(ids)}, "
+                f"or with {source} listing {amount:g} ids"
+            )
+        else:
+            capacities[name] = Slots(ids)
+    return capacities
+
+
+@final
+class WorkerPool:
+    """The units of one worker, shared by its tasks (threads) and by every run on it.
+
+    Dask's count admits a task when the worker has enough of each resource in total, but
+    shares may not pack onto one unit (0.6 and 0.6 on two units leave no 0.8 on either): such
+    a task waits here for a unit to free, as it would wait for a slot locally.
+    """
+
+    def __init__(self, capacities: Amounts) -> None:
+        self.capacities = dict(capacities)
+        self._pool = ResourcePool(capacities)
+        self._changed = threading.Condition()
+
+    def take(self, demand: Amounts, cancel: DaskCancelSignal) -> Assigned | None:
+        """Hold ``demand`` and return its ids, once it fits; ``None`` if cancelled first."""
+        while True:
+            with self._changed:
+                if self._pool.fits(demand):
+                    return self._pool.take(demand)
+                self._changed.wait(CANCEL_POLL)
+            if cancel.is_set():  # outside the lock: a look may take a round trip
+                return None
+
+    def give(self, demand: Amounts, assigned: Assigned) -> None:
+        with self._changed:
+            self._pool.give(demand, assigned)
+            self._changed.notify_all()
+
+
+_pools: dict[str, WorkerPool] = {}
+_pools_lock = threading.Lock()
+
+
+def worker_pool(worker: Any) -> WorkerPool:
+    """The pool of ``worker``, made by its first task that needs one (one per worker, so two
+    workers in one process each have their own)."""
+    with _pools_lock:
+        pool = _pools.get(worker.id)
+        if pool is None:
+            total = worker.state.total_resources
+            pool = _pools[worker.id] = WorkerPool(worker_capacities(total, os.environ))
+        return pool
 
 
 def run_on_worker(spec: ScriptSpec, key: int, run: WorkerRun) -> ScriptResult:
@@ -231,17 +329,63 @@ def run_on_worker(spec: ScriptSpec, key: int, run: WorkerRun) -> ScriptResult:
     dask = distributed()
     worker = dask.get_worker()
     label = worker_label(worker.address, worker.name)
-
-    def not_run(status: ScriptStatus, cause: FailureCause, error: str) -> ScriptResult:
-        return make_result(spec.script, status, error=error, attempts=0, worker=label, cause=cause)
-
+    pool: WorkerPool | None = None
+    if spec.resources:
+        try:
+            pool = worker_pool(worker)
+        except ValueError as exc:
+            # Not RESOURCES: with exec_missing_resources = skip that would hide a
+            # misconfigured worker behind skips, though the cluster has the resource.
+            return _not_run(spec, label, ScriptStatus.ERROR, FailureCause.ENGINE,
+                            f"Dask worker {label}: {exc}")  # fmt: skip
+        refused = unmet_demand(spec.resources, pool.capacities, f"Dask worker {label}")
+        if refused is not None:  # its resources changed since Dask placed the task
+            return _not_run(spec, label, ScriptStatus.ERROR, FailureCause.RESOURCES, refused)
     # Here, not in a bounded thread: Dask knows a task's worker by thread. The worker is
     # connected already; its client connects with a deadline.
     client = dask.get_client(timeout=run.call_timeout)
     cancel = DaskCancelSignal(cancel_name(run.run_id), worker, client, worker.get_current_task())
     try:
+        # Before taking units: a task held for -x must not keep a device from the others.
         if not _may_start(client, run, cancel):
-            return not_run(ScriptStatus.CANCELLED, FailureCause.CANCELLED, "cancelled")
+            return _not_run(spec, label, ScriptStatus.CANCELLED, FailureCause.CANCELLED,
+                            "cancelled")  # fmt: skip
+    except Unreachable as exc:
+        return _unreachable(spec, label, exc)
+    assigned = pool.take(spec.resources, cancel) if pool is not None else {}
+    if assigned is None:
+        return _not_run(spec, label, ScriptStatus.CANCELLED, FailureCause.CANCELLED, "cancelled")
+    try:
+        return _claim_and_run(spec, key, run, client, cancel, assigned)
+    finally:
+        if pool is not None:
+            pool.give(spec.resources, assigned)
+
+
+def _not_run(
+    spec: ScriptSpec, label: str, status: ScriptStatus, cause: FailureCause, error: str
+) -> ScriptResult:
+    return make_result(spec.script, status, error=error, attempts=0, worker=label, cause=cause)
+
+
+def _unreachable(spec: ScriptSpec, label: str, exc: Unreachable) -> ScriptResult:
+    return _not_run(spec, label, ScriptStatus.ERROR, FailureCause.ENGINE,
+                    f"Dask worker {label} cannot reach the scheduler: {exc}")  # fmt: skip
+
+
+def _claim_and_run(
+    spec: ScriptSpec,
+    key: int,
+    run: WorkerRun,
+    client: Any,
+    cancel: DaskCancelSignal,
+    assigned: Assigned,
+) -> ScriptResult:
+    """Claim the job (see :func:`claim_key`), then run its script holding the units
+    ``assigned``: their ids in its environment and in its result."""
+    worker = distributed().get_worker()
+    label = worker_label(worker.address, worker.name)
+    try:
         claim = claim_key(run.run_id, key)
         what = "the script's claim"
         earlier = bounded(lambda: client.get_metadata(claim, None), run.call_timeout, what)
@@ -258,16 +402,13 @@ def run_on_worker(spec: ScriptSpec, key: int, run: WorkerRun) -> ScriptResult:
         mine = {"label": label, "id": worker.id}
         bounded(lambda: client.set_metadata(claim, mine), run.call_timeout, what)
     except Unreachable as exc:
-        return not_run(
-            ScriptStatus.ERROR,
-            FailureCause.ENGINE,
-            f"Dask worker {label} cannot reach the scheduler: {exc}",
-        )
+        return _unreachable(spec, label, exc)
     worker.log_event(STARTED_TOPIC, {"run": run.run_id, "key": key, "worker": label})
     base_env = child_environment(run.session_tag)  # this machine's environment, not pytest's
     base_env[BATCH_ENV_VAR] = run.run_id
     base_env[WORKER_TAG_VAR] = worker.id
-    result = run_spec(spec, base_env=base_env, cancel_event=cancel)
+    held = with_resource_env(spec, assigned, run.resource_env)
+    result = with_resource_ids(run_spec(held, base_env=base_env, cancel_event=cancel), assigned)
     result["worker"] = label
     if run.fail_fast and result["status"] not in (ScriptStatus.PASSED, ScriptStatus.CANCELLED):
         # Before the result leaves: the next task on this worker must already see it.

@@ -114,6 +114,7 @@ def _jsonable_options(options: ExecOptions) -> dict[str, Any]:
     values = dataclasses.asdict(options)
     values["skip_exit_codes"] = sorted(options.skip_exit_codes)
     values["timeout"] = None if options.timeout is UNSET else options.timeout
+    values["resources"] = {n: getattr(a, "ids", a) for n, a in options.resources.items()}
     return values
 
 
