@@ -261,7 +261,7 @@ def test_choosing_dask_without_distributed_is_a_usage_error(px: ExecPytester) ->
     result = px.run("--exec-parallel", "--exec-backend", "dask")
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "pip install 'pytest-codomyrmex-exec[dask]'" in result.stderr.str()
+    assert "pip install 'distributed>=2024.1'" in result.stderr.str()
 
 
 def test_local_cluster_shares_out_exec_resources(px: ExecPytester) -> None:

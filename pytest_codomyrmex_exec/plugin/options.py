@@ -532,7 +532,7 @@ def _dask_scheduler(config: pytest.Config) -> str | None:
     if not found:
         raise pytest.UsageError(
             "--exec-backend dask needs the distributed package: "
-            "pip install 'pytest-codomyrmex-exec[dask]'"
+            "pip install 'distributed>=2024.1'"
         )
     picked = _pick(config, "exec_dask_scheduler", "exec_dask_scheduler")
     if picked:
