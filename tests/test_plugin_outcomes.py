@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import ExecPytester
-
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
+from conftest import ExecPytester, Mode
 
 CANCELLING_HOOK = """\
 def pytest_exec_script_finished(item, result):
@@ -92,8 +85,7 @@ def write_outcome_project(px: ExecPytester) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_outcome_table(px: ExecPytester, mode: list[str]) -> None:
+def test_outcome_table(px: ExecPytester, mode: Mode) -> None:
     write_outcome_project(px)
     result = px.run("-rA", "-o", "junit_logging=all", *mode, *px.junit_args())
     everything = "\n".join(result.outlines + result.errlines)

@@ -14,14 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester
-
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
-PARALLEL = MODES[1:]
+from conftest import ExecPytester, Mode
 
 
 def write_mixed_project(px: ExecPytester) -> None:
@@ -65,8 +58,7 @@ def summary_lines(result: pytest.RunResult) -> list[str]:
 # -- the run summary -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_summary_numbers_match_the_reports(px: ExecPytester, mode: list[str]) -> None:
+def test_summary_numbers_match_the_reports(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     result = px.run("--durations=0", "--durations-min=0", *mode, *px.junit_args())
     result.assert_outcomes(passed=3, failed=3)
@@ -137,8 +129,7 @@ def test_bad_summary_value_is_a_usage_error(px: ExecPytester) -> None:
 # -- the short failure line ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_short_summary_shows_the_scripts_last_error_line(px: ExecPytester, mode: list[str]) -> None:
+def test_short_summary_shows_the_scripts_last_error_line(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     result = px.run("-rA", *mode, *px.junit_args())
     result.stdout.fnmatch_lines_random(
@@ -172,9 +163,8 @@ def test_traceback_stays_in_the_failure_when_stderr_is_not_shown(px: ExecPyteste
 # -- skip exit codes -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_skip_exit_codes_make_a_skip_with_the_last_stderr_line(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.ini(exec_skip_exit_codes="77 78")
     px.script(
@@ -226,8 +216,7 @@ def _properties(path: Path) -> dict[str, dict[str, str]]:
     return found
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_junit_properties_under_xunit1(px: ExecPytester, mode: list[str]) -> None:
+def test_junit_properties_under_xunit1(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     px.script("flaky_script.py", "# pytest.mark.exec(max_runs=2)\nraise SystemExit(3)\n")
     result = px.run("-o", "junit_family=xunit1", "-W", "error", *mode, *px.junit_args())
@@ -266,8 +255,7 @@ def _report_lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: list[str]) -> None:
+def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     path = px.path / "out" / "results.jsonl"
     path.parent.mkdir()
@@ -279,7 +267,7 @@ def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: lis
     assert isinstance(header["started"], str)
     options = header["options"]
     assert isinstance(options, dict)
-    assert options["parallel"] == bool(mode)
+    assert options["parallel"] == mode.parallel
     by_id = {line["nodeid"]: line for line in lines}
     assert len(by_id) == len(lines) == 6
     boom = by_id["boom_script.py::boom_script"]
@@ -426,9 +414,9 @@ def _live_lines(result: pytest.RunResult, label: str) -> list[str]:
 
 
 @pytest.mark.parametrize("how", [["--exec-live"], ["-s"], ["-o", "exec_live=true"]])
-@pytest.mark.parametrize("mode", PARALLEL)
+@pytest.mark.modes("process", "async")
 def test_live_output_streams_whole_prefixed_lines(
-    px: ExecPytester, mode: list[str], how: list[str]
+    px: ExecPytester, mode: Mode, how: list[str]
 ) -> None:
     write_live_project(px)
     # Two workers: a and b at once, whatever the CPUs.
@@ -469,8 +457,7 @@ def test_live_output_is_coloured_per_script_on_a_colour_terminal(px: ExecPyteste
     assert len({code for code, _ in coloured}) == 2, "both scripts in the same colour"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_live_output_is_off_by_default(px: ExecPytester, mode: list[str]) -> None:
+def test_live_output_is_off_by_default(px: ExecPytester, mode: Mode) -> None:
     px.script("a_script.py", "print('quiet please')\n")
     result = px.run(*mode)
     result.assert_outcomes(passed=1)
@@ -504,8 +491,7 @@ def test_parallel_runner_output_callback(tmp_path: Path) -> None:
 # -- coverage of what scripts run ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: Mode) -> None:
     """pytest-cov with coverage's ``patch = subprocess``: the one setting a user adds."""
     px.script(
         "mypkg/__init__.py",
@@ -541,8 +527,8 @@ def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]
 # -- running scripts -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", PARALLEL)
-def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("process", "async")
+def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: Mode) -> None:
     px.script("stuck_script.py", "import time\ntime.sleep(12)\n")
     px.script("quick_script.py", "import time\ntime.sleep(0.5)\n")
     px.script("quiet_script.py", "import time\ntime.sleep(1)\n")
@@ -580,10 +566,7 @@ def test_live_lines_start_a_line_of_their_own_after_progress_dots(px: ExecPytest
         assert _live_lines(result, f"{name}_script.py") == [f"{name} 1"], result.outlines
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_live_output_of_a_retried_script_keeps_attempts_apart(
-    px: ExecPytester, mode: list[str]
-) -> None:
+def test_live_output_of_a_retried_script_keeps_attempts_apart(px: ExecPytester, mode: Mode) -> None:
     px.script(
         "flaky_script.py",
         """\

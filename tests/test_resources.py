@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester
+from conftest import ExecPytester, Mode
 
 from pytest_codomyrmex_exec import AsyncScheduler
 
@@ -21,9 +21,8 @@ def _gpu_script(stamps: Path) -> str:
     )
 
 
-def test_two_gpu_scripts_never_overlap_on_a_machine_with_one(
-    px: ExecPytester, backend: str
-) -> None:
+@pytest.mark.modes("process", "async")
+def test_two_gpu_scripts_never_overlap_on_a_machine_with_one(px: ExecPytester, mode: Mode) -> None:
     stamps = px.path / "stamps.txt"
     px.ini(exec_resources="GPU=1 db=2")
     for name in ("gpu_a", "gpu_b", "gpu_c"):
@@ -31,7 +30,7 @@ def test_two_gpu_scripts_never_overlap_on_a_machine_with_one(
     px.script("plain_script.py", "")
     px.script("tpu_script.py", "# pytest.mark.exec(resources={'TPU': 1})\n")
     px.script("db_script.py", "# pytest.mark.exec(resources={'db': 3})\n")
-    result = px.run("--exec-parallel", "--exec-backend", backend, "--exec-workers", "4", "-rE")
+    result = px.run(*mode, "--exec-workers", "4", "-rE")
 
     result.assert_outcomes(passed=4, errors=2)
     result.stdout.fnmatch_lines(

@@ -2,9 +2,10 @@
 only warm mode has: a child that cannot tell it was forked, fallbacks, a dying server.
 
 The engine's and the plugin's own checks are imported from their modules and run here again,
-unchanged, through the parametrized autouse fixture ``warm``: engine calls default to a warm
-launcher, plugin sessions get ``--exec-warm``. The fixture also proves each of them did start
-its scripts warm, so none can pass by quietly falling back to a cold start.
+unchanged: through the autouse fixture ``warm`` engine calls default to a warm launcher, and
+the module's ``warm_modes`` mark turns each mode of the ``mode`` fixture (conftest.py) into
+its warm variant. Both prove that each check did start its scripts warm, so none can pass by
+quietly falling back to a cold start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester, error_of, still_alive, write_script
+from conftest import ExecPytester, Mode, error_of, still_alive, write_script
 
 # The same checks, imported: collected here again, they run in warm mode (see ``warm``).
 from test_parallel_runner import (  # noqa: F401
@@ -66,7 +67,10 @@ from pytest_codomyrmex_exec.engine import COLD, ParallelRunner, plan_launch, run
 from pytest_codomyrmex_exec.engine import run as run_module
 from pytest_codomyrmex_exec.engine.launch import LaunchPlan
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux"),
+    pytest.mark.warm_modes,
+]
 
 _DEFAULTED = (
     run_module.run_script,
@@ -96,33 +100,23 @@ def _warm_properties(junit: Path) -> list[str]:
 
 @pytest.fixture(autouse=True, params=["warm"])
 def warm(request: pytest.FixtureRequest, shared_launcher: WarmLauncher) -> Iterator[str]:
-    """Warm mode for every check here. Engine calls default to the shared warm launcher;
-    plugin sessions (the ``px`` fixture) run with ``--exec-warm``. An imported check must
-    have started scripts warm: the launcher's count, or the sessions' junit properties."""
+    """Warm mode for every check here. Engine calls default to the shared warm launcher, and
+    an imported engine check must have started scripts with it. Plugin sessions run in the
+    ``mode`` fixture's warm modes, which proves that their scripts started warm."""
     imported = request.function.__module__ != __name__
+    if "px" in request.fixturenames and "mode" not in request.fixturenames:
+        raise ValueError(f"{request.node.nodeid}: a plugin check here takes the mode fixture")
     saved = [f.__kwdefaults__["launcher"] for f in _DEFAULTED]  # type: ignore[index]
     for function in _DEFAULTED:
         function.__kwdefaults__["launcher"] = shared_launcher  # type: ignore[index]
-    px: ExecPytester | None = None
-    if "px" in request.fixturenames:
-        px = request.getfixturevalue("px")
-        monkeypatch = request.getfixturevalue("monkeypatch")
-        addopts = os.environ.get("PYTEST_ADDOPTS", "")
-        monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} --exec-warm --junitxml={px.junit_path}")
     before = shared_launcher.warm_starts
     try:
         yield str(request.param)
     finally:
         for function, value in zip(_DEFAULTED, saved, strict=True):
             function.__kwdefaults__["launcher"] = value  # type: ignore[index]
-    if not imported:
-        return
-    if px is None:
+    if imported and "mode" not in request.fixturenames:
         assert shared_launcher.warm_starts > before, "the check started nothing warm"
-    elif px.junit_path.exists():
-        values = _warm_properties(px.junit_path)
-        # No script of these projects has a reason to start cold.
-        assert all(value == "warm" for value in values), values
 
 
 # -- what a script sees: the same as after a cold start ---------------------------------------
@@ -473,21 +467,13 @@ def test_the_server_and_its_scripts_die_with_their_parent(tmp_path: Path, warm: 
 
 # -- the plugin --------------------------------------------------------------------------------
 
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
 
-
-@pytest.mark.parametrize("mode", MODES)
-def test_plugin_reports_each_cold_start_and_why(
-    px: ExecPytester, mode: list[str], warm: str
-) -> None:
+@pytest.mark.modes("inline", "process", "async", cold_starts=2)
+def test_plugin_reports_each_cold_start_and_why(px: ExecPytester, mode: Mode, warm: str) -> None:
     px.script("forked_script.py", "import os\nprint(os.getppid())\n")
     px.script("marked_script.py", "# pytest.mark.exec(warm=False)\n")
     px.script("hashed_script.py", "# pytest.mark.exec(env={'PYTHONHASHSEED': '1'})\n")
-    result = px.run("-v", "--exec-preload", "json, csv", *mode)
+    result = px.run("-v", "--exec-preload", "json, csv", *mode, *px.junit_args())
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines_random(
         [
@@ -503,27 +489,31 @@ def test_plugin_reports_each_cold_start_and_why(
     ]
 
 
-def test_plugin_warm_options_are_checked(px: ExecPytester, warm: str) -> None:
+@pytest.mark.modes("inline")
+def test_plugin_warm_options_are_checked(px: ExecPytester, mode: Mode, warm: str) -> None:
     px.script("ok_script.py", "import csv, sys\nassert 'csv' in sys.modules\n")
-    bad = px.run("--exec-preload", "json,1bad")
+    bad = px.run("--exec-preload", "json,1bad", *mode)
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--exec-preload: not a module name: '1bad'*"])
     px.ini(exec_warm="true", exec_preload="csv json")
-    good = px.run()
+    good = px.run()  # warm from the ini
     good.assert_outcomes(passed=1)
     missing = px.run("--exec-preload", "no_such_module_for_warm")
     missing.assert_outcomes(errors=1)
     missing.stdout.fnmatch_lines(["*cannot preload 'no_such_module_for_warm'*"])
 
 
-def test_plugin_session_killed_leaves_no_server_or_script(px: ExecPytester, warm: str) -> None:
+@pytest.mark.modes("async")
+def test_plugin_session_killed_leaves_no_server_or_script(
+    px: ExecPytester, mode: Mode, warm: str
+) -> None:
     # Each script records its pid and its parent's: the warm server.
     for i in range(2):
         px.script(
             f"sleep{i}_script.py",
             px.tracker() + "_track(_os.getppid())\nimport time\ntime.sleep(60)\n",
         )
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *mode]
     command += ["--exec-workers", "2"]  # both at once, whatever the CPU count
     with subprocess.Popen(command, cwd=px.path, stdout=subprocess.DEVNULL) as proc:
         try:
