@@ -336,7 +336,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "scripts must start cold in a warm mode",
     )
     config.addinivalue_line(
-        "markers", "warm_modes: the `mode` fixture runs each of the test's modes warm"
+        "markers",
+        "warm_modes(*names): the `mode` fixture runs the test's modes warm; with names, only "
+        "those of its modes (all, when it has none of them)",
     )
 
 
@@ -357,7 +359,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if unknown:
         raise ValueError(f"{metafunc.definition.nodeid}: unknown mode(s) {unknown}")
     modes = [MODES[name] for name in names]
-    if metafunc.definition.get_closest_marker("warm_modes") is not None:
+    warm = metafunc.definition.get_closest_marker("warm_modes")
+    if warm is not None:
+        modes = [mode for mode in modes if mode.name in warm.args] or modes
         modes = [mode if mode.warm else mode.warmed() for mode in modes]
     metafunc.parametrize("mode", modes, ids=[mode.name for mode in modes], indirect=True)
 

@@ -48,6 +48,9 @@ def wait_then_fail(px: ExecPytester, pids: int) -> str:
     )
 
 
+# Inline the item's protocol runs the script, in parallel it is replayed: which backend ran
+# the script is nothing pytest-timeout can see.
+@pytest.mark.modes("inline", "async")
 @pytest.mark.parametrize("method", ["signal", "thread"])
 def test_pytest_timeout_never_times_a_script_item(
     px: ExecPytester, mode: Mode, method: str

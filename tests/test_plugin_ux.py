@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import ExecPytester, Mode
 
+# The summary, the report file and junit are made from results once a script has run: the
+# parallel session's replay differs from an inline run, the backend that ran it does not.
+AFTER_THE_RUN = pytest.mark.modes("inline", "async")
+
 
 def write_mixed_project(px: ExecPytester) -> None:
     px.script("quick_script.py", "print('quick')\n")
@@ -58,6 +62,7 @@ def summary_lines(result: pytest.RunResult) -> list[str]:
 # -- the run summary -------------------------------------------------------------------------
 
 
+@AFTER_THE_RUN
 def test_summary_numbers_match_the_reports(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     result = px.run("--durations=0", "--durations-min=0", *mode, *px.junit_args())
@@ -129,6 +134,7 @@ def test_bad_summary_value_is_a_usage_error(px: ExecPytester) -> None:
 # -- the short failure line ------------------------------------------------------------------
 
 
+@AFTER_THE_RUN
 def test_short_summary_shows_the_scripts_last_error_line(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     result = px.run("-rA", *mode, *px.junit_args())
@@ -216,6 +222,7 @@ def _properties(path: Path) -> dict[str, dict[str, str]]:
     return found
 
 
+@AFTER_THE_RUN
 def test_junit_properties_under_xunit1(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     px.script("flaky_script.py", "# pytest.mark.exec(max_runs=2)\nraise SystemExit(3)\n")
@@ -255,6 +262,7 @@ def _report_lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@AFTER_THE_RUN
 def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     path = px.path / "out" / "results.jsonl"
@@ -491,6 +499,7 @@ def test_parallel_runner_output_callback(tmp_path: Path) -> None:
 # -- coverage of what scripts run ------------------------------------------------------------
 
 
+@AFTER_THE_RUN
 def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: Mode) -> None:
     """pytest-cov with coverage's ``patch = subprocess``: the one setting a user adds."""
     px.script(

@@ -70,7 +70,9 @@ from pytest_codomyrmex_exec.engine.launch import LaunchPlan
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux"),
-    pytest.mark.warm_modes,
+    # The launcher is the same whatever calls it; inline and the process backend's threads
+    # (which call it at once) are enough here. test_plugin_shutdown has async-warm too.
+    pytest.mark.warm_modes("inline", "process"),
 ]
 
 _DEFAULTED = (
@@ -473,6 +475,7 @@ def test_the_server_and_its_scripts_die_with_their_parent(tmp_path: Path, warm: 
 # -- the plugin --------------------------------------------------------------------------------
 
 
+@pytest.mark.warm_modes  # each of them: how the reporter learns of a cold start differs
 @pytest.mark.modes("inline", "process", "async", cold_starts=2)
 def test_plugin_reports_each_cold_start_and_why(px: ExecPytester, mode: Mode, warm: str) -> None:
     px.script("forked_script.py", "import os\nprint(os.getppid())\n")
