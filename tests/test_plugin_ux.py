@@ -445,12 +445,13 @@ def test_live_output_streams_whole_prefixed_lines(
     assert outlines.index("[b_script.py] b-line 2") < b_report
 
 
-def test_live_output_inline(px: ExecPytester) -> None:
+@pytest.mark.modes("inline")
+def test_live_output_inline(px: ExecPytester, mode: Mode) -> None:
     # flush: on a pipe Python buffers stdout, so unflushed 'one' could come after 'two'.
     px.script(
         "a_script.py", "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr)\n"
     )
-    result = px.run("--exec-live", "-v")
+    result = px.run("--exec-live", "-v", *mode)
     result.assert_outcomes(passed=1)
     assert _live_lines(result, "a_script.py") == ["one", "two"]
 
