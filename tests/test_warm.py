@@ -298,6 +298,7 @@ def test_a_script_changing_a_preloaded_module_does_not_affect_the_next(
     )
     with WarmLauncher(preload=["csv", "json"]) as launcher:
         runs = [run_script(script, timeout=20, launcher=launcher)["stdout"] for _ in range(3)]
+        assert launcher.warm_starts == 3  # forked from the one server, not started afresh
     assert runs == ["None [1]\n"] * 3
 
 
@@ -311,6 +312,7 @@ def test_numpy_preloaded_computes_in_forked_scripts(tmp_path: Path, warm: str) -
     )
     with WarmLauncher(preload=["numpy"]) as launcher:
         results = [run_script(script, timeout=60, launcher=launcher) for _ in range(3)]
+        assert launcher.warm_starts == 3
     assert [r["stdout"] for r in results] == [f"{400.0**3}\n"] * 3, results[0]["stderr"]
 
 
