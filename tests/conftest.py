@@ -1,21 +1,26 @@
 """Shared helpers for the plugin tests: real pytest sessions on real scripts, and their traces.
 
-Only the ``px`` fixture lives here (nothing autouse), so the engine tests are unaffected.
-Scripts written with ``track=True`` record their pid (and may record their children's) in a
-folder; :meth:`ExecPytester.assert_no_process_left` then proves nothing outlived the run.
+Two fixtures live here (nothing autouse), so the engine tests are unaffected: ``px``, a
+pytester with what every plugin test needs, and ``mode``, which runs a test once per way the
+plugin can run scripts and proves that each script really ran that way. Scripts written with
+``track=True`` record their pid (and may record their children's) in a folder;
+:meth:`ExecPytester.assert_no_process_left` then proves nothing outlived the run.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import signal
 import textwrap
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
@@ -299,7 +304,170 @@ def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[E
     helper.cleanup()
 
 
-@pytest.fixture(params=["process", "async"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Both parallel engines: every --exec-parallel behaviour must hold for each."""
-    return str(request.param)
+# -- modes: the ways the plugin runs scripts, each proved to have run -------------------------
+
+Way = Literal["inline", "async", "process"]
+"""What started a script: pytest's main thread (``inline``), the thread of an event loop
+(``async``: the async backend) or another thread (``process``: the process backend's pool)."""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One way to run scripts: the command-line arguments that choose it, and what each
+    script's start must look like under it. Iterating gives the arguments (``px.run(*mode)``)."""
+
+    name: str
+    args: tuple[str, ...]
+    way: Way
+    warm: bool = False
+    xdist: bool = False
+    """Scripts run in pytest-xdist's workers (``-n``), not in the pytest that was started."""
+
+    @property
+    def parallel(self) -> bool:
+        return self.way != "inline"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.args)
+
+    def warmed(self) -> Mode:
+        return replace(self, name=f"{self.name}-warm", args=(*self.args, "--exec-warm"), warm=True)
+
+
+_COLD_MODES = [
+    Mode("inline", (), "inline"),
+    Mode("process", ("--exec-parallel", "--exec-backend", "process"), "process"),
+    Mode("async", ("--exec-parallel", "--exec-backend", "async"), "async"),
+    Mode("xdist", ("-n", "2"), "inline", xdist=True),
+]
+MODES = {mode.name: mode for cold in _COLD_MODES for mode in (cold, cold.warmed())}
+"""Every mode by name; ``<name>-warm`` adds ``--exec-warm`` to ``<name>``."""
+DEFAULT_MODES = ("inline", "process", "async")
+
+_PROBE = Path(__file__).resolve().parent / "mode_probe"
+"""The folder of ``exec_mode_probe``, the plugin that records each session's script starts."""
+_PROBE_VAR = "EXEC_MODE_PROBE"
+_CALL_PASSED = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "modes(*names, cold_starts=0): the modes the `mode` fixture runs this test in (default: "
+        f"{', '.join(DEFAULT_MODES)}; any of {', '.join(MODES)}); cold_starts: how many "
+        "scripts must start cold in a warm mode",
+    )
+    config.addinivalue_line(
+        "markers",
+        "warm_modes(*names): the `mode` fixture runs the test's modes warm; with names, only "
+        "those of its modes (all, when it has none of them)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``mode`` from the ``modes`` and ``warm_modes`` marks."""
+    if "mode" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "mode" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            raise ValueError(
+                f"{metafunc.definition.nodeid}: parametrizes 'mode' itself; use the `mode` "
+                "fixture (and a `modes` mark), which proves that each mode really ran"
+            )
+    chosen = metafunc.definition.get_closest_marker("modes")
+    names = chosen.args if chosen is not None and chosen.args else DEFAULT_MODES
+    unknown = [name for name in names if name not in MODES]
+    if unknown:
+        raise ValueError(f"{metafunc.definition.nodeid}: unknown mode(s) {unknown}")
+    modes = [MODES[name] for name in names]
+    warm = metafunc.definition.get_closest_marker("warm_modes")
+    if warm is not None:
+        modes = [mode for mode in modes if mode.name in warm.args] or modes
+        modes = [mode if mode.warm else mode.warmed() for mode in modes]
+    metafunc.parametrize("mode", modes, ids=[mode.name for mode in modes], indirect=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep whether the test's call passed, for the ``mode`` fixture's teardown."""
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_PASSED] = report.passed
+    return report
+
+
+@dataclass(frozen=True)
+class Start:
+    """One script start, as the pytest that made it saw it (see mode_probe/)."""
+
+    script: str | None
+    way: Way
+    warm: bool
+    in_worker: bool
+    """Made by a pytest-xdist worker."""
+
+    def __str__(self) -> str:
+        name = Path(self.script).name if self.script else "a script"
+        where = " by an xdist worker" if self.in_worker else ""
+        return f"{name}: {self.way}, {'warm' if self.warm else 'cold'}{where}"
+
+
+_WAYS: dict[str, Way] = {"main": "inline", "loop": "async", "thread": "process"}
+
+
+def observed_starts(folder: Path) -> list[Start]:
+    """Every script start the probe recorded in ``folder``."""
+    records: list[dict[str, Any]] = [
+        ast.literal_eval(line)
+        for path in sorted(folder.glob("*.records"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.endswith("}")  # a session killed mid-write leaves a cut line
+    ]
+    parent_of = {r["pid"]: r["ppid"] for r in records if r["kind"] == "pytest"}
+    return [
+        Start(r["script"], _WAYS[r["context"]], r["warm"], parent_of.get(r["pid"]) in parent_of)
+        for r in records
+        if r["kind"] == "start"
+    ]
+
+
+def check_mode(mode: Mode, starts: list[Start], cold_starts: int = 0) -> None:
+    """The starts show ``mode`` at work. A parallel mode runs a script inline when it must
+    (an xfail or skip mark), so inline starts may come beside its own, never instead."""
+    seen = "\n  ".join(map(str, starts))
+    assert starts, f"mode {mode.name}: no script started, so nothing shows that the mode ran"
+    ways = Counter(start.way for start in starts)
+    assert ways[mode.way], f"mode {mode.name}: no script started {mode.way}:\n  {seen}"
+    assert set(ways) <= {mode.way, "inline"}, f"mode {mode.name}: foreign starts:\n  {seen}"
+    cold = sum(not start.warm for start in starts)
+    expected_cold = cold_starts if mode.warm else len(starts)
+    assert cold == expected_cold, f"mode {mode.name}: {cold} cold start(s):\n  {seen}"
+    if mode.xdist:
+        assert all(s.in_worker for s in starts), f"mode {mode.name}: not by xdist:\n  {seen}"
+
+
+@pytest.fixture
+def mode(
+    request: pytest.FixtureRequest,
+    px: ExecPytester,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Mode]:
+    """The mode this test runs in (``MODES``; the ``modes`` mark chooses which). Every pytest
+    session the test runs is watched; the test passes only if the scripts it started were
+    started the mode's way (see :func:`check_mode`)."""
+    chosen: Mode = request.param
+    records = tmp_path_factory.mktemp("mode-records")
+    monkeypatch.setenv(_PROBE_VAR, str(records))
+    monkeypatch.setenv("PYTHONPATH", str(_PROBE), prepend=os.pathsep)
+    monkeypatch.syspath_prepend(str(_PROBE))  # for sessions run in this process
+    monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ['PYTEST_ADDOPTS']} -p exec_mode_probe")
+    yield chosen
+    if not request.node.stash.get(_CALL_PASSED, False):
+        return  # the test failed (or was skipped) on its own: that says enough
+    marker = request.node.get_closest_marker("modes")
+    cold_starts = int(marker.kwargs.get("cold_starts", 0)) if marker is not None else 0
+    check_mode(chosen, observed_starts(records), cold_starts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib
 import json
 import re
@@ -103,16 +104,41 @@ def test_library_import_pulls_in_neither_pytest_nor_pluggy() -> None:
     assert json.loads(out.stdout) == []
 
 
-def test_job_status_values() -> None:
-    from pytest_codomyrmex_exec import AsyncJobStatus
+def test_job_statuses_are_what_real_runs_end_with(tmp_path: Path) -> None:
+    from pytest_codomyrmex_exec import (
+        AsyncJob,
+        AsyncJobStatus,
+        AsyncScheduler,
+        ScriptStatus,
+        run_script_async,
+    )
 
-    assert {s.value for s in AsyncJobStatus} == {
-        "pending",
-        "running",
-        "completed",
-        "failed",
-        "cancelled",
-    }
+    script = tmp_path / "ok_script.py"
+    script.write_text("print('ok')\n")
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    async def main() -> tuple[AsyncScheduler, dict[str, AsyncJob]]:
+        scheduler = AsyncScheduler(max_concurrency=1)
+        scheduler.schedule(run_script_async, name="script", args=(script,))
+        scheduler.schedule(boom, name="raises")
+        never = scheduler.schedule(boom, name="never", priority=10)
+        job = scheduler.get_job(never)
+        assert job is not None
+        assert job.status == AsyncJobStatus.PENDING
+        scheduler.cancel(never)
+        return scheduler, await scheduler.run_all()
+
+    scheduler, jobs = asyncio.run(main())
+    by_name = {job.name: job for job in jobs.values()}
+    assert by_name["script"].result["status"] == ScriptStatus.PASSED
+    assert by_name["raises"].error == "ValueError: boom"
+    # Statuses are plain strings to JSON and to list_jobs, and each run ended in a final one.
+    statuses = json.loads(json.dumps({name: job.status for name, job in by_name.items()}))
+    assert statuses == {"script": "completed", "raises": "failed", "never": "cancelled"}
+    assert all(job.status.is_final for job in jobs.values())
+    assert [job.name for job in scheduler.list_jobs("failed")] == ["raises"]
 
 
 def _modules() -> dict[str, Path]:

@@ -82,27 +82,27 @@ MODES = {
 }
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("how", MODES)
 def test_each_script_gets_its_own_gpus_in_every_mode(
-    px: ExecPytester, mode: str, monkeypatch: pytest.MonkeyPatch
+    px: ExecPytester, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = px.path / "log.txt"
     _write_suite(px, log)
     px.ini(exec_resources="GPU=0,1,2,3", junit_family="xunit1")
     px.conftest(px.backend_recorder())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "pytest-own")
-    if mode != "inline":
+    if how != "inline":
         monkeypatch.setenv("MEET", "1")  # inline runs one at a time: nothing can meet
-    result = px.run(*MODES[mode], "-v", *px.report_args(), *px.junit_args())
+    result = px.run(*MODES[how], "-v", *px.report_args(), *px.junit_args())
 
     result.assert_outcomes(passed=12)
     # The mode really ran: its backend (or none inline), and warm starts under --exec-warm.
     backend_file = px.path / "backend.txt"
-    if mode == "inline":
+    if how == "inline":
         assert not backend_file.exists()
     else:
-        assert px.backend_used() == ("async" if mode == "async" else "process")
-    if mode == "warm":
+        assert px.backend_used() == ("async" if how == "async" else "process")
+    if how == "warm":
         values = [
             prop.get("value")
             for prop in ElementTree.parse(px.junit_path).iter("property")
@@ -134,7 +134,7 @@ def test_each_script_gets_its_own_gpus_in_every_mode(
         for name, (_, start, end) in runs.items():
             if name != alone:
                 assert end <= runs[alone][1] or start >= runs[alone][2], f"{name} ran with {alone}"
-    if mode != "inline":  # inline runs one at a time, in collection order
+    if how != "inline":  # inline runs one at a time, in collection order
         # Placed by priority: "first" before every other script started, "late" after "alone".
         assert (
             min(start for name, (_, start, _) in runs.items() if name != "first")

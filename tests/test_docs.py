@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 import re
 import subprocess
@@ -13,18 +14,29 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 LIBRARY = (DOCS / "library.md").read_text(encoding="utf-8")
-EXAMPLES = re.findall(r"```python\n(.*?)```", LIBRARY, re.S)
+BLOCKS = re.findall(r"```python\n(.*?)```", LIBRARY, re.S)
+EXAMPLES = re.findall(r"```python\n(.*?)```\s*Output:\s*```text\n(.*?)```", LIBRARY, re.S)
+"""Each example's code and the output the page shows for it (``*``: differs per run)."""
 
 
 def test_library_page_has_an_example_per_entry_point() -> None:
+    assert len(EXAMPLES) == len(BLOCKS), "an example without an output block after it"
     for name in ("run_script", "ParallelRunner", "AsyncParallelRunner", "AsyncScheduler"):
-        assert any(name in block for block in EXAMPLES), name
+        assert any(name in code for code, _ in EXAMPLES), name
 
 
-@pytest.mark.parametrize("block", EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))])
-def test_library_example_runs(block: str, capsys: pytest.CaptureFixture[str]) -> None:
-    exec(compile(block, "docs/library.md", "exec"), {"__name__": "__main__"})
-    assert capsys.readouterr().out.strip()  # each example prints what it shows
+@pytest.mark.parametrize(
+    ("code", "shown"), EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))]
+)
+def test_library_example_prints_what_the_page_shows(
+    code: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exec(compile(code, "docs/library.md", "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.splitlines()
+    expected = shown.splitlines()
+    assert len(printed) == len(expected), (printed, expected)
+    for line, pattern in zip(printed, expected, strict=True):
+        assert fnmatch.fnmatchcase(line, pattern), (line, pattern)
 
 
 CONFIGURATION = (DOCS / "configuration.md").read_text(encoding="utf-8")

@@ -27,25 +27,25 @@ MODES = [
 ]
 
 
-def assert_mode_ran(px: ExecPytester, mode: list[str], scripts: int) -> None:
+def assert_mode_ran(px: ExecPytester, how: list[str], scripts: int) -> None:
     """The session ran ``scripts`` script items in ``mode``, not a fallback."""
     cases = ET.parse(px.junit_path).getroot().iter("testcase")
     warm = [
         [p.get("value") for p in case.iter("property") if p.get("name") == "warm"] for case in cases
     ]
     assert len(warm) == scripts
-    if "--exec-parallel" in mode:
-        assert px.backend_used() == mode[-1]
+    if "--exec-parallel" in how:
+        assert px.backend_used() == how[-1]
     else:
         assert not (px.path / "backend.txt").exists()
-    if "--exec-warm" in mode:
+    if "--exec-warm" in how:
         assert warm == [["warm"]] * scripts
     else:
         assert warm == [[]] * scripts
     records = [json.loads(line) for line in px.results_path.read_text().splitlines()[1:]]
     workers = {record["worker"] for record in records}
     assert len(records) == scripts
-    if "-n" in mode:
+    if "-n" in how:
         assert workers == {"gw0", "gw1"}
     else:  # where a Dask worker ran a script is on its result, not the report's worker
         assert workers == {None}
@@ -128,13 +128,13 @@ MATCHING_OUTCOMES = {
 }
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("how", MODES)
 def test_the_same_output_gives_the_same_outcome_in_every_mode(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, how: list[str]
 ) -> None:
     write_matching_project(px)
-    result = px.run(*mode, *px.junit_args(), *px.report_args(), "-rf")
-    assert_mode_ran(px, mode, scripts=len(MATCHING_OUTCOMES))
+    result = px.run(*how, *px.junit_args(), *px.report_args(), "-rf")
+    assert_mode_ran(px, how, scripts=len(MATCHING_OUTCOMES))
     assert {case.name: case.outcome for case in px.junit()} == MATCHING_OUTCOMES
     result.stdout.fnmatch_lines_random(
         [
@@ -341,28 +341,28 @@ def test_update_touches_only_the_scripts_selected(px: ExecPytester) -> None:
 
 
 @pytest.mark.parametrize(
-    "mode",
+    "how",
     [
         pytest.param(["-n", "2"], id="xdist"),
         pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
         pytest.param(["--exec-parallel", "--exec-backend", "async", "--exec-warm"], id="warm"),
-        *[mode for mode in MODES if mode.id == "dask"],
+        *[how for how in MODES if how.id == "dask"],
     ],
 )
 def test_update_writes_each_file_once_from_the_process_that_logs_reports(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, how: list[str]
 ) -> None:
     write_update_project(px)
     for i in range(6):
         px.script(f"many{i}_script.py", f"print('script {i}')\n")
-    result = px.run("--exec-update-output", *mode)
+    result = px.run("--exec-update-output", *how)
     result.assert_outcomes(passed=9)
     created = [line for line in result.outlines if line.startswith("created ")]
     assert sorted(created) == sorted(
         ["created fresh_script.stdout", *(f"created many{i}_script.stdout" for i in range(6))]
     )
     assert (px.path / "many4_script.stdout").read_text() == "script 4\n"
-    px.run(*mode).assert_outcomes(passed=9)
+    px.run(*how).assert_outcomes(passed=9)
 
 
 def test_a_file_two_scripts_disagree_about_is_not_written(px: ExecPytester) -> None:

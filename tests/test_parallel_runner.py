@@ -16,7 +16,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester, error_of, still_alive, write_script
+from conftest import ExecPytester, Mode, error_of, still_alive, write_script
 
 from pytest_codomyrmex_exec import FailureCause, ParallelRunner, ProgressEvent, ScriptSpec
 
@@ -178,20 +178,12 @@ def test_run_specs_refuses_a_key_given_twice_before_anything_runs(tmp_path: Path
     assert not marker.exists()
 
 
-def test_the_same_script_twice_is_two_items_and_two_runs(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_the_same_script_twice_is_two_items_and_two_runs(px: ExecPytester, mode: Mode) -> None:
     px.script("a_script.py", f"open({str(px.path / 'runs.txt')!r}, 'a').write('ran\\n')\n")
-    px.conftest(px.backend_recorder())
-    result = px.run(
-        "--exec-parallel",
-        "--exec-backend",
-        backend,
-        "--keep-duplicates",
-        "a_script.py",
-        "a_script.py",
-    )
+    result = px.run(*mode, "--keep-duplicates", "a_script.py", "a_script.py")
 
     result.assert_outcomes(passed=2)
-    assert px.backend_used() == backend
     assert px.lines("runs.txt") == ["ran", "ran"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 import pytest
-from conftest import ExecPytester
+from conftest import ExecPytester, Mode
 
 # A script whose top level leaves a trace: if collection imported or ran it, the file appears.
 TRACE_BODY = """\
@@ -133,9 +133,9 @@ def test_a_test_module_matching_a_script_pattern_stays_a_test_module(px: ExecPyt
     assert collected(result) == ["test_db_script.py::test_db"]
 
 
-@pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
+@pytest.mark.modes("inline", "async")
 def test_unparsable_script_fails_alone_showing_the_syntax_error(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.script("a_broken_script.py", "print('fine')\ndef oops(:\n    pass\n")
     (px.path / "c_latin1_script.py").write_bytes(b"# pytest.mark.slow\nprint('caf\xe9')\n")
@@ -148,28 +148,28 @@ def test_unparsable_script_fails_alone_showing_the_syntax_error(
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
 
 
-@pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
-def test_collect_only_runs_nothing(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.parametrize("parallel", [(), ("--exec-parallel",)], ids=["inline", "parallel"])
+def test_collect_only_runs_nothing(px: ExecPytester, parallel: tuple[str, ...]) -> None:
     px.script("a_script.py", TRACE_BODY)
-    result = px.run("--collect-only", "-q", *mode)
+    result = px.run("--collect-only", "-q", *parallel)
     assert collected(result) == ["a_script.py::a_script"]
     assert not list(px.path.rglob("*.ran"))
 
 
 @pytest.mark.parametrize("option", ["--setup-plan", "--setup-only"])
-@pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
+@pytest.mark.parametrize("parallel", [(), ("--exec-parallel",)], ids=["inline", "parallel"])
 def test_setup_plan_and_setup_only_run_no_script(
-    px: ExecPytester, mode: list[str], option: str
+    px: ExecPytester, parallel: tuple[str, ...], option: str
 ) -> None:
     px.script("a_script.py", TRACE_BODY)
-    result = px.run(option, *mode)
+    result = px.run(option, *parallel)
     assert result.ret == pytest.ExitCode.OK
     assert not list(px.path.rglob("*.ran"))
 
 
-@pytest.mark.parametrize("mode", [[], ["--exec-parallel"]])
+@pytest.mark.modes("inline", "async")
 def test_collection_error_stops_the_run_unless_told_to_continue(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.script("a_script.py", TRACE_BODY)
     px.script("b_bad_script.py", "# pytest.mark.exec(timeout=\n")

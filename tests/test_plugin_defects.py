@@ -10,16 +10,7 @@ import os
 import sys
 
 import pytest
-from conftest import ExecPytester
-
-MODES = [pytest.param([], id="inline"), pytest.param(["--exec-parallel"], id="parallel")]
-
-# Every mode a script can run in: inline, and each parallel backend.
-ALL_MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-]
+from conftest import ExecPytester, Mode
 
 # Prints each script's resolved timeout as the run starts (the hook pytest calls per script).
 TIMEOUT_HOOK = """\
@@ -88,9 +79,9 @@ def test_with_xdist_workers_xdist_still_distributes(px: ExecPytester) -> None:
         pytest.param(["--timeout", "5"], ["timeout(0)"], id="mark"),
     ],
 )
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.modes("inline", "async")
 def test_pytest_timeout_zero_means_no_timeout(
-    px: ExecPytester, args: list[str], marks: list[str], mode: list[str]
+    px: ExecPytester, args: list[str], marks: list[str], mode: Mode
 ) -> None:
     px.conftest(TIMEOUT_HOOK)
     px.ini(timeout="3")
@@ -119,8 +110,7 @@ def test_library_huge_timeout_means_no_timeout(px: ExecPytester) -> None:
     assert run_script(script, timeout=20 * 24 * 3600.0)["status"] == "passed"
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_huge_timeouts_behave_as_no_timeout(px: ExecPytester, mode: list[str]) -> None:
+def test_huge_timeouts_behave_as_no_timeout(px: ExecPytester, mode: Mode) -> None:
     px.conftest(TIMEOUT_HOOK)
     px.script("option_script.py", "print('ran')\n")
     px.script("mark_script.py", "# pytest.mark.exec(timeout=2592000)\nprint('ran')\n")
@@ -221,8 +211,7 @@ def pytest_collection_modifyitems(items):
 """
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_a_script_that_cannot_start_is_an_error(px: ExecPytester, mode: list[str]) -> None:
+def test_a_script_that_cannot_start_is_an_error(px: ExecPytester, mode: Mode) -> None:
     # An "interpreter" whose shebang points nowhere: exec fails with ENOENT.
     broken = px.path / "broken-python"
     broken.write_text("#!/nonexistent/python\n")
@@ -261,9 +250,9 @@ def test_a_script_that_cannot_start_is_an_error(px: ExecPytester, mode: list[str
         pytest.param('exec(args=["a\\x00b"])', "args=['a\\x00b'] is not valid", id="nul-arg"),
     ],
 )
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.modes("inline", "async")
 def test_env_and_args_execve_refuses_are_short_errors_naming_the_mark(
-    px: ExecPytester, mark: str, complaint: str, mode: list[str]
+    px: ExecPytester, mark: str, complaint: str, mode: Mode
 ) -> None:
     px.script("bad_script.py", f"# pytest.mark.{mark}\nopen('ran', 'w').close()\n")
     px.script("fine_script.py")
@@ -280,9 +269,9 @@ def test_env_and_args_execve_refuses_are_short_errors_naming_the_mark(
 # -- script names that look like node id syntax --------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.modes("inline", "async")
 def test_a_script_with_brackets_in_its_name_is_rerun_by_last_failed(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.script("fail[1]_script.py", "import os\nraise SystemExit(int(os.environ['CODE']))\n")
     px.script("ok_script.py", "open('ok.ran', 'a').write('x')\n")
@@ -295,9 +284,9 @@ def test_a_script_with_brackets_in_its_name_is_rerun_by_last_failed(
     assert (px.path / "ok.ran").read_text() == "x"  # not run the second time
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.modes("inline", "async")
 def test_a_script_with_double_colons_in_its_name_is_labelled_by_its_path(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.script("c::d_script.py", "raise SystemExit(3)\n")
     result = px.run("-rA", *mode, *px.junit_args())

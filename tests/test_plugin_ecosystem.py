@@ -7,15 +7,10 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 
 import pytest
-from conftest import ExecPytester
-
-PARALLEL_MODES = [
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
-MODES = [pytest.param([], id="inline"), *PARALLEL_MODES]
+from conftest import ExecPytester, Mode
 
 SLOW_TEST = """
 import time
@@ -54,10 +49,12 @@ def wait_then_fail(px: ExecPytester, pids: int) -> str:
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
+# Inline the item's protocol runs the script, in parallel it is replayed: which backend ran
+# the script is nothing pytest-timeout can see.
+@pytest.mark.modes("inline", "async")
 @pytest.mark.parametrize("method", ["signal", "thread"])
 def test_pytest_timeout_never_times_a_script_item(
-    px: ExecPytester, mode: list[str], method: str
+    px: ExecPytester, mode: Mode, method: str
 ) -> None:
     px.script("steady_script.py", "import time\ntime.sleep(1.5)\nprint('done')\n")
     if method == "signal":
@@ -75,9 +72,10 @@ def test_pytest_timeout_never_times_a_script_item(
     result.stdout.fnmatch_lines(["PASSED steady_script.py::steady_script"])
 
 
+@pytest.mark.modes("process", "async")
 @pytest.mark.parametrize(("option", "failing"), [("-x", 1), ("--maxfail=2", 2)])
 def test_fail_fast_kills_running_scripts_and_ends_quickly(
-    px: ExecPytester, backend: str, option: str, failing: int
+    px: ExecPytester, mode: Mode, option: str, failing: int
 ) -> None:
     sleepers = 4
     for i in range(sleepers):
@@ -85,9 +83,7 @@ def test_fail_fast_kills_running_scripts_and_ends_quickly(
     for i in range(failing):
         px.script(f"fail{i}_script.py", wait_then_fail(px, 2 * sleepers))
     started = time.monotonic()
-    result = px.run(
-        option, "--exec-parallel", "--exec-workers", "8", "--exec-backend", backend, timeout=60
-    )
+    result = px.run(option, *mode, "--exec-workers", "8", timeout=60)
     elapsed = time.monotonic() - started
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(failed=failing)
@@ -98,7 +94,9 @@ def test_fail_fast_kills_running_scripts_and_ends_quickly(
     px.assert_no_process_left(at_least=2 * sleepers)
 
 
-def interrupt(px: ExecPytester, mode: list[str], processes: int, presses: int) -> tuple[str, float]:
+def interrupt(
+    px: ExecPytester, mode: Iterable[str], processes: int, presses: int
+) -> tuple[str, float]:
     """Run pytest, press Ctrl-C ``presses`` times once ``processes`` are up; output, seconds."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-workers", "4"]
     with subprocess.Popen(
@@ -125,9 +123,8 @@ def interrupt(px: ExecPytester, mode: list[str], processes: int, presses: int) -
     return output.decode(errors="replace"), elapsed
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: list[str]) -> None:
-    sleepers = 3 if mode else 1  # inline, only one script runs at a time
+def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: Mode) -> None:
+    sleepers = 3 if mode.parallel else 1  # inline, only one script runs at a time
     for i in range(sleepers):
         px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=i == 0))
     text, elapsed = interrupt(px, mode, 2 * sleepers, presses=1)
@@ -137,8 +134,8 @@ def test_ctrl_c_kills_every_script_tree(px: ExecPytester, mode: list[str]) -> No
     px.assert_no_process_left(at_least=2 * sleepers)
 
 
-@pytest.mark.parametrize("mode", PARALLEL_MODES)
-def test_second_ctrl_c_does_not_abandon_the_scripts(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("process", "async")
+def test_second_ctrl_c_does_not_abandon_the_scripts(px: ExecPytester, mode: Mode) -> None:
     # SIGTERM is ignored, so killing them takes the whole grace period: time for a second press.
     for i in range(3):
         px.script(f"sleep{i}_script.py", sleeper_with_child(px, stubborn=True))
@@ -148,15 +145,19 @@ def test_second_ctrl_c_does_not_abandon_the_scripts(px: ExecPytester, mode: list
     px.assert_no_process_left(at_least=6)
 
 
-@pytest.mark.parametrize("mode", [pytest.param([], id="xdist"), *PARALLEL_MODES])
-def test_xdist_runs_every_script_exactly_once(px: ExecPytester, mode: list[str]) -> None:
+# Under xdist --exec-parallel is ignored: each worker runs its scripts inline (the mode's check).
+@pytest.mark.modes("xdist")
+@pytest.mark.parametrize("parallel", [(), ("--exec-parallel",)], ids=["plain", "exec-parallel"])
+def test_xdist_runs_every_script_exactly_once(
+    px: ExecPytester, mode: Mode, parallel: tuple[str, ...]
+) -> None:
     record = "import pathlib\nwith open('runs.txt', 'a') as out:\n    out.write(__file__ + '\\n')\n"
     names = [f"s{i}" for i in range(8)]
     for name in names:
         failing = name in ("s2", "s5")
         px.script(f"jobs/{name}_script.py", record + ("raise SystemExit(1)\n" if failing else ""))
     px.pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
-    result = px.run("-n", "2", *mode, *px.junit_args())
+    result = px.run(*mode, *parallel, *px.junit_args())
     result.assert_outcomes(passed=7, failed=2)
     runs = sorted(line.rsplit("/", 1)[1] for line in px.lines("jobs/runs.txt"))
     assert runs == sorted(f"{name}_script.py" for name in names)
@@ -186,8 +187,7 @@ def pytest_exec_script_finished(item, result):
 """
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_own_hooks_see_every_script_once(px: ExecPytester, mode: list[str]) -> None:
+def test_own_hooks_see_every_script_once(px: ExecPytester, mode: Mode) -> None:
     import json
 
     px.conftest(HOOK_LOG)
@@ -212,9 +212,8 @@ def test_own_hooks_see_every_script_once(px: ExecPytester, mode: list[str]) -> N
 
 
 @pytest.mark.parametrize("hook", ["started", "finished"])
-@pytest.mark.parametrize("mode", MODES)
 def test_a_raising_hook_fails_its_script_not_the_session(
-    px: ExecPytester, mode: list[str], hook: str
+    px: ExecPytester, mode: Mode, hook: str
 ) -> None:
     px.conftest(
         f"""\
@@ -249,9 +248,8 @@ print("started a daemon")
 """
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_a_daemon_left_outside_the_group_does_not_outlive_the_run(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.script("daemon_script.py", DAEMON, track=True)
     result = px.run(*mode)
@@ -285,10 +283,10 @@ sys.exit(0 if PASS_FROM and number >= PASS_FROM else 1)
 """
 
 
-@pytest.mark.parametrize("mode", [*MODES, pytest.param(["--exec-warm"], id="warm")])
-def test_a_rerun_reruns_the_script(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "process", "async", "inline-warm")
+def test_a_rerun_reruns_the_script(px: ExecPytester, mode: Mode) -> None:
     # pytest-rerunfailures: a rerun must run the script again, not replay its first result.
-    parallel = "--exec-parallel" in mode
+    parallel = mode.parallel
     meet = {"flaky": "broken_script", "broken": "flaky_script"} if parallel else {}
     px.script("flaky_script.py", f"PASS_FROM = 2\nMEET = {meet.get('flaky')!r}\n" + RUN_COUNTER)
     px.script("broken_script.py", f"PASS_FROM = 0\nMEET = {meet.get('broken')!r}\n" + RUN_COUNTER)

@@ -6,9 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester
-
-MODES = [pytest.param([], id="inline"), pytest.param(["--exec-parallel"], id="parallel")]
+from conftest import ExecPytester, Mode
 
 # The script leaves a file behind if it runs: proof that a skipped script never started.
 RAN = "open(__file__ + '.ran', 'w').close()\n"
@@ -35,13 +33,14 @@ def test_in_script_exec_mark_sets_the_timeout(px: ExecPytester) -> None:
     result.stdout.fnmatch_lines(["*sleepy_script.py timed out after 0.5 s*"])
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_skip_and_skipif_marks_never_start_the_script(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async")
+def test_skip_and_skipif_marks_never_start_the_script(px: ExecPytester, mode: Mode) -> None:
     px.script("gpu_script.py", '# pytest.mark.skip(reason="needs a GPU")\n' + RAN)
     px.script("win_script.py", '# pytest.mark.skipif(True, reason="not on this OS")\n' + RAN)
     px.script("other_script.py", '# pytest.mark.skipif(False, reason="never")\n' + RAN)
+    px.script("plain_script.py")  # with --exec-parallel, the only one not run inline
     result = px.run("-rs", *mode)
-    result.assert_outcomes(skipped=2, passed=1)
+    result.assert_outcomes(skipped=2, passed=2)
     result.stdout.fnmatch_lines_random(
         [
             "SKIPPED [[]1[]] gpu_script.py*: needs a GPU",
@@ -51,14 +50,15 @@ def test_skip_and_skipif_marks_never_start_the_script(px: ExecPytester, mode: li
     assert sorted(p.name for p in px.path.glob("*.ran")) == ["other_script.py.ran"]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_xfail_marks(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async")
+def test_xfail_marks(px: ExecPytester, mode: Mode) -> None:
     px.script("known_script.py", '# pytest.mark.xfail(reason="known bug")\nraise SystemExit(2)\n')
     px.script("fixed_script.py", '# pytest.mark.xfail(reason="was a bug")\n')
     px.script("strict_script.py", '# pytest.mark.xfail(reason="was a bug", strict=True)\n')
     px.script("notrun_script.py", '# pytest.mark.xfail(run=False, reason="hangs")\n' + RAN)
+    px.script("plain_script.py")  # with --exec-parallel, the only one not run inline
     result = px.run("-rxXf", *mode, *px.junit_args())
-    result.assert_outcomes(xfailed=2, xpassed=1, failed=1)
+    result.assert_outcomes(xfailed=2, xpassed=1, failed=1, passed=1)
     result.stdout.fnmatch_lines_random(
         [
             "XFAIL known_script.py::known_script - known bug",
@@ -141,10 +141,8 @@ def test_unknown_in_script_mark_under_strict_markers_names_file_and_line(
     result.stdout.fnmatch_lines(["*typo_script.py:2: *slwo*"])
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_conftest_added_exec_marks_apply_and_beat_the_file(
-    px: ExecPytester, mode: list[str]
-) -> None:
+@pytest.mark.modes("inline", "async")
+def test_conftest_added_exec_marks_apply_and_beat_the_file(px: ExecPytester, mode: Mode) -> None:
     px.conftest(
         """\
         import pytest
@@ -206,10 +204,8 @@ def test_bad_exec_mark_is_an_error_naming_the_script(
     assert not list(px.path.glob("*.ran"))
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_bad_conftest_exec_mark_is_an_error_naming_the_script(
-    px: ExecPytester, mode: list[str]
-) -> None:
+@pytest.mark.modes("inline", "async")
+def test_bad_conftest_exec_mark_is_an_error_naming_the_script(px: ExecPytester, mode: Mode) -> None:
     px.conftest(
         """\
         import pytest
@@ -228,9 +224,8 @@ def test_bad_conftest_exec_mark_is_an_error_naming_the_script(
     assert not list(px.path.glob("*.ran"))
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_a_mark_value_no_backend_can_carry_is_an_error_naming_script_and_mark(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     # A lone surrogate broke the launch ("the engine broke", a traceback, or a warm pass);
     # 10**30 broke the Dask connection. Both are refused before anything starts.
@@ -254,21 +249,17 @@ def test_a_mark_value_no_backend_can_carry_is_an_error_naming_script_and_mark(
 # -- marks are comments, read as Python reads the file -----------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_mark_on_the_first_line_after_a_utf8_bom_counts(
-    px: ExecPytester, mode: list[str]
-) -> None:
+def test_a_mark_on_the_first_line_after_a_utf8_bom_counts(px: ExecPytester) -> None:
     (px.path / "bom_script.py").write_bytes(
         b"\xef\xbb\xbf# pytest.mark.skip(reason='after a BOM')\n" + RAN.encode()
     )
-    result = px.run("-rs", *mode)
+    result = px.run("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] bom_script.py*: after a BOM"])
     assert not list(px.path.glob("*.ran"))
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_mark_like_lines_inside_strings_are_not_marks(px: ExecPytester, mode: list[str]) -> None:
+def test_mark_like_lines_inside_strings_are_not_marks(px: ExecPytester) -> None:
     px.script(
         "documented_script.py",
         '''\
@@ -285,13 +276,12 @@ def test_mark_like_lines_inside_strings_are_not_marks(px: ExecPytester, mode: li
         open(__file__ + ".ran", "w").close()
         ''',
     )
-    result = px.run("-m", "slow", "--strict-markers", "-o", "markers=slow: a real mark", *mode)
+    result = px.run("-m", "slow", "--strict-markers", "-o", "markers=slow: a real mark")
     result.assert_outcomes(passed=1)
     assert [p.name for p in px.path.glob("*.ran")] == ["documented_script.py.ran"]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_coding_cookie_decodes_the_marks(px: ExecPytester, mode: list[str]) -> None:
+def test_a_coding_cookie_decodes_the_marks(px: ExecPytester) -> None:
     source = (
         "# -*- coding: latin-1 -*-\n"
         '# pytest.mark.exec(args=["café"], env={"WHO": "Zoë"})\n'
@@ -300,7 +290,7 @@ def test_a_coding_cookie_decodes_the_marks(px: ExecPytester, mode: list[str]) ->
         'assert os.environ["WHO"] == "Zoë", ascii(os.environ["WHO"])\n'
     )
     (px.path / "latin_script.py").write_bytes(source.encode("latin-1"))
-    result = px.run("-rA", *mode)
+    result = px.run("-rA")
     result.assert_outcomes(passed=1)
 
 
@@ -311,8 +301,7 @@ def test_malformed_mark_after_a_bom_names_the_right_line(px: ExecPytester) -> No
     result.stdout.fnmatch_lines(["*bad_script.py:2: malformed mark line*"])
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_file_that_does_not_tokenize_keeps_its_marks(px: ExecPytester, mode: list[str]) -> None:
+def test_a_file_that_does_not_tokenize_keeps_its_marks(px: ExecPytester) -> None:
     # Before the broken point: read from tokens, so the skip holds and nothing runs.
     px.script(
         "unterminated_script.py",
@@ -323,7 +312,7 @@ def test_a_file_that_does_not_tokenize_keeps_its_marks(px: ExecPytester, mode: l
         "dedent_script.py",
         "if True:\n        x = 1\n    y = 2\n# pytest.mark.xfail(reason='known broken')\n",
     )
-    result = px.run("-rsx", *mode)
+    result = px.run("-rsx")
     result.assert_outcomes(skipped=1, xfailed=1)
     result.stdout.fnmatch_lines_random(
         [

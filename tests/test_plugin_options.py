@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import ExecPytester
+from conftest import ExecPytester, Mode
 
 SLEEPER = "import time\ntime.sleep(30)\n"
 
@@ -243,10 +243,11 @@ def concurrency(expected: int) -> str:
     return CONCURRENCY.replace("EXPECTED", str(expected))
 
 
-def test_workers_bound_the_scripts_running_at_once(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_workers_bound_the_scripts_running_at_once(px: ExecPytester, mode: Mode) -> None:
     for name in "abcde":
         px.script(f"{name}_script.py", concurrency(2))
-    result = px.run("--exec-parallel", "--exec-workers", "2", "--exec-backend", backend)
+    result = px.run(*mode, "--exec-workers", "2")
     result.assert_outcomes(passed=5)
     counts = [int(n) for n in px.lines("concurrency.txt")]
     assert len(counts) == 5

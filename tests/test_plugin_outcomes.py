@@ -6,13 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import ExecPytester
-
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
+from conftest import ExecPytester, Mode
 
 CANCELLING_HOOK = """\
 def pytest_exec_script_finished(item, result):
@@ -95,8 +89,7 @@ def write_outcome_project(px: ExecPytester) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_outcome_table(px: ExecPytester, mode: list[str]) -> None:
+def test_outcome_table(px: ExecPytester, mode: Mode) -> None:
     write_outcome_project(px)
     result = px.run("-rA", "-o", "junit_logging=all", *mode, *px.junit_args())
     everything = "\n".join(result.outlines + result.errlines)
@@ -183,8 +176,7 @@ CAUSES = {  # script: (cause in the results file, pytest's outcome), as docs/plu
 }
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_outcome_follows_the_cause_not_the_words(px: ExecPytester, mode: list[str]) -> None:
+def test_outcome_follows_the_cause_not_the_words(px: ExecPytester, mode: Mode) -> None:
     px.ini(exec_skip_exit_codes="77")
     px.conftest(REWORDING_HOOK)
     px.script("exit_script.py", "raise SystemExit(3)\n")
@@ -243,10 +235,8 @@ def failures_part(result: pytest.RunResult) -> list[str]:
     return part
 
 
-@pytest.mark.parametrize(
-    "mode", [pytest.param([], id="inline"), pytest.param(["-n", "2"], id="xdist")]
-)
-def test_every_tb_style_shows_the_traceback_once(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "xdist")
+def test_every_tb_style_shows_the_traceback_once(px: ExecPytester, mode: Mode) -> None:
     px.script("fail_script.py", TRACEBACK_SCRIPT)
     for style in ("line", "short", "long", "native", "no"):
         result = px.run(f"--tb={style}", "--exec-summary=no", "-rf", *mode)
@@ -279,17 +269,17 @@ def test_without_a_stderr_section_the_tail_is_under_the_header(px: ExecPytester)
 # -- stdin_file that would block --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_a_stdin_file_that_would_block_is_an_error_saying_what_it_is(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     os.mkfifo(px.path / "pipe")  # no writer: opening it for reading would wait forever
     (px.path / "zeros").symlink_to("/dev/zero")  # never ends: reading it would never stop
     reader = "import sys\nsys.stdin.read()\n"
     px.script("fifo_script.py", "# pytest.mark.exec(stdin_file='pipe')\n" + reader)
     px.script("zeros_script.py", "# pytest.mark.exec(stdin_file='zeros')\n" + reader)
+    px.script("ok_script.py", "")  # one that starts, so the mode is seen to run
     result = px.run("-rE", *mode, timeout=60)
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=2, passed=1)
     result.stdout.fnmatch_lines_random(
         [
             "ERROR fifo_script.py::fifo_script - fifo_script.py could not run: "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from conftest import ExecPytester
+import pytest
+from conftest import ExecPytester, Mode
 
 # Appends the script's name to order.txt as it starts: the start order, read back in the test.
 RECORD_START = """\
@@ -14,7 +15,8 @@ with open(pathlib.Path(__file__).parent / "order.txt", "a") as _out:
 """
 
 
-def test_reports_come_in_completion_order(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_reports_come_in_completion_order(px: ExecPytester, mode: Mode) -> None:
     # The slow script ends once the fast one's result is reported, not after a fixed 1 s,
     # which a loaded machine's start and exit of the fast script's interpreter could outlast.
     # Reported in collection order instead, the slow script would wait in vain (30 s) and be
@@ -22,7 +24,7 @@ def test_reports_come_in_completion_order(px: ExecPytester, backend: str) -> Non
     px.script("a_slow_script.py", '_until_reported("b_fast_script.py")\n', waits=True)
     px.script("b_fast_script.py", "")
     # Two workers, not the CPU count: on one CPU the slow script would run first, alone.
-    args = ("--exec-parallel", "--exec-workers", "2", "--exec-backend", backend)
+    args = (*mode, "--exec-workers", "2")
     result = px.run("-v", *args, *px.report_args(), *px.junit_args())
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
@@ -31,11 +33,12 @@ def test_reports_come_in_completion_order(px: ExecPytester, backend: str) -> Non
     assert [case.name for case in px.junit()] == ["b_fast_script", "a_slow_script"]
 
 
-def test_starts_follow_priority_then_collection_order(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_starts_follow_priority_then_collection_order(px: ExecPytester, mode: Mode) -> None:
     for name, priority in [("a", None), ("b", -5), ("c", 3), ("d", -5), ("e", None), ("f", 0)]:
         mark = "" if priority is None else f"# pytest.mark.exec(priority={priority})\n"
         px.script(f"{name}_script.py", mark + RECORD_START)
-    args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
+    args = (*mode, "--exec-workers", "1")
     px.run(*args).assert_outcomes(passed=6)
     assert px.lines("order.txt") == [
         "b_script",
@@ -47,7 +50,8 @@ def test_starts_follow_priority_then_collection_order(px: ExecPytester, backend:
     ]
 
 
-def test_test_functions_run_normally_beside_scripts(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_test_functions_run_normally_beside_scripts(px: ExecPytester, mode: Mode) -> None:
     px.pytester.makepyfile(
         test_mod="""
         import time
@@ -81,7 +85,7 @@ def test_test_functions_run_normally_beside_scripts(px: ExecPytester, backend: s
     for name in "abc":
         px.script(f"{name}_script.py", "print('ok')\n")
     px.script("d_fail_script.py", "raise SystemExit(4)\n")
-    result = px.run("-rA", "--exec-parallel", "--exec-backend", backend, *px.junit_args())
+    result = px.run("-rA", *mode, *px.junit_args())
     result.assert_outcomes(passed=5, failed=2)
     assert {case.name: case.outcome for case in px.junit()} == {
         "a_script": "passed",
@@ -109,12 +113,13 @@ def test_test_functions_run_normally_beside_scripts(px: ExecPytester, backend: s
         assert [when for _, when in reports[first : first + 3]] == ["setup", "call", "teardown"]
 
 
-def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, mode: Mode) -> None:
     # 1.5 s each: queue time counted would make the second at least 3 s, so an upper bound
     # just under 3 s leaves 1.4 s for an interpreter's start and end on a loaded machine.
     px.script("first_script.py", "import time\ntime.sleep(1.5)\n")
     px.script("second_script.py", "import time\ntime.sleep(1.5)\n")
-    args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
+    args = (*mode, "--exec-workers", "1")
     result = px.run(*args, "--durations=0", "--durations-min=0", *px.junit_args())
     result.assert_outcomes(passed=2)
     assert result.duration >= 3.0, "the two scripts did not run one after the other"
@@ -129,7 +134,8 @@ def test_reported_time_is_the_run_not_the_queue(px: ExecPytester, backend: str) 
     assert all(1.45 <= seconds < 2.95 for seconds in durations.values()), durations
 
 
-def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_remembered_durations_start_the_longest_first(px: ExecPytester, mode: Mode) -> None:
     # Half a second apart: a measured duration includes the interpreter's start, which on a
     # loaded machine varies by more than the quarter second that used to separate them.
     # The scripts sleep only while "slow" exists: one run measures them; the later runs
@@ -141,7 +147,7 @@ def test_remembered_durations_start_the_longest_first(px: ExecPytester, backend:
             RECORD_START + f"import time\nif pathlib.Path({str(px.path / 'slow')!r}).exists():"
             f"\n    time.sleep({seconds})\n",
         )
-    args = ("--exec-parallel", "--exec-workers", "1", "--exec-backend", backend)
+    args = (*mode, "--exec-workers", "1")
     cache = px.path / ".pytest_cache" / "v" / "codomyrmex_exec" / "durations"
 
     def start_order(*extra: str) -> list[str]:

@@ -14,20 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester
+from conftest import ExecPytester, Mode
 
 from pytest_codomyrmex_exec.plugin.patterns import ScriptPatterns
-
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel"], id="parallel"),
-]
-# For the run settings the engine implements: both parallel backends.
-ENGINE_MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,8 +65,8 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_doctests_run_beside_the_script_items(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async")
+def test_doctests_run_beside_the_script_items(px: ExecPytester, mode: Mode) -> None:
     px.ini(exec_script_patterns="algorithms/*.py")
     px.script("algorithms/gcd.py", "# pytest.mark.exec(stdin='12\\n18\\n')\n" + GCD)
     px.script("algorithms/square.py", BROKEN_DOCTEST)
@@ -152,8 +141,8 @@ def write_example_repo(px: ExecPytester) -> None:
     px.script("tools/internal/helper.py", "raise SystemExit('not selected')\n")
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_path_patterns_select_by_folder(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async")
+def test_path_patterns_select_by_folder(px: ExecPytester, mode: Mode) -> None:
     px.ini(exec_script_patterns="examples/**/*.py tools/*.py")
     write_example_repo(px)
     result = px.run("-v", *mode)
@@ -169,8 +158,8 @@ def test_path_patterns_select_by_folder(px: ExecPytester, mode: list[str]) -> No
     assert "matched no collected file" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_pattern_that_matches_nothing_is_named(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async")
+def test_a_pattern_that_matches_nothing_is_named(px: ExecPytester, mode: Mode) -> None:
     # The project's own filterwarnings = error must not turn the hint into a failure.
     px.ini(exec_script_patterns="demos/*.py examples/*.py", filterwarnings="error")
     px.script("examples/table.py", "print('table')\n")
@@ -200,10 +189,8 @@ def test_conftest_and_init_are_never_scripts(px: ExecPytester) -> None:
     assert collected(result) == ["pkg/demo.py::demo"]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_conftest_tells_script_items_apart_by_the_public_name(
-    px: ExecPytester, mode: list[str]
-) -> None:
+@pytest.mark.modes("inline", "async")
+def test_conftest_tells_script_items_apart_by_the_public_name(px: ExecPytester, mode: Mode) -> None:
     px.ini(exec_script_patterns="examples/*.py")
     px.conftest(
         """
@@ -233,8 +220,7 @@ print("sum", a + b)
 """
 
 
-@pytest.mark.parametrize("mode", ENGINE_MODES)
-def test_stdin_text_and_file(px: ExecPytester, mode: list[str]) -> None:
+def test_stdin_text_and_file(px: ExecPytester, mode: Mode) -> None:
     px.ini(exec_script_patterns="algorithms/*.py")
     px.script("algorithms/text_prompt.py", "# pytest.mark.exec(stdin='3\\n4\\n')\n" + PROMPT)
     px.script(
@@ -256,8 +242,8 @@ def test_stdin_text_and_file(px: ExecPytester, mode: list[str]) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_package_module_with_relative_imports(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async")
+def test_a_package_module_with_relative_imports(px: ExecPytester, mode: Mode) -> None:
     px.ini(exec_script_patterns="shop/cli.py shop/cli_plain.py")
     px.script("shop/__init__.py", "")
     px.script("shop/prices.py", "TAX = 0.25\n")
@@ -269,14 +255,14 @@ def test_a_package_module_with_relative_imports(px: ExecPytester, mode: list[str
     result.stdout.fnmatch_lines_random(["tax 0.25", "*ImportError: attempted relative import*"])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.modes("inline", "async")
 def test_pytest_pythonpath_reaches_scripts_ahead_of_the_inherited_one(
-    px: ExecPytester, mode: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    px: ExecPytester, mode: Mode, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     inherited = tmp_path / "inherited"
     (inherited / "shared.py").parent.mkdir()
     (inherited / "shared.py").write_text("WHO = 'inherited'\n")
-    monkeypatch.setenv("PYTHONPATH", str(inherited))
+    monkeypatch.setenv("PYTHONPATH", str(inherited), prepend=os.pathsep)
     px.ini(exec_script_patterns="tools/*.py", pythonpath="lib")
     px.script("lib/shared.py", "WHO = 'lib'\n")
     px.script("tools/use.py", "import shared\nassert shared.WHO == 'lib', shared.__file__\n")
@@ -301,9 +287,9 @@ def cwd_log(px: ExecPytester) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.modes("inline", "async")
 def test_exec_cwd_tmp_leaves_the_source_folder_untouched(
-    px: ExecPytester, mode: list[str], monkeypatch: pytest.MonkeyPatch
+    px: ExecPytester, mode: Mode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CWD_LOG", str(px.path / "cwd.log"))
     monkeypatch.setenv("EXIT", "3")
@@ -347,9 +333,8 @@ def test_exec_cwd_rootdir_and_bad_value(px: ExecPytester, monkeypatch: pytest.Mo
 # -- 7. run_for --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ENGINE_MODES)
 def test_run_for_passes_an_endless_demo_and_fails_an_early_crash(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.ini(exec_script_patterns="examples/*.py")
     px.script(
@@ -395,8 +380,8 @@ def write_failures(px: ExecPytester) -> None:
     px.script("examples/ok.py", "print('fine')\n")
 
 
-@pytest.mark.parametrize("mode", [*MODES, pytest.param(["-n", "2"], id="xdist")])
-def test_tb_line_is_one_line_per_failing_script(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async", "xdist")
+def test_tb_line_is_one_line_per_failing_script(px: ExecPytester, mode: Mode) -> None:
     write_failures(px)
     result = px.run("--tb=line", "--exec-summary=no", *mode)
     result.assert_outcomes(passed=1, failed=2)
@@ -412,7 +397,7 @@ def test_tb_line_is_one_line_per_failing_script(px: ExecPytester, mode: list[str
         "examples/fail.py:5: ValueError: boom 42 (exit code 1)",
         # No line is known for a timeout; pytest-xdist's copy of the location always has one.
         "examples/slow.py:0: timed out after 0.5 s"
-        if "-n" in mode
+        if mode.xdist
         else "examples/slow.py: timed out after 0.5 s",
     ]
     assert "noise" not in out, "the captured output is left out with --tb=line"
@@ -421,8 +406,8 @@ def test_tb_line_is_one_line_per_failing_script(px: ExecPytester, mode: list[str
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_tb_short_long_native_and_no(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("inline", "async")
+def test_tb_short_long_native_and_no(px: ExecPytester, mode: Mode) -> None:
     write_failures(px)
     result = px.run("--tb=short", "--exec-summary=no", *mode)
     short = px.section(result, "script examples/fail.py")

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import ExecPytester
-
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
+from conftest import ExecPytester, Mode
 
 # Appends one line per run to <name>.runs next to the script; returns the run number.
 COUNT_RUNS = """\
@@ -97,8 +90,7 @@ def write_settings_project(px: ExecPytester) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_exec_mark_settings(px: ExecPytester, mode: list[str]) -> None:
+def test_exec_mark_settings(px: ExecPytester, mode: Mode) -> None:
     write_settings_project(px)
     result = px.run("-rA", *mode, *px.junit_args())
     outcomes = {case.name: case.outcome for case in px.junit()}

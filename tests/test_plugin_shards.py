@@ -76,8 +76,8 @@ def read_entries(path: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-def test_the_shards_run_every_item_exactly_once(px: ExecPytester, mode: str) -> None:
+@pytest.mark.parametrize("how", list(MODES))
+def test_the_shards_run_every_item_exactly_once(px: ExecPytester, how: str) -> None:
     every = make_repository(px)
     px.conftest(MODE_TRACE)
     assert sorted(selected(px)) == sorted(every)
@@ -87,7 +87,7 @@ def test_the_shards_run_every_item_exactly_once(px: ExecPytester, mode: str) -> 
     ran: list[str] = []
     for k in (1, 2, 3):
         write_durations(px.path / f"shard{k}.json", known)
-        args = (f"--exec-shard={k}/3", f"--exec-durations-file=shard{k}.json", *MODES[mode])
+        args = (f"--exec-shard={k}/3", f"--exec-durations-file=shard{k}.json", *MODES[how])
         result = px.run("-v", "-p", "no:cacheprovider", *args)
         outcomes = result.parseoutcomes()
         assert result.ret == pytest.ExitCode.OK, result.stdout
@@ -96,14 +96,14 @@ def test_the_shards_run_every_item_exactly_once(px: ExecPytester, mode: str) -> 
         here = sorted(set(every) & passed)
         assert here, f"shard {k}/3 ran nothing"
         assert outcomes["passed"] == len(here)
-        if mode != "xdist":  # xdist's controller does not hear of the workers' deselections
+        if how != "xdist":  # xdist's controller does not hear of the workers' deselections
             assert outcomes["deselected"] == len(every) - len(here)
         result.stdout.fnmatch_lines([f"*shard {k}/3: {len(here)} items, about * s of * s*"])
         assert set(read_entries(px.path / f"shard{k}.json")) == set(known) | set(here)
         ran += here
     assert sorted(ran) == sorted(every), "an item ran twice or not at all"
-    traces = set((px.path / "modes.txt").read_text().split()) if mode != "inline" else set()
-    assert traces == {"inline": set(), "parallel": {"parallel"}, "xdist": {"xdist-worker"}}[mode]
+    traces = set((px.path / "modes.txt").read_text().split()) if how != "inline" else set()
+    assert traces == {"inline": set(), "parallel": {"parallel"}, "xdist": {"xdist-worker"}}[how]
 
 
 def test_every_machine_computes_the_same_split(px: ExecPytester) -> None:

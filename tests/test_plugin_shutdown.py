@@ -12,21 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import pytest
-from conftest import ExecPytester, is_alive, still_alive
-
-PARALLEL_MODES = [
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
-MODES = [pytest.param([], id="inline"), *PARALLEL_MODES]
-# Scripts forked by the warm-start server are not pytest's children: the same guarantees.
-WARM_MODES = [
-    pytest.param(["--exec-warm"], id="inline-warm"),
-    pytest.param(["--exec-warm", "--exec-parallel", "--exec-backend", "async"], id="async-warm"),
-]
+from conftest import ExecPytester, Mode, is_alive, still_alive
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the guardian needs /proc (Linux)"
@@ -56,7 +45,7 @@ def sleeper(px: ExecPytester, *, stubborn: bool = False) -> str:
 class Session:
     """A pytest session in a subprocess that the test ends itself, with a signal."""
 
-    def __init__(self, px: ExecPytester, args: Sequence[str]) -> None:
+    def __init__(self, px: ExecPytester, args: Iterable[str]) -> None:
         self.px = px
         self.log = px.path / "session.log"
         self.out_path = px.path / "session.out"
@@ -106,9 +95,9 @@ class Session:
 # -- SIGTERM ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", [*MODES, *WARM_MODES])
-def test_sigterm_stops_the_run_like_ctrl_c(px: ExecPytester, mode: list[str]) -> None:
-    scripts = 3 if "--exec-parallel" in mode else 1  # inline, one script runs at a time
+@pytest.mark.modes("inline", "process", "async", "inline-warm", "async-warm")
+def test_sigterm_stops_the_run_like_ctrl_c(px: ExecPytester, mode: Mode) -> None:
+    scripts = 3 if mode.parallel else 1  # inline, one script runs at a time
     for i in range(scripts):
         px.script(f"sleep{i}_script.py", sleeper(px, stubborn=i == 0))
     # Without the guardian: this is pytest itself stopping the scripts.
@@ -135,9 +124,9 @@ def test_sigterm_stops_the_run_like_ctrl_c(px: ExecPytester, mode: list[str]) ->
         ),
     ],
 )
-@pytest.mark.parametrize("mode", PARALLEL_MODES)
+@pytest.mark.modes("process", "async")
 def test_sigterm_while_ctrl_c_stops_the_scripts_does_not_abandon_them(
-    px: ExecPytester, mode: list[str], signals: tuple[int, ...], pause: float
+    px: ExecPytester, mode: Mode, signals: tuple[int, ...], pause: float
 ) -> None:
     for i in range(3):
         px.script(f"sleep{i}_script.py", sleeper(px, stubborn=True))
@@ -182,11 +171,9 @@ def inline_in_parallel(px: ExecPytester) -> None:
 
 
 @linux_only
-@pytest.mark.parametrize("mode", [*MODES, *WARM_MODES])
-def test_guardian_kills_every_script_when_pytest_is_killed(
-    px: ExecPytester, mode: list[str]
-) -> None:
-    parallel = "--exec-parallel" in mode
+@pytest.mark.modes("inline", "process", "async", "inline-warm", "async-warm")
+def test_guardian_kills_every_script_when_pytest_is_killed(px: ExecPytester, mode: Mode) -> None:
+    parallel = mode.parallel
     scripts = 3 if parallel else 1
     for i in range(scripts - (1 if parallel else 0)):
         px.script(f"sleep{i}_script.py", sleeper(px, stubborn=i == 0))
@@ -203,9 +190,9 @@ def test_guardian_kills_every_script_when_pytest_is_killed(
 
 
 @linux_only
-@pytest.mark.parametrize("mode", PARALLEL_MODES)
+@pytest.mark.modes("process", "async")
 def test_guardian_kills_every_script_after_pytest_timeouts_os_exit(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     # pytest-timeout's thread method ends a hanging test with os._exit(1): no finally, no
     # atexit, no hook of ours runs. (Inline no script runs while an ordinary test does.)
@@ -266,8 +253,7 @@ def test_guardian_only_for_sessions_that_run_scripts(px: ExecPytester) -> None:
     assert "guardian started" not in disabled.log.read_text()
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_scripts_inherit_no_descriptor_but_their_own(px: ExecPytester, mode: list[str]) -> None:
+def test_scripts_inherit_no_descriptor_but_their_own(px: ExecPytester, mode: Mode) -> None:
     # The guardian learns of pytest's death when the last write end of its pipe closes; a
     # script holding a copy would keep it from ever noticing.
     px.script(
@@ -293,9 +279,9 @@ def test_scripts_inherit_no_descriptor_but_their_own(px: ExecPytester, mode: lis
 # -- -x and a backend that dies ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend_name", ["process", "async"])
+@pytest.mark.modes("process", "async")
 def test_x_after_an_ordinary_failure_cancels_hundreds_of_scripts_at_once(
-    px: ExecPytester, backend_name: str
+    px: ExecPytester, mode: Mode
 ) -> None:
     count = 300
     body = px.tracker() + "import time\ntime.sleep(30)\n"
@@ -314,7 +300,7 @@ def test_x_after_an_ordinary_failure_cancels_hundreds_of_scripts_at_once(
         """
     )
     started = time.monotonic()
-    result = px.run("-x", "--exec-parallel", "--exec-workers", "2", "--exec-backend", backend_name)
+    result = px.run("-x", *mode, "--exec-workers", "2")
     elapsed = time.monotonic() - started
     text = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, text

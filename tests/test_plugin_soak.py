@@ -7,7 +7,8 @@ stay bounded although some scripts flood their output.
 
 from __future__ import annotations
 
-from conftest import ExecPytester
+import pytest
+from conftest import ExecPytester, Mode
 
 # How many scripts of each kind, and the outcome each must get.
 KINDS: dict[str, tuple[int, str]] = {
@@ -53,7 +54,8 @@ def pytest_sessionfinish(session):
 PEAK_RSS_LIMIT_MIB = 300
 
 
-def test_soak(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_soak(px: ExecPytester, mode: Mode) -> None:
     px.conftest(RECORD_MEMORY)
     expected: dict[str, str] = {}
     for kind, (count, outcome) in KINDS.items():
@@ -68,11 +70,9 @@ def test_soak(px: ExecPytester, backend: str) -> None:
         "-q",
         "-p",
         "no:cacheprovider",
-        "--exec-parallel",
+        *mode,
         "--exec-workers",
         "8",
-        "--exec-backend",
-        backend,
         *px.junit_args(),
         timeout=180,
     )

@@ -14,14 +14,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester
+from conftest import ExecPytester, Mode
 
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
-PARALLEL = MODES[1:]
+# The summary, the report file and junit are made from results once a script has run: the
+# parallel session's replay differs from an inline run, the backend that ran it does not.
+AFTER_THE_RUN = pytest.mark.modes("inline", "async")
 
 
 def write_mixed_project(px: ExecPytester) -> None:
@@ -65,8 +62,8 @@ def summary_lines(result: pytest.RunResult) -> list[str]:
 # -- the run summary -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_summary_numbers_match_the_reports(px: ExecPytester, mode: list[str]) -> None:
+@AFTER_THE_RUN
+def test_summary_numbers_match_the_reports(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     result = px.run("--durations=0", "--durations-min=0", *mode, *px.junit_args())
     result.assert_outcomes(passed=3, failed=3)
@@ -122,10 +119,7 @@ def test_summary_counts_outcomes_as_pytest_does(px: ExecPytester) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_speedup_is_shown_only_for_scripts_run_side_by_side(
-    px: ExecPytester, mode: list[str]
-) -> None:
+def test_a_speedup_is_shown_only_for_scripts_run_side_by_side(px: ExecPytester, mode: Mode) -> None:
     px.script("only_script.py", "")
     alone = SUMMARY_LINE.search(px.run(*mode).stdout.str())
     assert alone, "no summary line"
@@ -168,8 +162,8 @@ def test_bad_summary_value_is_a_usage_error(px: ExecPytester) -> None:
 # -- the short failure line ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_short_summary_shows_the_scripts_last_error_line(px: ExecPytester, mode: list[str]) -> None:
+@AFTER_THE_RUN
+def test_short_summary_shows_the_scripts_last_error_line(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     result = px.run("-rA", *mode, *px.junit_args())
     result.stdout.fnmatch_lines_random(
@@ -203,9 +197,8 @@ def test_traceback_stays_in_the_failure_when_stderr_is_not_shown(px: ExecPyteste
 # -- skip exit codes -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_skip_exit_codes_make_a_skip_with_the_last_stderr_line(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.ini(exec_skip_exit_codes="77 78")
     px.script(
@@ -257,8 +250,8 @@ def _properties(path: Path) -> dict[str, dict[str, str]]:
     return found
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_junit_properties_under_xunit1(px: ExecPytester, mode: list[str]) -> None:
+@AFTER_THE_RUN
+def test_junit_properties_under_xunit1(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     px.script("flaky_script.py", "# pytest.mark.exec(max_runs=2)\nraise SystemExit(3)\n")
     result = px.run("-o", "junit_family=xunit1", "-W", "error", *mode, *px.junit_args())
@@ -297,9 +290,8 @@ def _report_lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_a_report_on_a_full_disk_is_one_error_line_and_the_run_goes_on(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     write_mixed_project(px)
     result = px.run("--exec-report=/dev/full", *mode, *px.junit_args())
@@ -377,8 +369,8 @@ def test_a_report_that_fills_up_mid_run_stops_there_and_the_run_goes_on(
     assert path.stat().st_size <= 12000
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: list[str]) -> None:
+@AFTER_THE_RUN
+def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: Mode) -> None:
     write_mixed_project(px)
     path = px.path / "out" / "results.jsonl"
     path.parent.mkdir()
@@ -390,7 +382,7 @@ def test_report_has_a_header_and_one_line_per_script(px: ExecPytester, mode: lis
     assert isinstance(header["started"], str)
     options = header["options"]
     assert isinstance(options, dict)
-    assert options["parallel"] == bool(mode)
+    assert options["parallel"] == mode.parallel
     by_id = {line["nodeid"]: line for line in lines}
     assert len(by_id) == len(lines) == 6
     boom = by_id["boom_script.py::boom_script"]
@@ -560,9 +552,8 @@ def pytest_unconfigure(config):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM in /proc")
-@pytest.mark.parametrize("mode", MODES)
 def test_live_output_of_a_flood_bounds_memory_and_never_slows_the_script(
-    px: ExecPytester, mode: list[str]
+    px: ExecPytester, mode: Mode
 ) -> None:
     px.script("flood_script.py", FLOOD_SCRIPT)
     px.conftest(PEAK_MEMORY_CONFTEST)
@@ -587,9 +578,9 @@ def test_live_output_of_a_flood_bounds_memory_and_never_slows_the_script(
 
 
 @pytest.mark.parametrize("how", [["--exec-live"], ["-s"], ["-o", "exec_live=true"]])
-@pytest.mark.parametrize("mode", PARALLEL)
+@pytest.mark.modes("process", "async")
 def test_live_output_streams_whole_prefixed_lines(
-    px: ExecPytester, mode: list[str], how: list[str]
+    px: ExecPytester, mode: Mode, how: list[str]
 ) -> None:
     write_live_project(px)
     # Two workers: a and b at once, whatever the CPUs.
@@ -610,12 +601,13 @@ def test_live_output_streams_whole_prefixed_lines(
     assert outlines.index("[b_script.py] b-line 2") < b_report
 
 
-def test_live_output_inline(px: ExecPytester) -> None:
+@pytest.mark.modes("inline")
+def test_live_output_inline(px: ExecPytester, mode: Mode) -> None:
     # flush: on a pipe Python buffers stdout, so unflushed 'one' could come after 'two'.
     px.script(
         "a_script.py", "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr)\n"
     )
-    result = px.run("--exec-live", "-v")
+    result = px.run("--exec-live", "-v", *mode)
     result.assert_outcomes(passed=1)
     assert _live_lines(result, "a_script.py") == ["one", "two"]
 
@@ -630,8 +622,7 @@ def test_live_output_is_coloured_per_script_on_a_colour_terminal(px: ExecPyteste
     assert len({code for code, _ in coloured}) == 2, "both scripts in the same colour"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_live_output_is_off_by_default(px: ExecPytester, mode: list[str]) -> None:
+def test_live_output_is_off_by_default(px: ExecPytester, mode: Mode) -> None:
     px.script("a_script.py", "print('quiet please')\n")
     result = px.run(*mode)
     result.assert_outcomes(passed=1)
@@ -665,8 +656,8 @@ def test_parallel_runner_output_callback(tmp_path: Path) -> None:
 # -- coverage of what scripts run ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+@AFTER_THE_RUN
+def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: Mode) -> None:
     """pytest-cov with coverage's ``patch = subprocess``: the one setting a user adds."""
     px.script(
         "mypkg/__init__.py",
@@ -702,8 +693,8 @@ def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: list[str]
 # -- running scripts -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", PARALLEL)
-def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: list[str]) -> None:
+@pytest.mark.modes("process", "async")
+def test_a_long_wait_says_which_scripts_run(px: ExecPytester, mode: Mode) -> None:
     # The stuck script ends once the notice is in pytest's output (a file here, as in CI):
     # so the notice must reach it while the wait lasts, not when pytest exits.
     output = px.path / "stdout"
@@ -797,10 +788,7 @@ def test_live_lines_start_a_line_of_their_own_after_progress_dots(px: ExecPytest
         assert _live_lines(result, f"{name}_script.py") == [f"{name} 1"], result.outlines
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_live_output_of_a_retried_script_keeps_attempts_apart(
-    px: ExecPytester, mode: list[str]
-) -> None:
+def test_live_output_of_a_retried_script_keeps_attempts_apart(px: ExecPytester, mode: Mode) -> None:
     px.script(
         "flaky_script.py",
         """\

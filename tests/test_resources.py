@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester
+from conftest import ExecPytester, Mode
 
 from pytest_codomyrmex_exec import AsyncScheduler, ParallelRunner, ScriptSpec
 from pytest_codomyrmex_exec.engine import run_spec_async
@@ -24,9 +24,8 @@ def _gpu_script(stamps: Path) -> str:
     )
 
 
-def test_two_gpu_scripts_never_overlap_on_a_machine_with_one(
-    px: ExecPytester, backend: str
-) -> None:
+@pytest.mark.modes("process", "async")
+def test_two_gpu_scripts_never_overlap_on_a_machine_with_one(px: ExecPytester, mode: Mode) -> None:
     stamps = px.path / "stamps.txt"
     px.ini(exec_resources="GPU=1 db=2")
     for name in ("gpu_a", "gpu_b", "gpu_c"):
@@ -40,10 +39,10 @@ def test_two_gpu_scripts_never_overlap_on_a_machine_with_one(
         + "def pytest_exec_script_finished(item, result):\n"
         + f"    open({str(causes)!r}, 'a').write(f\"{{item.name}} {{result['cause']}}\\n\")\n"
     )
-    result = px.run("--exec-parallel", "--exec-backend", backend, "--exec-workers", "4", "-rE")
+    result = px.run(*mode, "--exec-workers", "4", "-rE")
 
     result.assert_outcomes(passed=4, errors=2)
-    assert px.backend_used() == backend
+    assert px.backend_used() == mode.name
     assert {"tpu_script resources", "db_script resources"} <= set(px.lines("causes.txt"))
     result.stdout.fnmatch_lines(
         [
@@ -243,16 +242,15 @@ def test_scheduler_does_not_starve_a_job_that_needs_more(tmp_path: Path) -> None
     _assert_big_was_not_starved(log)
 
 
-def test_backends_do_not_starve_a_script_that_needs_more(px: ExecPytester, backend: str) -> None:
+@pytest.mark.modes("process", "async")
+def test_backends_do_not_starve_a_script_that_needs_more(px: ExecPytester, mode: Mode) -> None:
     log = px.path / "log.txt"
     log.touch()
     _backfill_scripts(px.path, log, marks=True)
     px.ini(exec_resources="GPU=2")
-    px.conftest(px.backend_recorder())
-    result = px.run("--exec-parallel", "--exec-backend", backend, "--exec-workers", "4")
+    result = px.run(*mode, "--exec-workers", "4")
 
     result.assert_outcomes(passed=len(_BACKFILL))
-    assert px.backend_used() == backend
     _assert_big_was_not_starved(log)
 
 

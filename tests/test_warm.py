@@ -2,13 +2,15 @@
 only warm mode has: a child that cannot tell it was forked, fallbacks, a dying server.
 
 The engine's and the plugin's own checks are imported from their modules and run here again,
-unchanged, through the parametrized autouse fixture ``warm``: engine calls default to a warm
-launcher, plugin sessions get ``--exec-warm``. The fixture also proves each of them did start
-its scripts warm, so none can pass by quietly falling back to a cold start.
+unchanged: through the autouse fixture ``warm`` engine calls default to a warm launcher, and
+the module's ``warm_modes`` mark turns each mode of the ``mode`` fixture (conftest.py) into
+its warm variant. Both prove that each check did start its scripts warm, so none can pass by
+quietly falling back to a cold start.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester, error_of, still_alive, write_script
+from conftest import ExecPytester, Mode, error_of, still_alive, write_script
 
 # The same checks, imported: collected here again, they run in warm mode (see ``warm``).
 from test_parallel_runner import (  # noqa: F401
@@ -67,7 +69,12 @@ from pytest_codomyrmex_exec.engine import run as run_module
 from pytest_codomyrmex_exec.engine.launch import COLD
 from pytest_codomyrmex_exec.engine.results import FailureCause
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server: Linux"),
+    # The launcher is the same whatever calls it; inline and the process backend's threads
+    # (which call it at once) are enough here. test_plugin_shutdown has async-warm too.
+    pytest.mark.warm_modes("inline", "process"),
+]
 
 _DEFAULTED = (
     run_module.run_script,
@@ -97,33 +104,27 @@ def _warm_properties(junit: Path) -> list[str]:
 
 @pytest.fixture(autouse=True, params=["warm"])
 def warm(request: pytest.FixtureRequest, shared_launcher: WarmLauncher) -> Iterator[str]:
-    """Warm mode for every check here. Engine calls default to the shared warm launcher;
-    plugin sessions (the ``px`` fixture) run with ``--exec-warm``. An imported check must
-    have started scripts warm: the launcher's count, or the sessions' junit properties."""
+    """Warm mode for every check here. Engine calls default to the shared warm launcher, and
+    an imported engine check must have started scripts with it. Plugin sessions run in the
+    ``mode`` fixture's warm modes, which proves that their scripts started warm."""
     imported = request.function.__module__ != __name__
+    if "px" in request.fixturenames and "mode" not in request.fixturenames:
+        raise ValueError(f"{request.node.nodeid}: a plugin check here takes the mode fixture")
     saved = [f.__kwdefaults__["launcher"] for f in _DEFAULTED]  # type: ignore[index]
     for function in _DEFAULTED:
         function.__kwdefaults__["launcher"] = shared_launcher  # type: ignore[index]
-    px: ExecPytester | None = None
-    if "px" in request.fixturenames:
-        px = request.getfixturevalue("px")
-        monkeypatch = request.getfixturevalue("monkeypatch")
-        addopts = os.environ.get("PYTEST_ADDOPTS", "")
-        monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} --exec-warm --junitxml={px.junit_path}")
     before = shared_launcher.warm_starts
     try:
         yield str(request.param)
     finally:
         for function, value in zip(_DEFAULTED, saved, strict=True):
             function.__kwdefaults__["launcher"] = value  # type: ignore[index]
-    if not imported:
-        return
-    if px is None:
+    # An imported engine check runs with the shared launcher by default; a check of this
+    # module that asks for it compares what it forks with a cold start.
+    if "mode" not in request.fixturenames and (
+        imported or "shared_launcher" in inspect.signature(request.function).parameters
+    ):
         assert shared_launcher.warm_starts > before, "the check started nothing warm"
-    elif px.junit_path.exists():
-        values = _warm_properties(px.junit_path)
-        # No script of these projects has a reason to start cold.
-        assert all(value == "warm" for value in values), values
 
 
 # -- what a script sees: the same as after a cold start ---------------------------------------
@@ -247,11 +248,11 @@ VERDICTS: dict[str, tuple[str, dict[str, str], int]] = {
 
 
 def run_in_mode(
-    mode: str, warm_launcher: WarmLauncher, script: Path, **options: object
+    start: str, warm_launcher: WarmLauncher, script: Path, **options: object
 ) -> ScriptResult:
     """Run ``script`` cold, or forked by ``warm_launcher``; a warm run that quietly started
     cold fails here."""
-    if mode == "cold":
+    if start == "cold":
         return run_script(script, launcher=COLD, **options)
     before = warm_launcher.warm_starts
     result = run_script(script, launcher=warm_launcher, **options)
@@ -260,10 +261,10 @@ def run_in_mode(
     return result
 
 
-@pytest.mark.parametrize("mode", ["cold", "warm"])
+@pytest.mark.parametrize("start", ["cold", "warm"])
 @pytest.mark.parametrize("case", sorted(VERDICTS))
 def test_a_script_ends_as_in_a_real_interpreter(
-    tmp_path: Path, shared_launcher: WarmLauncher, case: str, mode: str, warm: str
+    tmp_path: Path, shared_launcher: WarmLauncher, case: str, start: str, warm: str
 ) -> None:
     body, env, expected_code = VERDICTS[case]
     script = write_script(tmp_path, f"{case}.py", body)
@@ -276,7 +277,7 @@ def test_a_script_ends_as_in_a_real_interpreter(
         timeout=30,
     )
     assert real.returncode == expected_code, real.stderr  # the table says what CPython does
-    result = run_in_mode(mode, shared_launcher, script, timeout=30, env=env)
+    result = run_in_mode(start, shared_launcher, script, timeout=30, env=env)
     assert (result["exit_code"], result["stdout"], result["stderr"]) == (
         real.returncode,
         real.stdout,
@@ -367,6 +368,7 @@ def test_a_script_changing_a_preloaded_module_does_not_affect_the_next(
     )
     with WarmLauncher(preload=["csv", "json"]) as launcher:
         runs = [run_script(script, timeout=20, launcher=launcher)["stdout"] for _ in range(3)]
+        assert launcher.warm_starts == 3  # forked from the one server, not started afresh
     assert runs == ["None [1]\n"] * 3
 
 
@@ -380,6 +382,7 @@ def test_numpy_preloaded_computes_in_forked_scripts(tmp_path: Path, warm: str) -
     )
     with WarmLauncher(preload=["numpy"]) as launcher:
         results = [run_script(script, timeout=60, launcher=launcher) for _ in range(3)]
+        assert launcher.warm_starts == 3
     assert [r["stdout"] for r in results] == [f"{400.0**3}\n"] * 3, results[0]["stderr"]
 
 
@@ -650,21 +653,14 @@ def test_the_server_and_its_scripts_die_with_their_parent(tmp_path: Path, warm: 
 
 # -- the plugin --------------------------------------------------------------------------------
 
-MODES = [
-    pytest.param([], id="inline"),
-    pytest.param(["--exec-parallel", "--exec-backend", "process"], id="process"),
-    pytest.param(["--exec-parallel", "--exec-backend", "async"], id="async"),
-]
 
-
-@pytest.mark.parametrize("mode", MODES)
-def test_plugin_reports_each_cold_start_and_why(
-    px: ExecPytester, mode: list[str], warm: str
-) -> None:
+@pytest.mark.warm_modes  # each of them: how the reporter learns of a cold start differs
+@pytest.mark.modes("inline", "process", "async", cold_starts=2)
+def test_plugin_reports_each_cold_start_and_why(px: ExecPytester, mode: Mode, warm: str) -> None:
     px.script("forked_script.py", "import os\nprint(os.getppid())\n")
     px.script("marked_script.py", "# pytest.mark.exec(warm=False)\n")
     px.script("hashed_script.py", "# pytest.mark.exec(env={'PYTHONHASHSEED': '1'})\n")
-    result = px.run("-v", "--exec-preload", "json, csv", *mode)
+    result = px.run("-v", "--exec-preload", "json, csv", *mode, *px.junit_args())
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines_random(
         [
@@ -680,13 +676,14 @@ def test_plugin_reports_each_cold_start_and_why(
     ]
 
 
-def test_plugin_warm_options_are_checked(px: ExecPytester, warm: str) -> None:
+@pytest.mark.modes("inline")
+def test_plugin_warm_options_are_checked(px: ExecPytester, mode: Mode, warm: str) -> None:
     px.script("ok_script.py", "import csv, sys\nassert 'csv' in sys.modules\n")
-    bad = px.run("--exec-preload", "json,1bad")
+    bad = px.run("--exec-preload", "json,1bad", *mode)
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--exec-preload: not a module name: '1bad'*"])
     px.ini(exec_warm="true", exec_preload="csv json")
-    good = px.run()
+    good = px.run()  # warm from the ini
     good.assert_outcomes(passed=1)
     missing = px.run("--exec-preload", "no_such_module_for_warm")
     missing.assert_outcomes(errors=1)
@@ -705,14 +702,17 @@ def test_plugin_preload_is_found_on_pytests_pythonpath(px: ExecPytester, warm: s
     assert _warm_properties(px.junit_path) == ["warm"]
 
 
-def test_plugin_session_killed_leaves_no_server_or_script(px: ExecPytester, warm: str) -> None:
+@pytest.mark.modes("async")
+def test_plugin_session_killed_leaves_no_server_or_script(
+    px: ExecPytester, mode: Mode, warm: str
+) -> None:
     # Each script records its pid and its parent's: the warm server.
     for i in range(2):
         px.script(
             f"sleep{i}_script.py",
             px.tracker() + "_track(_os.getppid())\nimport time\ntime.sleep(60)\n",
         )
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *mode]
     command += ["--exec-workers", "2"]  # both at once, whatever the CPU count
     with subprocess.Popen(command, cwd=px.path, stdout=subprocess.DEVNULL) as proc:
         try:
