@@ -531,8 +531,7 @@ def _dask_scheduler(config: pytest.Config) -> str | None:
         found = False
     if not found:
         raise pytest.UsageError(
-            "--exec-backend dask needs the distributed package: "
-            "pip install 'distributed>=2024.1'"
+            "--exec-backend dask needs the distributed package: pip install 'distributed>=2024.1'"
         )
     picked = _pick(config, "exec_dask_scheduler", "exec_dask_scheduler")
     if picked:
