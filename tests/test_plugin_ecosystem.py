@@ -298,7 +298,7 @@ def test_a_rerun_reruns_the_script(px: ExecPytester, mode: Mode) -> None:
     assert len(broken) == 3, "a script that always fails runs once and then --reruns times"
     cases = {case.name: case.outcome for case in px.junit()}
     assert cases == {"flaky_script": "passed", "broken_script": "failed"}
-    if "--exec-warm" in mode:
+    if mode.warm:
         for case in ET.parse(px.junit_path).getroot().iter("testcase"):
             warm = [p.get("value") for p in case.iter("property") if p.get("name") == "warm"]
             assert warm, case.get("name")

@@ -78,7 +78,7 @@ def test_summary_numbers_match_the_reports(px: ExecPytester, mode: Mode) -> None
     assert len(calls) == 6
     # The summary prints three digits (here 0.005 off), --durations two decimals (6 x 0.005).
     assert float(script_time) == pytest.approx(sum(map(float, calls)), abs=0.04)
-    if mode:  # scripts ran side by side: the speed-up follows from the times shown
+    if mode.parallel:  # scripts ran side by side: the speed-up follows from the times shown
         assert float(speedup) == pytest.approx(float(script_time) / float(wall), abs=0.051)
     else:  # one at a time: a ratio would only measure the overhead
         assert speedup is None, lines[0]

@@ -121,8 +121,13 @@ def warm(request: pytest.FixtureRequest, shared_launcher: WarmLauncher) -> Itera
             function.__kwdefaults__["launcher"] = value  # type: ignore[index]
     # An imported engine check runs with the shared launcher by default; a check of this
     # module that asks for it compares what it forks with a cold start.
-    if "mode" not in request.fixturenames and (
-        imported or "shared_launcher" in inspect.signature(request.function).parameters
+    cold = getattr(request.node, "callspec", None) is not None and (
+        request.node.callspec.params.get("start") == "cold"
+    )  # the cold half of a cold/warm comparison
+    if (
+        "mode" not in request.fixturenames
+        and not cold
+        and (imported or "shared_launcher" in inspect.signature(request.function).parameters)
     ):
         assert shared_launcher.warm_starts > before, "the check started nothing warm"
 
@@ -690,14 +695,17 @@ def test_plugin_warm_options_are_checked(px: ExecPytester, mode: Mode, warm: str
     missing.stdout.fnmatch_lines(["*cannot preload 'no_such_module_for_warm'*"])
 
 
-def test_plugin_preload_is_found_on_pytests_pythonpath(px: ExecPytester, warm: str) -> None:
+@pytest.mark.modes("inline")
+def test_plugin_preload_is_found_on_pytests_pythonpath(
+    px: ExecPytester, mode: Mode, warm: str
+) -> None:
     px.ini(pythonpath="lib")
     px.script("lib/mymod.py", "import os\nLOADED_IN = os.getpid()\n")
     px.script(
         "uses_script.py",
         "import os, mymod\nassert mymod.LOADED_IN != os.getpid(), 'imported, not preloaded'\n",
     )
-    result = px.run("--exec-warm", "--exec-preload", "mymod", *px.junit_args())
+    result = px.run(*mode, "--exec-preload", "mymod", *px.junit_args())
     result.assert_outcomes(passed=1)
     assert _warm_properties(px.junit_path) == ["warm"]
 
