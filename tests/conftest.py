@@ -30,6 +30,31 @@ from pytest_codomyrmex_exec import ScriptResult
 # Blocking plugins these tests never use keeps the suite fast (blocking an absent one is a no-op).
 _FAST_ADDOPTS = "-p no:hypothesispytest -p no:benchmark"
 
+# Installed plugins an inner session loads only when its arguments use them: each costs part of
+# every session's start-up (xdist and coverage import their machinery even when idle), and the
+# suite starts hundreds of sessions. pytest-timeout and pytest-rerunfailures stay: their ini
+# keys and environment change what the plugin does even when no option names them.
+_ON_DEMAND = (
+    (("-n", "--numprocesses", "--dist", "--tx", "-d"), "-p no:xdist -p no:xdist.looponfail"),
+    (("--cov",), "-p no:pytest_cov"),
+)
+
+
+def _unused_plugins(args: Iterable[str]) -> str:
+    """``-p no:`` options for the on-demand plugins that ``args`` do not use."""
+    given = [str(arg).split("=", 1)[0] for arg in args]
+
+    def uses(prefixes: tuple[str, ...]) -> bool:
+        # "-n" only as itself; a long option also with more after it ("--cov-report").
+        return any(
+            arg == p or (p.startswith("--") and arg.startswith(p))
+            for arg in given
+            for p in prefixes
+        )
+
+    return " ".join(block for prefixes, block in _ON_DEMAND if not uses(prefixes))
+
+
 # A shell that starts the suite in the background (`cmd &`, nohup, some CI runners) starts it
 # with SIGINT ignored, and an ignored signal stays ignored across exec: every inner pytest
 # session would then be deaf to the Ctrl-C that the shutdown tests send it. A handled signal
@@ -216,7 +241,13 @@ class ExecPytester:
 
     def run(self, *args: str, timeout: float = RUN_TIMEOUT) -> pytest.RunResult:
         """A pytest session in a subprocess (processes, signals and timing are real)."""
-        return self.pytester.runpytest_subprocess(*args, timeout=timeout)
+        blocked = _unused_plugins(args)
+        if blocked:
+            os.environ["PYTEST_ADDOPTS"] = f"{_FAST_ADDOPTS} {blocked}"
+        try:
+            return self.pytester.runpytest_subprocess(*args, timeout=timeout)
+        finally:
+            os.environ["PYTEST_ADDOPTS"] = _FAST_ADDOPTS
 
     def run_inprocess(self, *args: str) -> pytest.RunResult:
         """A pytest session in this process: for collection and option checks only."""
