@@ -241,13 +241,16 @@ class ExecPytester:
 
     def run(self, *args: str, timeout: float = RUN_TIMEOUT) -> pytest.RunResult:
         """A pytest session in a subprocess (processes, signals and timing are real)."""
-        blocked = _unused_plugins(args)
+        addopts = os.environ.get("PYTEST_ADDOPTS", "")
+        ini_files = ("pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml")
+        ini = " ".join((self.path / n).read_text() for n in ini_files if (self.path / n).exists())
+        blocked = _unused_plugins([*args, *ini.split()])
         if blocked:
-            os.environ["PYTEST_ADDOPTS"] = f"{_FAST_ADDOPTS} {blocked}"
+            os.environ["PYTEST_ADDOPTS"] = f"{addopts} {blocked}"
         try:
             return self.pytester.runpytest_subprocess(*args, timeout=timeout)
         finally:
-            os.environ["PYTEST_ADDOPTS"] = _FAST_ADDOPTS
+            os.environ["PYTEST_ADDOPTS"] = addopts
 
     def run_inprocess(self, *args: str) -> pytest.RunResult:
         """A pytest session in this process: for collection and option checks only."""
