@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 import signal
 import textwrap
 import time
@@ -505,3 +506,56 @@ def mode(
     marker = request.node.get_closest_marker("modes")
     cold_starts = int(marker.kwargs.get("cold_starts", 0)) if marker is not None else 0
     check_mode(chosen, observed_starts(records), cold_starts)
+
+
+# -- what several test files share ---------------------------------------------------------------
+
+# Prints each script's resolved timeout as the run starts (the hook pytest calls per script).
+TIMEOUT_HOOK = """\
+def pytest_exec_script_started(item, settings):
+    with open("timeouts.txt", "a") as out:
+        out.write(f"{item.name} {settings.timeout}\\n")
+"""
+
+
+# The summary, the report file and junit are made from results once a script has run: the
+# parallel session's replay differs from an inline run, the backend that ran it does not.
+AFTER_THE_RUN = pytest.mark.modes("inline", "async")
+
+
+def write_mixed_project(px: ExecPytester) -> None:
+    px.script("quick_script.py", "print('quick')\n")
+    px.script("nap_script.py", "import time\ntime.sleep(1.2)\n")
+    px.script("nap2_script.py", "import time\ntime.sleep(0.8)\n")
+    px.script(
+        "boom_script.py",
+        """\
+        def compute():
+            raise RuntimeError("boom")
+
+        compute()
+        """,
+    )
+    px.script(
+        "hang_script.py",
+        "# pytest.mark.exec(timeout=0.5)\nimport time\ntime.sleep(30)\n",
+    )
+    px.script("crash_script.py", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+
+
+SUMMARY_LINE = re.compile(
+    r"^(\d+) scripts?, ([\d.]+) s of script time in ([\d.]+) s(?:: ([\d.]+)x)?$", re.M
+)
+
+
+def summary_lines(result: pytest.RunResult) -> list[str]:
+    """The lines of the run summary, under its ``=== codomyrmex-exec: script runs ===``."""
+    lines = result.outlines
+    starts = [i for i, line in enumerate(lines) if "= codomyrmex-exec: script runs =" in line]
+    assert starts, "no run summary in the output"
+    body = []
+    for line in lines[starts[0] + 1 :]:
+        if line.startswith("==="):
+            break
+        body.append(line)
+    return body

@@ -180,3 +180,38 @@ def test_collection_error_stops_the_run_unless_told_to_continue(
     continued = px.run("--continue-on-collection-errors", *mode)
     continued.assert_outcomes(passed=1, errors=1)
     assert [p.name for p in px.path.rglob("*.ran")] == ["a_script.ran"]
+
+
+# -- script names that look like node id syntax -------------------------------------------------
+
+
+@pytest.mark.modes("inline", "async")
+def test_a_script_with_brackets_in_its_name_is_rerun_by_last_failed(
+    px: ExecPytester, mode: Mode
+) -> None:
+    px.script("fail[1]_script.py", "import os\nraise SystemExit(int(os.environ['CODE']))\n")
+    px.script("ok_script.py", "open('ok.ran', 'a').write('x')\n")
+    first = px.run("-rA", *mode)  # CODE unset: KeyError, exit code 1
+    first.assert_outcomes(failed=1, passed=1)
+    first.stdout.fnmatch_lines(["FAILED fail[[]1[]]_script.py::fail(1)_script - *"])
+    again = px.run("--lf", "-rA", *mode)
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*"])
+    assert (px.path / "ok.ran").read_text() == "x"  # not run the second time
+
+
+@pytest.mark.modes("inline", "async")
+def test_a_script_with_double_colons_in_its_name_is_labelled_by_its_path(
+    px: ExecPytester, mode: Mode
+) -> None:
+    px.script("c::d_script.py", "raise SystemExit(3)\n")
+    result = px.run("-rA", *mode, *px.junit_args())
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ script c::d_script.py _*",
+            "c::d_script.py failed: exit code 3 after *",
+            "FAILED c::d_script.py::c::d_script - exit code 3*",
+        ]
+    )
+    assert [case.outcome for case in px.junit()] == ["failed"]

@@ -1,7 +1,9 @@
-"""Living with the rest: pytest-timeout, -x/--maxfail, Ctrl-C, pytest-xdist and our own hooks."""
+"""Living with the rest: pytest-timeout, -x/--maxfail, Ctrl-C, pytest-xdist, pytest-cov, our own
+hooks and a conftest's own backend."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
 import pytest
-from conftest import ExecPytester, Mode
+from conftest import AFTER_THE_RUN, ExecPytester, Mode
 
 SLOW_TEST = """
 import time
@@ -306,3 +308,101 @@ def test_a_rerun_reruns_the_script(px: ExecPytester, mode: Mode) -> None:
     if parallel:  # the first runs were in the background, side by side; the reruns inline
         assert flaky == ["run met", "run"], flaky
         assert broken == ["run met", "run", "run"], broken
+
+
+# -- the backend hook, as docs/plugin.md describes it -------------------------------------------
+
+SMALL_BACKEND = """\
+import threading
+
+from pytest_codomyrmex_exec.engine import CancelEvent, Subscription, run_spec
+
+
+class OneAtATime:
+    '''A backend as docs/plugin.md describes one: the engine does the runs.'''
+
+    def __init__(self):
+        self.stop = CancelEvent()
+        self.thread = None
+
+    def start(self, jobs, base_env, sink):
+        def work():
+            for job in jobs:
+                with open("custom.txt", "a") as out:
+                    out.write(job.spec.script.rsplit("/", 1)[1] + "\\n")
+                events = Subscription(sink, job.key, output=job.output)
+                run_spec(job.spec, base_env=base_env, cancel_event=self.stop, events=events)
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def cancel(self):
+        self.stop.set()
+
+    def join(self, timeout):
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.alive()
+
+    def alive(self):
+        return self.thread is None or self.thread.is_alive()
+
+
+def pytest_exec_make_backend(config):
+    with open("backends.txt", "a") as out:
+        out.write("asked\\n")
+    return OneAtATime() if config.getoption("exec_backend") is None else None
+"""
+
+
+def test_a_conftest_backend_runs_the_scripts(px: ExecPytester) -> None:
+    px.conftest(SMALL_BACKEND)
+    px.script("ok_script.py", "import os\nprint(os.environ['CODOMYRMEX_EXEC_SESSION'])\n")
+    px.script("bad_script.py", "raise SystemExit(3)\n")
+    result = px.run("--exec-parallel", "-rA", *px.junit_args())
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*bad_script.py failed: exit code 3*"])
+    assert px.lines("backends.txt") == ["asked"]  # once per session
+    assert sorted(px.lines("custom.txt")) == ["bad_script.py", "ok_script.py"]
+    # Returning None leaves the choice to --exec-backend.
+    builtin = px.run("--exec-parallel", "--exec-backend", "process")
+    builtin.assert_outcomes(passed=1, failed=1)
+    assert px.lines("backends.txt") == ["asked", "asked"]
+    assert len(px.lines("custom.txt")) == 2
+
+
+# -- coverage of what scripts run ---------------------------------------------------------------
+
+
+@AFTER_THE_RUN
+def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: Mode) -> None:
+    """pytest-cov with coverage's ``patch = subprocess``: the one setting a user adds."""
+    px.script(
+        "mypkg/__init__.py",
+        """\
+        def used_by_one():
+            return 1
+
+
+        def never_used():
+            return 2
+
+
+        def used_by_two():
+            return 3
+        """,
+    )
+    px.script("one_script.py", "import mypkg\nmypkg.used_by_one()\n")
+    px.script(
+        "jobs/two_script.py",
+        "import sys\nsys.path.insert(0, '..')\nimport mypkg\nmypkg.used_by_two()\n",
+    )
+    (px.path / ".coveragerc").write_text("[run]\npatch = subprocess\n")
+    report = px.path / "cov.json"
+    result = px.run("--cov=mypkg", f"--cov-report=json:{report}", *mode)
+    result.assert_outcomes(passed=2)
+    files = json.loads(report.read_text())["files"]
+    executed = set(files["mypkg/__init__.py"]["executed_lines"])
+    missing = set(files["mypkg/__init__.py"]["missing_lines"])
+    assert {2, 10} <= executed, "the lines the scripts ran were not counted"
+    assert missing == {6}, "never_used() ran?"

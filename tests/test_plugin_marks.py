@@ -340,3 +340,32 @@ def test_reading_the_marks_of_5000_scripts_takes_under_two_seconds(tmp_path: Pat
         timings.append(time.monotonic() - started)
     assert sum(len(found) for found in marks) == 2500
     assert min(timings) < 2.0, timings  # about 0.4 s on an idle laptop
+
+
+# -- values execve cannot take are short errors naming the mark ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mark", "complaint"),
+    [
+        pytest.param('exec(env={"A=B": "1"})', "env={'A=B': '1'} is not valid", id="env-key-eq"),
+        pytest.param(
+            'exec(env={"A": "x\\x00y"})', "env={'A': 'x\\x00y'} is not valid", id="nul-env"
+        ),
+        pytest.param('exec(args=["a\\x00b"])', "args=['a\\x00b'] is not valid", id="nul-arg"),
+    ],
+)
+@pytest.mark.modes("inline", "async")
+def test_env_and_args_execve_refuses_are_short_errors_naming_the_mark(
+    px: ExecPytester, mark: str, complaint: str, mode: Mode
+) -> None:
+    px.script("bad_script.py", f"# pytest.mark.{mark}\nopen('ran', 'w').close()\n")
+    px.script("fine_script.py")
+    result = px.run(*mode)
+    result.assert_outcomes(errors=1, passed=1)
+    section = px.section(result, "ERROR at setup of script bad_script.py")
+    text = "\n".join(section)
+    assert f"bad_script.py::bad_script: exec mark: {complaint}" in text
+    assert "subprocess.py" not in result.stdout.str()
+    assert len([line for line in section if line.strip()]) <= 2, section
+    assert not (px.path / "ran").exists()

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import ExecPytester, Mode
+from conftest import TIMEOUT_HOOK, ExecPytester, Mode
 
 SLEEPER = "import time\ntime.sleep(30)\n"
 
@@ -380,3 +380,69 @@ def test_ini_stdin_and_args_reach_every_script_without_its_own(px: ExecPytester)
     assert "'5\\nthree words\\n' ['--fast', 'a b']" in printed
     assert "'mine' ['x']" in printed  # the mark's own values win, both of them
     assert "'from a file\\n' ['--fast', 'a b']" in printed  # stdin_file wins over exec_stdin
+
+
+# -- values the engine cannot take are usage errors naming the option ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "named"),
+    [
+        pytest.param("option", "1e300", "--exec-memory-limit", id="memory-option"),
+        pytest.param("ini", "1e300", "ini option 'exec_memory_limit'", id="memory-ini"),
+        pytest.param("option", "1e20", "--exec-memory-limit", id="memory-option-1e20"),
+    ],
+)
+def test_memory_limit_beyond_any_address_space_is_a_usage_error(
+    px: ExecPytester, source: str, value: str, named: str
+) -> None:
+    px.script("a_script.py", "open('ran', 'w').close()\n")
+    if source == "ini":
+        px.ini(exec_memory_limit=value)
+        result = px.run()
+    else:
+        result = px.run("--exec-memory-limit", value)
+    # One usage error naming where the value came from, not an error per script.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {named}: '{value}' *larger than any address space*"])
+    assert not (px.path / "ran").exists()
+
+
+# -- --exec-python PATH as two arguments --------------------------------------------------------
+
+
+def test_exec_python_with_equals_keeps_the_rootdir_and_ini(px: ExecPytester) -> None:
+    px.ini(exec_timeout="7")
+    px.conftest(TIMEOUT_HOOK)
+    px.script("a_script.py", "import sys\nprint(sys.executable)\n")
+    # An interpreter outside the project: as a test path it would move the rootdir to "/".
+    result = px.run(f"--exec-python={sys.executable}", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"rootdir: {px.path}", "configfile: tox.ini"])
+    assert px.lines("timeouts.txt") == ["a_script 7.0"]  # the project's ini was read
+
+
+@pytest.mark.parametrize("where", ["command-line", "PYTEST_ADDOPTS"])
+def test_exec_python_as_two_arguments_is_a_usage_error(
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    px.ini(exec_timeout="7")
+    px.script("a_script.py", "open('ran', 'w').close()\n")
+    if where == "command-line":
+        result = px.run("--exec-python", sys.executable)
+    else:
+        addopts = os.environ.get("PYTEST_ADDOPTS", "")
+        monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} --exec-python {sys.executable}")
+        result = px.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --exec-python: write --exec-python={sys.executable} *"])
+    assert not (px.path / "ran").exists()
+
+
+def test_exec_python_as_two_arguments_in_ini_addopts_is_harmless(px: ExecPytester) -> None:
+    # The ini file's addopts are read after pytest has chosen the rootdir: nothing moves.
+    px.ini(addopts=f"--exec-python {sys.executable}")
+    px.script("a_script.py")
+    result = px.run()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"rootdir: {px.path}"])

@@ -178,3 +178,54 @@ def test_remembered_durations_start_the_longest_first(px: ExecPytester, mode: Mo
     mid = px.path / "c_mid_script.py"
     mid.write_text("# pytest.mark.exec(priority=-1)\n" + mid.read_text())
     assert start_order() == ["c_mid_script", "b_long_script", "a_short_script"]
+
+
+# -- --dist without workers ---------------------------------------------------------------------
+
+# "waiter" passes only if "maker" runs at the same time: proof that scripts ran in parallel.
+WAITER = """\
+import pathlib, sys, time
+deadline = time.monotonic() + 30
+while not pathlib.Path("made").exists():
+    if time.monotonic() > deadline:
+        sys.exit("maker never ran alongside me")
+    time.sleep(0.02)
+"""
+
+
+MAKER = "import pathlib\npathlib.Path('made').touch()\n"
+
+
+@pytest.mark.parametrize(
+    "addopts",
+    [
+        pytest.param("--dist loadscope", id="dist-only"),
+        pytest.param("--dist load -n 0", id="zero-workers"),
+    ],
+)
+def test_dist_mode_without_xdist_workers_keeps_exec_parallel_on(
+    px: ExecPytester, addopts: str
+) -> None:
+    # xdist distributes nothing without workers: every item runs here, so --exec-parallel
+    # must still run the scripts side by side (it used to switch itself off silently).
+    px.ini(addopts=addopts, exec_order="collection")
+    px.script("a_waiter_script.py", WAITER)
+    px.script("b_maker_script.py", MAKER)
+    result = px.run("--exec-parallel", "--exec-workers", "2")
+    result.assert_outcomes(passed=2)
+
+
+def test_with_xdist_workers_xdist_still_distributes(px: ExecPytester) -> None:
+    px.ini(addopts="--dist loadscope")
+    px.conftest(
+        """\
+        def pytest_exec_script_started(item, settings):
+            import os
+            with open("workers.txt", "a") as out:
+                out.write(os.environ.get("PYTEST_XDIST_WORKER", "none") + "\\n")
+        """
+    )
+    px.script("a_script.py")
+    px.script("b_script.py")
+    px.run("-n", "2", "--exec-parallel").assert_outcomes(passed=2)
+    assert all(line.startswith("gw") for line in px.lines("workers.txt")), px.lines("workers.txt")

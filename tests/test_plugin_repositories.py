@@ -1,4 +1,5 @@
-"""Fitting real repositories (issue 11): trees laid out like real projects, not *_script.py.
+"""Trees laid out like real projects, not *_script.py: path patterns, doctests, stdin, modules,
+the working folder and run_for.
 
 An ``examples/`` folder of plain demos, an ``algorithms/`` folder with doctests and ``input()``
 prompts, a package run as a module. Every behaviour runs in a real pytest session, inline and
@@ -8,17 +9,12 @@ with ``--exec-parallel``.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import ExecPytester, Mode
 
 from pytest_codomyrmex_exec.plugin.patterns import ScriptPatterns
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def collected(result: pytest.RunResult) -> list[str]:
@@ -29,7 +25,7 @@ def outcomes(px: ExecPytester) -> dict[str, str]:
     return {f"{case.classname}.{case.name}": case.outcome for case in px.junit()}
 
 
-# -- 1. doctests stay --------------------------------------------------------------------------
+# -- doctests stay ------------------------------------------------------------------------------
 
 GCD = '''\
 def gcd(a, b):
@@ -48,6 +44,7 @@ if __name__ == "__main__":
     doctest.testmod()
     print(gcd(int(input("a? ")), int(input("b? "))))
 '''
+
 
 BROKEN_DOCTEST = '''\
 def square(x):
@@ -89,7 +86,7 @@ def test_without_doctest_modules_a_script_is_still_never_imported(px: ExecPytest
     assert not (px.path / "imported.txt").exists()
 
 
-# -- 2. path patterns --------------------------------------------------------------------------
+# -- path patterns ------------------------------------------------------------------------------
 
 
 def test_path_globs_unit() -> None:
@@ -210,7 +207,27 @@ def test_conftest_tells_script_items_apart_by_the_public_name(px: ExecPytester, 
     result.stdout.fnmatch_lines(["examples/table.py .*"])
 
 
-# -- 5. what a script gets: stdin, modules, pythonpath -----------------------------------------
+def test_a_script_lost_to_python_files_is_named_in_one_line(px: ExecPytester) -> None:
+    # Repositories often name demos *_test.py (a speed test, an I/O test), and many set
+    # python_files to include *_test.py: such a file silently became an empty test module.
+    px.ini(
+        exec_script_patterns="examples/**/*.py",
+        python_files="test_*.py *_test.py",
+        filterwarnings="error",
+    )
+    demo = "def main():\n    print('demo')\n\nif __name__ == '__main__':\n    main()\n"
+    px.script("examples/io/speed_test.py", demo)
+    px.script("examples/table.py", demo)
+    px.script("examples/checks_test.py", "def test_checks():\n    pass\n")  # a real test module
+    result = px.run_inprocess()
+    result.assert_outcomes(passed=2)
+    notices = [line for line in result.stdout.lines if "codomyrmex-exec: matching" in line]
+    assert len(notices) == 1, notices
+    assert "did not run as scripts: examples/io/speed_test.py (narrow" in notices[0]
+    assert "checks_test" not in notices[0]
+
+
+# -- what a script gets: stdin, modules, pythonpath ---------------------------------------------
 
 PROMPT = """\
 a = int(input("first? "))
@@ -270,7 +287,54 @@ def test_pytest_pythonpath_reaches_scripts_ahead_of_the_inherited_one(
     result.assert_outcomes(passed=1)
 
 
-# -- 6. the working folder ---------------------------------------------------------------------
+def test_module_runs_a_demo_of_a_namespace_package_as_python_m(px: ExecPytester) -> None:
+    # rich-style examples: no __init__.py, imports through the top folder's name.
+    px.ini(exec_script_patterns="examples/**/*.py")
+    px.script("examples/helpers.py", "GREETING = 'hello from helpers'\n")
+    px.script(
+        "examples/tiny/tiny_run.py",
+        "# pytest.mark.exec(module='examples.tiny.tiny_run')\n"
+        "from examples.helpers import GREETING\n"
+        "print(GREETING, __spec__.name)\n",
+    )
+    px.script("examples/tiny/wrong.py", "# pytest.mark.exec(module='examples.wrong')\n")
+    result = px.run("-rA", "-k", "tiny_run or wrong")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "hello from helpers examples.tiny.tiny_run",
+            "*examples/tiny/wrong.py::wrong: exec mark: module='examples.wrong' is not valid: "
+            "*its path must end in examples/wrong.py or examples/wrong/__main__.py*",
+        ]
+    )
+
+
+PROMPTS = """\
+n = int(input("How many? "))
+word = input("Which word? ")
+print(" ".join([word] * n))
+"""
+
+
+def test_ini_stdin_answers_the_prompts_of_a_collection_of_algorithms(px: ExecPytester) -> None:
+    # TheAlgorithms-style: many scripts ask with input(); one ini line answers them all.
+    px.ini(exec_script_patterns="maths/*.py", exec_stdin="\n    3\n    ant")
+    px.script("maths/repeat.py", PROMPTS)
+    px.script("maths/repeat_again.py", PROMPTS)
+    px.script("maths/fixed.py", "# pytest.mark.exec(stdin='2\\nbee\\n')\n" + PROMPTS)
+    px.script("maths/argv.py", "import sys\nprint(sys.argv[1:])\n")
+    result = px.run("-rA", "-o", "exec_args=--rounds 2 'a b'")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "How many? Which word? ant ant ant",
+            "How many? Which word? bee bee",
+            "*'--rounds', '2', 'a b'*",
+        ]
+    )
+
+
+# -- the working folder -------------------------------------------------------------------------
 
 WRITER = """\
 import os, pathlib, sys
@@ -330,7 +394,7 @@ def test_exec_cwd_rootdir_and_bad_value(px: ExecPytester, monkeypatch: pytest.Mo
     result.stderr.fnmatch_lines(["*--exec-cwd: expected one of script, tmp, rootdir, got 'home'*"])
 
 
-# -- 7. run_for --------------------------------------------------------------------------------
+# -- run_for ------------------------------------------------------------------------------------
 
 
 def test_run_for_passes_an_endless_demo_and_fails_an_early_crash(
@@ -359,254 +423,3 @@ def test_run_for_passes_an_endless_demo_and_fails_an_early_crash(
     # The crash ended its run at once, not after the 20 s window.
     assert px.junit_by_name()["crashy"].time < 10
     px.assert_no_process_left(at_least=1)
-
-
-# -- 8. --tb styles ----------------------------------------------------------------------------
-
-FAILING = """\
-import sys
-for i in range(30):
-    print(f"noise {i}", file=sys.stderr)
-def inner():
-    raise ValueError("boom 42")
-inner()
-"""
-
-
-def write_failures(px: ExecPytester) -> None:
-    px.ini(exec_script_patterns="examples/*.py")
-    px.script("examples/fail.py", FAILING)
-    px.script("examples/slow.py", "# pytest.mark.exec(timeout=0.5)\nimport time\ntime.sleep(30)\n")
-    px.script("examples/ok.py", "print('fine')\n")
-
-
-@pytest.mark.modes("inline", "async", "xdist")
-def test_tb_line_is_one_line_per_failing_script(px: ExecPytester, mode: Mode) -> None:
-    write_failures(px)
-    result = px.run("--tb=line", "--exec-summary=no", *mode)
-    result.assert_outcomes(passed=1, failed=2)
-    out = result.stdout.str()
-    failures = out.split("= FAILURES =", 1)[1].split("short test summary", 1)[0]
-    lines = [
-        line
-        for line in failures.splitlines()
-        if line.strip() and not line.startswith(("=", "[gw"))  # [gw0]: xdist's worker line
-    ]
-    # path:line (the raising frame of the script, for editors), the error and the exit code.
-    assert sorted(lines) == [
-        "examples/fail.py:5: ValueError: boom 42 (exit code 1)",
-        # No line is known for a timeout; pytest-xdist's copy of the location always has one.
-        "examples/slow.py:0: timed out after 0.5 s"
-        if mode.xdist
-        else "examples/slow.py: timed out after 0.5 s",
-    ]
-    assert "noise" not in out, "the captured output is left out with --tb=line"
-    result.stdout.fnmatch_lines(
-        ["FAILED examples/fail.py::fail - ValueError: boom 42 (exit code 1)"]
-    )
-
-
-@pytest.mark.modes("inline", "async")
-def test_tb_short_long_native_and_no(px: ExecPytester, mode: Mode) -> None:
-    write_failures(px)
-    result = px.run("--tb=short", "--exec-summary=no", *mode)
-    short = px.section(result, "script examples/fail.py")
-    assert short[0].startswith("examples/fail.py failed: exit code 1 after")
-    # The traceback is in the captured stderr section, so not under the header as well.
-    assert short == [short[0]]
-    assert "Captured stderr call" in result.stdout.str()
-
-    for style in ("long", "native"):  # auto is long for a script (pytest's own default)
-        result = px.run(f"--tb={style}", "--exec-summary=no", *mode)
-        full = px.section(result, "script examples/fail.py")
-        assert full[0].startswith("examples/fail.py failed: exit code 1 after"), style
-        # The whole stderr follows once, in the captured section: the traceback is not
-        # repeated under the header (issue 9), and nothing of it is cut (the long report).
-        out = result.stdout.str()
-        assert out.count("Traceback (most recent call last):") == 1, style
-        assert "noise 29" in out, style
-        assert "ValueError: boom 42" in out.split("Captured stderr call", 1)[1], style
-        # The timeout says how to raise the limit: mark keyword, option and ini key.
-        timeout = px.section(result, "script examples/slow.py")
-        assert timeout[0] == "examples/slow.py timed out after 0.5 s"
-        assert "exec(timeout=SECONDS)" in timeout[1]
-        assert "--exec-timeout" in timeout[1]
-        assert "exec_timeout" in timeout[1]
-
-    quiet = px.run("--tb=no", "--exec-summary=no", *mode)
-    quiet.assert_outcomes(passed=1, failed=2)
-    assert "FAILURES" not in quiet.stdout.str()
-    # Only pytest's one-line short summary names the error, as it does for any test.
-    assert [line for line in quiet.outlines if "boom 42" in line] == [
-        "FAILED examples/fail.py::fail - ValueError: boom 42"
-    ]
-
-
-# -- 9. Python 3.13 with -W error --------------------------------------------------------------
-
-
-def find_python(version: str) -> str | None:
-    """A working ``pythonX.Y``: on PATH, or a pyenv install that its shim would not select."""
-    candidates = [shutil.which(f"python{version}")]
-    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
-    candidates += sorted(Path(pyenv_root, "versions").glob(f"{version}*/bin/python{version}"))
-    for candidate in candidates:
-        if candidate is None:
-            continue
-        probe = subprocess.run(
-            [str(candidate), "-c", "import sys; print(sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if probe.returncode == 0 and probe.stdout.strip() == str(
-            tuple(int(p) for p in version.split("."))
-        ):
-            return str(candidate)
-    return None
-
-
-ASYNC_SMOKE = """\
-import asyncio, pathlib, sys, tempfile, warnings
-from pytest_codomyrmex_exec import AsyncScheduler, run_script_async
-
-folder = pathlib.Path(tempfile.mkdtemp())
-ok = folder / "ok.py"
-ok.write_text("print('hi')")
-bad = folder / "bad.py"
-bad.write_text("raise SystemExit(3)")
-slow = folder / "slow.py"
-slow.write_text("import time\\ntime.sleep(30)")
-
-async def main():
-    results = await asyncio.gather(
-        run_script_async(str(ok)),
-        run_script_async(str(bad)),
-        run_script_async(str(slow), timeout=0.5),
-    )
-    assert [r["status"] for r in results] == ["passed", "failed", "timeout"], results
-    scheduler = AsyncScheduler(max_concurrency=2)
-    ids = [scheduler.schedule(run_script_async, args=(str(p),)) for p in (ok, bad, ok)]
-    jobs = await scheduler.run_all()
-    assert [jobs[i].result["status"] for i in ids] == ["passed", "failed", "passed"]
-    scheduler.close()
-
-asyncio.run(main())
-
-# The plugin's AsyncBackend (its scheduler on an event loop in a thread), without importing
-# pytest, which this interpreter may not have: the plugin package is registered bare, so
-# its __init__ (the pytest hooks) is skipped and only the backend module is loaded.
-import os, types
-import pytest_codomyrmex_exec
-from pytest_codomyrmex_exec import ScriptSpec
-plugin = types.ModuleType("pytest_codomyrmex_exec.plugin")
-plugin.__path__ = [os.path.join(pytest_codomyrmex_exec.__path__[0], "plugin")]
-sys.modules["pytest_codomyrmex_exec.plugin"] = plugin
-from pytest_codomyrmex_exec.plugin.backends import AsyncBackend, ScriptJob
-
-events = []
-backend = AsyncBackend(2)
-jobs = [ScriptJob(i, ScriptSpec(script=str(p))) for i, p in enumerate((ok, bad, slow))]
-backend.start(jobs, dict(os.environ), events.append)
-import time
-deadline = time.monotonic() + 30
-while sum(e.kind == "finished" for e in events) < 2 and time.monotonic() < deadline:
-    time.sleep(0.05)
-backend.cancel()  # from another thread, as the session does: kills the slow one
-assert backend.join(30)
-finished = {e.key: e.result["status"] for e in events if e.kind == "finished"}
-assert finished == {0: "passed", 1: "failed", 2: "cancelled"}, finished
-print("smoke ok", sys.version_info[:2])
-"""
-
-
-def test_async_engine_on_python_3_13_with_warnings_as_errors(tmp_path: Path) -> None:
-    python = find_python("3.13")
-    if python is None:
-        pytest.skip("no Python 3.13 on this machine")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONDEVMODE": "1"}
-    run = subprocess.run(
-        [python, "-W", "error", "-c", ASYNC_SMOKE],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "smoke ok (3, 13)" in run.stdout
-    assert "Warning" not in run.stderr, run.stderr
-
-
-def test_find_python_finds_this_interpreter() -> None:
-    # Keeps the 3.13 test from skipping for a broken finder rather than a missing Python.
-    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    assert find_python(version) is not None
-
-
-def test_a_script_lost_to_python_files_is_named_in_one_line(px: ExecPytester) -> None:
-    # Repositories often name demos *_test.py (a speed test, an I/O test), and many set
-    # python_files to include *_test.py: such a file silently became an empty test module.
-    px.ini(
-        exec_script_patterns="examples/**/*.py",
-        python_files="test_*.py *_test.py",
-        filterwarnings="error",
-    )
-    demo = "def main():\n    print('demo')\n\nif __name__ == '__main__':\n    main()\n"
-    px.script("examples/io/speed_test.py", demo)
-    px.script("examples/table.py", demo)
-    px.script("examples/checks_test.py", "def test_checks():\n    pass\n")  # a real test module
-    result = px.run_inprocess()
-    result.assert_outcomes(passed=2)
-    notices = [line for line in result.stdout.lines if "codomyrmex-exec: matching" in line]
-    assert len(notices) == 1, notices
-    assert "did not run as scripts: examples/io/speed_test.py (narrow" in notices[0]
-    assert "checks_test" not in notices[0]
-
-
-def test_module_runs_a_demo_of_a_namespace_package_as_python_m(px: ExecPytester) -> None:
-    # rich-style examples: no __init__.py, imports through the top folder's name.
-    px.ini(exec_script_patterns="examples/**/*.py")
-    px.script("examples/helpers.py", "GREETING = 'hello from helpers'\n")
-    px.script(
-        "examples/tiny/tiny_run.py",
-        "# pytest.mark.exec(module='examples.tiny.tiny_run')\n"
-        "from examples.helpers import GREETING\n"
-        "print(GREETING, __spec__.name)\n",
-    )
-    px.script("examples/tiny/wrong.py", "# pytest.mark.exec(module='examples.wrong')\n")
-    result = px.run("-rA", "-k", "tiny_run or wrong")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines_random(
-        [
-            "hello from helpers examples.tiny.tiny_run",
-            "*examples/tiny/wrong.py::wrong: exec mark: module='examples.wrong' is not valid: "
-            "*its path must end in examples/wrong.py or examples/wrong/__main__.py*",
-        ]
-    )
-
-
-PROMPTS = """\
-n = int(input("How many? "))
-word = input("Which word? ")
-print(" ".join([word] * n))
-"""
-
-
-def test_ini_stdin_answers_the_prompts_of_a_collection_of_algorithms(px: ExecPytester) -> None:
-    # TheAlgorithms-style: many scripts ask with input(); one ini line answers them all.
-    px.ini(exec_script_patterns="maths/*.py", exec_stdin="\n    3\n    ant")
-    px.script("maths/repeat.py", PROMPTS)
-    px.script("maths/repeat_again.py", PROMPTS)
-    px.script("maths/fixed.py", "# pytest.mark.exec(stdin='2\\nbee\\n')\n" + PROMPTS)
-    px.script("maths/argv.py", "import sys\nprint(sys.argv[1:])\n")
-    result = px.run("-rA", "-o", "exec_args=--rounds 2 'a b'")
-    result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines_random(
-        [
-            "How many? Which word? ant ant ant",
-            "How many? Which word? bee bee",
-            "*'--rounds', '2', 'a b'*",
-        ]
-    )
