@@ -233,10 +233,29 @@ def _exit_code(exc: SystemExit) -> int:
         return 0
     if isinstance(code, int):
         fits_long = -(1 << (_LONG_BITS - 1)) <= code < 1 << (_LONG_BITS - 1)
+        if not fits_long:
+            _say_what_cpython_says_on_overflow(code)
         return (code if fits_long else -1) & 0xFF
     with contextlib.suppress(BaseException):
         print(code, file=sys.stderr)
     return 1
+
+
+def _say_what_cpython_says_on_overflow(code: int) -> None:
+    """Write to stderr what this interpreter prints when a script exits with a code beyond a C
+    ``long``. That differs by release (nothing in 3.11, an ``OverflowError`` line in 3.12, an
+    "Exception ignored" report in 3.13.0), so the interpreter is asked, with the same code,
+    instead of keeping a table of releases: rare enough to pay for one more start."""
+    import subprocess  # only here, as the script ends: nothing it ran could see it
+
+    with contextlib.suppress(BaseException):
+        said = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", f"import sys; sys.exit({code})"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        ).stderr
+        sys.stderr.write(said.decode(errors="replace"))
 
 
 def _report(exc: BaseException, target: str, module: bool) -> None:
