@@ -30,10 +30,6 @@ from pytest_codomyrmex_exec import FailureCause, ScriptSpec, ScriptStatus
 
 distributed = pytest.importorskip("distributed")
 
-# One xdist worker runs this module (with --dist loadgroup, the suite's setting): its two
-# module-scoped clusters then start once, not once on every worker that draws one of their tests.
-pytestmark = pytest.mark.xdist_group("dask-clusters")
-
 DASK = str(Path(sys.executable).parent / "dask")
 
 
