@@ -97,8 +97,11 @@ class WarmChild:
     no group, short of the pid being reused as a new group's id within those milliseconds.
     """
 
-    def __init__(self, pid: int, stdout: int, stderr: int, exit_read: int, server: _Server):
+    def __init__(
+        self, pid: int, stdout: int, stderr: int, exit_read: int, server: _Server, began: float
+    ):
         self._pid = pid
+        self._began = began
         self._stdout = stdout
         self._stderr = stderr
         self._exit = exit_read
@@ -133,6 +136,10 @@ class WarmChild:
         """Set when the server died while the script ran: it took the only record of the
         script's exit with it, so the stop sequence makes the run a ``worker_lost`` error."""
         return self._lost
+
+    @property
+    def began(self) -> float:
+        return self._began
 
     def exited(self) -> bool:
         if self._code is None and self._lost is None:
@@ -460,6 +467,7 @@ class WarmLauncher:
         try:
             with self._lock:
                 server = self._running_server()
+                began = time.monotonic()  # the server is up: from here on it is the script's
                 try:
                     pid = server.spawn(request, handed)
                     self.warm_starts += 1
@@ -487,4 +495,4 @@ class WarmLauncher:
             if not ok:
                 for fd in (out_read, err_read, exit_read):
                     os.close(fd)
-        return WarmChild(pid, out_read, err_read, exit_read, server)
+        return WarmChild(pid, out_read, err_read, exit_read, server, began)

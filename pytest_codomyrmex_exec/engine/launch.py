@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
@@ -267,6 +268,14 @@ class Child(Protocol):
         :meth:`wait`'s return code says how it ended."""
         ...
 
+    @property
+    def began(self) -> float:
+        """:func:`time.monotonic` when the script's own process was being made: its run time
+        counts from here, not from when the launcher returned (a loaded machine may not run
+        the caller again before a short script has ended), nor from before what the launcher
+        did first (a warm server importing its preload list is nobody's script time)."""
+        ...
+
     def exited(self) -> bool:
         """Has the script exited? Must not reap it: the group id must stay valid for killpg."""
         ...
@@ -290,10 +299,11 @@ class Launcher(Protocol):
 class ColdChild:
     """A child started by ``Popen``: exit is noticed through a pidfd, or by ``waitid`` polls."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], began: float) -> None:
         assert proc.stdout is not None
         assert proc.stderr is not None
         self._proc = proc
+        self._began = began
         self._out = proc.stdout
         self._err = proc.stderr
         self._exit_fd: int | None = None
@@ -325,6 +335,10 @@ class ColdChild:
     @property
     def lost(self) -> None:
         return None  # our own child: its exit status always comes back
+
+    @property
+    def began(self) -> float:
+        return self._began
 
     def exited(self) -> bool:
         if not self._exited:
@@ -368,6 +382,7 @@ class ColdLauncher:
 
     def spawn(self, plan: LaunchPlan) -> ColdChild:
         stdin = plan.open_stdin()
+        began = time.monotonic()
         try:
             proc = subprocess.Popen(
                 _command_line(plan),
@@ -381,7 +396,7 @@ class ColdLauncher:
         finally:
             if not isinstance(stdin, int):
                 stdin.close()
-        return ColdChild(proc)
+        return ColdChild(proc, began)
 
 
 def _command_line(plan: LaunchPlan) -> list[str]:

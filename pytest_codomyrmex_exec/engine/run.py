@@ -221,9 +221,7 @@ def begin_attempt(
         child = launcher.spawn(plan)
     except OSError as exc:
         return start_failed(plan, exc)
-    # The clock starts once the script's own process exists: what the launcher spent before
-    # (a warm server importing its preload list) is nobody's script time.
-    started = time.monotonic()
+    started = child.began
     if events is not None:
         events.emit(RunEventKind.STARTED, plan.script, attempt=attempt)
     output = Output(plan, child, events)

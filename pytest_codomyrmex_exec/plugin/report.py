@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import IO, Any, final
@@ -294,8 +295,11 @@ class RunRecords:
 
 
 def _seconds(value: float) -> str:
-    """Three significant digits at least (``0.0821``, ``1.50``, ``96.3``, ``1234``)."""
-    return f"{value:.0f}" if value >= 100 else f"{value:#.3g}"
+    """Three significant digits at least (``0.0821``, ``1.50``, ``96.3``, ``1234``), and
+    never an exponent: a script that ended at once reads ``0.0000880``, not ``8.80e-05``."""
+    if value <= 0:
+        return "0.00"
+    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
 
 
 def _counted(count: int, outcome: str) -> str:
