@@ -27,6 +27,7 @@ from pytest_codomyrmex_exec import (
     run_script,
     run_script_async,
 )
+from pytest_codomyrmex_exec.engine.launch import COLD, Child, LaunchPlan
 from pytest_codomyrmex_exec.engine.run import CancelEvent
 from pytest_codomyrmex_exec.engine.stop import DRAIN_LIMIT
 
@@ -716,3 +717,32 @@ def test_seed_positional_settings_and_a_spec_with_changes(tmp_path: Path) -> Non
         run_script(script, 30, timeout=10)
     with pytest.raises(TypeError, match="at most 4 positional"):
         run_script(script, 30, None, None, None, 5)
+
+
+class _SlowToReturn:
+    """The cold launcher, with the caller descheduled for ``pause`` s after the process exists,
+    as a loaded machine may do to the thread that supervises it."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+
+    def spawn(self, plan: LaunchPlan) -> Child:
+        child = COLD.spawn(plan)
+        time.sleep(self.pause)
+        return child
+
+
+@pytest.mark.parametrize("runner", ["sync", "async"])
+def test_run_time_counts_from_the_process_not_from_the_launcher_returning(
+    tmp_path: Path, runner: str
+) -> None:
+    # The script lives 0.6 s; its caller gets control back only 0.5 s into that. Counting from
+    # then reported ~0.1 s (an empty script read 88 µs on a loaded CI machine).
+    script = write_script(tmp_path, "lives_script.py", "import time\ntime.sleep(0.6)\n")
+    launcher = _SlowToReturn(0.5)
+    if runner == "sync":
+        result = run_script(script, timeout=30, launcher=launcher)
+    else:
+        result = asyncio.run(run_script_async(script, timeout=30, launcher=launcher))
+    assert result["status"] == ScriptStatus.PASSED, result
+    assert result["execution_time"] >= 0.6, result["execution_time"]
