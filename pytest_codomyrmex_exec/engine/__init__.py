@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .results import AsyncExecutionResult as AsyncExecutionResult
     from .results import ExecutionResult as ExecutionResult
     from .results import FailureCause as FailureCause
+    from .results import LeakedProcess as LeakedProcess
+    from .results import ScriptRecord as ScriptRecord
     from .results import ScriptResult as ScriptResult
     from .results import ScriptStatus as ScriptStatus
     from .run import CancelEvent as CancelEvent

@@ -45,6 +45,33 @@ class FailureCause(enum.StrEnum):
     """The runner or backend itself failed (a bug, or a broken pool): not the script's doing."""
 
 
+class ScriptRecord(TypedDict):
+    """What a script's own process was seen to use and change while it ran (``record=True``).
+
+    Paths are absolute. Files of the interpreter's own library and of installed distributions
+    are not listed one by one: an imported distribution is listed by name and version.
+    """
+
+    reads: list[str]
+    """Files it imported or opened for reading (the script itself included)."""
+    writes: list[str]
+    """Files it created, modified, renamed onto or removed."""
+    distributions: dict[str, str]
+    """Installed distributions it imported from: name to version."""
+    interpreter: str
+    """The interpreter that ran it and its version (``"/usr/bin/python3 3.11.7"``)."""
+    unseen: list[str]
+    """What the recorder could not follow, one line each (a program it ran that is not
+    Python, say): the record may be incomplete by these."""
+
+
+class LeakedProcess(TypedDict):
+    """A descendant still running when the script itself had exited (then killed)."""
+
+    pid: int
+    command: str
+
+
 class ScriptResult(TypedDict):
     """What :func:`run_script` returns for one script.
 
@@ -71,6 +98,10 @@ class ScriptResult(TypedDict):
     resource_ids: dict[str, list[str]]
     """The ids of the resource units it held, by resource (``{"GPU": ["0", "1"]}``); empty
     when it held none or the runner does not track resources."""
+    record: ScriptRecord | None
+    """What it read, imported and wrote, when the spec asked for ``record``; else ``None``."""
+    leaked: list[LeakedProcess]
+    """Processes it started that were still running when it exited (killed then)."""
 
 
 def make_result(
@@ -88,6 +119,8 @@ def make_result(
     worker: str | None = None,
     cause: FailureCause | None = None,
     resource_ids: Mapping[str, Sequence[str]] | None = None,
+    record: ScriptRecord | None = None,
+    leaked: Sequence[LeakedProcess] = (),
 ) -> ScriptResult:
     """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
     return ScriptResult(
@@ -105,6 +138,8 @@ def make_result(
         worker=worker,
         cause=cause,
         resource_ids={name: list(ids) for name, ids in (resource_ids or {}).items()},
+        record=record,
+        leaked=list(leaked),
     )
 
 

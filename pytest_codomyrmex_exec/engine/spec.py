@@ -305,6 +305,9 @@ class ScriptSpec:
     kill_grace: float = DEFAULT_KILL_GRACE
     """Seconds between SIGTERM and SIGKILL when the script is stopped (timeout, cancel,
     ``run_for``): time to clean up."""
+    record: bool = False
+    """Record what the script's own process read, imported, wrote and ran
+    (:class:`~pytest_codomyrmex_exec.engine.results.ScriptRecord` in the result's ``record``)."""
 
     def __post_init__(self) -> None:
         # Frozen: normalised values are written through object.__setattr__, once, here.
@@ -338,6 +341,7 @@ class ScriptSpec:
         put(self, "warm", _flag("warm", self.warm))
         put(self, "exclusive", _flag("exclusive", self.exclusive))
         put(self, "kill_grace", validate_kill_grace(self.kill_grace))
+        put(self, "record", _flag("record", self.record))
 
     def replace(self, **changes: Any) -> ScriptSpec:
         """A copy with ``changes`` applied (and checked)."""
