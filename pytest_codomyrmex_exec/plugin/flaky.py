@@ -18,6 +18,11 @@ def is_flaky(result: ScriptResult) -> bool:
     return result["status"] == ScriptStatus.PASSED and bool(result.get("failed_tries"))
 
 
+def fails_as_flaky(result: ScriptResult, setting: str) -> bool:
+    """Does ``exec_flaky`` (``setting``) fail this result, which would pass otherwise?"""
+    return setting == "fail" and is_flaky(result)
+
+
 def after_earlier_tries(earlier: ScriptResult, result: ScriptResult) -> ScriptResult:
     """``result`` of a rerun of the item, counting ``earlier``: the result of the tries
     before it, the last of which failed (a rerun plugin reruns only a failure)."""
@@ -54,7 +59,8 @@ def try_sections(tries: list[FailedTry]) -> list[tuple[str, str]]:
     """The report sections of the failed tries: how each ended, and its output's end."""
     sections = []
     for earlier in tries:
-        ended = f"failed try {earlier['attempt']} ({earlier['error'] or earlier['status']})"
+        # Its error, or "passed" for a try that failed the test only (exec_flaky = fail).
+        ended = f"try {earlier['attempt']} ({earlier['error'] or earlier['status']})"
         streams = [("stdout", earlier["stdout_tail"]), ("stderr", earlier["stderr_tail"])]
         printed = [(f"{stream} of {ended}", text) for stream, text in streams if text]
         sections.extend(printed or [(ended, "(no output)")])

@@ -18,7 +18,7 @@ from ..engine.run import run_spec
 from ..engine.spec import ScriptSpec
 from .environment import child_environment
 from .expected import CASE_KEY, check_output, script_cases
-from .flaky import after_earlier_tries, flaky_verdict, is_flaky, tries_allowed
+from .flaky import after_earlier_tries, fails_as_flaky, flaky_verdict, tries_allowed
 from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import MarkError, read_script_marks
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
@@ -162,7 +162,7 @@ class ScriptItem(pytest.Item):
         result = self.stash[RESULT_KEY]
         mismatches = check_output(self, result, self.settings())
         flaky = None
-        if is_flaky(result) and self.config.stash[OPTIONS_KEY].flaky == "fail":
+        if fails_as_flaky(result, self.config.stash[OPTIONS_KEY].flaky):
             flaky = flaky_verdict(result, tries_allowed(self, self.settings()))
         raise_for_result(self, self.label, result, skip_codes, mismatches, flaky)
 
