@@ -63,7 +63,7 @@ def test_the_page_is_written_from_the_rows_a_run_recorded(
     assert found["pytest-html"] == [
         "4.2.0",
         "yes",
-        "inline, --exec-parallel (process)",
+        "inline, `--exec-parallel` (process)",
         "the output \\| and the error; the summary",
     ]
     assert found["pytest-env"][1] == "no: it cannot"

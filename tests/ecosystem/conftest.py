@@ -84,9 +84,11 @@ def _only_the_plugins_checked(
         if distribution not in used and distribution not in _MAIN_SUITE
         for name in _entry_points(distribution)
     ]
-    # px (tests/conftest.py) sets PYTEST_ADDOPTS for the inner sessions; this adds to it.
-    request.getfixturevalue("px")
-    monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ['PYTEST_ADDOPTS']} {' '.join(blocked)}")
+    if "px" in request.fixturenames:
+        # px (tests/conftest.py) sets PYTEST_ADDOPTS for the inner sessions; this adds to it.
+        request.getfixturevalue("px")
+    addopts = os.environ.get("PYTEST_ADDOPTS", "")
+    monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} {' '.join(blocked)}")
 
 
 class EcosystemCheck(Protocol):

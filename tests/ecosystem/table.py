@@ -20,9 +20,9 @@ COMMAND = "tox -e ecosystem"
 
 MODES = {
     "inline": "inline",
-    "process": "--exec-parallel (process)",
-    "async": "--exec-parallel (async)",
-    "xdist": "pytest-xdist -n 2",
+    "process": "`--exec-parallel` (process)",
+    "async": "`--exec-parallel` (async)",
+    "xdist": "pytest-xdist `-n 2`",
 }
 """How each mode of tests/conftest.py reads on the page, in the page's order."""
 

@@ -19,5 +19,5 @@ def test_pytest_cov_counts_the_lines_scripts_run(
     main_suite.test_coverage_counts_the_lines_scripts_run(px, mode)
     ecosystem_check(
         "pytest-cov",
-        "--cov counts the lines scripts run, and only those (coverage's patch = subprocess)",
+        "`--cov` counts the lines scripts run, and only those (coverage's `patch = subprocess`)",
     )

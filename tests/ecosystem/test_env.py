@@ -31,4 +31,4 @@ def test_pytest_env_variables_reach_the_scripts(
     result = px.run("-rA", *mode)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["GREETING=from pytest-env", "LEVEL=3"])
-    ecosystem_check("pytest-env", "the variables of [pytest] env = reach the scripts")
+    ecosystem_check("pytest-env", "the variables of `[pytest] env =` reach the scripts")

@@ -45,8 +45,8 @@ def test_randomly_shuffles_the_scripts_without_changing_outcomes(
     assert run("last") == two
     ecosystem_check(
         "pytest-randomly",
-        "scripts start in an order that differs per seed, --randomly-seed=last repeats it, "
-        "outcomes stay the same (with --exec-parallel under --exec-order collection: the "
+        "scripts start in an order that differs per seed, `--randomly-seed=last` repeats it, "
+        "outcomes stay the same (with `--exec-parallel` under `--exec-order collection`: the "
         "default order starts the scripts that took longest last time first, and the "
         "shuffle only breaks its ties)",
     )

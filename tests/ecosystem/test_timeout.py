@@ -20,6 +20,6 @@ def test_pytest_timeout_times_ordinary_tests_and_never_a_script(
     main_suite.test_pytest_timeout_never_times_a_script_item(px, mode, "signal")
     ecosystem_check(
         "pytest-timeout",
-        "--timeout times ordinary tests and never a script, which keeps its own "
-        "--exec-timeout (the thread method is checked by the main suite)",
+        "`--timeout` times ordinary tests and never a script, which keeps its own "
+        "`--exec-timeout` (the thread method is checked by the main suite)",
     )

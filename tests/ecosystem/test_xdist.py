@@ -21,6 +21,6 @@ def test_xdist_workers_run_every_script_once(
     main_suite.test_xdist_runs_every_script_exactly_once(px, mode, parallel)
     ecosystem_check(
         "pytest-xdist",
-        "-n 2 runs every script exactly once, with its outcome in junit; with --exec-parallel "
-        "too, which then leaves each worker running its scripts inline",
+        "`-n 2` runs every script exactly once, with its outcome in junit; with "
+        "`--exec-parallel` too, which then leaves each worker running its scripts inline",
     )
