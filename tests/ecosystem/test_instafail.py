@@ -15,14 +15,23 @@ from .scripts import FAILING
 pytest.importorskip("pytest_instafail")
 pytestmark = pytest.mark.ecosystem("pytest-instafail")
 
-# Passes once the run has printed the first script's failure (the test touches SEEN when it
+# Passes once the run has printed the other script's failure (the test touches SEEN when it
 # reads it), fails after 30 s without: the end-of-run summary comes only after this ends.
 WAIT_FOR_THE_FAILURE = """\
-import os, sys, time
+import os, pathlib, sys, time
+pathlib.Path(STARTED).touch()
 deadline = time.monotonic() + 30
 while not os.path.exists(SEEN) and time.monotonic() < deadline:
     time.sleep(0.02)
 sys.exit(0 if os.path.exists(SEEN) else 1)
+"""
+
+# In parallel the failing script fails only once the waiting one runs (20 s at most).
+WAIT_FOR_THE_WAITER = """\
+import os, time
+deadline = time.monotonic() + 20
+while not os.path.exists(STARTED) and time.monotonic() < deadline:
+    time.sleep(0.02)
 """
 
 
@@ -30,9 +39,12 @@ sys.exit(0 if os.path.exists(SEEN) else 1)
 def test_instafail_prints_a_script_failure_while_the_run_goes_on(
     px: ExecPytester, mode: Mode, ecosystem_check: EcosystemCheck
 ) -> None:
-    seen = px.path / "failure-seen"
-    px.script("a_boom_script.py", FAILING)  # inline, pytest runs the scripts in name order
-    px.script("b_waits_script.py", f"SEEN = {str(seen)!r}\n" + WAIT_FOR_THE_FAILURE)
+    seen, started = px.path / "failure-seen", px.path / "waiter-started"
+    names = f"SEEN = {str(seen)!r}\nSTARTED = {str(started)!r}\n"
+    # Inline, pytest runs the scripts in name order: the failure comes first.
+    waits = WAIT_FOR_THE_WAITER if mode.parallel else ""
+    px.script("a_boom_script.py", names + waits + FAILING)
+    px.script("b_waits_script.py", names + WAIT_FOR_THE_FAILURE)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--instafail", *mode]
     lines: list[str] = []
 
