@@ -65,13 +65,18 @@ def _entry_points(distribution: str) -> list[str]:
     return [entry.name for entry in found if entry.group == "pytest11"]
 
 
+def _marked(node: pytest.Item) -> set[str]:
+    """The distributions the node's ``ecosystem`` mark names (its sessions load them)."""
+    marker = node.get_closest_marker("ecosystem")
+    return set(marker.args) if marker is not None else set()
+
+
 @pytest.fixture(autouse=True)
 def _only_the_plugins_checked(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Block, in every inner session of this test, the ecosystem plugins it does not check."""
-    marker = request.node.get_closest_marker("ecosystem")
-    used = set(marker.args) if marker is not None else set()
+    used = _marked(request.node)
     unknown = used - set(ecosystem_distributions())
     if unknown:
         raise ValueError(
@@ -107,12 +112,18 @@ def ecosystem_check(request: pytest.FixtureRequest) -> EcosystemCheck:
     that variable nothing is written.
     """
     known = ecosystem_distributions()
+    loaded = _marked(request.node)
 
     def record(distribution: str, what: str, *, limit: str | None = None) -> None:
         if distribution not in known:
             raise ValueError(
                 f"ecosystem_check: {distribution!r} is not in the ecosystem extra of "
                 f"pyproject.toml ({', '.join(known)})"
+            )
+        if distribution not in loaded:
+            raise ValueError(
+                f"ecosystem_check: {request.node.nodeid} has no ecosystem({distribution!r}) "
+                "mark, so its sessions did not load the plugin it would vouch for"
             )
         path = os.environ.get(ROWS_VARIABLE)
         if not path:
