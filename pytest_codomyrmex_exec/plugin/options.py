@@ -40,6 +40,8 @@ CWDS = ("script", "tmp", "rootdir")
 Backend = Literal["process", "async", "dask"]
 Order = Literal["duration", "collection"]
 Cwd = Literal["script", "tmp", "rootdir"]
+LEAK_POLICIES = ("warn", "fail", "ignore")
+LeakPolicy = Literal["warn", "fail", "ignore"]
 
 
 class Unset(enum.Enum):
@@ -202,6 +204,12 @@ def add_options(parser: pytest.Parser) -> None:
         default="error",
     )
     parser.addini(
+        "exec_leaks",
+        "a script that exits leaving processes running (they are killed): warn (default: "
+        "the run summary names them), fail (the script fails) or ignore",
+        default="warn",
+    )
+    parser.addini(
         "exec_guardian",
         "Linux: a guardian process kills the scripts if pytest is killed (SIGKILL, OOM)",
         type="bool",
@@ -317,6 +325,9 @@ class ExecOptions:
     """Input of every script without its own (ini ``exec_stdin``)."""
     args: tuple[str, ...] | None = None
     """Arguments of every script without its own (ini ``exec_args``)."""
+    leaks: LeakPolicy = "warn"
+    """What processes a script leaves running make of it (ini ``exec_leaks``): a line in the
+    run summary, a failure, or nothing."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -449,6 +460,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         resources=resources,
         resource_env=_resource_env(config, resources),
         missing_resources=_missing_resources(config),
+        leaks=_leaks(config),
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
@@ -584,6 +596,15 @@ def _resource_env(config: pytest.Config, resources: dict[str, float]) -> dict[st
         return parse_resource_env(raw if isinstance(raw, str) else "", resources)
     except ValueError as exc:
         raise pytest.UsageError(f"ini option 'exec_resource_env': {exc}") from None
+
+
+def _leaks(config: pytest.Config) -> LeakPolicy:
+    raw = str(config.getini("exec_leaks")).strip() or "warn"
+    if raw not in LEAK_POLICIES:
+        raise pytest.UsageError(
+            f"ini option 'exec_leaks': expected one of {', '.join(LEAK_POLICIES)}, got {raw!r}"
+        )
+    return cast(LeakPolicy, raw)
 
 
 def _missing_resources(config: pytest.Config) -> Literal["error", "skip"]:

@@ -17,6 +17,7 @@ import pytest
 
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
 from .expected import Mismatch
+from .keys import OPTIONS_KEY
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header when stderr has no section of its own."""
@@ -224,6 +225,22 @@ def mismatch_message(mismatch: Mismatch) -> str:
     )
 
 
+def processes(count: int) -> str:
+    """``1 process``, ``2 processes``."""
+    return f"{count} process{'es' if count != 1 else ''}"
+
+
+def leak_words(result: ScriptResult) -> str:
+    """``left 2 processes running: 4242 (sleep 300), 4250 (python -m http.server)``; ``""``
+    for a script that left none."""
+    count, leaked = result.get("leaked_count", 0), result.get("leaked", [])
+    if not count:
+        return ""
+    named = ", ".join(f"{entry['pid']} ({visible(entry['command'])})" for entry in leaked)
+    more = count - len(leaked)
+    return f"left {processes(count)} running: {named}{f' and {more} more' if more else ''}"
+
+
 def _output_diff(mismatch: Mismatch) -> str:
     return "\n".join([mismatch_message(mismatch), *mismatch.notes, *mismatch.diff])
 
@@ -285,19 +302,28 @@ def describe_failure(
     stderr_shown: bool,
     worker_shown: bool = False,
     mismatches: Sequence[Mismatch] = (),
+    leaks_fail: bool = False,
 ) -> ScriptFailure:
     """A failed or timed-out script's report, as fields. ``stderr_shown``: its stderr has a
     section of its own in the report, so the failure text leaves it out. ``mismatches``:
     the streams that differ from their expectation files, for a script that passed by its
-    exit code (then they are the failure) or failed by it (then both are shown)."""
+    exit code (then they are the failure) or failed by it (then both are shown).
+    ``leaks_fail``: the processes it left running fail it (``exec_leaks = fail``), said as
+    mismatches are."""
     cause = failure_cause(result)
     notes = []
     if worker_shown and result.get("worker"):
         notes.append(f"ran on worker {result['worker']}")
     if cause == FailureCause.TIMEOUT:
         notes.append(TIMEOUT_HINT)
-    differs = "; ".join(mismatch_message(mismatch) for mismatch in mismatches)
-    if cause is None:  # it passed by its exit code: what it printed is the failure
+    problems = [mismatch_message(mismatch) for mismatch in mismatches]
+    left = leak_words(result) if leaks_fail else ""
+    if left:
+        problems.append(left)
+        if cause is not None:  # under a header about how it ended, its own line
+            notes.append(f"it also {left}")
+    differs = "; ".join(problems)
+    if cause is None:  # it passed by its exit code: what it printed or left is the failure
         header = f"{label} failed: {differs} (after {result['execution_time']:.2f} s)"
         location = CrashLocation(label, 0, differs)
         summary = differs
@@ -336,7 +362,8 @@ def raise_for_result(
     ``mismatches``: its streams that differ from their expectation files."""
     status = result["status"]
     line_style = item.config.getoption("tbstyle", "auto") == "line"
-    passed = status == ScriptStatus.PASSED and not mismatches
+    leaks_fail = item.config.stash[OPTIONS_KEY].leaks == "fail" and bool(leak_words(result))
+    passed = status == ScriptStatus.PASSED and not mismatches and not leaks_fail
     if passed or not line_style:
         # --tb=line: a failing script is one line, not followed by its captured output.
         add_output_sections(item, result)
@@ -361,6 +388,7 @@ def raise_for_result(
             stderr_shown=stderr_shown,
             worker_shown=item.config.get_verbosity() > 0,
             mismatches=mismatches,
+            leaks_fail=leaks_fail,
         )
     )
 

@@ -14,6 +14,7 @@ import pytest
 
 from ..engine.resources import describe_assigned
 from ..engine.results import ScriptResult, ScriptStatus
+from .leaks import leak_facts, write_leak_summary
 from .live import write_notice
 from .options import UNSET, ExecOptions
 from .outcome import crash_message, failure_cause, is_exit_skip
@@ -60,6 +61,7 @@ def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[
         "stderr_tail": _tail(result["stderr"]),
         # The device ids it held ({"GPU": ["0"]}; empty when none): shown with -v too.
         "resource_ids": result["resource_ids"],
+        **leak_facts(result),
     }
 
 
@@ -275,8 +277,14 @@ class RunRecords:
         if not self.records:
             return
         counts = ", ".join(_counted(n, outcome) for outcome, n in self.counts().items())
+        leaky = [
+            (record.label, record.facts)
+            for record in self.final()
+            if record.facts.get("leaked_count") and self.options.leaks != "ignore"
+        ]
         if reporter.verbosity < 0:  # -q: one line
             reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts})")
+            write_leak_summary(reporter, leaky)
             return
         reporter.write_sep("=", "codomyrmex-exec: script runs")
         reporter.write_line(self.headline())
@@ -292,6 +300,7 @@ class RunRecords:
             reporter.write_line("hit their limit:")
             for record in limited:
                 reporter.write_line(f"  {record.label}: {record.facts['error']}", yellow=True)
+        write_leak_summary(reporter, leaky)
 
 
 def _seconds(value: float) -> str:
