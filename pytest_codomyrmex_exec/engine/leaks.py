@@ -10,11 +10,12 @@ Cost: only processes made after the script are read. Linux hands out pids in inc
 order, wrapping at ``pid_max``, so a descendant's pid lies after the script's and up to
 ``/proc/sys/kernel/ns_last_pid``; listing ``/proc`` is cheap, reading a process's files is
 not. A script that ran long enough for the pids to wrap all the way round
-(:data:`FULL_SCAN_AFTER`) gets every process read.
+(:data:`PROCESSES_PER_SECOND`) gets every process read.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from contextlib import suppress
@@ -29,15 +30,18 @@ LEAKS_LISTED = 20
 COMMAND_CHARS = 200
 """Characters of a leftover's command line kept in its entry."""
 
-FULL_SCAN_AFTER = 1.0
-"""Seconds a script may run before its pid no longer bounds its descendants': a machine
-would have to make ``pid_max`` (32,768 at least) processes faster than that to wrap round."""
+PROCESSES_PER_SECOND = 50_000
+"""More processes than any machine makes in a second (a fork loop makes tens of thousands):
+a script that ran less than ``pid_max`` divided by this cannot have seen the pids wrap all
+the way round, so its pid still bounds its descendants' (0.66 s with the smallest
+``pid_max``, 32,768; 84 s with systemd's 4,194,304)."""
 
 SWEEP_ROUNDS = 3
 """Scans per sweep at most: a leftover may fork while it is being killed."""
 
 _PROC = "/proc"
 _LAST_PID = "/proc/sys/kernel/ns_last_pid"
+_PID_MAX = "/proc/sys/kernel/pid_max"
 
 
 @final
@@ -53,16 +57,17 @@ class Leftover:
         return LeakedProcess(pid=self.pid, command=self.command)
 
 
-def _read(path: str) -> bytes | None:
-    """The whole of a ``/proc`` file, or ``None`` (gone meanwhile, or not ours to read)."""
+def _read(path: str, chunk_size: int = 16384) -> bytes | None:
+    """The whole of a ``/proc`` file, or ``None`` (gone meanwhile, or not ours to read).
+    ``chunk_size``: bytes per read; what a read returns short of it ends the file."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        chunks = [os.read(fd, chunk_size)]
+        while len(chunks[-1]) == chunk_size:
+            chunks.append(os.read(fd, chunk_size))
         return b"".join(chunks)
     except OSError:
         return None
@@ -78,7 +83,7 @@ def environ_has(pid: int, entry: bytes) -> bool:
 
 def _stat(pid: int) -> tuple[str, int, str] | None:
     """``pid``'s state letter, process group and name, or ``None`` once it is gone."""
-    text = _read(f"{_PROC}/{pid}/stat")
+    text = _read(f"{_PROC}/{pid}/stat", 1024)
     if not text:
         return None
     # "pid (name) state ppid pgrp ...": the name may hold spaces and parentheses.
@@ -97,6 +102,19 @@ def _command(pid: int, name: str) -> str:
     return command if len(command) <= COMMAND_CHARS else command[: COMMAND_CHARS - 3] + "..."
 
 
+def _number(path: str) -> int | None:
+    text = _read(path, 64)
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+@functools.cache
+def _pid_max() -> int:
+    return _number(_PID_MAX) or 32768  # the kernel's smallest default
+
+
 def _candidates(leader: int, ran_for: float) -> list[int]:
     """The pids that may be the script's descendants: those made after it, when that can be
     told (see the module docstring); else every process but the script itself."""
@@ -104,11 +122,7 @@ def _candidates(leader: int, ran_for: float) -> list[int]:
         listed = [int(name) for name in os.listdir(_PROC) if name.isdigit()]
     except OSError:
         return []
-    last_text = _read(_LAST_PID) if ran_for < FULL_SCAN_AFTER else None
-    try:
-        last = int(last_text) if last_text else None
-    except ValueError:
-        last = None
+    last = _number(_LAST_PID) if ran_for < _pid_max() / PROCESSES_PER_SECOND else None
     if last is None:
         return [pid for pid in listed if pid != leader]
     if last >= leader:
