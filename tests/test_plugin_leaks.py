@@ -105,7 +105,7 @@ def test_exec_leaks_fail_fails_the_script_saying_what_it_left(px: ExecPytester, 
     px.script("broken_script.py", LEAKY + "raise SystemExit(3)\n", track=True)
     px.script("clean_script.py", "")
     px.ini(exec_leaks="fail")
-    result = px.run(*mode, "-rf", *px.junit_args())
+    result = px.run(*mode, "-q", "-rf", *px.junit_args())
 
     result.assert_outcomes(passed=1, failed=2)
     sleeper, daemon = leftovers(px)
@@ -118,8 +118,11 @@ def test_exec_leaks_fail_fails_the_script_saying_what_it_left(px: ExecPytester, 
             "broken_script.py failed: exit code 3 after *",
             "it also left 2 processes running: *(sleep 300), *(*broken_script.py)",
             "FAILED broken_script.py*exit code 3; left 2 processes running: *",
+            # -q: the summary's line, and one more for the leaks
+            "codomyrmex-exec: left processes running: *broken_script.py (2)*",
         ]
     )
+    assert "leaky_script.py (2)" in result.stdout.str()
     [message] = px.junit_by_name()["leaky_script"].messages
     assert f"{sleeper} (sleep 300)" in message
     px.assert_no_process_left(at_least=6)
