@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import is_alive, still_alive
+from conftest import still_alive
 
 from pytest_codomyrmex_exec import (
     ParallelRunner,
@@ -29,8 +30,8 @@ from pytest_codomyrmex_exec.engine.leaks import LEAKS_LISTED, sweep
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-# Each script writes the pids it leaves to the file named by argv[1] ("pid command" lines),
-# so the test can check them, and kill them should the engine not.
+# Each script writes the pids it leaves to the file named by argv[1], one a line, so the
+# test can check them, and kill them should the engine not.
 PREAMBLE = """\
 import os, subprocess, sys, time
 def note(pid):
@@ -91,7 +92,7 @@ while time.monotonic() < deadline:
 
 
 @pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[Path]]:
+def started() -> Iterator[list[Path]]:
     """The pid files the test's scripts write; every pid in them is killed at the end."""
     files: list[Path] = []
     yield files
@@ -248,7 +249,28 @@ def test_parallel_scripts_each_own_their_leftovers(
     assert by_name["clean.py"]["status"] == ScriptStatus.PASSED, by_name
     assert by_name["clean.py"]["leaked"] == []
     assert leaked_pids(by_name["leaky.py"]) == [daemon]
-    assert not is_alive(daemon) or not still_alive([daemon], within=2.0)
+    assert not still_alive([daemon], within=2.0)
+
+
+def test_after_a_long_run_every_process_is_read(tmp_path: Path) -> None:
+    # Long enough for the pids to have wrapped round: the pid order proves nothing, so a
+    # process made before the "script" (here: this test) is found by its tag all the same.
+    tag = f"CODOMYRMEX_EXEC_RUN=test-{os.getpid()}"
+    name, value = tag.split("=")
+    daemon = subprocess.Popen(
+        ["sleep", "60"], env={**os.environ, name: value}, start_new_session=True
+    )
+    try:
+        later = subprocess.Popen(["true"])
+        later.wait()
+        no_group = 2**31 - 1
+        assert sweep(tag.encode(), no_group, later.pid, 0.0) == []  # made before: not looked at
+        [found] = sweep(tag.encode(), no_group, later.pid, 1e9)
+        assert (found.pid, found.command) == (daemon.pid, "sleep 60")
+        assert daemon.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        daemon.kill()
+        daemon.wait()
 
 
 def test_finding_nothing_is_cheap(tmp_path: Path, started: list[Path]) -> None:

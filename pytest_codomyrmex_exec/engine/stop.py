@@ -151,7 +151,8 @@ def supervise(
     if output.open:
         yield Wait(drain_start + ESCAPE_CHECK, for_exit=False)
     if output.open:
-        # Still open after the sweep: a leftover forked while it was being killed.
+        # Still open after the sweep: something the first look missed holds them (made while
+        # the leftovers were being killed). Look again.
         left += sweep_leftovers(plan, child, started)
         yield Wait(drain_start + DRAIN_LIMIT, for_exit=False)
     # A leak is what a script left when it ended by itself; a stopped script's tree is the
