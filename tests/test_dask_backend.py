@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import ExecPytester, still_alive
 from test_plugin_ecosystem import interrupt, sleeper_with_child
+from test_plugin_leaks import leftovers, records, write_tree
 
 from pytest_codomyrmex_exec import FailureCause, ScriptSpec, ScriptStatus
 
@@ -386,6 +387,24 @@ def test_x_on_the_cluster_leaves_no_process(px: ExecPytester, cli_cluster: str) 
     result.stdout.fnmatch_lines(["*stopping after 1 failures*"])
     result.assert_outcomes(failed=1)
     px.assert_no_process_left(at_least=2)
+
+
+def test_leftovers_on_a_worker_are_killed_there_at_once_and_reported(
+    px: ExecPytester, cli_cluster: str
+) -> None:
+    _on_dask(px)
+    write_tree(px)  # z_check_script.py fails if leaky's leftovers outlive its report
+    result = px.run(
+        "--exec-parallel", "--exec-backend", "dask", "--exec-dask-scheduler", cli_cluster,
+        *px.report_args(),
+    )  # fmt: skip
+
+    assert _ran_on_dask(px)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["  leaky_script.py: 2 processes", "*  sleep 300"])
+    line = records(px)["leaky_script.py"]
+    assert {entry["pid"] for entry in line["leaked"]} == set(leftovers(px))
+    px.assert_no_process_left(at_least=3)
 
 
 def test_ctrl_c_kills_the_scripts_on_the_workers(px: ExecPytester, cli_cluster: str) -> None:

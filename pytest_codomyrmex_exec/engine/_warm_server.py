@@ -170,20 +170,46 @@ def _write_tag_into_environ_block(tag: str) -> None:
     """
     if len(tag) != len(_TAG_PLACEHOLDER) or not _TAG_PLACEHOLDER:
         return
+    span = _block_span(47)  # env_start, env_end: fields 50 and 51
+    if span is None:
+        return
     try:
-        with open("/proc/self/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50, 51
         with open("/proc/self/environ", "rb") as fh:
             block = fh.read()
-    except (OSError, IndexError, ValueError):
+    except OSError:
         return
+    start, end = span
     needle = f"{_RUN_TAG_VAR}={_TAG_PLACEHOLDER}".encode()
     offset = block.find(needle)
     if offset < 0 or start + offset + len(needle) > end:
         return
     value = tag.encode()
     ctypes.memmove(start + offset + len(needle) - len(value), value, len(value))
+
+
+def _block_span(index: int) -> "tuple[int, int] | None":
+    """Where a block of this process's memory starts and ends, from ``/proc/self/stat``:
+    ``index`` counts the fields after the name's closing parenthesis."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[index]), int(fields[index + 1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _write_command_line(argv: "list[str]") -> None:
+    """Make ``/proc/<pid>/cmdline`` read ``argv`` (cut to fit), not the server's command:
+    what ``ps`` shows, and what names a process the script leaves running."""
+    span = _block_span(45)  # arg_start, arg_end: fields 48 and 49
+    if span is None:
+        return
+    start, end = span
+    room = end - start - 1  # the block's last byte stays NUL: the kernel reads up to it
+    if room <= 0:
+        return
+    text = "\0".join(argv).encode(errors="surrogateescape")[:room]
+    ctypes.memmove(start, text.ljust(room + 1, b"\0"), room + 1)
 
 
 def _sys_path(request: dict[str, object]) -> list[str]:
@@ -336,6 +362,7 @@ def _prepare(request: dict[str, object]) -> tuple[bool, str]:
     args = [str(a) for a in request["args"]]  # type: ignore[attr-defined]
     sys.argv[:] = [target if not module else "-m", *args]
     sys.orig_argv[:] = [sys.executable, *(["-m"] if module else []), target, *args]
+    _write_command_line(sys.orig_argv)
     sys.path[:] = _sys_path(request)
     for finder in list(sys.path_importer_cache.values()):
         if finder is not None and hasattr(finder, "invalidate_caches"):

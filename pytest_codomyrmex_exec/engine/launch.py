@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, final
 
+from .leaks import environ_has
 from .results import FailureCause, ScriptResult, ScriptStatus, make_result
 from .spec import ScriptSpec, module_root
 
@@ -448,10 +449,9 @@ def kill_tagged(variable: str, value: str) -> int:
         pid = int(entry.name)
         if pid == me:
             continue
+        if not environ_has(pid, needle):
+            continue
         try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                if needle not in fh.read().split(b"\0"):
-                    continue
             group = os.getpgid(pid)
         except OSError:  # gone meanwhile, or not ours to read
             continue

@@ -123,7 +123,10 @@ class ScriptResult(TypedDict):
     record: ScriptRecord | None
     """What it read, imported and wrote, when the spec asked for ``record``; else ``None``."""
     leaked: list[LeakedProcess]
-    """Processes it started that were still running when it exited (killed then)."""
+    """Processes it started that were still running when it exited (killed then); the first
+    20 found, ``leaked_count`` counts them all."""
+    leaked_count: int
+    """How many processes it left running when it exited (all killed then)."""
     failed_tries: list[FailedTry]
     """The runs before this one, each of which failed (empty without retries): a result
     that passed with failed tries before it is flaky."""
@@ -147,6 +150,7 @@ def make_result(
     record: ScriptRecord | None = None,
     leaked: Sequence[LeakedProcess] = (),
     failed_tries: Sequence[FailedTry] = (),
+    leaked_count: int | None = None,
 ) -> ScriptResult:
     """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
     return ScriptResult(
@@ -166,6 +170,7 @@ def make_result(
         resource_ids={name: list(ids) for name, ids in (resource_ids or {}).items()},
         record=record,
         leaked=list(leaked),
+        leaked_count=len(leaked) if leaked_count is None else leaked_count,
         failed_tries=list(failed_tries),
     )
 

@@ -162,9 +162,11 @@ def run_script(
     ``stdin``, ...), and the first four also by position (:data:`SEED_POSITIONAL`); given with
     a spec, they change it. The script runs in a new session. On
     timeout or cancellation its whole process group gets SIGTERM, then SIGKILL after
-    ``kill_grace`` seconds; when the script exits, whatever it left running in its
-    group is killed. Nothing the script does raises here: it ends up in the result's
-    ``status`` and ``error``. Invalid arguments raise ``ValueError`` or ``TypeError``.
+    ``kill_grace`` seconds; when the script exits, whatever it left running (in its
+    group, or out of it with its run's tag) is killed at once and named in the result's
+    ``leaked`` and ``leaked_count`` (Linux). Nothing the script does raises here: it ends up
+    in the result's ``status`` and ``error``. Invalid arguments raise ``ValueError`` or
+    ``TypeError``.
 
     ``env`` entries are added to ``base_env`` (default ``os.environ``); a ``None`` value
     removes a variable. Once ``cancel_event`` is set the script is stopped and the result is

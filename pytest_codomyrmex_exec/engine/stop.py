@@ -2,10 +2,11 @@
 
 :func:`supervise` is a generator that holds every decision: wait for the exit, the deadline
 or a cancel; then SIGTERM the group, a grace period, SIGKILL; kill what the script left in
-its group; give the pipes a moment, sweep the run's tag for processes that left the group;
-drain; reap; classify. It never does I/O itself: it yields a :class:`Wait` and the pump
-that drives it (selectors for ``run_script``, the event loop for ``run_script_async``)
-reads output into the :class:`Output` until that wait is over.
+its group and what left the group carrying the run's tag (named in the result's ``leaked``
+when the script had exited by itself); give the pipes a moment, sweep again if something
+still holds them; drain; reap; classify. It never does I/O itself: it yields a
+:class:`Wait` and the pump that drives it (selectors for ``run_script``, the event loop for
+``run_script_async``) reads output into the :class:`Output` until that wait is over.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import final
 
 from .capture import BoundedOutput
 from .events import RunEventKind, Stream, Subscription
-from .launch import RUN_TAG_VAR, Child, LaunchPlan, kill_group, kill_tagged, signal_name
+from .launch import RUN_TAG_VAR, Child, LaunchPlan, kill_group, signal_name
+from .leaks import LEAKS_LISTED, Leftover, sweep
 from .results import FailureCause, ScriptResult, ScriptStatus, make_result
 
 logger = logging.getLogger("pytest_codomyrmex_exec.engine")
@@ -30,8 +32,8 @@ DRAIN_LIMIT = 1.0
 """Seconds to keep reading pipes after the script has exited (or been killed)."""
 
 ESCAPE_CHECK = 0.1
-"""Pipes still open this long after the group was killed: something left the group holding
-them (``setsid``, a daemon). It is found by the run's tag and killed."""
+"""Pipes still open this long after the leftovers were killed: one was made while they were
+(a fork of a dying daemon) and holds them. The tag finds it, and it is killed too."""
 
 POLL = 0.05
 """How often a pump looks when it has nothing to wake it (no pidfd, a polled cancel flag)."""
@@ -141,15 +143,21 @@ def supervise(
             elapsed = spec.run_for
 
     # The leader is a zombie now: its pid cannot be reused yet, so the group id is still
-    # ours. Kill what the script left behind before it can hold the pipes open.
-    kill_group(child.pgid)
+    # ours. Kill what the script left behind before it can hold the pipes open: found by
+    # group and by tag, at once, not at the end of the run.
+    left = sweep_leftovers(plan, child, started)
+    kill_group(child.pgid)  # where nothing can be found (no /proc), the group still dies
     drain_start = time.monotonic()
     if output.open:
         yield Wait(drain_start + ESCAPE_CHECK, for_exit=False)
     if output.open:
-        # Still open after the group was killed: something left the group. Find it by tag.
-        kill_tagged(RUN_TAG_VAR, plan.tag)
+        # Still open after the sweep: something the first look missed holds them (made while
+        # the leftovers were being killed). Look again.
+        left += sweep_leftovers(plan, child, started)
         yield Wait(drain_start + DRAIN_LIMIT, for_exit=False)
+    # A leak is what a script left when it ended by itself; a stopped script's tree is the
+    # stop's doing, and its timeout or cancel is the finding.
+    leaked = left if not (timed_out or cancelled or survived) else []
     returncode = child.wait()
     if child.lost is not None:  # what ran it (a fork server) died and took its exit status
         return make_result(
@@ -170,7 +178,17 @@ def supervise(
         timed_out=timed_out,
         cancelled=cancelled,
         survived=survived,
+        leaked=leaked,
     )
+
+
+def sweep_leftovers(plan: LaunchPlan, child: Child, started: float) -> list[Leftover]:
+    """Kill what the ended script left running, in its group or carrying its run's tag."""
+    tag_entry = f"{RUN_TAG_VAR}={plan.tag}".encode()
+    left = sweep(tag_entry, child.pgid, child.pid, time.monotonic() - started)
+    if left:
+        logger.debug("%s left %d process(es) running: killed", plan.script, len(left))
+    return left
 
 
 def classify(
@@ -183,8 +201,10 @@ def classify(
     timed_out: bool,
     cancelled: bool,
     survived: bool = False,
+    leaked: Sequence[Leftover] = (),
 ) -> ScriptResult:
-    """How a child ended: the one place exit codes become statuses."""
+    """How a child ended: the one place exit codes become statuses. ``leaked``: what it
+    left running when it exited (already killed)."""
     spec = plan.spec
     sig = signal_name(-returncode) if returncode < 0 else None
 
@@ -202,6 +222,8 @@ def classify(
             signal=sig,
             memory_limit_exceeded=cause == FailureCause.MEMORY_LIMIT,
             cause=cause,
+            leaked=[leftover.entry() for leftover in leaked[:LEAKS_LISTED]],
+            leaked_count=len(leaked),
         )
 
     if cancelled:

@@ -40,6 +40,8 @@ CWDS = ("script", "tmp", "rootdir")
 Backend = Literal["process", "async", "dask"]
 Order = Literal["duration", "collection"]
 Cwd = Literal["script", "tmp", "rootdir"]
+LEAK_POLICIES = ("warn", "fail", "ignore")
+LeakPolicy = Literal["warn", "fail", "ignore"]
 
 
 class Unset(enum.Enum):
@@ -207,6 +209,12 @@ def add_options(parser: pytest.Parser) -> None:
         default="pass",
     )
     parser.addini(
+        "exec_leaks",
+        "a script that exits leaving processes running (they are killed): warn (default: "
+        "the run summary names them), fail (the script fails) or ignore",
+        default="warn",
+    )
+    parser.addini(
         "exec_guardian",
         "Linux: a guardian process kills the scripts if pytest is killed (SIGKILL, OOM)",
         type="bool",
@@ -324,6 +332,9 @@ class ExecOptions:
     """Input of every script without its own (ini ``exec_stdin``)."""
     args: tuple[str, ...] | None = None
     """Arguments of every script without its own (ini ``exec_args``)."""
+    leaks: LeakPolicy = "warn"
+    """What processes a script leaves running make of it (ini ``exec_leaks``): a line in the
+    run summary, a failure, or nothing."""
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -460,6 +471,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
             _ini_choice(config, "exec_missing_resources", ("error", "skip")),
         ),
         flaky=cast(Literal["pass", "fail"], _ini_choice(config, "exec_flaky", ("pass", "fail"))),
+        leaks=_leaks(config),
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
@@ -607,3 +619,12 @@ def _ini_choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> s
             f"ini option {name!r}: expected {' or '.join(choices)}, got {raw!r}"
         )
     return raw
+
+
+def _leaks(config: pytest.Config) -> LeakPolicy:
+    raw = str(config.getini("exec_leaks")).strip() or "warn"
+    if raw not in LEAK_POLICIES:
+        raise pytest.UsageError(
+            f"ini option 'exec_leaks': expected one of {', '.join(LEAK_POLICIES)}, got {raw!r}"
+        )
+    return cast(LeakPolicy, raw)

@@ -18,6 +18,7 @@ import pytest
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
 from .expected import Mismatch
 from .flaky import try_sections
+from .keys import OPTIONS_KEY
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header when stderr has no section of its own."""
@@ -225,6 +226,22 @@ def mismatch_message(mismatch: Mismatch) -> str:
     )
 
 
+def processes(count: int) -> str:
+    """``1 process``, ``2 processes``."""
+    return f"{count} process{'es' if count != 1 else ''}"
+
+
+def leak_words(result: ScriptResult) -> str:
+    """``left 2 processes running: 4242 (sleep 300), 4250 (python -m http.server)``; ``""``
+    for a script that left none."""
+    count, leaked = result.get("leaked_count", 0), result.get("leaked", [])
+    if not count:
+        return ""
+    named = ", ".join(f"{entry['pid']} ({visible(entry['command'])})" for entry in leaked)
+    more = count - len(leaked)
+    return f"left {processes(count)} running: {named}{f' and {more} more' if more else ''}"
+
+
 def _output_diff(mismatch: Mismatch) -> str:
     return "\n".join([mismatch_message(mismatch), *mismatch.notes, *mismatch.diff])
 
@@ -287,21 +304,31 @@ def describe_failure(
     worker_shown: bool = False,
     mismatches: Sequence[Mismatch] = (),
     flaky: str | None = None,
+    leaks_fail: bool = False,
 ) -> ScriptFailure:
     """A failed or timed-out script's report, as fields. ``stderr_shown``: its stderr has a
     section of its own in the report, so the failure text leaves it out. ``mismatches``:
     the streams that differ from their expectation files, for a script that passed by its
     exit code (then they are the failure) or failed by it (then both are shown). ``flaky``:
-    why a script that passed only on a later try fails (``exec_flaky = fail``)."""
+    why a script that passed only on a later try fails (``exec_flaky = fail``).
+    ``leaks_fail``: the processes it left running fail it (``exec_leaks = fail``), said as
+    mismatches are."""
     cause = failure_cause(result)
     notes = []
     if worker_shown and result.get("worker"):
         notes.append(f"ran on worker {result['worker']}")
     if cause == FailureCause.TIMEOUT:
         notes.append(TIMEOUT_HINT)
-    findings = [mismatch_message(mismatch) for mismatch in mismatches]
-    reasons = "; ".join([*findings, *([flaky] if flaky else [])])
-    if cause is None:  # it passed by its exit code: what it printed, or its tries, fail it
+    problems = [mismatch_message(mismatch) for mismatch in mismatches]
+    left = leak_words(result) if leaks_fail else ""
+    if left:
+        problems.append(left)
+        if cause is not None:  # under a header about how it ended, its own line
+            notes.append(f"it also {left}")
+    if flaky:
+        problems.append(flaky)
+    reasons = "; ".join(problems)
+    if cause is None:  # it passed by its exit code: what it printed, left or its tries fail it
         header = f"{label} failed: {reasons} (after {result['execution_time']:.2f} s)"
         location = CrashLocation(label, 0, reasons)
         summary = reasons
@@ -346,7 +373,8 @@ def raise_for_result(
     script that passed only on a later try fails."""
     status = result["status"]
     line_style = item.config.getoption("tbstyle", "auto") == "line"
-    passed = status == ScriptStatus.PASSED and not mismatches and flaky is None
+    leaks_fail = item.config.stash[OPTIONS_KEY].leaks == "fail" and bool(leak_words(result))
+    passed = status == ScriptStatus.PASSED and not mismatches and flaky is None and not leaks_fail
     if passed or not line_style:
         # --tb=line: a failing script is one line, not followed by its captured output.
         add_output_sections(item, result)
@@ -372,6 +400,7 @@ def raise_for_result(
             worker_shown=item.config.get_verbosity() > 0,
             mismatches=mismatches,
             flaky=flaky,
+            leaks_fail=leaks_fail,
         )
     )
 

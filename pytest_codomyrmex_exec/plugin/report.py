@@ -15,6 +15,7 @@ import pytest
 from ..engine.resources import describe_assigned
 from ..engine.results import ScriptResult, ScriptStatus
 from .flaky import is_flaky
+from .leaks import leak_facts, write_leak_summary
 from .live import write_notice
 from .options import UNSET, ExecOptions
 from .outcome import crash_message, failure_cause, is_exit_skip
@@ -78,6 +79,7 @@ def script_facts(
             }
             for earlier in result.get("failed_tries", [])
         ],
+        **leak_facts(result),
     }
 
 
@@ -296,9 +298,15 @@ class RunRecords:
         final = self.final()
         # By name: the order reports came in differs from run to run in parallel.
         flaky = sorted((r for r in final if r.facts.get("flaky")), key=lambda r: r.label)
+        leaky = [
+            (record.label, record.facts)
+            for record in final
+            if record.facts.get("leaked_count") and self.options.leaks != "ignore"
+        ]
         if reporter.verbosity < 0:  # -q: one line
             also = f"; {len(flaky)} flaky" if flaky else ""
             reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts}{also})")
+            write_leak_summary(reporter, leaky)
             return
         reporter.write_sep("=", "codomyrmex-exec: script runs")
         reporter.write_line(self.headline())
@@ -317,6 +325,7 @@ class RunRecords:
             reporter.write_line("hit their limit:")
             for record in limited:
                 reporter.write_line(f"  {record.label}: {record.facts['error']}", yellow=True)
+        write_leak_summary(reporter, leaky)
 
 
 def _seconds(value: float) -> str:

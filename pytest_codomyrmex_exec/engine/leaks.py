@@ -1,0 +1,178 @@
+"""What a script left running when it ended: found in the process table, named, killed.
+
+A script's descendants are found two ways: still in its process group (the group id stays
+taken while any member lives, even once the leader is reaped), or carrying the script's
+:data:`~.launch.RUN_TAG_VAR` value in their environment after leaving the group (``setsid``,
+a daemon's double fork). Linux only (``/proc``); elsewhere nothing is found and the stop
+sequence's group kill is all there is.
+
+Cost: only processes made after the script are read. Linux hands out pids in increasing
+order, wrapping at ``pid_max``, so a descendant's pid lies after the script's and up to
+``/proc/sys/kernel/ns_last_pid``; listing ``/proc`` is cheap, reading a process's files is
+not. A script that ran long enough for the pids to wrap all the way round
+(:data:`PROCESSES_PER_SECOND`) gets every process read.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import final
+
+from .results import LeakedProcess
+
+LEAKS_LISTED = 20
+"""Leftover processes a result names (its ``leaked``); ``leaked_count`` counts them all."""
+
+COMMAND_CHARS = 200
+"""Characters of a leftover's command line kept in its entry."""
+
+PROCESSES_PER_SECOND = 50_000
+"""More processes than any machine makes in a second (a fork loop makes tens of thousands):
+a script that ran less than ``pid_max`` divided by this cannot have seen the pids wrap all
+the way round, so its pid still bounds its descendants' (0.66 s with the smallest
+``pid_max``, 32,768; 84 s with systemd's 4,194,304)."""
+
+SWEEP_ROUNDS = 3
+"""Scans per sweep at most: a leftover may fork while it is being killed."""
+
+_PROC = "/proc"
+_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+_PID_MAX = "/proc/sys/kernel/pid_max"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """One process found still running: its pid, its group (killed with it), its command."""
+
+    pid: int
+    pgid: int
+    command: str
+
+    def entry(self) -> LeakedProcess:
+        return LeakedProcess(pid=self.pid, command=self.command)
+
+
+def _read(path: str, chunk_size: int = 16384) -> bytes | None:
+    """The whole of a ``/proc`` file, or ``None`` (gone meanwhile, or not ours to read).
+    ``chunk_size``: bytes per read; what a read returns short of it ends the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        chunks = [os.read(fd, chunk_size)]
+        while len(chunks[-1]) == chunk_size:
+            chunks.append(os.read(fd, chunk_size))
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def environ_has(pid: int, entry: bytes) -> bool:
+    """Does ``pid``'s environment hold ``entry`` (``b"NAME=value"``) exactly?"""
+    block = _read(f"{_PROC}/{pid}/environ")
+    return block is not None and entry in block.split(b"\0")
+
+
+def _stat(pid: int) -> tuple[str, int, str] | None:
+    """``pid``'s state letter, process group and name, or ``None`` once it is gone."""
+    text = _read(f"{_PROC}/{pid}/stat", 1024)
+    if not text:
+        return None
+    # "pid (name) state ppid pgrp ...": the name may hold spaces and parentheses.
+    head, _, rest = text.rpartition(b")")
+    fields = rest.split()
+    try:
+        return fields[0].decode(), int(fields[2]), head.partition(b"(")[2].decode(errors="replace")
+    except (IndexError, ValueError):
+        return None
+
+
+def _command(pid: int, name: str) -> str:
+    raw = _read(f"{_PROC}/{pid}/cmdline") or b""
+    words = raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    command = words or f"[{name}]"
+    return command if len(command) <= COMMAND_CHARS else command[: COMMAND_CHARS - 3] + "..."
+
+
+def _number(path: str) -> int | None:
+    text = _read(path, 64)
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+@functools.cache
+def _pid_max() -> int:
+    return _number(_PID_MAX) or 32768  # the kernel's smallest default
+
+
+def _candidates(leader: int, ran_for: float) -> list[int]:
+    """The pids that may be the script's descendants: those made after it, when that can be
+    told (see the module docstring); else every process but the script itself."""
+    try:
+        listed = [int(name) for name in os.listdir(_PROC) if name.isdigit()]
+    except OSError:
+        return []
+    last = _number(_LAST_PID) if ran_for < _pid_max() / PROCESSES_PER_SECOND else None
+    if last is None:
+        return [pid for pid in listed if pid != leader]
+    if last >= leader:
+        return [pid for pid in listed if leader < pid <= last]
+    return [pid for pid in listed if pid > leader or pid <= last]  # the pids wrapped round
+
+
+def find_leftovers(tag_entry: bytes, pgid: int, leader: int, ran_for: float) -> list[Leftover]:
+    """The live processes in group ``pgid`` or with ``tag_entry`` in their environment,
+    other than the script (``leader``) and this process. ``ran_for``: the script's seconds."""
+    me = os.getpid()
+    found = []
+    for pid in _candidates(leader, ran_for):
+        if pid == me:
+            continue
+        stat = _stat(pid)
+        if stat is None:
+            continue
+        state, group, name = stat
+        if state in ("Z", "X"):  # it has ended; only its parent's wait is missing
+            continue
+        if group == pgid or environ_has(pid, tag_entry):
+            found.append(Leftover(pid, group, _command(pid, name)))
+    return found
+
+
+def kill_leftovers(leftovers: list[Leftover]) -> None:
+    """SIGKILL each leftover and its process group (never this process's own group)."""
+    own_group = os.getpgrp()
+    for leftover in leftovers:
+        if leftover.pgid != own_group:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(leftover.pgid, signal.SIGKILL)
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(leftover.pid, signal.SIGKILL)
+
+
+def sweep(tag_entry: bytes, pgid: int, leader: int, ran_for: float) -> list[Leftover]:
+    """Find and kill what the script left, until a scan finds nothing new; all it found."""
+    if not os.path.isdir(_PROC):
+        return []
+    seen: dict[int, Leftover] = {}
+    for _ in range(SWEEP_ROUNDS):
+        fresh = [
+            leftover
+            for leftover in find_leftovers(tag_entry, pgid, leader, ran_for)
+            if leftover.pid not in seen
+        ]
+        if not fresh:
+            break
+        kill_leftovers(fresh)
+        seen.update((leftover.pid, leftover) for leftover in fresh)
+    return list(seen.values())
