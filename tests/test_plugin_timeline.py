@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import RUN_TIMEOUT, ExecPytester, Mode
 
+from pytest_codomyrmex_exec.__main__ import main
 from pytest_codomyrmex_exec.timeline import CRITICAL_GAP, critical_path
 
 CHROMIUM = shutil.which("chromium")
@@ -130,7 +131,9 @@ def test_timeline_of_a_real_run(px: ExecPytester, mode: Mode) -> None:
     assert redraw.read_text(encoding="utf-8") == page
 
 
-def test_timeline_command_names_what_is_wrong(tmp_path: Path) -> None:
+def test_timeline_command_names_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     header = {"schema": "pytest-codomyrmex-exec/report", "version": 1, "started": "x"}
     line = {"nodeid": "a_script.py::a_script", "status": "passed", "outcome": "passed"}
 
@@ -139,9 +142,10 @@ def test_timeline_command_names_what_is_wrong(tmp_path: Path) -> None:
         path.write_text("".join(json.dumps(row) + "\n" for row in rows) + tail)
         return path
 
-    missing = _run_timeline_command(str(tmp_path / "nowhere.jsonl"))
-    assert missing.returncode == 2
-    assert f"no such results file: {tmp_path / 'nowhere.jsonl'}" in missing.stderr
+    with pytest.raises(SystemExit) as usage:
+        main(["timeline", str(tmp_path / "nowhere.jsonl")])
+    assert usage.value.code == 2
+    assert f"no such results file: {tmp_path / 'nowhere.jsonl'}" in capsys.readouterr().err
 
     cases = {
         results("empty.jsonl", header): "empty.jsonl: no script record",
@@ -150,15 +154,24 @@ def test_timeline_command_names_what_is_wrong(tmp_path: Path) -> None:
         results("old.jsonl", header, line): "old.jsonl:2: no 'end' time in the line of a_scr",
     }
     for path, expected in cases.items():
-        done = _run_timeline_command(str(path))
-        assert done.returncode == 1, (path, done.stdout)
-        assert done.stderr.startswith(f"timeline: {tmp_path}/{expected}"), done.stderr
+        assert main(["timeline", str(path)]) == 1, path
+        err = capsys.readouterr().err
+        assert err.startswith(f"timeline: {tmp_path}/{expected}"), err
         assert not path.with_suffix(".html").exists()
 
-    # A run killed while writing leaves its last line cut: the rest is drawn, to RESULTS.html.
+    # A run killed while writing leaves its last line cut: the rest is drawn, to RESULTS.html,
+    # by a command that imports no pytest.
     cut = results("cut.jsonl", header, {**line, "start": 0.5, "end": 1.0}, tail='{"nodeid": "b')
-    done = _run_timeline_command(str(cut))
-    assert done.returncode == 0, done.stderr
+    code = (
+        "import sys\n"
+        "from pytest_codomyrmex_exec.__main__ import main\n"
+        f"status = main(['timeline', {str(cut)!r}])\n"
+        "print(status, any(m.split('.')[0] in ('pytest', '_pytest') for m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr
     assert _data(cut.with_suffix(".html").read_text())["name"] == ["a_script.py::a_script"]
 
 
@@ -168,7 +181,8 @@ def test_critical_path_is_the_chain_of_waits_back_from_the_last_end() -> None:
     starts = [0.0, 0.0, 2.01, 1.02, 4.0]
     ends = [2.0, 1.0, 5.0, 3.0, 4.5]
     assert critical_path(starts, ends) == [0, 2]
-    # Ending last, e would lead: its start waited for nothing (the idle second), so alone.
+    # Had e ended last and c at 3.5, e would be the whole chain: half a second passed between
+    # the last end before it and its start, so it was waiting for no slot.
     assert critical_path(starts, [2.0, 1.0, 3.5, 3.0, 6.0]) == [4]
     # A script that lasted no time is not its own predecessor.
     assert critical_path([0.0, 1.0], [1.0, 1.0]) == [0, 1]
