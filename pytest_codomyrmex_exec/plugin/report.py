@@ -37,13 +37,13 @@ _OUTCOME_ORDER = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", 
 (``rerun``: an attempt that pytest-rerunfailures ran again)."""
 
 
-SEEN_KEYS = ("started_at", "ended_at")
+_SEEN_FACTS = ("started_at", "ended_at")
 """Facts in transit, not in the results file: when the session saw the script start and
 end (epoch seconds, on the machine that ran pytest), written as ``start`` and ``end``
 relative to the run's start by the process that writes the file."""
 
 _SEEN_KEY = pytest.StashKey[dict[str, float]]()
-"""In ``item.stash``: the :data:`SEEN_KEYS` of the script's latest run."""
+"""In ``item.stash``: the :data:`_SEEN_FACTS` of the script's latest run."""
 
 
 FACTS_ATTR = "codomyrmex_exec"
@@ -113,7 +113,7 @@ def _outcome_word(report: pytest.TestReport) -> str:
 
 
 def _iso(epoch: float) -> str:
-    import datetime  # only with --exec-report: most runs need no timestamps
+    import datetime  # only with --exec-report or --exec-timeline: most runs need no timestamps
 
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds")
 
@@ -302,7 +302,7 @@ class RunRecords:
             "nodeid": record.nodeid,
             "status": record.status,
             "outcome": record.outcome,
-            **{key: value for key, value in facts.items() if key not in ("status", *SEEN_KEYS)},
+            **{key: value for key, value in facts.items() if key not in ("status", *_SEEN_FACTS)},
             "worker": record.worker,
             "finished": _iso(now),
             "start": self._since_start(facts.get("started_at")),
