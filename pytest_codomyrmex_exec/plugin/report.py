@@ -311,7 +311,9 @@ class RunRecords:
         }
 
     def _since_start(self, epoch: float | None) -> float | None:
-        return None if epoch is None else round(epoch - self.started_at, 4)
+        # Microseconds: a script seen to start just before another is seen to end must not
+        # look as if it took that one's slot (the timeline packs lanes by these times).
+        return None if epoch is None else round(epoch - self.started_at, 6)
 
     # -- the summary --------------------------------------------------------------------------
 
