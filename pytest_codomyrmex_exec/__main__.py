@@ -70,7 +70,8 @@ def _timeline(parser: argparse.ArgumentParser, results: Path, page: Path | None)
     except (ReportFileError, OSError) as exc:
         print(f"timeline: {exc}", file=sys.stderr)
         return 1
-    print(f"timeline: {len(lines)} scripts from {results} in {page}")
+    count = len(lines)
+    print(f"timeline: {count} script{'s' if count != 1 else ''} from {results} in {page}")
     return 0
 
 
