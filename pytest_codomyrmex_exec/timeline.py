@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ def _check_times(line: Mapping[str, Any], where: str) -> None:
                 f"{where}: no {key!r} time in the line of {line.get('nodeid', '?')}: the file "
                 "was written by a version of the plugin from before the timeline"
             )
+        if not math.isfinite(value):
+            raise ReportFileError(f"{where}: {key!r} is {value}, not a time")
 
 
 def _group(line: Mapping[str, Any]) -> str:

@@ -152,6 +152,9 @@ def test_timeline_command_names_what_is_wrong(
         results("durations.jsonl", {"version": 1}, line): "durations.jsonl: not a results file",
         results("broken.jsonl", header, tail="{oops\n"): "broken.jsonl:2: not a JSON line",
         results("old.jsonl", header, line): "old.jsonl:2: no 'end' time in the line of a_scr",
+        results("nan.jsonl", header, {**line, "start": 0, "end": float("nan")}): (
+            "nan.jsonl:2: 'end' is nan, not a time"
+        ),
     }
     for path, expected in cases.items():
         assert main(["timeline", str(path)]) == 1, path
