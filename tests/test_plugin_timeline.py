@@ -22,7 +22,7 @@ import pytest
 from conftest import RUN_TIMEOUT, ExecPytester, Mode
 
 from pytest_codomyrmex_exec.__main__ import main
-from pytest_codomyrmex_exec.timeline import CRITICAL_GAP, critical_path
+from pytest_codomyrmex_exec.timeline import CRITICAL_GAP, critical_path, render
 
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_DEADLINE = 90.0
@@ -192,6 +192,34 @@ def test_critical_path_is_the_chain_of_waits_back_from_the_last_end() -> None:
     assert critical_path(starts, [2.0, 1.0, 3.5, 3.0, 6.0]) == [4]
     # A script that lasted no time is not its own predecessor.
     assert critical_path([0.0, 1.0], [1.0, 1.0]) == [0, 1]
+
+
+def test_a_page_of_ten_thousand_scripts_stays_small() -> None:
+    # 16 workers, each script printing a line: the records' columns, not a copy per bar.
+    header = {"schema": "pytest-codomyrmex-exec/report", "started": "2026-12-04T22:00:00Z"}
+    lines = [
+        {
+            "nodeid": f"jobs/part{n % 37}/job_{n:05d}_script.py::job_{n:05d}_script",
+            "status": "passed",
+            "outcome": "passed",
+            "exit_code": 0,
+            "duration": 0.123456,
+            "attempts": 1,
+            "stdout_tail": f"job {n}: 1234567 rows\n",
+            "stderr_tail": "",
+            "worker": None,
+            "host": None,
+            "start": 0.25 + (n // 16) * 0.130001,
+            "end": 0.25 + (n // 16) * 0.130001 + 0.125,
+        }
+        for n in range(10_000)
+    ]
+    page = render(header, lines)
+    data = _data(page)
+    assert len(data["name"]) == 10_000
+    assert len(data["lanes"]) == 16
+    # 1.5 MB when this test was written; a JSON object per bar, its keys repeated, made 3 MB.
+    assert len(page.encode()) < 2_000_000
 
 
 def test_timeline_to_an_unwritable_path_is_a_usage_error(px: ExecPytester) -> None:
