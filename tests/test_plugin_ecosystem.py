@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
 import pytest
@@ -258,56 +257,6 @@ def test_a_daemon_left_outside_the_group_does_not_outlive_the_run(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*codomyrmex-exec: killed 1 process(es) that scripts left*"])
     px.assert_no_process_left(at_least=2)
-
-
-# A run of the script: a line in <name>.runs, then the exit code: 0 from the run numbered
-# PASS_FROM on (never, if PASS_FROM is 0). With MEET, the first run waits (20 s at most) for
-# the first run of the script MEET, and says "met" if it came: only scripts run side by side
-# meet.
-RUN_COUNTER = """\
-import pathlib, sys, time
-here = pathlib.Path(__file__)
-runs = here.with_suffix(".runs")
-number = len(runs.read_text().splitlines()) + 1 if runs.exists() else 1
-met = ""
-if number == 1 and MEET:
-    here.with_suffix(".started").touch()
-    deadline = time.monotonic() + 20
-    while not here.with_name(MEET + ".started").exists():
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    else:
-        met = " met"
-with open(runs, "a") as stream:
-    stream.write(f"run{met}\\n")
-sys.exit(0 if PASS_FROM and number >= PASS_FROM else 1)
-"""
-
-
-@pytest.mark.modes("inline", "process", "async", "inline-warm")
-def test_a_rerun_reruns_the_script(px: ExecPytester, mode: Mode) -> None:
-    # pytest-rerunfailures: a rerun must run the script again, not replay its first result.
-    parallel = mode.parallel
-    meet = {"flaky": "broken_script", "broken": "flaky_script"} if parallel else {}
-    px.script("flaky_script.py", f"PASS_FROM = 2\nMEET = {meet.get('flaky')!r}\n" + RUN_COUNTER)
-    px.script("broken_script.py", f"PASS_FROM = 0\nMEET = {meet.get('broken')!r}\n" + RUN_COUNTER)
-    workers = ("--exec-workers", "2") if parallel else ()
-    result = px.run(*mode, *workers, "--reruns", "2", *px.junit_args())
-    assert result.parseoutcomes() == {"passed": 1, "failed": 1, "rerun": 3}
-    flaky, broken = px.lines("flaky_script.runs"), px.lines("broken_script.runs")
-    assert len(flaky) == 2, "the flaky script was not run again, or not only once again"
-    assert len(broken) == 3, "a script that always fails runs once and then --reruns times"
-    cases = {case.name: case.outcome for case in px.junit()}
-    assert cases == {"flaky_script": "passed", "broken_script": "failed"}
-    if mode.warm:
-        for case in ET.parse(px.junit_path).getroot().iter("testcase"):
-            warm = [p.get("value") for p in case.iter("property") if p.get("name") == "warm"]
-            assert warm, case.get("name")
-            assert set(warm) == {"warm"}, (case.get("name"), warm)
-    if parallel:  # the first runs were in the background, side by side; the reruns inline
-        assert flaky == ["run met", "run"], flaky
-        assert broken == ["run met", "run", "run"], broken
 
 
 # -- the backend hook, as docs/plugin.md describes it -------------------------------------------

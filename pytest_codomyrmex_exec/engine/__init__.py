@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .resources import Slots as Slots
     from .results import AsyncExecutionResult as AsyncExecutionResult
     from .results import ExecutionResult as ExecutionResult
+    from .results import FailedTry as FailedTry
     from .results import FailureCause as FailureCause
     from .results import LeakedProcess as LeakedProcess
     from .results import ScriptRecord as ScriptRecord

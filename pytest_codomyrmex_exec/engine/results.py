@@ -72,6 +72,28 @@ class LeakedProcess(TypedDict):
     command: str
 
 
+FAILED_TRY_TAIL = 2000
+"""Characters of stdout and of stderr a :class:`FailedTry` keeps, from the end."""
+
+
+class FailedTry(TypedDict):
+    """A run of a script that failed and was followed by another (``max_runs``, or a rerun).
+
+    Only the end of its output is kept: enough to show why it failed, bounded however
+    often the script is retried.
+    """
+
+    attempt: int
+    """Which run it was, from 1."""
+    status: ScriptStatus
+    cause: FailureCause | None
+    exit_code: int | None
+    error: str | None
+    execution_time: float
+    stdout_tail: str
+    stderr_tail: str
+
+
 class ScriptResult(TypedDict):
     """What :func:`run_script` returns for one script.
 
@@ -102,6 +124,9 @@ class ScriptResult(TypedDict):
     """What it read, imported and wrote, when the spec asked for ``record``; else ``None``."""
     leaked: list[LeakedProcess]
     """Processes it started that were still running when it exited (killed then)."""
+    failed_tries: list[FailedTry]
+    """The runs before this one, each of which failed (empty without retries): a result
+    that passed with failed tries before it is flaky."""
 
 
 def make_result(
@@ -121,6 +146,7 @@ def make_result(
     resource_ids: Mapping[str, Sequence[str]] | None = None,
     record: ScriptRecord | None = None,
     leaked: Sequence[LeakedProcess] = (),
+    failed_tries: Sequence[FailedTry] = (),
 ) -> ScriptResult:
     """Build a :class:`ScriptResult`; the one place its keys are spelled out."""
     return ScriptResult(
@@ -140,6 +166,21 @@ def make_result(
         resource_ids={name: list(ids) for name, ids in (resource_ids or {}).items()},
         record=record,
         leaked=list(leaked),
+        failed_tries=list(failed_tries),
+    )
+
+
+def failed_try(result: ScriptResult, attempt: int) -> FailedTry:
+    """What is kept of run number ``attempt`` of a script, which failed, when it runs again."""
+    return FailedTry(
+        attempt=attempt,
+        status=result["status"],
+        cause=result["cause"],
+        exit_code=result["exit_code"],
+        error=result["error"],
+        execution_time=result["execution_time"],
+        stdout_tail=result["stdout"][-FAILED_TRY_TAIL:],
+        stderr_tail=result["stderr"][-FAILED_TRY_TAIL:],
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol, final
 
 from .events import RunEventKind, Subscription
 from .launch import COLD, Child, Launcher, LaunchPlan, plan_launch
-from .results import ScriptResult, ScriptStatus
+from .results import FailedTry, ScriptResult, ScriptStatus, failed_try
 from .spec import SEED_POSITIONAL, ScriptSpec
 from .stop import (
     POLL,
@@ -106,16 +106,26 @@ def should_retry(result: ScriptResult, attempt: int, spec: ScriptSpec) -> bool:
 
 
 def finish_attempts(
-    result: ScriptResult, attempt: int, started: bool, events: Subscription | None
+    result: ScriptResult,
+    attempt: int,
+    started: bool,
+    events: Subscription | None,
+    failed: list[FailedTry],
 ) -> ScriptResult:
-    """Record how many runs the final result took and send the one ``finished`` event."""
+    """Record how many runs the final result took, and the failed runs before it; send the
+    one ``finished`` event."""
     result["attempts"] = attempt if started else attempt - 1
+    result["failed_tries"] = failed
     if events is not None:
         events.emit(RunEventKind.FINISHED, result["script"], result=result, attempt=attempt)
     return result
 
 
-def announce_retry(result: ScriptResult, attempt: int, events: Subscription | None) -> None:
+def announce_retry(
+    result: ScriptResult, attempt: int, events: Subscription | None, failed: list[FailedTry]
+) -> None:
+    """Keep what the failed attempt said in ``failed`` and send the ``retry`` event."""
+    failed.append(failed_try(result, attempt))
     logger.info("retrying %s after attempt %d: %s", result["script"], attempt, result["error"])
     if events is not None:
         events.emit(RunEventKind.RETRY, result["script"], result=result, attempt=attempt)
@@ -177,12 +187,13 @@ def run_spec(
     """Run ``spec`` to its final result, retrying up to ``max_runs``. A module-level function
     of plain values, so any executor can run it (a process pool, a Dask worker)."""
     attempt = 0
+    failed: list[FailedTry] = []
     while True:
         attempt += 1
         result, started = _attempt(spec, base_env, cancel_event, events, launcher, attempt)
         if not should_retry(result, attempt, spec):
-            return finish_attempts(result, attempt, started, events)
-        announce_retry(result, attempt, events)
+            return finish_attempts(result, attempt, started, events, failed)
+        announce_retry(result, attempt, events, failed)
 
 
 @final

@@ -17,7 +17,7 @@ from typing import Any
 
 from .events import Subscription
 from .launch import COLD, Launcher
-from .results import ScriptResult
+from .results import FailedTry, ScriptResult
 from .run import (
     _READ_SIZE,
     Attempt,
@@ -61,12 +61,13 @@ async def run_spec_async(
 ) -> ScriptResult:
     """:func:`run_spec` for the event loop, retries included."""
     attempt = 0
+    failed: list[FailedTry] = []
     while True:
         attempt += 1
         result, started = await _attempt(spec, base_env, events, launcher, attempt)
         if not should_retry(result, attempt, spec):
-            return finish_attempts(result, attempt, started, events)
-        announce_retry(result, attempt, events)
+            return finish_attempts(result, attempt, started, events, failed)
+        announce_retry(result, attempt, events, failed)
 
 
 async def _attempt(

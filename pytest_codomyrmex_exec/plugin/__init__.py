@@ -18,6 +18,7 @@ from . import hookspecs
 from .durations import configure_durations
 from .environment import SESSION_TAG_VAR
 from .expected import add_output_options
+from .flaky import tries_allowed
 from .guardian import protect, scripts_will_run, unprotect
 from .items import ScriptFile, ScriptItem
 from .keys import LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
@@ -203,7 +204,7 @@ def pytest_runtest_makereport(
         if result is not None and final:
             # The script's final report: the facts for the summary and the results file.
             skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
-            facts = script_facts(result, skip_codes)
+            facts = script_facts(result, skip_codes, tries_allowed(item, item.settings()))
             if report.skipped and facts["status"] == "error":
                 facts["status"] = "skipped"  # exec_missing_resources = skip: counted as pytest does
             setattr(report, FACTS_ATTR, facts)

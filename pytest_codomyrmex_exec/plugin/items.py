@@ -18,6 +18,7 @@ from ..engine.run import run_spec
 from ..engine.spec import ScriptSpec
 from .environment import child_environment
 from .expected import CASE_KEY, check_output, script_cases
+from .flaky import after_earlier_tries, fails_as_flaky, flaky_verdict, tries_allowed
 from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import MarkError, read_script_marks
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
@@ -122,9 +123,11 @@ class ScriptItem(pytest.Item):
             self.settings()
         except MarkError as exc:
             raise ScriptNotStarted(str(exc)) from None
+        earlier = None
         if self.stash.get(_REPORTED_KEY, False):
             # The item runs again (pytest-rerunfailures): a rerun reruns the script.
             del self.stash[_REPORTED_KEY]
+            earlier = self.stash.get(RESULT_KEY, None)
             if RESULT_KEY in self.stash:
                 del self.stash[RESULT_KEY]
             if HOOK_ERROR_KEY in self.stash:
@@ -134,6 +137,8 @@ class ScriptItem(pytest.Item):
             # Inline, the script runs here, in setup, so that one that cannot start (no
             # interpreter, no cwd, an exec that fails) is an error, as it is in parallel.
             result = self._run_inline()
+            if earlier is not None:  # one result for every try: a pass after them is flaky
+                result = self.stash[RESULT_KEY] = after_earlier_tries(earlier, result)
         if result is not None and result.get("worker"):
             # Where it ran (a Dask worker): a junit property, and a line in -v reports.
             self.user_properties.append(("worker", str(result["worker"])))
@@ -156,7 +161,10 @@ class ScriptItem(pytest.Item):
         skip_codes = self.config.stash[OPTIONS_KEY].skip_exit_codes
         result = self.stash[RESULT_KEY]
         mismatches = check_output(self, result, self.settings())
-        raise_for_result(self, self.label, result, skip_codes, mismatches)
+        flaky = None
+        if fails_as_flaky(result, self.config.stash[OPTIONS_KEY].flaky):
+            flaky = flaky_verdict(result, tries_allowed(self, self.settings()))
+        raise_for_result(self, self.label, result, skip_codes, mismatches, flaky)
 
     def _run_inline(self) -> ScriptResult:
         spec = self.settings()

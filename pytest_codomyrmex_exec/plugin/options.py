@@ -202,6 +202,11 @@ def add_options(parser: pytest.Parser) -> None:
         default="error",
     )
     parser.addini(
+        "exec_flaky",
+        "a script that passed only on a later try (max_runs, a rerun): pass (default) or fail",
+        default="pass",
+    )
+    parser.addini(
         "exec_guardian",
         "Linux: a guardian process kills the scripts if pytest is killed (SIGKILL, OOM)",
         type="bool",
@@ -321,6 +326,8 @@ class ExecOptions:
     """Variables that get a resource's ids (ini ``exec_resource_env``)."""
     missing_resources: Literal["error", "skip"] = "error"
     """What a script needing more than exists becomes (ini ``exec_missing_resources``)."""
+    flaky: Literal["pass", "fail"] = "pass"
+    """The outcome of a script that passed only on a later try (ini ``exec_flaky``)."""
     kill_grace: float = DEFAULT_KILL_GRACE
     """Seconds between SIGTERM and SIGKILL for a script without exec(kill_grace=...)."""
     stdin: str | None = None
@@ -458,7 +465,11 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         dask_scheduler=dask_scheduler,
         resources=resources,
         resource_env=_resource_env(config, resources),
-        missing_resources=_missing_resources(config),
+        missing_resources=cast(
+            Literal["error", "skip"],
+            _ini_choice(config, "exec_missing_resources", ("error", "skip")),
+        ),
+        flaky=cast(Literal["pass", "fail"], _ini_choice(config, "exec_flaky", ("pass", "fail"))),
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
@@ -613,12 +624,13 @@ def _resource_env(config: pytest.Config, resources: dict[str, float]) -> dict[st
         raise pytest.UsageError(f"ini option 'exec_resource_env': {exc}") from None
 
 
-def _missing_resources(config: pytest.Config) -> Literal["error", "skip"]:
-    raw = str(config.getini("exec_missing_resources")).strip()
-    if raw == "skip":
-        return "skip"
-    if raw in ("error", ""):
-        return "error"
-    raise pytest.UsageError(
-        f"ini option 'exec_missing_resources': expected error or skip, got {raw!r}"
-    )
+def _ini_choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` from the ini key ``name`` (which has no option); empty is the first."""
+    raw = str(config.getini(name)).strip()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise pytest.UsageError(
+            f"ini option {name!r}: expected {' or '.join(choices)}, got {raw!r}"
+        )
+    return raw

@@ -17,6 +17,7 @@ import pytest
 
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
 from .expected import Mismatch
+from .flaky import try_sections
 
 STDERR_TAIL_LINES = 40
 """Lines of stderr shown under the failure header when stderr has no section of its own."""
@@ -285,29 +286,32 @@ def describe_failure(
     stderr_shown: bool,
     worker_shown: bool = False,
     mismatches: Sequence[Mismatch] = (),
+    flaky: str | None = None,
 ) -> ScriptFailure:
     """A failed or timed-out script's report, as fields. ``stderr_shown``: its stderr has a
     section of its own in the report, so the failure text leaves it out. ``mismatches``:
     the streams that differ from their expectation files, for a script that passed by its
-    exit code (then they are the failure) or failed by it (then both are shown)."""
+    exit code (then they are the failure) or failed by it (then both are shown). ``flaky``:
+    why a script that passed only on a later try fails (``exec_flaky = fail``)."""
     cause = failure_cause(result)
     notes = []
     if worker_shown and result.get("worker"):
         notes.append(f"ran on worker {result['worker']}")
     if cause == FailureCause.TIMEOUT:
         notes.append(TIMEOUT_HINT)
-    differs = "; ".join(mismatch_message(mismatch) for mismatch in mismatches)
-    if cause is None:  # it passed by its exit code: what it printed is the failure
-        header = f"{label} failed: {differs} (after {result['execution_time']:.2f} s)"
-        location = CrashLocation(label, 0, differs)
-        summary = differs
+    findings = [mismatch_message(mismatch) for mismatch in mismatches]
+    reasons = "; ".join([*findings, *([flaky] if flaky else [])])
+    if cause is None:  # it passed by its exit code: what it printed, or its tries, fail it
+        header = f"{label} failed: {reasons} (after {result['execution_time']:.2f} s)"
+        location = CrashLocation(label, 0, reasons)
+        summary = reasons
     else:
         header = _header(label, result, cause)
         location = _location(label, result, cause)
         summary = crash_message(result)
-        if differs:
-            location = replace(location, message=f"{location.message}; {differs}")
-            summary = f"{summary}; {differs}"
+        if reasons:
+            location = replace(location, message=f"{location.message}; {reasons}")
+            summary = f"{summary}; {reasons}"
     return ScriptFailure(
         header=header,
         notes=tuple(notes),
@@ -319,7 +323,11 @@ def describe_failure(
 
 
 def add_output_sections(item: pytest.Item, result: ScriptResult) -> None:
-    """Attach the script's output the way pytest shows captured output of a test."""
+    """Attach the script's output the way pytest shows captured output of a test: that of
+    its failed tries first (``max_runs``, reruns), so a flaky script's failures are seen."""
+    # .get: a result a third-party backend made without make_result has no failed tries.
+    for name, text in try_sections(result.get("failed_tries", [])):
+        item.add_report_section("call", name, text)
     for name, text in (("stdout", result["stdout"]), ("stderr", result["stderr"])):
         if text:
             item.add_report_section("call", name, text)
@@ -331,12 +339,14 @@ def raise_for_result(
     result: ScriptResult,
     skip_exit_codes: frozenset[int] = frozenset(),
     mismatches: Sequence[Mismatch] = (),
+    flaky: str | None = None,
 ) -> None:
     """Return for a passed script; raise the exception that gives the table's outcome.
-    ``mismatches``: its streams that differ from their expectation files."""
+    ``mismatches``: its streams that differ from their expectation files; ``flaky``: why a
+    script that passed only on a later try fails."""
     status = result["status"]
     line_style = item.config.getoption("tbstyle", "auto") == "line"
-    passed = status == ScriptStatus.PASSED and not mismatches
+    passed = status == ScriptStatus.PASSED and not mismatches and flaky is None
     if passed or not line_style:
         # --tb=line: a failing script is one line, not followed by its captured output.
         add_output_sections(item, result)
@@ -361,6 +371,7 @@ def raise_for_result(
             stderr_shown=stderr_shown,
             worker_shown=item.config.get_verbosity() > 0,
             mismatches=mismatches,
+            flaky=flaky,
         )
     )
 

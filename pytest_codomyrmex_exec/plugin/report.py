@@ -15,6 +15,7 @@ import pytest
 
 from ..engine.resources import describe_assigned
 from ..engine.results import ScriptResult, ScriptStatus
+from .flaky import is_flaky
 from .live import write_notice
 from .options import UNSET, ExecOptions
 from .outcome import crash_message, failure_cause, is_exit_skip
@@ -52,8 +53,11 @@ facts of its run: plain JSON values, so they travel with the report from an xdis
 the controller, where the summary and the results file are made."""
 
 
-def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[str, Any]:
-    """What the summary and the results file need of a result, with bounded output tails."""
+def script_facts(
+    result: ScriptResult, skip_exit_codes: frozenset[int], tries_allowed: int
+) -> dict[str, Any]:
+    """What the summary and the results file need of a result, with bounded output tails.
+    ``tries_allowed``: the most tries it could get (``max_runs``, times reruns)."""
     status = "skipped" if is_exit_skip(result, skip_exit_codes) else str(result["status"])
     cause = failure_cause(result)
     return {
@@ -71,6 +75,20 @@ def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[
         # The device ids it held ({"GPU": ["0"]}; empty when none): shown with -v too.
         "resource_ids": result["resource_ids"],
         "host": result["worker"],
+        "flaky": is_flaky(result),
+        "tries_allowed": tries_allowed,
+        "failed_tries": [
+            {
+                "attempt": earlier["attempt"],
+                "status": str(earlier["status"]),
+                "cause": None if earlier["cause"] is None else str(earlier["cause"]),
+                "exit_code": earlier["exit_code"],
+                "error": earlier["error"],
+                "duration": round(earlier["execution_time"], 6),
+                "stderr_tail": earlier["stderr_tail"],
+            }
+            for earlier in result.get("failed_tries", [])
+        ],
     }
 
 
@@ -357,18 +375,25 @@ class RunRecords:
         if not self.records:
             return
         counts = ", ".join(_counted(n, outcome) for outcome, n in self.counts().items())
+        final = self.final()
+        # By name: the order reports came in differs from run to run in parallel.
+        flaky = sorted((r for r in final if r.facts.get("flaky")), key=lambda r: r.label)
         if reporter.verbosity < 0:  # -q: one line
-            reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts})")
+            also = f"; {len(flaky)} flaky" if flaky else ""
+            reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts}{also})")
             return
         reporter.write_sep("=", "codomyrmex-exec: script runs")
         reporter.write_line(self.headline())
         reporter.write_line(counts)
-        final = self.final()
         slowest = sorted(final, key=lambda r: -r.duration)[:SLOWEST]
         if len(final) > 1:
             reporter.write_line("slowest:")
             for record in slowest:
                 reporter.write_line(f"  {record.duration:8.2f} s  {record.label}")
+        if flaky:
+            reporter.write_line(
+                f"{len(flaky)} flaky: " + ", ".join(map(_passed_on_try, flaky)), yellow=True
+            )
         limited = [record for record in final if record.hit_limit]
         if limited:
             reporter.write_line("hit their limit:")
@@ -382,6 +407,12 @@ def _seconds(value: float) -> str:
     if value <= 0:
         return "0.00"
     return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
+
+
+def _passed_on_try(record: ScriptRecord) -> str:
+    """``a_script.py (passed on try 3 of 3)``."""
+    facts = record.facts
+    return f"{record.label} (passed on try {facts['attempts']} of {facts['tries_allowed']})"
 
 
 def _counted(count: int, outcome: str) -> str:
@@ -404,6 +435,8 @@ def junit_properties(config: pytest.Config, result: ScriptResult) -> list[tuple[
     ]
     if result["signal"]:
         properties.append(("exec_signal", result["signal"]))
+    if is_flaky(result):
+        properties.append(("flaky", result["attempts"]))  # the try it passed on
     if result["resource_ids"]:
         properties.append(("exec_resources", describe_assigned(result["resource_ids"])))
     return properties

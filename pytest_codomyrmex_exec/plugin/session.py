@@ -18,6 +18,7 @@ from ..engine.results import ScriptStatus
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .environment import child_environment
+from .flaky import fails_as_flaky
 from .guardian import sigterm_is_interrupt
 from .items import ScriptItem
 from .keys import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
@@ -231,7 +232,11 @@ class ExecSession:
         way to run one item's protocol beside another's setup state.
         """
         result = item.stash[RESULT_KEY]
-        passed = result["status"] == ScriptStatus.PASSED and HOOK_ERROR_KEY not in item.stash
+        passed = (
+            result["status"] == ScriptStatus.PASSED
+            and HOOK_ERROR_KEY not in item.stash
+            and not fails_as_flaky(result, self.config.stash[OPTIONS_KEY].flaky)
+        )
         if passed or not self.config.pluginmanager.hasplugin("rerunfailures"):
             _replay(item)
             return
