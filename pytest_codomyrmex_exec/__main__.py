@@ -2,6 +2,9 @@
 
 ``merge-durations OUT IN...`` merges the durations files written by several shards of a run
 (``--exec-durations-file``) into one: the newest measurement of each item wins.
+
+``timeline RESULTS [-o PAGE]`` draws the run a results file (``--exec-report``) recorded as
+the page ``--exec-timeline`` writes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .durations_file import DurationsFileError, merge_durations, read_durations, write_durations
+from .timeline import ReportFileError, read_report, write_timeline
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +29,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     merge.add_argument("out", metavar="OUT", type=Path)
     merge.add_argument("inputs", metavar="IN", type=Path, nargs="+")
+    timeline = commands.add_parser(
+        "timeline",
+        help="draw a results file (--exec-report) as a timeline page",
+        description="Draw the run that a results file (--exec-report) recorded as the HTML "
+        "page --exec-timeline writes: a lane per worker slot, a bar per script.",
+    )
+    timeline.add_argument("results", metavar="RESULTS", type=Path)
+    timeline.add_argument(
+        "-o",
+        "--output",
+        metavar="PAGE",
+        type=Path,
+        help="the page to write (default: RESULTS with .html for its suffix)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "timeline":
+        return _timeline(parser, args.results, args.output)
 
     missing = [str(path) for path in args.inputs if not path.is_file()]
     if missing:
@@ -37,6 +57,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"merge-durations: {exc}", file=sys.stderr)
         return 1
     print(f"merge-durations: {len(merged)} items from {len(args.inputs)} files in {args.out}")
+    return 0
+
+
+def _timeline(parser: argparse.ArgumentParser, results: Path, page: Path | None) -> int:
+    if not results.is_file():
+        parser.error(f"no such results file: {results}")
+    page = page if page is not None else results.with_suffix(".html")
+    try:
+        header, lines = read_report(results)
+        write_timeline(page, header, lines)
+    except (ReportFileError, OSError) as exc:
+        print(f"timeline: {exc}", file=sys.stderr)
+        return 1
+    count = len(lines)
+    print(f"timeline: {count} script{'s' if count != 1 else ''} from {results} in {page}")
     return 0
 
 

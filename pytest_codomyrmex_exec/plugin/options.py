@@ -273,9 +273,17 @@ def add_view_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
         default=None,
         help="write one JSON line per script to PATH as each finishes (ini: exec_report)",
     )
+    group.addoption(
+        "--exec-timeline",
+        metavar="PATH",
+        default=None,
+        help="write the run as a picture to PATH (an HTML page): one lane per worker slot, "
+        "a bar per script (ini: exec_timeline)",
+    )
     parser.addini("exec_live", "stream script output as it is written", type="bool", default=False)
     parser.addini("exec_summary", "the run summary of script items: yes or no", default="yes")
     parser.addini("exec_report", "JSON lines file of script results", default="")
+    parser.addini("exec_timeline", "HTML page of the run's timeline", default="")
     parser.addini(
         "exec_skip_exit_codes",
         "exit codes that make a script skipped (e.g. 77), reason: its last stderr line",
@@ -309,6 +317,8 @@ class ExecOptions:
     """Stream script output lines to the terminal as they are written."""
     summary: bool = True
     report_path: str | None = None
+    timeline_path: str | None = None
+    """Where ``--exec-timeline`` draws the run (an HTML page); ``None``: nowhere."""
     skip_exit_codes: frozenset[int] = frozenset()
     dask_scheduler: str | None = None
     """The Dask scheduler's address; ``None``: start a local cluster (``--exec-backend dask``)."""
@@ -525,6 +535,8 @@ def _view_options(config: pytest.Config, parallel: bool) -> dict[str, Any]:
 
     picked = _pick(config, "exec_report", "exec_report")
     report_path = os.path.abspath(picked[0]) if picked else None
+    picked = _pick(config, "exec_timeline", "exec_timeline")
+    timeline_path = _page_path(*picked) if picked else None
 
     codes: set[int] = set()
     for text in config.getini("exec_skip_exit_codes"):
@@ -541,8 +553,23 @@ def _view_options(config: pytest.Config, parallel: bool) -> dict[str, Any]:
         "live": live,
         "summary": summary,
         "report_path": report_path,
+        "timeline_path": timeline_path,
         "skip_exit_codes": frozenset(codes),
     }
+
+
+def _page_path(text: str, where: str) -> str:
+    """A file path written at the run's end, checked now: a run should not learn at its end
+    that its page has nowhere to go."""
+    path = os.path.abspath(text)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise pytest.UsageError(f"{where}: {text} is a folder, not a file")
+    if not os.path.isdir(folder):
+        raise pytest.UsageError(f"{where}: cannot write {text}: no folder {folder}")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise pytest.UsageError(f"{where}: cannot write {text}: permission denied")
+    return path
 
 
 def _dask_scheduler(config: pytest.Config) -> str | None:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import IO, Any, final
 
@@ -38,6 +39,15 @@ _OUTCOME_ORDER = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", 
 (``rerun``: an attempt that pytest-rerunfailures ran again)."""
 
 
+_SEEN_FACTS = ("started_at", "ended_at")
+"""Facts in transit, not in the results file: when the session saw the script start and
+end (epoch seconds, on the machine that ran pytest), written as ``start`` and ``end``
+relative to the run's start by the process that writes the file."""
+
+_SEEN_KEY = pytest.StashKey[dict[str, float]]()
+"""In ``item.stash``: the :data:`_SEEN_FACTS` of the script's latest run."""
+
+
 FACTS_ATTR = "codomyrmex_exec"
 """The attribute of a script's final report (its call, or a failed setup) that holds the
 facts of its run: plain JSON values, so they travel with the report from an xdist worker to
@@ -65,6 +75,7 @@ def script_facts(
         "stderr_tail": _tail(result["stderr"]),
         # The device ids it held ({"GPU": ["0"]}; empty when none): shown with -v too.
         "resource_ids": result["resource_ids"],
+        "host": result["worker"],
         "flaky": is_flaky(result),
         "tries_allowed": tries_allowed,
         "failed_tries": [
@@ -121,10 +132,10 @@ def _outcome_word(report: pytest.TestReport) -> str:
     return report.outcome
 
 
-def _now() -> str:
-    import datetime  # only with --exec-report: most runs need no timestamps
+def _iso(epoch: float) -> str:
+    import datetime  # only with --exec-report or --exec-timeline: most runs need no timestamps
 
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def _tail(text: str) -> str:
@@ -150,6 +161,9 @@ class RunRecords:
     def __init__(self, options: ExecOptions) -> None:
         self.options = options
         self.records: list[ScriptRecord] = []
+        self.started_at = time.time()
+        """When the run started (epoch seconds): the header's ``started``, and the zero of
+        each line's ``start`` and ``end``."""
         self.loop_started = time.monotonic()
         self.last_finished: float | None = None
         self.most_at_once = 1
@@ -159,27 +173,36 @@ class RunRecords:
         self._stream_failure: str | None = None
         """Why the results file stopped being written, until the terminal has shown it."""
         self._reporter: pytest.TerminalReporter | None = None
+        self._timeline_lines: list[dict[str, Any]] | None = None
+        """The lines of the results file, kept for ``--exec-timeline`` where it is drawn."""
+        self._timeline_note: tuple[str, bool] | None = None
+        """What became of the timeline (and whether that was a failure), for the terminal."""
 
     # -- the JSONL stream ---------------------------------------------------------------------
 
     def open_stream(self, path: str) -> None:
         """Start ``path`` afresh with the header line."""
-        import importlib.metadata
-
         try:
             self._stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
         except OSError as exc:
             raise pytest.UsageError(f"--exec-report: cannot write {path}: {exc}") from None
         self._stream_path = path
-        header = {
-            "schema": "pytest-codomyrmex-exec/report",
+        self._write(self._header())
+
+    def _header(self) -> dict[str, Any]:
+        """The results file's first line, which the timeline reads too."""
+        import importlib.metadata
+
+        from ..timeline import REPORT_SCHEMA
+
+        return {
+            "schema": REPORT_SCHEMA,
             "version": REPORT_SCHEMA_VERSION,
-            "started": _now(),
+            "started": _iso(self.started_at),
             "pytest": pytest.__version__,
             "plugin": importlib.metadata.version("pytest-codomyrmex-exec"),
             "options": _jsonable_options(self.options),
         }
-        self._write(header)
 
     def _write(self, line: dict[str, Any]) -> None:
         import json
@@ -218,6 +241,30 @@ class RunRecords:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # Not at configure, when the header is written: the terminal is made after that.
         self._reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if self.options.timeline_path and not hasattr(session.config, "workerinput"):
+            self._timeline_lines = []  # under xdist the controller draws it, as it writes the file
+
+    # First, both: another plugin's implementation that raises keeps those after it from
+    # being called, and the script's line would lose its time.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_exec_script_started(self, item: pytest.Item) -> None:
+        item.stash[_SEEN_KEY] = {"started_at": time.time()}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_exec_script_finished(self, item: pytest.Item) -> None:
+        item.stash.setdefault(_SEEN_KEY, {})["ended_at"] = time.time()
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        # Outermost: the plugin's own wrapper has put the facts on the report by now.
+        report = yield
+        facts = getattr(report, FACTS_ATTR, None)
+        seen = item.stash.get(_SEEN_KEY, None)
+        if isinstance(facts, dict) and seen is not None:
+            facts.update(seen)
+        return report
 
     def pytest_collection_finish(self) -> None:
         self.loop_started = time.monotonic()
@@ -226,11 +273,30 @@ class RunRecords:
     def pytest_unconfigure(self) -> None:
         self.close()
 
+    def pytest_sessionfinish(self) -> None:
+        """Draw the timeline (after an interrupted run too: what finished is on it)."""
+        path = self.options.timeline_path
+        if self._timeline_lines is None or path is None:
+            return
+        from ..timeline import write_timeline
+
+        try:
+            write_timeline(path, self._header(), self._timeline_lines)
+        except OSError as exc:
+            self._timeline_note = (f"the timeline {path} could not be written ({exc})", True)
+        else:
+            count = len(self._timeline_lines)
+            scripts = f"{count} script{'s' if count != 1 else ''}"
+            self._timeline_note = (f"the timeline of {scripts} is in {path}", False)
+
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         self._show_stream_failure()  # if collection never finished
         if self.options.summary:
             self.write_summary(terminalreporter)
+        if self._timeline_note is not None:
+            note, failed = self._timeline_note
+            terminalreporter.write_line(f"codomyrmex-exec: {note}", red=failed)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         facts = getattr(report, FACTS_ATTR, None)
@@ -241,17 +307,33 @@ class RunRecords:
         record = ScriptRecord(report.nodeid, facts, _outcome_word(report), worker)
         self.records.append(record)
         self.last_finished = time.monotonic()
-        if self._stream is not None:
-            self._write(
-                {
-                    "nodeid": record.nodeid,
-                    "status": record.status,
-                    "outcome": record.outcome,
-                    **{key: value for key, value in facts.items() if key != "status"},
-                    "worker": worker,
-                    "finished": _now(),
-                }
-            )
+        if self._stream is not None or self._timeline_lines is not None:
+            line = self._line(record)
+            self._write(line)
+            if self._timeline_lines is not None:
+                self._timeline_lines.append(line)
+
+    def _line(self, record: ScriptRecord) -> dict[str, Any]:
+        """The script's line in the results file (docs/report.md)."""
+        now = time.time()
+        facts = record.facts
+        ended = facts.get("ended_at")
+        return {
+            "nodeid": record.nodeid,
+            "status": record.status,
+            "outcome": record.outcome,
+            **{key: value for key, value in facts.items() if key not in ("status", *_SEEN_FACTS)},
+            "worker": record.worker,
+            "finished": _iso(now),
+            "start": self._since_start(facts.get("started_at")),
+            # Its report is made once it has ended: that bounds an end no hook saw.
+            "end": self._since_start(now if ended is None else ended),
+        }
+
+    def _since_start(self, epoch: float | None) -> float | None:
+        # Microseconds: a script seen to start just before another is seen to end must not
+        # look as if it took that one's slot (the timeline packs lanes by these times).
+        return None if epoch is None else round(epoch - self.started_at, 6)
 
     # -- the summary --------------------------------------------------------------------------
 
