@@ -356,3 +356,86 @@ def test_coverage_counts_the_lines_scripts_run(px: ExecPytester, mode: Mode) -> 
     missing = set(files["mypkg/__init__.py"]["missing_lines"])
     assert {2, 10} <= executed, "the lines the scripts ran were not counted"
     assert missing == {6}, "never_used() ran?"
+
+
+# The pattern of pytest-json-report and allure-pytest: state that their protocol and setup
+# hooks make, read by their makereport wrapper; and the location that
+# pytest-github-actions-annotate-failures points its annotation at.
+PHASE_WATCHER = """\
+import json, pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.phases_seen = []
+    yield
+    del item.phases_seen
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    item.phases_seen.append("setup")
+    yield
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    item.phases_seen.append("call")
+    yield
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    item.phases_seen.append("teardown")
+    yield
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    row = {
+        "nodeid": item.nodeid,
+        "when": call.when,
+        "hook_ran": item.phases_seen[-1],
+        "outcome": report.outcome,
+        "duration": report.duration,
+        "line": report.location[1],
+    }
+    with open("watched.jsonl", "a") as out:
+        out.write(json.dumps(row) + "\\n")
+"""
+
+
+@AFTER_THE_RUN
+def test_other_plugins_see_each_script_through_the_whole_test_protocol(
+    px: ExecPytester, mode: Mode
+) -> None:
+    px.conftest(PHASE_WATCHER)
+    px.script("nap_script.py", "import time\ntime.sleep(0.4)\n")
+    px.script(
+        "broken_script.py",
+        """\
+        def compute():
+            raise RuntimeError("boom")
+
+        compute()
+        """,
+    )
+    result = px.run(*mode)
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.assert_outcomes(passed=1, failed=1)
+    rows = [json.loads(line) for line in px.lines("watched.jsonl")]
+    by_item: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_item.setdefault(str(row["nodeid"]), []).append(row)
+    assert sorted(by_item) == ["broken_script.py::broken_script", "nap_script.py::nap_script"]
+    for nodeid, phases in by_item.items():
+        # Each report made inside the protocol, right after its own phase's hook ran.
+        assert [(row["when"], row["hook_ran"]) for row in phases] == [
+            ("setup", "setup"),
+            ("call", "call"),
+            ("teardown", "teardown"),
+        ], nodeid
+    nap_call = by_item["nap_script.py::nap_script"][1]
+    broken_call = by_item["broken_script.py::broken_script"][1]
+    assert nap_call["outcome"] == "passed"
+    assert 0.4 <= float(str(nap_call["duration"])) < 20  # the script's own run time
+    assert broken_call["outcome"] == "failed"
+    # The failing line in the script (0-based, as pytest counts): `raise` on line 2.
+    assert broken_call["line"] == 1
+    assert nap_call["line"] == 0

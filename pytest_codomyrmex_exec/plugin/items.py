@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,15 @@ from .expected import CASE_KEY, check_output, script_cases
 from .flaky import after_earlier_tries, fails_as_flaky, flaky_verdict, tries_allowed
 from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
 from .marks import MarkError, read_script_marks
-from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
+from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result, script_line
 from .settings import pytest_pythonpath, resolve_settings
 from .workdir import release_work_folder
 
 _SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
 _REPORTED_KEY = pytest.StashKey[bool]()
 """Set at teardown: the result in RESULT_KEY was reported, and is no later attempt's."""
+_FINISHED_AT_KEY = pytest.StashKey[float]()
+"""When (wall clock) the script whose result is in RESULT_KEY ended."""
 
 
 # pytest's, pluggy's and this plugin's code: frames left out when a user's hook raised.
@@ -118,6 +122,15 @@ class ScriptItem(pytest.Item):
             raise cached
         return cached
 
+    def take_result(self, result: ScriptResult, finished_at: float) -> None:
+        """Keep the script's result, and when (``time.time()``) it ended."""
+        self.stash[RESULT_KEY] = result
+        self.stash[_FINISHED_AT_KEY] = finished_at
+        # pytest caches the location (logstart asked for it before the script ran): a failed
+        # script's is the line it failed at.
+        with contextlib.suppress(AttributeError):  # not cached yet
+            del self.location
+
     def setup(self) -> None:
         try:
             self.settings()
@@ -196,7 +209,7 @@ class ScriptItem(pytest.Item):
                 ),
                 assigned,
             )
-        self.stash[RESULT_KEY] = result
+        self.take_result(result, time.time())
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)
         except Exception as exc:
@@ -228,10 +241,13 @@ class ScriptItem(pytest.Item):
             release_work_folder(self, report.passed)
             result = self.stash.get(RESULT_KEY, None)
             if result is not None:
-                # With --exec-parallel the call phase only reads a finished result: report the
-                # script's own run time, not the microseconds of reading it or its time queued.
+                # The call phase only reads a finished result (the script ran in setup, or in
+                # the background): report the script's own run, not the microseconds of
+                # reading it or its time queued.
                 report.duration = result["execution_time"]
-                report.stop = report.start + report.duration
+                report.stop = self.stash.get(_FINISHED_AT_KEY, report.start + report.duration)
+                report.start = report.stop - report.duration
+                _time_the_allure_test(self, report)
             if report.skipped and isinstance(report.longrepr, tuple):
                 # A cancelled script: pytest.skip() located the skip in outcome.py; the
                 # script is where it belongs, as for a skip mark.
@@ -247,5 +263,23 @@ class ScriptItem(pytest.Item):
             report.longrepr = str(call.excinfo.value)
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        # A line number is required: pytest asserts one when it reports a skip location.
-        return self.path, 0, f"script {self.label}"
+        """The script, at the line it failed at once it has (0-based, as pytest counts; 0
+        before it ran or when no traceback frame is in it): what a GitHub Actions annotation
+        of the failure points at. A line number is required: pytest asserts one when it
+        reports a skip location."""
+        result = self.stash.get(RESULT_KEY, None)
+        failed_at = 0
+        if result is not None and result["status"] != ScriptStatus.PASSED:
+            failed_at = script_line(result)
+        return self.path, max(failed_at - 1, 0), f"script {self.label}"
+
+
+def _time_the_allure_test(item: ScriptItem, report: pytest.TestReport) -> None:
+    """allure-pytest times a test by its call hook, which for a script only reads the result:
+    its test gets the script's own run, as the call report has it."""
+    # allure has no public way to time a test: its listener's reporter, read defensively.
+    listener = item.config.pluginmanager.get_plugin("allure_listener")
+    reporter = getattr(listener, "allure_logger", None)
+    test = reporter.get_test(None) if reporter is not None else None  # the one in its call
+    if test is not None:
+        test.start, test.stop = round(report.start * 1000), round(report.stop * 1000)

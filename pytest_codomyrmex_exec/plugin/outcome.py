@@ -249,7 +249,7 @@ def _output_diff(mismatch: Mismatch) -> str:
 _FRAME = re.compile(r'^\s*File "(?P<path>.+)", line (?P<line>\d+)', re.M)
 
 
-def _script_line(result: ScriptResult) -> int:
+def script_line(result: ScriptResult) -> int:
     """The script's line in the traceback's last frame in the script; 0 if there is none."""
     lineno = 0
     for frame in _FRAME.finditer(result["stderr"]):
@@ -266,7 +266,7 @@ def _location(label: str, result: ScriptResult, cause: FailureCause | None) -> C
     exited = cause in (FailureCause.EXIT_CODE, FailureCause.MEMORY_LIMIT) and not result["signal"]
     said = visible(last_line(result["stderr"])) if exited else ""
     message = f"{said} ({_finding(result, cause)})" if said else _ending(result, cause)
-    return CrashLocation(label, _script_line(result), message)
+    return CrashLocation(label, script_line(result), message)
 
 
 def crash_message(result: ScriptResult) -> str:

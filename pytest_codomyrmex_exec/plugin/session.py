@@ -6,22 +6,20 @@ import contextlib
 import queue
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Literal
 
 import pytest
 
 from ..engine.events import RunEvent, RunEventKind
-from ..engine.results import ScriptStatus
 from .backends import ScriptBackend, ScriptJob, engine_broke
 from .durations import load_durations
 from .environment import child_environment
-from .flaky import fails_as_flaky
 from .guardian import sigterm_is_interrupt
 from .items import ScriptItem
-from .keys import HOOK_ERROR_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
+from .keys import HOOK_ERROR_KEY, OPTIONS_KEY, SESSION_TAG_KEY
 from .live import Backlog, Dropped, LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
 from .report import RECORDS_KEY
@@ -84,8 +82,8 @@ def _starts_early(item: ScriptItem) -> bool:
     """Can the script run before its turn? Not if a mark is decided at setup or settings are bad.
 
     skip/skipif/xfail are evaluated by pytest's skipping plugin in the item's setup phase;
-    rather than re-implement that, such scripts wait for their turn and run inline through
-    the full test protocol. Every other script's report is replayed without one.
+    rather than re-implement that, such scripts wait for their turn and run inline. Every
+    other script runs in the background and is reported when it has finished.
     """
     for mark in item.iter_markers():
         if mark.name in ("skip", "skipif", "xfail"):
@@ -102,9 +100,8 @@ class ExecSession:
 
     Ordinary test functions (and scripts that must run inline) still go through pytest's test
     protocol one by one, in collection order, each with the next of them as ``nextitem``.
-    Scripts that ran in the background have their reports replayed between them, in the
-    order they finish, the way pytest-xdist's controller replays its workers' reports: they
-    have no fixtures, so they never touch the setup state and tear nothing down.
+    Scripts that ran in the background are reported between them, in the order they finish,
+    each through the test protocol too: its setup reads the result instead of running it.
     """
 
     def __init__(self, config: pytest.Config) -> None:
@@ -222,24 +219,18 @@ class ExecSession:
                 raise session.Interrupted(session.shouldstop)
 
     def _report(self, session: pytest.Session, item: ScriptItem) -> None:
-        """Report a script that ran in the background; one that failed may be run again.
+        """Report a script that ran in the background through the whole test protocol.
 
-        pytest-rerunfailures reruns through the test protocol, which it drives itself: a
-        failed script goes through that protocol, its first attempt being the result from
-        the background, every rerun a run inline. The protocol sets up and tears down the
-        item's collectors, while the setup state holds those of the ordinary test that comes
-        next: the script gets a setup state of its own for the while. pytest has no public
-        way to run one item's protocol beside another's setup state.
+        The protocol's hooks (logstart, setup/call/teardown with their makereport and
+        logreport, logfinish) are where other plugins keep their state for a test:
+        pytest-json-report and allure-pytest read in their makereport wrappers what their
+        protocol and setup wrappers made, and pytest-rerunfailures drives the protocol itself
+        to rerun a failed script inline. The item's setup finds the result already there,
+        so nothing runs twice. The protocol sets up and tears down the item's collectors,
+        while the setup state holds those of the ordinary test that comes next: the script
+        gets a setup state of its own for the while. pytest has no public way to run one
+        item's protocol beside another's setup state.
         """
-        result = item.stash[RESULT_KEY]
-        passed = (
-            result["status"] == ScriptStatus.PASSED
-            and HOOK_ERROR_KEY not in item.stash
-            and not fails_as_flaky(result, self.config.stash[OPTIONS_KEY].flaky)
-        )
-        if passed or not self.config.pluginmanager.hasplugin("rerunfailures"):
-            _replay(item)
-            return
         kept = session._setupstate
         session._setupstate = type(kept)()
         try:
@@ -289,7 +280,7 @@ class ExecSession:
             assert event.result is not None
             self._unfinished.discard(event.key)
             self._running.finished(event.key)
-            item.stash[RESULT_KEY] = event.result
+            item.take_result(event.result, event.time)
             with _failing_the_item(item):
                 item.ihook.pytest_exec_script_finished(item=item, result=event.result)
             self._ready.append(item)
@@ -314,30 +305,4 @@ class ExecSession:
         for key in sorted(self._unfinished):
             spec = self._background[key].settings()
             result = engine_broke(spec, "the backend stopped before the script was reported")
-            self._take(RunEvent(RunEventKind.FINISHED, key, spec.script, 0.0, result))
-
-
-def _replay(item: ScriptItem) -> None:
-    """Report a script that already ran: setup, call and teardown reports, in order.
-
-    The same hooks as pytest's own protocol for the reports (makereport, logreport, logstart,
-    logfinish), so the terminal, junitxml, --durations and other plugins see an ordinary
-    test; no capture and no setup state, since the work happened in another process.
-    """
-    ihook = item.ihook
-    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    if _report_phase(item, "setup", item.setup).passed:
-        _report_phase(item, "call", item.runtest)
-    _report_phase(item, "teardown", item.teardown)
-    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-
-
-def _report_phase(
-    item: ScriptItem, when: Literal["setup", "call", "teardown"], func: Callable[[], None]
-) -> pytest.TestReport:
-    call = pytest.CallInfo.from_call(
-        func, when=when, reraise=(pytest.exit.Exception, KeyboardInterrupt)
-    )
-    report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
-    item.ihook.pytest_runtest_logreport(report=report)
-    return report
+            self._take(RunEvent(RunEventKind.FINISHED, key, spec.script, time.time(), result))
