@@ -237,8 +237,11 @@ class FileHasher:
     read gets none. Hints are of this machine (inodes), so they live in pytest's cache,
     never in the deps file."""
 
-    def __init__(self, hints: Mapping[str, Hint] | None = None) -> None:
+    def __init__(
+        self, hints: Mapping[str, Hint] | None = None, settle: float = RACY_SECONDS
+    ) -> None:
         self.hints: dict[str, Hint] = dict(hints or {})
+        self.settle_ns = settle * 1e9
         self.hashed = 0
         """Files read and hashed (not answered from a hint): for tests and the benchmark."""
 
@@ -266,7 +269,7 @@ class FileHasher:
         self.hashed += 1
         text = digest.hexdigest()
         changed_last = max(after.st_mtime_ns, after.st_ctime_ns)
-        settled = time.time_ns() - changed_last > RACY_SECONDS * 1e9
+        settled = time.time_ns() - changed_last > self.settle_ns
         if _stat_key(after) == key and settled:
             self.hints[path] = (*key, text)
         else:
@@ -290,13 +293,18 @@ def hints_from_plain(plain: object) -> dict[str, Hint]:
     return hints
 
 
+MACHINE_STATE = ("/dev/", "/proc/", "/sys/")
+"""Files whose content is the machine's state, not an input (``/dev/null``, ``/proc/...``,
+which libraries read all the time): left out of a script's inputs."""
+
+
 def file_key(path: str, rootdir: Path) -> str:
     """How a file is named in the store: from the rootdir when under it (so a store can be
     shared by checkouts in different places), else absolute."""
-    try:
-        return Path(path).relative_to(rootdir).as_posix()
-    except ValueError:
-        return path
+    for inside, root in ((Path(path), rootdir), (Path(os.path.realpath(path)), rootdir.resolve())):
+        if inside.is_relative_to(root):
+            return inside.relative_to(root).as_posix()
+    return path
 
 
 def file_path(key: str, rootdir: Path) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from ..deps_file import (
+    MACHINE_STATE,
     DepsFileError,
     Entry,
     FileHasher,
@@ -230,8 +231,8 @@ class ChangedPlugin:
         always = list(record["unseen"])
         used: dict[str, list[Any]] = {}
         for read in {spec.script, *record["reads"]}:
-            if "__pycache__" in Path(read).parts:
-                continue  # bytecode follows its source, and holds its mtime
+            if "__pycache__" in Path(read).parts or read.startswith(MACHINE_STATE):
+                continue  # bytecode follows its source (and holds its mtime); see MACHINE_STATE
             key = file_key(read, self.rootdir)
             if read in writes and os.path.isabs(key):
                 continue  # its own scratch file outside the tree (a temporary file)
