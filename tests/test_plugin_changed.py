@@ -7,10 +7,12 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester, Mode
+from conftest import RUN_TIMEOUT, ExecPytester, Mode
 
 from pytest_codomyrmex_exec.deps_file import FileHasher
 
@@ -146,16 +148,38 @@ def test_what_the_recorder_could_not_follow_runs_every_time(px: ExecPytester) ->
     third.stdout.fnmatch_lines([f"*runs: outside_script.py::outside_script: {outside} changed"])
 
 
-@pytest.mark.modes("xdist")
-def test_under_xdist_and_shards_every_process_sees_the_same_remaining_scripts(
-    px: ExecPytester, mode: Mode
-) -> None:
+def test_sharded_runs_merge_their_deps_and_share_what_is_left(px: ExecPytester) -> None:
+    """The CI recipe (docs/ci.md): a full run in two shards, each writing its own deps file,
+    merged; then every shard reads the merged file, and the unchanged scripts go before the
+    split, so the shards share what is left. Shard 1 runs under xdist both times: its
+    workers decide alike and its controller writes the file."""
     write_tree(px)
-    px.run("--exec-changed", *mode)  # xdist's controller writes the store
-    # The unchanged scripts go before the split: the two shards share what is left.
+    xdist = ("-n", "2")
+    for k, more in ((1, xdist), (2, ())):
+        full = px.run(
+            "--exec-changed", f"--exec-shard={k}/2", f"--exec-deps-file=deps{k}.json", *more
+        )
+        assert "created: 2/2 workers" in full.stdout.str() or not more
+    merge = [sys.executable, "-m", "pytest_codomyrmex_exec", "merge-deps", "deps.json"]
+    done = subprocess.run(
+        [*merge, "deps1.json", "deps2.json"],
+        cwd=px.path,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "merge-deps: 5 scripts from 2 files in deps.json" in done.stdout
     runs: list[str] = []
-    for k in (1, 2):
-        shard = px.run("--exec-changed", f"--exec-shard={k}/2", *px.junit_args(), *mode)
+    for k, more in ((1, xdist), (2, ())):
+        shard = px.run(
+            "--exec-changed",
+            f"--exec-shard={k}/2",
+            "--exec-deps-file=deps.json",
+            *px.junit_args(),
+            *more,
+        )
         assert unchanged(shard) == 4
         runs += ran(px, shard)
     assert sorted(runs) == ["fail_script", "test_plain"]
