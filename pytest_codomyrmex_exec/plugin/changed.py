@@ -236,14 +236,15 @@ class ChangedPlugin:
             key = file_key(read, self.rootdir)
             if read in writes and os.path.isabs(key):
                 continue  # its own scratch file outside the tree (a temporary file)
+            path = file_path(key, self.rootdir)  # as the decision names it: one hint per file
             try:
-                files[key] = self.hasher.digest(read)
+                files[key] = self.hasher.digest(path)
             except Unhashable as exc:
                 always.append(f"read {key}: {exc}: run every time")
                 continue
-            hint = self.hasher.hints.get(read)
+            hint = self.hasher.hints.get(path)
             if hint is not None:
-                used[read] = list(hint)
+                used[path] = list(hint)
         inputs = Inputs(
             settings=settings_digest(item, spec),
             interpreter=self._interpreter(spec.python).identity(),
