@@ -117,13 +117,21 @@ def test_the_deps_file_is_shared_and_a_bad_one_is_ignored(px: ExecPytester) -> N
     clone_run.stdout.fnmatch_lines(["*4 scripts deselected as unchanged*"])
     assert str(px.path) not in deps.read_text()
 
-    # Someone else's JSON: ignored with a warning, and left as it was.
+    # Someone else's JSON, named by the ini keys: ignored with a warning, left as it was.
     foreign = px.path / "package.json"
     foreign.write_text('{"name": "site"}\n')
-    third = px.run("--exec-changed", f"--exec-deps-file={foreign}", *px.junit_args())
+    px.ini(exec_changed="true", exec_deps_file="package.json")
+    third = px.run(*px.junit_args())
     assert len(ran(px, third)) == 6
     third.stdout.fnmatch_lines([f"*ignored {foreign}: not a deps file*left as it is*"])
     assert foreign.read_text() == '{"name": "site"}\n'
+
+
+def test_without_pytests_cache_a_deps_file_is_needed(px: ExecPytester) -> None:
+    px.script("pure_script.py", "print(1)\n")
+    result = px.run_inprocess("--exec-changed", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--exec-changed: pytest's cache is disabled*--exec-deps-file*"])
 
 
 def test_what_the_recorder_could_not_follow_runs_every_time(px: ExecPytester) -> None:
