@@ -127,11 +127,18 @@ def test_the_deps_file_is_shared_and_a_bad_one_is_ignored(px: ExecPytester) -> N
     assert foreign.read_text() == '{"name": "site"}\n'
 
 
-def test_without_pytests_cache_a_deps_file_is_needed(px: ExecPytester) -> None:
+def test_nothing_changed_is_a_pass_and_the_cache_or_a_file_is_needed(px: ExecPytester) -> None:
+    px.ini()
     px.script("pure_script.py", "print(1)\n")
-    result = px.run_inprocess("--exec-changed", "-p", "no:cacheprovider")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--exec-changed: pytest's cache is disabled*--exec-deps-file*"])
+    refused = px.run_inprocess("--exec-changed", "-p", "no:cacheprovider")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*--exec-changed: pytest's cache is disabled*--exec-deps-file*"])
+
+    px.run("--exec-changed", "-p", "no:cacheprovider", "--exec-deps-file=deps.json")
+    again = px.run("--exec-changed", "-p", "no:cacheprovider", "--exec-deps-file=deps.json")
+    assert again.ret == pytest.ExitCode.OK, "nothing to run because nothing changed is no failure"
+    again.stdout.fnmatch_lines(["*1 script deselected as unchanged*"])
+    again.assert_outcomes(deselected=1)
 
 
 def test_what_the_recorder_could_not_follow_runs_every_time(px: ExecPytester) -> None:

@@ -50,6 +50,7 @@ from .expected import OUTPUT_SETTINGS_KEY, PLAN_KEY
 from .items import ScriptItem
 from .keys import OPTIONS_KEY, RESULT_KEY
 from .marks import MarkError
+from .report import _outcome_word  # pytest's word for an item's outcome, as the summary says it
 
 CACHE_KEY = "codomyrmex_exec/deps"
 HINTS_CACHE_KEY = "codomyrmex_exec/file-hashes"
@@ -102,6 +103,8 @@ class ChangedPlugin:
         cache = getattr(config, "cache", None)
         self.hasher = FileHasher(hints_from_plain(cache.get(HINTS_CACHE_KEY, {})) if cache else {})
         self.interpreters: dict[str | None, Interpreter] = {}
+        self.found: dict[str, str | Unhashable | None] = {}
+        """Hashes taken at collection, by store key; a script's own run is hashed afresh."""
         self.fresh: dict[str, Entry] = {}
         self.unchanged = 0
         self.reasons: dict[str, str] = {}
@@ -167,7 +170,17 @@ class ChangedPlugin:
         return self.interpreters[python]
 
     def _digest(self, key: str) -> str | None:
-        return self.hasher.digest(file_path(key, self.rootdir))
+        """A file's hash as collection finds it: once per file however many scripts read it
+        (a module changed a moment ago has no hint yet, and would be read for each)."""
+        if key not in self.found:
+            try:
+                self.found[key] = self.hasher.digest(file_path(key, self.rootdir))
+            except Unhashable as exc:
+                self.found[key] = exc
+        found = self.found[key]
+        if isinstance(found, Unhashable):
+            raise found
+        return found
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
@@ -310,14 +323,6 @@ class ChangedPlugin:
 
 def _scripts(count: int) -> str:
     return f"{count} script" if count == 1 else f"{count} scripts"
-
-
-def _outcome_word(report: pytest.TestReport) -> str:
-    if hasattr(report, "wasxfail"):
-        return "xfailed" if report.skipped else "xpassed"
-    if report.failed and report.when != "call":
-        return "error"
-    return report.outcome
 
 
 # -- a script's resolved settings, as one digest ---------------------------------------------
