@@ -353,9 +353,9 @@ class Interpreter:
         self._versions: dict[str, str | None] = {}
 
     def _is_this_one(self) -> bool:
-        return self.python is None or os.path.realpath(self.python) == os.path.realpath(
-            sys.executable
-        )
+        # By path, not by realpath: a virtualenv's python is a link to the base interpreter,
+        # which has other distributions installed.
+        return self.python is None or os.path.abspath(self.python) == sys.executable
 
     def identity(self) -> str:
         if self._identity is None:

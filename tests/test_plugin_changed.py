@@ -134,8 +134,14 @@ def test_nothing_changed_is_a_pass_and_the_cache_or_a_file_is_needed(px: ExecPyt
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
     refused.stderr.fnmatch_lines(["*--exec-changed: pytest's cache is disabled*--exec-deps-file*"])
 
-    px.run("--exec-changed", "-p", "no:cacheprovider", "--exec-deps-file=deps.json")
-    again = px.run("--exec-changed", "-p", "no:cacheprovider", "--exec-deps-file=deps.json")
+    # Run by another interpreter than pytest's (a virtualenv's base: the link resolved), which
+    # is asked once per session what it is and which versions it has.
+    other = str(Path(sys.executable).resolve())
+    args = ("--exec-changed", "-p", "no:cacheprovider", "--exec-deps-file=deps.json")
+    px.run(*args, f"--exec-python={other}")
+    stored = json.loads((px.path / "deps.json").read_text())["scripts"]
+    assert stored["pure_script.py::pure_script"]["inputs"]["interpreter"].startswith(other + " ")
+    again = px.run(*args, f"--exec-python={other}")
     assert again.ret == pytest.ExitCode.OK, "nothing to run because nothing changed is no failure"
     again.stdout.fnmatch_lines(["*1 script deselected as unchanged*"])
     again.assert_outcomes(deselected=1)
