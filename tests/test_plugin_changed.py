@@ -127,12 +127,21 @@ def test_the_deps_file_is_shared_and_a_bad_one_is_ignored(px: ExecPytester) -> N
     assert foreign.read_text() == '{"name": "site"}\n'
 
 
-def test_nothing_changed_is_a_pass_and_the_cache_or_a_file_is_needed(px: ExecPytester) -> None:
+def test_the_store_in_pytests_cache_and_a_run_where_nothing_changed(px: ExecPytester) -> None:
     px.ini()
     px.script("pure_script.py", "print(1)\n")
     refused = px.run_inprocess("--exec-changed", "-p", "no:cacheprovider")
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
     refused.stderr.fnmatch_lines(["*--exec-changed: pytest's cache is disabled*--exec-deps-file*"])
+
+    # A store in pytest's cache that is cut short: a warning naming it, and a new one.
+    cached = px.path / ".pytest_cache" / "v" / "codomyrmex_exec" / "deps"
+    cached.parent.mkdir(parents=True)
+    cached.write_text('{"format": "codomyrmex-exec deps", "version"')
+    broken = px.run("--exec-changed")
+    broken.stdout.fnmatch_lines([f"*--exec-changed ignored {cached}: not JSON*every script ran*"])
+    broken.assert_outcomes(passed=1)
+    assert json.loads(cached.read_text())["scripts"]
 
     # Run by another interpreter than pytest's (a virtualenv's base: the link resolved), which
     # is asked once per session what it is and which versions it has.

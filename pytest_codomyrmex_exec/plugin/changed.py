@@ -46,6 +46,7 @@ from ..deps_file import (
     write_deps,
 )
 from ..engine.spec import ScriptSpec
+from .durations import file_setting
 from .expected import OUTPUT_SETTINGS_KEY, PLAN_KEY
 from .items import ScriptItem
 from .keys import OPTIONS_KEY, RESULT_KEY
@@ -63,23 +64,12 @@ _DIGEST_KEY = pytest.StashKey[str]()
 """A script item's settings digest, in ``item.stash`` once computed."""
 
 
-def _deps_path(config: pytest.Config) -> Path | None:
-    """The option (relative to the current folder), else the ini key (to the ini file)."""
-    given = config.getoption("exec_deps_file")
-    if given:
-        return config.invocation_params.dir / str(given)
-    raw = config.getini("exec_deps_file")
-    if isinstance(raw, str) and raw.strip():
-        base = config.inipath.parent if config.inipath else config.rootpath
-        return base / raw.strip()
-    return None
-
-
 def configure_changed(config: pytest.Config) -> None:
     """Register the plugin when ``--exec-changed`` is on."""
     if not config.stash[OPTIONS_KEY].changed:
         return
-    path = _deps_path(config)
+    named = file_setting(config, "exec_deps_file")
+    path = None if named is None else named[0]
     if path is None and getattr(config, "cache", None) is None:
         raise pytest.UsageError(
             "--exec-changed: pytest's cache is disabled (-p no:cacheprovider); "
@@ -115,19 +105,19 @@ class ChangedPlugin:
 
     # -- the store -------------------------------------------------------------------------
 
-    def _where(self) -> str:
-        if self.path is not None:
-            return f"the deps file {self.path}"
-        # Where pytest's cache keeps a value: cache_dir (from the rootdir), v/, the key.
-        folder = self.config.rootpath / str(self.config.getini("cache_dir"))
-        return f"pytest's cache value {folder / 'v' / CACHE_KEY}"
+    def _cache_value_path(self) -> Path:
+        """Where pytest's cache keeps the store: cache_dir (from the rootdir), v/, the key."""
+        return self.config.rootpath / str(self.config.getini("cache_dir")) / "v" / CACHE_KEY
 
     def _load(self) -> dict[str, Entry]:
         try:
             if self.path is not None:
                 return read_deps(self.path)
+            where = self._cache_value_path()
             plain = self.config.cache.get(CACHE_KEY, None)
-            return {} if plain is None else parse_deps(plain, self._where())
+            if plain is None and where.exists():  # pytest's get() says nothing of bad JSON
+                raise DepsFileError(f"{where}: not JSON")
+            return {} if plain is None else parse_deps(plain, str(where))
         except DepsFileError as exc:
             self.writable = not (exc.foreign and self.path is not None)
             left = "left as it is" if not self.writable else "to be written anew"
