@@ -1,6 +1,6 @@
 """What a script's own process read, imported, wrote and ran: the launcher's side of it.
 
-For a spec with ``record=True`` the run gets an unlinked file opened for appending
+For a spec with ``record=True`` the run gets a nameless file opened for appending
 (:func:`open_record`); its descriptor goes to the script's process, where an audit hook
 (``_record_site/sitecustomize.py``) appends each path once, as it is first seen. A cold
 start finds the hook as ``sitecustomize`` (:func:`cold_environment`); the warm-start server
@@ -15,6 +15,7 @@ own library is summed up by the interpreter and its version.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.util
 import os
@@ -37,9 +38,15 @@ _READ_CHUNK = 1 << 20
 
 
 def open_record() -> int:
-    """A new, already unlinked file for one run's record, opened read-write for appending.
-
-    Unlinked at once: it is gone however the run ends, our process included."""
+    """A new file for one run's record, open read-write for appending, with no name: it is
+    gone however the run ends, our process included. In memory where the system allows
+    (``memfd_create``: a tenth of the cost of a file made and unlinked in the temporary
+    folder)."""
+    if hasattr(os, "memfd_create"):
+        with suppress(OSError):  # a kernel without it: the temporary folder
+            fd = os.memfd_create("codomyrmex-record", os.MFD_CLOEXEC)
+            fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
+            return fd
     path = os.path.join(tempfile.gettempdir(), f"codomyrmex-record-{uuid.uuid4().hex}")
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)

@@ -9,7 +9,7 @@ and leaves only the hook. Stdlib start-up modules only (``os``, ``sys``): a scri
 find anything else loaded.
 
 Each new path is one ``os.write`` of ``kind + path + NUL`` to a descriptor the launcher owns
-(an unlinked file opened with ``O_APPEND``): what was written survives ``SIGKILL`` and
+(a nameless file opened with ``O_APPEND``): what was written survives ``SIGKILL`` and
 ``os._exit``, and a forked child of the script appends to the same file. Kinds:
 ``I`` interpreter, ``R`` read, ``W`` written, ``D`` a top-level entry of a site-packages
 folder that was imported or read, ``U`` something not followed, ``T`` truncated.
