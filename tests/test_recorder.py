@@ -118,6 +118,25 @@ def test_without_record_there_is_no_record(tmp_path: Path, start: Launcher) -> N
     assert result["record"] is None
 
 
+def test_a_module_run_under_a_memory_limit_is_recorded_too(tmp_path: Path, start: Launcher) -> None:
+    """``python -m`` and the memory-limit bootstrap (cold: a program before the script)."""
+    package = tmp_path / "app"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("VALUE = 2\n")
+    script = package / "main_script.py"
+    script.write_text("from . import helper\nprint(helper.VALUE)\n")
+
+    result = run_script(script, record=True, as_module=True, memory_limit_mb=4000, launcher=start)
+
+    assert result["stdout"] == "2\n", result["stderr"]
+    assert result["record"] is not None
+    assert result["record"]["reads"] == [
+        str(package / name) for name in sorted(("__init__.py", "helper.py", "main_script.py"))
+    ]
+    assert result["record"]["unseen"] == []
+
+
 PROBE = """\
 import os, sys
 
