@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_python_versions import find_python
 
 from pytest_codomyrmex_exec import (
     AsyncParallelRunner,
@@ -118,6 +119,25 @@ def test_without_record_there_is_no_record(tmp_path: Path, start: Launcher) -> N
     assert result["record"] is None
 
 
+def test_a_module_run_under_a_memory_limit_is_recorded_too(tmp_path: Path, start: Launcher) -> None:
+    """``python -m`` and the memory-limit bootstrap (cold: a program before the script)."""
+    package = tmp_path / "app"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("VALUE = 2\n")
+    script = package / "main_script.py"
+    script.write_text("from . import helper\nprint(helper.VALUE)\n")
+
+    result = run_script(script, record=True, as_module=True, memory_limit_mb=4000, launcher=start)
+
+    assert result["stdout"] == "2\n", result["stderr"]
+    assert result["record"] is not None
+    assert result["record"]["reads"] == [
+        str(package / name) for name in sorted(("__init__.py", "helper.py", "main_script.py"))
+    ]
+    assert result["record"]["unseen"] == []
+
+
 PROBE = """\
 import os, sys
 
@@ -160,6 +180,28 @@ def test_a_script_cannot_tell_it_is_recorded(
     assert stderr.count(f'File "{script}"') == 4  # <module> and three calls of fail()
     assert stderr.endswith("RuntimeError: probe\n")
     assert warm_launcher.warm_starts >= 2
+
+
+@pytest.mark.parametrize("version", ["3.7", "3.13"])
+def test_on_another_interpreter_too_a_script_cannot_tell(tmp_path: Path, version: str) -> None:
+    """The hook loads on any Python 3; before 3.8 (no audit hooks) it only removes itself,
+    and the record says it did not start."""
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} here")
+    script = tmp_path / "probe_script.py"
+    script.write_text(PROBE)
+    plain, recorded = (run_script(script, record=r, python=python) for r in (False, True))
+    assert (recorded["stdout"], recorded["stderr"]) == (plain["stdout"], plain["stderr"])
+    assert plain["stderr"].endswith("RuntimeError: probe\n")
+    record = recorded["record"]
+    assert record is not None
+    assert record["reads"] == [str(script)]
+    if version == "3.7":
+        assert record["unseen"] == ["the recorder did not start in the script's process"]
+    else:
+        assert record["interpreter"].startswith(f"{python} {version}.")
+        assert record["unseen"] == []
 
 
 @pytest.mark.parametrize(
