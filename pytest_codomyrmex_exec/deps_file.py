@@ -301,10 +301,17 @@ which libraries read all the time): left out of a script's inputs."""
 def file_key(path: str, rootdir: Path) -> str:
     """How a file is named in the store: from the rootdir when under it (so a store can be
     shared by checkouts in different places), else absolute."""
-    for inside, root in ((Path(path), rootdir), (Path(os.path.realpath(path)), rootdir.resolve())):
-        if inside.is_relative_to(root):
-            return inside.relative_to(root).as_posix()
-    return path
+    inside = _relative(path, str(rootdir))
+    if inside is None:  # through links, perhaps (a rootdir under a linked folder)
+        inside = _relative(os.path.realpath(path), os.path.realpath(rootdir))
+    return path if inside is None else inside
+
+
+def _relative(path: str, root: str) -> str | None:
+    relative = os.path.relpath(path, root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return None
+    return relative.replace(os.sep, "/")
 
 
 def file_path(key: str, rootdir: Path) -> str:

@@ -15,7 +15,6 @@ import pytest
 from ..engine.launch import COLD, kill_tagged
 from ..engine.resources import describe_assigned
 from . import hookspecs
-from .changed import configure_changed
 from .durations import configure_durations
 from .environment import SESSION_TAG_VAR
 from .expected import add_output_options
@@ -116,7 +115,10 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_output_checks(config)
     configure_durations(config)
     configure_shard(config)
-    configure_changed(config)
+    if options.changed:
+        from .changed import configure_changed  # imported only when the feature is on
+
+        configure_changed(config)
     records = config.stash[RECORDS_KEY] = RunRecords(options)
     config.pluginmanager.register(records, _RECORDS_PLUGIN)
     if options.report_path and not hasattr(config, "workerinput"):

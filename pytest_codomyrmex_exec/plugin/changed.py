@@ -65,9 +65,7 @@ _DIGEST_KEY = pytest.StashKey[str]()
 
 
 def configure_changed(config: pytest.Config) -> None:
-    """Register the plugin when ``--exec-changed`` is on."""
-    if not config.stash[OPTIONS_KEY].changed:
-        return
+    """Register the plugin (``--exec-changed`` is on)."""
     named = file_setting(config, "exec_deps_file")
     path = None if named is None else named[0]
     if path is None and getattr(config, "cache", None) is None:
