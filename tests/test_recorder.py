@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import shutil
 import sys
 import time
@@ -313,3 +314,13 @@ def test_the_record_comes_back_from_a_dask_worker(tmp_path: Path) -> None:
     assert result["status"] == ScriptStatus.PASSED, result["stderr"]
     assert str(result["worker"]).startswith("tcp://127.0.0.1:")
     assert result["record"] == _expected(script)
+
+
+def test_no_record_file_is_left_open(tmp_path: Path, start: Launcher) -> None:
+    script = tmp_path / "short_script.py"
+    script.write_text("print('x')\n")
+    run_script(script, record=True, launcher=start)  # a warm server's own descriptors
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert run_script(script, record=True, launcher=start)["record"] is not None
+    assert sorted(os.listdir("/proc/self/fd")) == before
