@@ -183,6 +183,31 @@ def test_a_script_cannot_tell_it_is_recorded(
     assert warm_launcher.warm_starts >= 2
 
 
+def test_processes_multiprocessing_starts_are_recorded_or_named(tmp_path: Path) -> None:
+    """Forked workers record into the same record; spawned ones start through
+    ``_posixsubprocess``, which raises no audit event, and must still be named."""
+    script = tmp_path / "pool_script.py"
+    script.write_text(
+        "import multiprocessing as mp\n"
+        "def work(name):\n"
+        "    open(name, 'w').close()\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.get_context('fork').Pool(1) as pool:\n"
+        "        pool.map(work, ['forked.txt'])\n"
+        "    with mp.get_context('spawn').Pool(1) as pool:\n"
+        "        pool.map(work, ['spawned.txt'])\n"
+    )
+    result = run_script(script, record=True)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    assert (tmp_path / "spawned.txt").exists()
+    record = result["record"]
+    assert record is not None
+    assert record["writes"] == [str(tmp_path / "forked.txt")]
+    assert record["unseen"] == [
+        "started Python processes with multiprocessing (spawn): not followed"
+    ]
+
+
 @pytest.mark.parametrize("version", ["3.7", "3.13"])
 def test_on_another_interpreter_too_a_script_cannot_tell(tmp_path: Path, version: str) -> None:
     """The hook loads on any Python 3; before 3.8 (no audit hooks) it only removes itself,

@@ -29,6 +29,12 @@ PATH_LIMIT = 20000
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _PYTHON_NAMES = ("python", "pypy")
+_SPAWNING_MODULES = {
+    "multiprocessing.popen_spawn_posix": "spawn",
+    "multiprocessing.popen_forkserver": "forkserver",
+}
+"""What multiprocessing imports before it starts interpreters the way no audit event shows
+(``_posixsubprocess.fork_exec``): the import is the only sign."""
 _SYSTEM = ("/dev/", "/proc/", "/sys/")
 """Not files a script's result can depend on as data (``/dev/null``, its own ``/proc``)."""
 
@@ -84,6 +90,11 @@ class _Recorder:
     def imported(self, args: "tuple[object, ...]") -> None:
         if isinstance(args[1], str):  # an extension module's file: no "open" for dlopen
             self.read(args[1])
+        elif args[0] in _SPAWNING_MODULES:
+            method = _SPAWNING_MODULES[str(args[0])]
+            self.emit(
+                b"U", f"started Python processes with multiprocessing ({method}): not followed"
+            )
 
     def renamed(self, args: "tuple[object, ...]") -> None:
         self.path(b"W", args[0])
