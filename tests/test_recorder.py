@@ -7,6 +7,7 @@ and the script must not be able to tell that it was recorded.
 
 from __future__ import annotations
 
+import _ctypes
 import asyncio
 import importlib.metadata
 import os
@@ -181,6 +182,29 @@ def test_a_script_cannot_tell_it_is_recorded(
     assert stderr.count(f'File "{script}"') == 4  # <module> and three calls of fail()
     assert stderr.endswith("RuntimeError: probe\n")
     assert warm_launcher.warm_starts >= 2
+
+
+def test_a_database_and_a_library_by_path_are_reads(tmp_path: Path) -> None:
+    """sqlite3 and ctypes open their files in C: only their own audit events show them."""
+    shutil.copy(_ctypes.__file__, tmp_path / "libmine.so")  # any shared library will do
+    script = tmp_path / "db_script.py"
+    script.write_text(
+        "import ctypes, sqlite3\n"
+        "sqlite3.connect('data.db').execute('create table t(x)').connection.commit()\n"
+        "sqlite3.connect(':memory:').close()\n"
+        "ctypes.CDLL('libc.so.6')\n"  # found by the system's search: no file of the tree
+        "ctypes.CDLL('./libmine.so')\n"
+    )
+    result = run_script(script, record=True)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    record = result["record"]
+    assert record is not None
+    assert record["reads"] == sorted(
+        str(tmp_path / name) for name in ("data.db", "db_script.py", "libmine.so")
+    )
+    assert record["unseen"] == [
+        f"opened the SQLite database {tmp_path / 'data.db'}: its writes are not seen"
+    ]
 
 
 def test_processes_multiprocessing_starts_are_recorded_or_named(tmp_path: Path) -> None:

@@ -59,6 +59,8 @@ class _Recorder:
             "os.posix_spawn": self.executed,
             "os.spawn": self.spawned,
             "os.system": self.system,
+            "sqlite3.connect": self.database,
+            "ctypes.dlopen": self.library,
         }
         version = sys.version_info
         self.emit(b"I", f"{sys.executable} {version.major}.{version.minor}.{version.micro}")
@@ -120,6 +122,18 @@ class _Recorder:
         _, path, argv, env = args[:4]
         words = list(argv) if isinstance(argv, (list, tuple)) else []
         self.ran(path, words[1:], None, env)
+
+    def database(self, args: "tuple[object, ...]") -> None:
+        if args[0] in (":memory:", b":memory:", ""):  # in memory, or a temporary file
+            return
+        absolute = self.absolute(args[0])
+        if absolute is not None:
+            self.read(absolute)
+            self.emit(b"U", f"opened the SQLite database {absolute}: its writes are not seen")
+
+    def library(self, args: "tuple[object, ...]") -> None:
+        if isinstance(args[0], (str, bytes)) and os.sep in _text(args[0]):
+            self.read(args[0])  # a bare name is the system's library search, not a file
 
     def system(self, args: "tuple[object, ...]") -> None:
         self.emit(b"U", f"ran a shell command {_text(args[0])!r}: not followed")
