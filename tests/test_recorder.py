@@ -7,8 +7,10 @@ and the script must not be able to tell that it was recorded.
 
 from __future__ import annotations
 
+import _ctypes
 import asyncio
 import importlib.metadata
+import os
 import shutil
 import sys
 import time
@@ -182,6 +184,54 @@ def test_a_script_cannot_tell_it_is_recorded(
     assert warm_launcher.warm_starts >= 2
 
 
+def test_a_database_and_a_library_by_path_are_reads(tmp_path: Path) -> None:
+    """sqlite3 and ctypes open their files in C: only their own audit events show them."""
+    shutil.copy(_ctypes.__file__, tmp_path / "libmine.so")  # any shared library will do
+    script = tmp_path / "db_script.py"
+    script.write_text(
+        "import ctypes, sqlite3\n"
+        "sqlite3.connect('data.db').execute('create table t(x)').connection.commit()\n"
+        "sqlite3.connect(':memory:').close()\n"
+        "ctypes.CDLL('libc.so.6')\n"  # found by the system's search: no file of the tree
+        "ctypes.CDLL('./libmine.so')\n"
+    )
+    result = run_script(script, record=True)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    record = result["record"]
+    assert record is not None
+    assert record["reads"] == sorted(
+        str(tmp_path / name) for name in ("data.db", "db_script.py", "libmine.so")
+    )
+    assert record["unseen"] == [
+        f"opened the SQLite database {tmp_path / 'data.db'}: its writes are not seen"
+    ]
+
+
+def test_processes_multiprocessing_starts_are_recorded_or_named(tmp_path: Path) -> None:
+    """Forked workers record into the same record; spawned ones start through
+    ``_posixsubprocess``, which raises no audit event, and must still be named."""
+    script = tmp_path / "pool_script.py"
+    script.write_text(
+        "import multiprocessing as mp\n"
+        "def work(name):\n"
+        "    open(name, 'w').close()\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.get_context('fork').Pool(1) as pool:\n"
+        "        pool.map(work, ['forked.txt'])\n"
+        "    with mp.get_context('spawn').Pool(1) as pool:\n"
+        "        pool.map(work, ['spawned.txt'])\n"
+    )
+    result = run_script(script, record=True)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    assert (tmp_path / "spawned.txt").exists()
+    record = result["record"]
+    assert record is not None
+    assert record["writes"] == [str(tmp_path / "forked.txt")]
+    assert record["unseen"] == [
+        "started Python processes with multiprocessing (spawn): not followed"
+    ]
+
+
 @pytest.mark.parametrize("version", ["3.7", "3.13"])
 def test_on_another_interpreter_too_a_script_cannot_tell(tmp_path: Path, version: str) -> None:
     """The hook loads on any Python 3; before 3.8 (no audit hooks) it only removes itself,
@@ -313,3 +363,13 @@ def test_the_record_comes_back_from_a_dask_worker(tmp_path: Path) -> None:
     assert result["status"] == ScriptStatus.PASSED, result["stderr"]
     assert str(result["worker"]).startswith("tcp://127.0.0.1:")
     assert result["record"] == _expected(script)
+
+
+def test_no_record_file_is_left_open(tmp_path: Path, start: Launcher) -> None:
+    script = tmp_path / "short_script.py"
+    script.write_text("print('x')\n")
+    run_script(script, record=True, launcher=start)  # a warm server's own descriptors
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert run_script(script, record=True, launcher=start)["record"] is not None
+    assert sorted(os.listdir("/proc/self/fd")) == before
