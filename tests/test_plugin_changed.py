@@ -150,7 +150,7 @@ def test_the_store_in_pytests_cache_and_a_run_where_nothing_changed(px: ExecPyte
     px.run(*args, f"--exec-python={other}")
     stored = json.loads((px.path / "deps.json").read_text())["scripts"]
     assert stored["pure_script.py::pure_script"]["inputs"]["interpreter"].startswith(other + " ")
-    again = px.run(*args, f"--exec-python={other}", "-q")
+    again = px.run(*args, f"--exec-python={other}")
     assert again.ret == pytest.ExitCode.OK, "nothing to run because nothing changed is no failure"
     again.stdout.fnmatch_lines(["*1 script deselected as unchanged*"])
     again.assert_outcomes(deselected=1)

@@ -300,9 +300,8 @@ class ChangedPlugin:
         return self._lines()
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.from_worker or self.config.get_verbosity() < 0:
-            # xdist's controller collected nothing: the workers' decision is told here; and
-            # -q shows no collection lines.
+        if self.from_worker:
+            # xdist's controller collected nothing: the workers' decision is told here.
             for line in self._lines():
                 terminalreporter.write_line(line)
         if self.problem:
