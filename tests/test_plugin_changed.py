@@ -16,8 +16,6 @@ from conftest import RUN_TIMEOUT, ExecPytester, Mode
 
 from pytest_codomyrmex_exec.deps_file import FileHasher
 
-ORDINARY = "test_plain.py::test_plain"
-
 
 def write_tree(px: ExecPytester) -> None:
     """Modules, a data file, a failing script, a pure script and an ordinary test."""
@@ -34,9 +32,12 @@ def write_tree(px: ExecPytester) -> None:
 
 
 def ran(px: ExecPytester, result: pytest.RunResult) -> set[str]:
-    """The names of the items that ran (junit), after checking the session ended."""
+    """The names of the items that ran (junit), after checking the session ended; the junit
+    file is taken away, so that the next call cannot read this session's."""
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout
-    return set(px.junit_by_name())
+    names = set(px.junit_by_name())
+    px.junit_path.unlink()
+    return names
 
 
 def unchanged(result: pytest.RunResult) -> int:
