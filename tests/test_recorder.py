@@ -97,7 +97,7 @@ def start(request: pytest.FixtureRequest, warm_launcher: WarmLauncher) -> Iterat
         return
     before = warm_launcher.warm_starts
     yield warm_launcher
-    assert warm_launcher.warm_starts > before, "no script was started warm"
+    assert warm_launcher.warm_starts > before, f"none started warm: {warm_launcher.cold_starts}"
     assert not warm_launcher.cold_starts, warm_launcher.cold_starts
 
 
@@ -342,8 +342,15 @@ def test_the_record_comes_back_from_async_runs_and_both_async_runners(tmp_path: 
     assert scheduled == _expected(scripts[2])
 
 
-def test_the_record_comes_back_from_a_dask_worker(tmp_path: Path) -> None:
+def test_the_record_comes_back_from_a_dask_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     distributed = pytest.importorskip("distributed")
+    # Starting a cluster sets PYTHONHASHSEED in this process's environment; left there, the
+    # module's warm launcher would start every later script cold ("read at start-up").
+    # (delenv of an absent variable would record nothing to undo.)
+    monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", ""))
+    monkeypatch.delenv("PYTHONHASHSEED")
     from pytest_codomyrmex_exec.plugin.dask_worker import WorkerRun, run_on_worker
 
     script = _tree(tmp_path)
