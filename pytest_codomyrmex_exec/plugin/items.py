@@ -22,7 +22,7 @@ from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION
 from .marks import MarkError, read_script_marks
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result
 from .settings import pytest_pythonpath, resolve_settings
-from .workdir import release_work_folder
+from .workdir import release_work_folder, restore_paths, spec_for_run
 
 _SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
 _REPORTED_KEY = pytest.StashKey[bool]()
@@ -181,13 +181,14 @@ class ScriptItem(pytest.Item):
         else:
             # One script at a time: every unit is free, and it gets the first that fit.
             assigned = ResourcePool(options.resources).take(spec.resources)
-            run = with_resource_env(spec, assigned, options.resource_env)
+            run = with_resource_env(spec_for_run(self, spec), assigned, options.resource_env)
             result = with_resource_ids(
                 run_spec(
                     run, base_env=base_env, events=events, launcher=self.config.stash[LAUNCHER_KEY]
                 ),
                 assigned,
             )
+        result = restore_paths(self, result)
         self.stash[RESULT_KEY] = result
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)

@@ -35,11 +35,11 @@ BACKENDS = ("process", "async", "dask")
 # tiny ones, 12% faster with 16 workers on sleeping ones, where "process" misses its target.
 DEFAULT_BACKEND: Literal["process", "async"] = "async"
 ORDERS = ("duration", "collection")
-CWDS = ("script", "tmp", "rootdir")
+CWDS = ("script", "tmp", "rootdir", "copy")
 
 Backend = Literal["process", "async", "dask"]
 Order = Literal["duration", "collection"]
-Cwd = Literal["script", "tmp", "rootdir"]
+Cwd = Literal["script", "tmp", "rootdir", "copy"]
 
 
 class Unset(enum.Enum):
@@ -125,7 +125,8 @@ def add_options(parser: pytest.Parser) -> None:
         "--exec-cwd",
         default=None,
         help="where scripts run: script (their folder), tmp (a fresh temporary folder each, "
-        "kept like tmp_path) or rootdir (default script; ini: exec_cwd)",
+        "kept like tmp_path), rootdir, or copy (a temporary copy of their folder) "
+        "(default script; ini: exec_cwd)",
     )
     group.addoption(
         "--exec-dask-scheduler",
@@ -171,7 +172,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(
         "exec_preload", "modules the warm interpreter imports once", type="args", default=[]
     )
-    parser.addini("exec_cwd", "where scripts run: script, tmp or rootdir", default="script")
+    parser.addini("exec_cwd", "where scripts run: script, tmp, rootdir or copy", default="script")
     parser.addini("exec_dask_scheduler", "address of the Dask scheduler to use", default="")
     parser.addini(
         "exec_dask_connect_timeout",
