@@ -16,6 +16,7 @@ from ..engine.resources import (
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
 from ..engine.run import run_spec
 from ..engine.spec import ScriptSpec
+from .dirty import dirty_to_fail
 from .environment import child_environment
 from .expected import CASE_KEY, check_output, script_cases
 from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION_TAG_KEY
@@ -156,7 +157,8 @@ class ScriptItem(pytest.Item):
         skip_codes = self.config.stash[OPTIONS_KEY].skip_exit_codes
         result = self.stash[RESULT_KEY]
         mismatches = check_output(self, result, self.settings())
-        raise_for_result(self, self.label, result, skip_codes, mismatches)
+        dirty = dirty_to_fail(self, result)
+        raise_for_result(self, self.label, result, skip_codes, mismatches, dirty)
 
     def _run_inline(self) -> ScriptResult:
         spec = self.settings()

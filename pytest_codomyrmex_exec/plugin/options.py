@@ -40,6 +40,8 @@ CWDS = ("script", "tmp", "rootdir", "copy")
 Backend = Literal["process", "async", "dask"]
 Order = Literal["duration", "collection"]
 Cwd = Literal["script", "tmp", "rootdir", "copy"]
+DIRTY_CHOICES = ("warn", "fail", "ignore")
+Dirty = Literal["warn", "fail", "ignore"]
 
 
 class Unset(enum.Enum):
@@ -173,6 +175,12 @@ def add_options(parser: pytest.Parser) -> None:
         "exec_preload", "modules the warm interpreter imports once", type="args", default=[]
     )
     parser.addini("exec_cwd", "where scripts run: script, tmp, rootdir or copy", default="script")
+    parser.addini(
+        "exec_dirty",
+        "files scripts create or modify under the rootdir: warn (listed in the run summary), "
+        "fail (their script fails) or ignore (not recorded)",
+        default="warn",
+    )
     parser.addini("exec_dask_scheduler", "address of the Dask scheduler to use", default="")
     parser.addini(
         "exec_dask_connect_timeout",
@@ -318,6 +326,13 @@ class ExecOptions:
     """Input of every script without its own (ini ``exec_stdin``)."""
     args: tuple[str, ...] | None = None
     """Arguments of every script without its own (ini ``exec_args``)."""
+    dirty: Dirty = "warn"
+    """What files a script writes under the rootdir make (ini ``exec_dirty``)."""
+
+    @property
+    def record(self) -> bool:
+        """Do scripts run with the recorder (``ScriptSpec.record``)?"""
+        return self.dirty != "ignore"
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -453,6 +468,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
+        dirty=_dirty(config),
         kill_grace=kill_grace,
         **_script_defaults(config),
         **_view_options(config, parallel),
@@ -585,6 +601,15 @@ def _resource_env(config: pytest.Config, resources: dict[str, float]) -> dict[st
         return parse_resource_env(raw if isinstance(raw, str) else "", resources)
     except ValueError as exc:
         raise pytest.UsageError(f"ini option 'exec_resource_env': {exc}") from None
+
+
+def _dirty(config: pytest.Config) -> Dirty:
+    raw = str(config.getini("exec_dirty")).strip() or "warn"
+    if raw not in DIRTY_CHOICES:
+        raise pytest.UsageError(
+            f"ini option 'exec_dirty': expected one of {', '.join(DIRTY_CHOICES)}, got {raw!r}"
+        )
+    return cast(Dirty, raw)
 
 
 def _missing_resources(config: pytest.Config) -> Literal["error", "skip"]:

@@ -16,6 +16,7 @@ from typing import Protocol, final
 import pytest
 
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
+from .dirty import named
 from .expected import Mismatch
 
 STDERR_TAIL_LINES = 40
@@ -27,6 +28,20 @@ TIMEOUT_HINT = (
     "raise the limit with an exec(timeout=SECONDS) mark, --exec-timeout SECONDS "
     "or the ini key exec_timeout (0 = no limit)"
 )
+
+
+DIRTY_HINT = (
+    "exec_dirty = fail: run it from a copy of its folder (--exec-cwd copy) or a fresh folder "
+    "(--exec-cwd tmp), or make it write under a temporary folder"
+)
+
+
+def _wrote(dirty: Sequence[str]) -> list[str]:
+    """``wrote 2 files into the source tree: a.html, b.txt`` (none: no words)."""
+    if not dirty:
+        return []
+    count = len(dirty)
+    return [f"wrote {count} file{'s' if count != 1 else ''} into the source tree: {named(dirty)}"]
 
 
 class _LineWriter(Protocol):
@@ -285,18 +300,22 @@ def describe_failure(
     stderr_shown: bool,
     worker_shown: bool = False,
     mismatches: Sequence[Mismatch] = (),
+    dirty: Sequence[str] = (),
 ) -> ScriptFailure:
     """A failed or timed-out script's report, as fields. ``stderr_shown``: its stderr has a
     section of its own in the report, so the failure text leaves it out. ``mismatches``:
-    the streams that differ from their expectation files, for a script that passed by its
-    exit code (then they are the failure) or failed by it (then both are shown)."""
+    the streams that differ from their expectation files, and ``dirty``: the files it left
+    in the source tree (``exec_dirty = fail``), for a script that passed by its exit code
+    (then they are the failure) or failed by it (then both are shown)."""
     cause = failure_cause(result)
     notes = []
     if worker_shown and result.get("worker"):
         notes.append(f"ran on worker {result['worker']}")
     if cause == FailureCause.TIMEOUT:
         notes.append(TIMEOUT_HINT)
-    differs = "; ".join(mismatch_message(mismatch) for mismatch in mismatches)
+    if dirty:
+        notes.append(DIRTY_HINT)
+    differs = "; ".join([*(mismatch_message(mismatch) for mismatch in mismatches), *_wrote(dirty)])
     if cause is None:  # it passed by its exit code: what it printed is the failure
         header = f"{label} failed: {differs} (after {result['execution_time']:.2f} s)"
         location = CrashLocation(label, 0, differs)
@@ -331,12 +350,14 @@ def raise_for_result(
     result: ScriptResult,
     skip_exit_codes: frozenset[int] = frozenset(),
     mismatches: Sequence[Mismatch] = (),
+    dirty: Sequence[str] = (),
 ) -> None:
     """Return for a passed script; raise the exception that gives the table's outcome.
-    ``mismatches``: its streams that differ from their expectation files."""
+    ``mismatches``: its streams that differ from their expectation files; ``dirty``: the
+    files it left in the source tree that fail it."""
     status = result["status"]
     line_style = item.config.getoption("tbstyle", "auto") == "line"
-    passed = status == ScriptStatus.PASSED and not mismatches
+    passed = status == ScriptStatus.PASSED and not mismatches and not dirty
     if passed or not line_style:
         # --tb=line: a failing script is one line, not followed by its captured output.
         add_output_sections(item, result)
@@ -361,6 +382,7 @@ def raise_for_result(
             stderr_shown=stderr_shown,
             worker_shown=item.config.get_verbosity() > 0,
             mismatches=mismatches,
+            dirty=dirty,
         )
     )
 

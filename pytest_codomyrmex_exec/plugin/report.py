@@ -14,6 +14,7 @@ import pytest
 
 from ..engine.resources import describe_assigned
 from ..engine.results import ScriptResult, ScriptStatus
+from .dirty import named
 from .live import write_notice
 from .options import UNSET, ExecOptions
 from .outcome import crash_message, failure_cause, is_exit_skip
@@ -42,8 +43,11 @@ facts of its run: plain JSON values, so they travel with the report from an xdis
 the controller, where the summary and the results file are made."""
 
 
-def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[str, Any]:
-    """What the summary and the results file need of a result, with bounded output tails."""
+def script_facts(
+    result: ScriptResult, skip_exit_codes: frozenset[int], dirty: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the summary and the results file need of a result, with bounded output tails.
+    ``dirty``: the files it left in the source tree (plugin/dirty.py), ``None`` if unknown."""
     status = "skipped" if is_exit_skip(result, skip_exit_codes) else str(result["status"])
     cause = failure_cause(result)
     return {
@@ -60,6 +64,7 @@ def script_facts(result: ScriptResult, skip_exit_codes: frozenset[int]) -> dict[
         "stderr_tail": _tail(result["stderr"]),
         # The device ids it held ({"GPU": ["0"]}; empty when none): shown with -v too.
         "resource_ids": result["resource_ids"],
+        "dirty": dirty,
     }
 
 
@@ -292,6 +297,17 @@ class RunRecords:
             reporter.write_line("hit their limit:")
             for record in limited:
                 reporter.write_line(f"  {record.label}: {record.facts['error']}", yellow=True)
+        self._write_dirty(reporter, final)
+
+    def _write_dirty(self, reporter: pytest.TerminalReporter, final: list[ScriptRecord]) -> None:
+        """The files scripts left in the source tree (exec_dirty), by script."""
+        dirty = [record for record in final if (record.facts.get("dirty") or {}).get("count")]
+        if not dirty:
+            return
+        reporter.write_line("wrote into the source tree (ini exec_dirty):")
+        for record in dirty:
+            files, count = record.facts["dirty"]["files"], record.facts["dirty"]["count"]
+            reporter.write_line(f"  {record.label}: {named(files, count)}", yellow=True)
 
 
 def _seconds(value: float) -> str:
