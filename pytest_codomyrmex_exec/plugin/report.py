@@ -305,7 +305,7 @@ class RunRecords:
         if not dirty:
             return
         reporter.write_line("wrote into the source tree (ini exec_dirty):")
-        for record in dirty:
+        for record in sorted(dirty, key=lambda record: record.label):
             files, count = record.facts["dirty"]["files"], record.facts["dirty"]["count"]
             reporter.write_line(f"  {record.label}: {named(files, count)}", yellow=True)
 
