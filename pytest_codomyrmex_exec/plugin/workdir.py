@@ -28,6 +28,7 @@ What goes into a copy, breadth first from the script's folder, smaller files fir
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -131,8 +132,15 @@ def copy_folder(source: Path, into: Path) -> Path:
     pending = deque([(source, copy)])
     while pending:
         folder, target = pending.popleft()
-        with os.scandir(folder) as scan:
-            entries = sorted(scan, key=_smaller_files_first)
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=_smaller_files_first)
+        except OSError:
+            if folder == source:
+                raise
+            os.rmdir(target)  # a subfolder it cannot list: the original, as it is
+            os.symlink(folder, target)
+            continue
         for entry in entries:
             if entry.name == "__pycache__":
                 continue
@@ -142,8 +150,7 @@ def copy_folder(source: Path, into: Path) -> Path:
             elif entry.is_file(follow_symlinks=False):
                 info = entry.stat(follow_symlinks=False)
                 size = info.st_size
-                if files_left > 0 and size <= bytes_left:
-                    _copy_file(entry.path, where, size, info.st_mode)
+                if files_left > 0 and size <= bytes_left and _copied(entry, where, info):
                     files_left, bytes_left = files_left - 1, bytes_left - size
                 else:
                     os.symlink(entry.path, where)
@@ -169,6 +176,18 @@ def _link_target(link: str, folder: Path) -> str:
     target = os.readlink(link)
     inside = not os.path.isabs(target) and not os.path.normpath(target).startswith("..")
     return target if inside else os.path.realpath(link)
+
+
+def _copied(entry: os.DirEntry[str], target: str, info: os.stat_result) -> bool:
+    """Copy one file; ``False`` if it cannot be (unreadable, a full disk): the caller links
+    the original instead, which the script can still read as far as it could before."""
+    try:
+        _copy_file(entry.path, target, info.st_size, info.st_mode)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
+        return False
+    return True
 
 
 def _copy_file(source: str, target: str, size: int, mode: int) -> None:
