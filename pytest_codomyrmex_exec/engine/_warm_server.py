@@ -144,6 +144,7 @@ _RECORDER: "dict[str, Any]" = {"__name__": "_codomyrmex_recorder", "__builtins__
 each forked child whose run asks for a record."""
 with open(os.path.join(os.path.dirname(__file__), "_record_site", "sitecustomize.py")) as _fh:
     exec(compile(_fh.read(), _fh.name, "exec"), _RECORDER)
+_RECORDER["interpreter_folders"]()  # once here, not in every recorded child
 _LONG_BITS = 8 * ctypes.sizeof(ctypes.c_long)
 _SOURCE_LOADER = sys.modules["_frozen_importlib_external"].SourceFileLoader
 _RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"

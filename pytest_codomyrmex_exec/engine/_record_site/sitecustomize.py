@@ -9,7 +9,7 @@ and leaves only the hook. Stdlib start-up modules only (``os``, ``sys``): a scri
 find anything else loaded.
 
 Each new path is one ``os.write`` of ``kind + path + NUL`` to a descriptor the launcher owns
-(an unlinked file opened with ``O_APPEND``): what was written survives ``SIGKILL`` and
+(a nameless file opened with ``O_APPEND``): what was written survives ``SIGKILL`` and
 ``os._exit``, and a forked child of the script appends to the same file. Kinds:
 ``I`` interpreter, ``R`` read, ``W`` written, ``D`` a top-level entry of a site-packages
 folder that was imported or read, ``U`` something not followed, ``T`` truncated.
@@ -35,10 +35,7 @@ class _Recorder:
         self.identity = _identity(fd)
         self.seen: set[object] = set()
         self.count = 0
-        self.sites = tuple(sorted(_site_dirs(), key=len, reverse=True))
-        self.prefixes = tuple(
-            {os.path.join(os.path.realpath(p), "") for p in _prefixes()} - set(self.sites)
-        )
+        self.sites, self.prefixes = interpreter_folders()
         self.handlers = {
             "open": self.opened,
             "import": self.imported,
@@ -120,15 +117,17 @@ class _Recorder:
         absolute = self.absolute(path)
         if absolute is None:
             return
-        if absolute.endswith(".pyc"):
-            absolute = _source_of(absolute)
         for site in self.sites:
             if absolute.startswith(site):
                 top = absolute[len(site) :].split(os.sep, 1)[0]
+                if top == "__pycache__":  # a top-level module's cached code: the module
+                    top = os.path.basename(absolute).split(".", 1)[0] + ".py"
                 self.emit(b"D", site + top)
                 return
         if absolute.startswith(self.prefixes):
             return
+        if absolute.endswith(".pyc"):  # an import read the cached code: name its source
+            absolute = _source_of(absolute)
         self.emit(b"R", absolute)
 
     def path(self, kind: bytes, path: object) -> None:
@@ -213,20 +212,36 @@ def _program_path(program: str, cwd: object, env: object) -> str:
     return program
 
 
-def _site_dirs() -> set[str]:
-    found = {p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
-    site = sys.modules.get("site")
-    if site is not None:
-        try:
-            found.update(site.getsitepackages())
-            found.add(site.getusersitepackages())
-        except Exception:
-            pass
-    return {os.path.join(os.path.realpath(p), "") for p in found if p}
+_FOLDERS: dict[str, tuple[str, ...]] = {}
 
 
-def _prefixes() -> set[str]:
-    return {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+def interpreter_folders() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The interpreter's site-packages folders (longest first) and its other prefixes, each
+    as written and resolved, with a trailing separator. Computed once: the warm-start server
+    asks before it forks, so no script pays for the look-up."""
+    if not _FOLDERS:
+        found = set()
+        site = sys.modules.get("site")
+        if site is not None:
+            try:
+                found.update(site.getsitepackages())
+                found.add(site.getusersitepackages())
+            except Exception:
+                pass
+        sites = _both_forms(found)
+        prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        _FOLDERS["sites"] = tuple(sorted(sites, key=len, reverse=True))
+        _FOLDERS["prefixes"] = tuple(_both_forms(prefixes) - sites)
+    return _FOLDERS["sites"], _FOLDERS["prefixes"]
+
+
+def _both_forms(folders: set[str]) -> set[str]:
+    return {
+        os.path.join(form, "")
+        for folder in folders
+        if folder
+        for form in (os.path.normpath(folder), os.path.realpath(folder))
+    }
 
 
 def install(fd: int) -> None:
