@@ -49,6 +49,13 @@ def write_tree(px: ExecPytester) -> Path:
     return examples
 
 
+def add_pinned_script(examples: Path) -> None:
+    """A script whose expectation file pins the paths it prints as placeholders."""
+    pinned = "import os\nprint(__file__)\nprint(os.path.join(os.getcwd(), 'data.txt'))\n"
+    (examples / "where_script.py").write_text(pinned)
+    (examples / "where_script.stdout").write_text("[SCRIPT]\n[CWD]/data.txt\n")
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): path.read_text()
@@ -72,10 +79,11 @@ def test_copy_keeps_the_tree_clean_and_shows_real_paths(
 ) -> None:
     monkeypatch.setenv("SEEN", str(px.path / "seen.txt"))
     examples = write_tree(px)
+    add_pinned_script(examples)
     before = snapshot(examples)
     junit_output = ("-o", "junit_logging=all")
     result = px.run("--exec-cwd", "copy", *px.junit_args(), *junit_output, *px.report_args(), *mode)
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)  # where_script: its output check passed
 
     # The reader read its neighbours (data beside it, a subfolder's file) and wrote in place,
     # but into its copy: the tree is as it was.
@@ -86,7 +94,8 @@ def test_copy_keeps_the_tree_clean_and_shows_real_paths(
     assert Path(cwd).is_relative_to(tmpdir_env), cwd
     assert file == str(Path(cwd) / "reader_script.py")
 
-    # What the user reads names the real script: traceback, junit, results file.
+    # What the user reads names the real script: traceback, junit, results file, and the
+    # output check above.
     frame = f'File "{examples / "boom_script.py"}", line 2, in parse'
     assert frame in result.stdout.str()
     junit = px.junit_path.read_text()
