@@ -119,13 +119,21 @@ def test_fail_names_the_files_and_a_copy_keeps_the_scripts_clean(
         result.stdout.fnmatch_lines(lines)
 
 
-def test_ignore_records_nothing_and_a_bad_value_names_the_key(px: ExecPytester) -> None:
+def test_ignore_records_nothing_q_says_it_in_a_line_and_a_bad_value_names_the_key(
+    px: ExecPytester,
+) -> None:
     write_examples(px)
     px.ini(exec_dirty="ignore")
     result = px.run(*px.report_args())
     result.assert_outcomes(passed=3)
     assert "wrote into the source tree" not in result.stdout.str()
     assert set(stream(px).values()) == {None}
+
+    px.ini(exec_dirty="warn")
+    quiet = px.run("-q")
+    quiet.stdout.fnmatch_lines(
+        ["codomyrmex-exec: 3 scripts*(3 passed); 2 wrote into the source tree"]
+    )
 
     px.ini(exec_dirty="loud")
     result = px.run()

@@ -281,7 +281,9 @@ class RunRecords:
             return
         counts = ", ".join(_counted(n, outcome) for outcome, n in self.counts().items())
         if reporter.verbosity < 0:  # -q: one line
-            reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts})")
+            dirty = len(_dirty(self.final()))
+            wrote = f"; {dirty} wrote into the source tree" if dirty else ""
+            reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts}){wrote}")
             return
         reporter.write_sep("=", "codomyrmex-exec: script runs")
         reporter.write_line(self.headline())
@@ -301,13 +303,18 @@ class RunRecords:
 
     def _write_dirty(self, reporter: pytest.TerminalReporter, final: list[ScriptRecord]) -> None:
         """The files scripts left in the source tree (exec_dirty), by script."""
-        dirty = [record for record in final if (record.facts.get("dirty") or {}).get("count")]
+        dirty = _dirty(final)
         if not dirty:
             return
         reporter.write_line("wrote into the source tree (ini exec_dirty):")
         for record in sorted(dirty, key=lambda record: record.label):
             files, count = record.facts["dirty"]["files"], record.facts["dirty"]["count"]
             reporter.write_line(f"  {record.label}: {named(files, count)}", yellow=True)
+
+
+def _dirty(records: list[ScriptRecord]) -> list[ScriptRecord]:
+    """The records of scripts that left files in the source tree."""
+    return [record for record in records if (record.facts.get("dirty") or {}).get("count")]
 
 
 def _seconds(value: float) -> str:
