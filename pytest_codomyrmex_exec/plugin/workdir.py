@@ -6,11 +6,11 @@ so they are kept and cleaned like ``tmp_path``: the last three sessions' folders
 script that passed is removed when its report is made (``none``: pytest removes them all).
 
 ``copy`` runs each script from a fresh copy of its own folder, made when its run is handed to
-the engine (inline: as it starts; in parallel: as the run starts; a rerun gets a fresh one) and
-removed when its report is made; what is left (scripts never
-reported after ``-x`` or Ctrl-C) goes with the session's folder of copies at the end. The
-item's settings keep the real paths, so output checks and hooks see what they would without
-the copy; the run gets a spec whose script is in the copy, and its result is mapped back.
+the engine (inline: as it starts; in parallel: as the run starts; a rerun gets a fresh one)
+and removed when its report is made; what is left (scripts never reported after ``-x`` or
+Ctrl-C) goes with the session's folder of copies at the end. The item's settings keep the
+real paths, so output checks and hooks see what they would without the copy; the run gets a
+spec whose script is in the copy, and its result is mapped back.
 
 What goes into a copy, breadth first from the script's folder, smaller files first:
 
@@ -18,8 +18,9 @@ What goes into a copy, breadth first from the script's folder, smaller files fir
   an in-kernel copy elsewhere), never hard-linked: a hard link shares the inode, so a script
   that rewrites a neighbour in place (``open(name, "w")``, as pyparsing's examples do with
   their ``.html`` diagrams) would rewrite the original too;
-* within a budget of :data:`COPY_FILES` entries and :data:`COPY_BYTES` bytes, about 8 ms on a
-  loaded 2-core machine, a tenth of a cold interpreter start. Past it, files and folders are
+* within a budget of :data:`COPY_FILES` entries and :data:`COPY_BYTES` bytes: 10-20 ms for
+  pyparsing's examples on a loaded 2-core machine, under a tenth of the 250 ms one of its
+  scripts takes (docs/existing-repositories.md has the numbers). Past it, files and folders are
   *symlinked* to the originals: reading them costs nothing, and a write through one reaches
   the real tree, where ``exec_dirty`` reports it like any other write;
 * ``__pycache__`` is left out: its ``.pyc`` files do not match the copies' times and would
