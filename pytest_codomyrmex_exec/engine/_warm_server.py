@@ -139,12 +139,24 @@ for _number in range(1, signal.NSIG):
         continue
 
 _MAX_MESSAGE = 1 << 20
-_RECORDER: "dict[str, Any]" = {"__name__": "_codomyrmex_recorder", "__builtins__": builtins}
-"""The recorder's hook (``_record_site/sitecustomize.py``), defined once here, installed in
-each forked child whose run asks for a record."""
-with open(os.path.join(os.path.dirname(__file__), "_record_site", "sitecustomize.py")) as _fh:
-    exec(compile(_fh.read(), _fh.name, "exec"), _RECORDER)
-_RECORDER["interpreter_folders"]()  # once here, not in every recorded child
+_RECORDER: "dict[str, Any]" = {}
+"""The recorder's hook (``_record_site/sitecustomize.py``) once a run has asked for a record."""
+
+
+def _load_recorder() -> None:
+    """Define the hook here, in the server, on the first run that records (a server whose
+    runs never do pays nothing), and look up the interpreter's folders once, so that no
+    forked child does either."""
+    if _RECORDER:
+        return
+    namespace: dict[str, Any] = {"__name__": "_codomyrmex_recorder", "__builtins__": builtins}
+    path = os.path.join(os.path.dirname(__file__), "_record_site", "sitecustomize.py")
+    with open(path) as fh:
+        exec(compile(fh.read(), path, "exec"), namespace)
+    namespace["interpreter_folders"]()
+    _RECORDER.update(namespace)
+
+
 _LONG_BITS = 8 * ctypes.sizeof(ctypes.c_long)
 _SOURCE_LOADER = sys.modules["_frozen_importlib_external"].SourceFileLoader
 _RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"
@@ -448,6 +460,8 @@ class _Server:
                 os.close(fd)
             return ("error", f"expected 4 or 5 descriptors, got {len(fds)}")
         exit_write, record = fds[3], fds[4:]  # record: the run's record file, if it asked
+        if record:
+            _load_recorder()
         sync_read, sync_write = os.pipe()
         try:
             pid = os.fork()

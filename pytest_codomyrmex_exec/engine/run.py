@@ -217,8 +217,12 @@ class Attempt:
         try:
             self.child.close()
         finally:
-            if self.plan.record_fd is not None:
-                os.close(self.plan.record_fd)
+            _close_record(self.plan)
+
+
+def _close_record(plan: LaunchPlan) -> None:
+    if plan.record_fd is not None:
+        os.close(plan.record_fd)
 
 
 def begin_attempt(
@@ -238,11 +242,11 @@ def begin_attempt(
         plan = dataclasses.replace(plan, record_fd=open_record())
     try:
         child = launcher.spawn(plan)
-    except BaseException as exc:
-        if plan.record_fd is not None:
-            os.close(plan.record_fd)
-        if isinstance(exc, OSError):
-            return start_failed(plan, exc)
+    except OSError as exc:
+        _close_record(plan)
+        return start_failed(plan, exc)
+    except BaseException:
+        _close_record(plan)
         raise
     started = child.began
     if events is not None:

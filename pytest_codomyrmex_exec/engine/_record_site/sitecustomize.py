@@ -6,7 +6,9 @@ own ``main`` then runs the script, so tracebacks, exit codes and ``sys.argv`` ar
 interpreter's own); the warm-start server compiles it and calls :func:`install` in each
 forked child. Either way it removes its traces (the variable, the path entry, the module)
 and leaves only the hook. Stdlib start-up modules only (``os``, ``sys``): a script must not
-find anything else loaded.
+find anything else loaded. A script may run on another interpreter than ours (``python``):
+annotations are strings, so that this file loads on any Python 3 (before 3.8, which has
+no audit hooks, it only removes itself).
 
 Each new path is one ``os.write`` of ``kind + path + NUL`` to a descriptor the launcher owns
 (a nameless file opened with ``O_APPEND``): what was written survives ``SIGKILL`` and
@@ -27,6 +29,14 @@ PATH_LIMIT = 20000
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _PYTHON_NAMES = ("python", "pypy")
+_SPAWNING_MODULES = {
+    "multiprocessing.popen_spawn_posix": "spawn",
+    "multiprocessing.popen_forkserver": "forkserver",
+}
+"""What multiprocessing imports before it starts interpreters the way no audit event shows
+(``_posixsubprocess.fork_exec``): the import is the only sign."""
+_SYSTEM = ("/dev/", "/proc/", "/sys/")
+"""Not files a script's result can depend on as data (``/dev/null``, its own ``/proc``)."""
 
 
 class _Recorder:
@@ -49,11 +59,13 @@ class _Recorder:
             "os.posix_spawn": self.executed,
             "os.spawn": self.spawned,
             "os.system": self.system,
+            "sqlite3.connect": self.database,
+            "ctypes.dlopen": self.library,
         }
         version = sys.version_info
         self.emit(b"I", f"{sys.executable} {version.major}.{version.minor}.{version.micro}")
 
-    def hook(self, event: str, args: tuple[object, ...]) -> None:
+    def hook(self, event: str, args: "tuple[object, ...]") -> None:
         handler = self.handlers.get(event)
         if handler is None or self.fd < 0:
             return
@@ -66,7 +78,7 @@ class _Recorder:
 
     # -- events ------------------------------------------------------------------------
 
-    def opened(self, args: tuple[object, ...]) -> None:
+    def opened(self, args: "tuple[object, ...]") -> None:
         path, mode, flags = args
         if isinstance(flags, int):
             writing = bool(flags & _WRITE_FLAGS)
@@ -77,36 +89,53 @@ class _Recorder:
         else:
             self.read(path)
 
-    def imported(self, args: tuple[object, ...]) -> None:
+    def imported(self, args: "tuple[object, ...]") -> None:
         if isinstance(args[1], str):  # an extension module's file: no "open" for dlopen
             self.read(args[1])
+        elif args[0] in _SPAWNING_MODULES:
+            method = _SPAWNING_MODULES[str(args[0])]
+            self.emit(
+                b"U", f"started Python processes with multiprocessing ({method}): not followed"
+            )
 
-    def renamed(self, args: tuple[object, ...]) -> None:
+    def renamed(self, args: "tuple[object, ...]") -> None:
         self.path(b"W", args[0])
         self.path(b"W", args[1])
 
-    def removed(self, args: tuple[object, ...]) -> None:
+    def removed(self, args: "tuple[object, ...]") -> None:
         self.path(b"W", args[0])
 
-    def linked(self, args: tuple[object, ...]) -> None:
+    def linked(self, args: "tuple[object, ...]") -> None:
         self.path(b"W", args[1])
 
-    def popen(self, args: tuple[object, ...]) -> None:
+    def popen(self, args: "tuple[object, ...]") -> None:
         executable, argv, cwd, env = args
         words = list(argv) if isinstance(argv, (list, tuple)) else [argv]
         self.ran(executable if executable is not None else words[0], words[1:], cwd, env)
 
-    def executed(self, args: tuple[object, ...]) -> None:
+    def executed(self, args: "tuple[object, ...]") -> None:
         path, argv, env = args[:3]
         words = list(argv) if isinstance(argv, (list, tuple)) else []
         self.ran(path, words[1:], None, env)
 
-    def spawned(self, args: tuple[object, ...]) -> None:
+    def spawned(self, args: "tuple[object, ...]") -> None:
         _, path, argv, env = args[:4]
         words = list(argv) if isinstance(argv, (list, tuple)) else []
         self.ran(path, words[1:], None, env)
 
-    def system(self, args: tuple[object, ...]) -> None:
+    def database(self, args: "tuple[object, ...]") -> None:
+        if args[0] in (":memory:", b":memory:", ""):  # in memory, or a temporary file
+            return
+        absolute = self.absolute(args[0])
+        if absolute is not None:
+            self.read(absolute)
+            self.emit(b"U", f"opened the SQLite database {absolute}: its writes are not seen")
+
+    def library(self, args: "tuple[object, ...]") -> None:
+        if isinstance(args[0], (str, bytes)) and os.sep in _text(args[0]):
+            self.read(args[0])  # a bare name is the system's library search, not a file
+
+    def system(self, args: "tuple[object, ...]") -> None:
         self.emit(b"U", f"ran a shell command {_text(args[0])!r}: not followed")
 
     # -- paths -------------------------------------------------------------------------
@@ -124,7 +153,7 @@ class _Recorder:
                     top = os.path.basename(absolute).split(".", 1)[0] + ".py"
                 self.emit(b"D", site + top)
                 return
-        if absolute.startswith(self.prefixes):
+        if absolute.startswith(self.prefixes) or absolute.startswith(_SYSTEM):
             return
         if absolute.endswith(".pyc"):  # an import read the cached code: name its source
             absolute = _source_of(absolute)
@@ -132,18 +161,18 @@ class _Recorder:
 
     def path(self, kind: bytes, path: object) -> None:
         absolute = self.absolute(path)
-        if absolute is not None:
+        if absolute is not None and not absolute.startswith(_SYSTEM):
             self.emit(kind, absolute)
 
-    def absolute(self, path: object) -> str | None:
+    def absolute(self, path: object) -> "str | None":
         if isinstance(path, int) or path is None:
             return None  # a descriptor: its file was recorded when it was opened
         text = _text(path)
-        if not text:
+        if not text or text.startswith("<"):  # "<string>", "<unknown>": no file
             return None
         return os.path.normpath(text if os.path.isabs(text) else os.path.join(os.getcwd(), text))
 
-    def ran(self, program: object, args: list[object], cwd: object, env: object) -> None:
+    def ran(self, program: object, args: "list[object]", cwd: object, env: object) -> None:
         where = _program_path(_text(program), cwd, env)
         command = " ".join([where, *(_text(a) for a in args)])
         if len(command) > 300:
@@ -173,7 +202,7 @@ class _Recorder:
         os.write(self.fd, data)
 
 
-def _identity(fd: int) -> tuple[int, int] | None:
+def _identity(fd: int) -> "tuple[int, int] | None":
     try:
         info = os.fstat(fd)
     except OSError:
@@ -212,10 +241,10 @@ def _program_path(program: str, cwd: object, env: object) -> str:
     return program
 
 
-_FOLDERS: dict[str, tuple[str, ...]] = {}
+_FOLDERS: "dict[str, tuple[str, ...]]" = {}
 
 
-def interpreter_folders() -> tuple[tuple[str, ...], tuple[str, ...]]:
+def interpreter_folders() -> "tuple[tuple[str, ...], tuple[str, ...]]":
     """The interpreter's site-packages folders (longest first) and its other prefixes, each
     as written and resolved, with a trailing separator. Computed once: the warm-start server
     asks before it forks, so no script pays for the look-up."""
@@ -235,7 +264,7 @@ def interpreter_folders() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return _FOLDERS["sites"], _FOLDERS["prefixes"]
 
 
-def _both_forms(folders: set[str]) -> set[str]:
+def _both_forms(folders: "set[str]") -> "set[str]":
     return {
         os.path.join(form, "")
         for folder in folders
@@ -264,7 +293,10 @@ def _boot() -> None:
             os.environ["PYTHONPATH"] = pythonpath[1:]  # "=<value>": it was set
         else:
             os.environ.pop("PYTHONPATH", None)
-        install(int(fd_text))
+        if hasattr(sys, "addaudithook"):  # 3.8 and later
+            install(int(fd_text))
+        else:  # runs unrecorded, and without the descriptor either
+            os.close(int(fd_text))
     sys.path[:] = [p for p in sys.path if p != here]
     sys.path_importer_cache.pop(here, None)
     # Now the sitecustomize this one shadows, if there is one: whatever is in sys.modules
