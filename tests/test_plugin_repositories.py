@@ -391,7 +391,7 @@ def test_exec_cwd_rootdir_and_bad_value(px: ExecPytester, monkeypatch: pytest.Mo
 
     result = px.run("--exec-cwd", "home")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--exec-cwd: expected one of script, tmp, rootdir, got 'home'*"])
+    result.stderr.fnmatch_lines(["*--exec-cwd: expected one of script, tmp, rootdir, copy, got*"])
 
 
 # -- run_for ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from ..engine.launch import COLD, kill_tagged
 from ..engine.resources import describe_assigned
 from . import hookspecs
+from .dirty import dirty_facts
 from .durations import configure_durations
 from .environment import SESSION_TAG_VAR
 from .expected import add_output_options
@@ -208,7 +209,12 @@ def pytest_runtest_makereport(
         if result is not None and final:
             # The script's final report: the facts for the summary and the results file.
             skip_codes = item.config.stash[OPTIONS_KEY].skip_exit_codes
-            facts = script_facts(result, skip_codes, tries_allowed(item, item.settings()))
+            facts = script_facts(
+                result,
+                skip_codes,
+                tries_allowed(item, item.settings()),
+                dirty_facts(item, result),
+            )
             if report.skipped and facts["status"] == "error":
                 facts["status"] = "skipped"  # exec_missing_resources = skip: counted as pytest does
             setattr(report, FACTS_ATTR, facts)

@@ -18,6 +18,7 @@ from ..engine.resources import (
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
 from ..engine.run import run_spec
 from ..engine.spec import ScriptSpec
+from .dirty import dirty_to_fail
 from .environment import child_environment
 from .expected import CASE_KEY, check_output, script_cases
 from .flaky import after_earlier_tries, fails_as_flaky, flaky_verdict, tries_allowed
@@ -25,7 +26,7 @@ from .keys import HOOK_ERROR_KEY, LAUNCHER_KEY, OPTIONS_KEY, RESULT_KEY, SESSION
 from .marks import MarkError, read_script_marks
 from .outcome import ScriptFailed, ScriptNotStarted, raise_for_result, script_line
 from .settings import pytest_pythonpath, resolve_settings
-from .workdir import release_work_folder
+from .workdir import release_work_folder, restore_paths, spec_for_run
 
 _SETTINGS_KEY = pytest.StashKey["ScriptSpec | MarkError"]()
 _REPORTED_KEY = pytest.StashKey[bool]()
@@ -177,7 +178,8 @@ class ScriptItem(pytest.Item):
         flaky = None
         if fails_as_flaky(result, self.config.stash[OPTIONS_KEY].flaky):
             flaky = flaky_verdict(result, tries_allowed(self, self.settings()))
-        raise_for_result(self, self.label, result, skip_codes, mismatches, flaky)
+        dirty = dirty_to_fail(self, result)
+        raise_for_result(self, self.label, result, skip_codes, mismatches, flaky, dirty)
 
     def _run_inline(self) -> ScriptResult:
         spec = self.settings()
@@ -202,13 +204,14 @@ class ScriptItem(pytest.Item):
         else:
             # One script at a time: every unit is free, and it gets the first that fit.
             assigned = ResourcePool(options.resources).take(spec.resources)
-            run = with_resource_env(spec, assigned, options.resource_env)
+            run = with_resource_env(spec_for_run(self, spec), assigned, options.resource_env)
             result = with_resource_ids(
                 run_spec(
                     run, base_env=base_env, events=events, launcher=self.config.stash[LAUNCHER_KEY]
                 ),
                 assigned,
             )
+        result = restore_paths(self, result)
         self.take_result(result, time.time())
         try:
             self.ihook.pytest_exec_script_finished(item=self, result=result)

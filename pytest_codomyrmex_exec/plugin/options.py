@@ -35,13 +35,15 @@ BACKENDS = ("process", "async", "dask")
 # tiny ones, 12% faster with 16 workers on sleeping ones, where "process" misses its target.
 DEFAULT_BACKEND: Literal["process", "async"] = "async"
 ORDERS = ("duration", "collection")
-CWDS = ("script", "tmp", "rootdir")
+CWDS = ("script", "tmp", "rootdir", "copy")
 
 Backend = Literal["process", "async", "dask"]
 Order = Literal["duration", "collection"]
-Cwd = Literal["script", "tmp", "rootdir"]
+Cwd = Literal["script", "tmp", "rootdir", "copy"]
 LEAK_POLICIES = ("warn", "fail", "ignore")
 LeakPolicy = Literal["warn", "fail", "ignore"]
+DIRTY_CHOICES = ("warn", "fail", "ignore")
+Dirty = Literal["warn", "fail", "ignore"]
 
 
 class Unset(enum.Enum):
@@ -127,7 +129,8 @@ def add_options(parser: pytest.Parser) -> None:
         "--exec-cwd",
         default=None,
         help="where scripts run: script (their folder), tmp (a fresh temporary folder each, "
-        "kept like tmp_path) or rootdir (default script; ini: exec_cwd)",
+        "kept like tmp_path), rootdir, or copy (a temporary copy of their folder) "
+        "(default script; ini: exec_cwd)",
     )
     group.addoption(
         "--exec-dask-scheduler",
@@ -173,7 +176,13 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(
         "exec_preload", "modules the warm interpreter imports once", type="args", default=[]
     )
-    parser.addini("exec_cwd", "where scripts run: script, tmp or rootdir", default="script")
+    parser.addini("exec_cwd", "where scripts run: script, tmp, rootdir or copy", default="script")
+    parser.addini(
+        "exec_dirty",
+        "files scripts create or modify under the rootdir: warn (listed in the run summary), "
+        "fail (their script fails) or ignore (not recorded)",
+        default="warn",
+    )
     parser.addini("exec_dask_scheduler", "address of the Dask scheduler to use", default="")
     parser.addini(
         "exec_dask_connect_timeout",
@@ -371,12 +380,20 @@ class ExecOptions:
     stdin: str | None = None
     """Input of every script without its own (ini ``exec_stdin``)."""
     args: tuple[str, ...] | None = None
+    """Arguments of every script without its own (ini ``exec_args``)."""
     changed: bool = False
     """Record scripts' inputs and deselect the unchanged ones (``--exec-changed``)."""
-    """Arguments of every script without its own (ini ``exec_args``)."""
     leaks: LeakPolicy = "warn"
     """What processes a script leaves running make of it (ini ``exec_leaks``): a line in the
     run summary, a failure, or nothing."""
+    dirty: Dirty = "warn"
+    """What files a script writes under the rootdir make (ini ``exec_dirty``)."""
+
+    @property
+    def record(self) -> bool:
+        """Do scripts run with the recorder (``ScriptSpec.record``)? For what they write
+        (``exec_dirty``) and what they read (``--exec-changed``)."""
+        return self.dirty != "ignore" or self.changed
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -517,6 +534,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         warm=warm,
         preload=_preload(config),
         cwd=cwd,
+        dirty=_dirty(config),
         kill_grace=kill_grace,
         changed=_flag(config, "exec_changed"),
         **_script_defaults(config),
@@ -688,3 +706,12 @@ def _leaks(config: pytest.Config) -> LeakPolicy:
             f"ini option 'exec_leaks': expected one of {', '.join(LEAK_POLICIES)}, got {raw!r}"
         )
     return cast(LeakPolicy, raw)
+
+
+def _dirty(config: pytest.Config) -> Dirty:
+    raw = str(config.getini("exec_dirty")).strip() or "warn"
+    if raw not in DIRTY_CHOICES:
+        raise pytest.UsageError(
+            f"ini option 'exec_dirty': expected one of {', '.join(DIRTY_CHOICES)}, got {raw!r}"
+        )
+    return cast(Dirty, raw)

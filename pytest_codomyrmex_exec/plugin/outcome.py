@@ -16,6 +16,7 @@ from typing import Protocol, final
 import pytest
 
 from ..engine.results import FailureCause, ScriptResult, ScriptStatus
+from .dirty import named
 from .expected import Mismatch
 from .flaky import try_sections
 from .keys import OPTIONS_KEY
@@ -29,6 +30,20 @@ TIMEOUT_HINT = (
     "raise the limit with an exec(timeout=SECONDS) mark, --exec-timeout SECONDS "
     "or the ini key exec_timeout (0 = no limit)"
 )
+
+
+DIRTY_HINT = (
+    "exec_dirty = fail: run it from a copy of its folder (--exec-cwd copy) or a fresh folder "
+    "(--exec-cwd tmp), or make it write under a temporary folder"
+)
+
+
+def _wrote(dirty: Sequence[str]) -> list[str]:
+    """``wrote 2 files into the source tree: a.html, b.txt`` (none: no words)."""
+    if not dirty:
+        return []
+    count = len(dirty)
+    return [f"wrote {count} file{'s' if count != 1 else ''} into the source tree: {named(dirty)}"]
 
 
 class _LineWriter(Protocol):
@@ -305,14 +320,15 @@ def describe_failure(
     mismatches: Sequence[Mismatch] = (),
     flaky: str | None = None,
     leaks_fail: bool = False,
+    dirty: Sequence[str] = (),
 ) -> ScriptFailure:
     """A failed or timed-out script's report, as fields. ``stderr_shown``: its stderr has a
     section of its own in the report, so the failure text leaves it out. ``mismatches``:
-    the streams that differ from their expectation files, for a script that passed by its
-    exit code (then they are the failure) or failed by it (then both are shown). ``flaky``:
-    why a script that passed only on a later try fails (``exec_flaky = fail``).
-    ``leaks_fail``: the processes it left running fail it (``exec_leaks = fail``), said as
-    mismatches are."""
+    the streams that differ from their expectation files, and ``dirty``: the files it left
+    in the source tree (``exec_dirty = fail``), for a script that passed by its exit code
+    (then they are the failure) or failed by it (then both are shown). ``flaky``: why a
+    script that passed only on a later try fails (``exec_flaky = fail``). ``leaks_fail``:
+    the processes it left running fail it (``exec_leaks = fail``), said as mismatches are."""
     cause = failure_cause(result)
     notes = []
     if worker_shown and result.get("worker"):
@@ -320,6 +336,9 @@ def describe_failure(
     if cause == FailureCause.TIMEOUT:
         notes.append(TIMEOUT_HINT)
     problems = [mismatch_message(mismatch) for mismatch in mismatches]
+    if dirty:
+        notes.append(DIRTY_HINT)
+        problems.extend(_wrote(dirty))
     left = leak_words(result) if leaks_fail else ""
     if left:
         problems.append(left)
@@ -328,7 +347,7 @@ def describe_failure(
     if flaky:
         problems.append(flaky)
     reasons = "; ".join(problems)
-    if cause is None:  # it passed by its exit code: what it printed, left or its tries fail it
+    if cause is None:  # passed by its exit code: what it printed, wrote, left, or its tries fail it
         header = f"{label} failed: {reasons} (after {result['execution_time']:.2f} s)"
         location = CrashLocation(label, 0, reasons)
         summary = reasons
@@ -367,14 +386,22 @@ def raise_for_result(
     skip_exit_codes: frozenset[int] = frozenset(),
     mismatches: Sequence[Mismatch] = (),
     flaky: str | None = None,
+    dirty: Sequence[str] = (),
 ) -> None:
     """Return for a passed script; raise the exception that gives the table's outcome.
     ``mismatches``: its streams that differ from their expectation files; ``flaky``: why a
-    script that passed only on a later try fails."""
+    script that passed only on a later try fails; ``dirty``: the files it left in the source
+    tree that fail it."""
     status = result["status"]
     line_style = item.config.getoption("tbstyle", "auto") == "line"
     leaks_fail = item.config.stash[OPTIONS_KEY].leaks == "fail" and bool(leak_words(result))
-    passed = status == ScriptStatus.PASSED and not mismatches and flaky is None and not leaks_fail
+    passed = (
+        status == ScriptStatus.PASSED
+        and not mismatches
+        and flaky is None
+        and not leaks_fail
+        and not dirty
+    )
     if passed or not line_style:
         # --tb=line: a failing script is one line, not followed by its captured output.
         add_output_sections(item, result)
@@ -401,6 +428,7 @@ def raise_for_result(
             mismatches=mismatches,
             flaky=flaky,
             leaks_fail=leaks_fail,
+            dirty=dirty,
         )
     )
 

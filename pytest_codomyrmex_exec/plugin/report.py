@@ -15,6 +15,7 @@ import pytest
 
 from ..engine.resources import describe_assigned
 from ..engine.results import ScriptResult, ScriptStatus
+from .dirty import named
 from .flaky import is_flaky
 from .leaks import leak_facts, write_leak_summary
 from .live import write_notice
@@ -55,10 +56,14 @@ the controller, where the summary and the results file are made."""
 
 
 def script_facts(
-    result: ScriptResult, skip_exit_codes: frozenset[int], tries_allowed: int
+    result: ScriptResult,
+    skip_exit_codes: frozenset[int],
+    tries_allowed: int,
+    dirty: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the summary and the results file need of a result, with bounded output tails.
-    ``tries_allowed``: the most tries it could get (``max_runs``, times reruns)."""
+    ``tries_allowed``: the most tries it could get (``max_runs``, times reruns); ``dirty``:
+    the files it left in the source tree (plugin/dirty.py), ``None`` if unknown."""
     status = "skipped" if is_exit_skip(result, skip_exit_codes) else str(result["status"])
     cause = failure_cause(result)
     return {
@@ -91,6 +96,7 @@ def script_facts(
             for earlier in result.get("failed_tries", [])
         ],
         **leak_facts(result),
+        "dirty": dirty,
     }
 
 
@@ -387,6 +393,8 @@ class RunRecords:
         ]
         if reporter.verbosity < 0:  # -q: one line
             also = f"; {len(flaky)} flaky" if flaky else ""
+            dirty = len(_dirty(final))
+            also += f"; {dirty} wrote into the source tree" if dirty else ""
             reporter.write_line(f"codomyrmex-exec: {self.headline()} ({counts}{also})")
             write_leak_summary(reporter, leaky)
             return
@@ -408,6 +416,22 @@ class RunRecords:
             for record in limited:
                 reporter.write_line(f"  {record.label}: {record.facts['error']}", yellow=True)
         write_leak_summary(reporter, leaky)
+        self._write_dirty(reporter, final)
+
+    def _write_dirty(self, reporter: pytest.TerminalReporter, final: list[ScriptRecord]) -> None:
+        """The files scripts left in the source tree (exec_dirty), by script."""
+        dirty = _dirty(final)
+        if not dirty:
+            return
+        reporter.write_line("wrote into the source tree (ini exec_dirty):")
+        for record in sorted(dirty, key=lambda record: record.label):
+            files, count = record.facts["dirty"]["files"], record.facts["dirty"]["count"]
+            reporter.write_line(f"  {record.label}: {named(files, count)}", yellow=True)
+
+
+def _dirty(records: list[ScriptRecord]) -> list[ScriptRecord]:
+    """The records of scripts that left files in the source tree."""
+    return [record for record in records if (record.facts.get("dirty") or {}).get("count")]
 
 
 def _seconds(value: float) -> str:

@@ -24,6 +24,7 @@ from .live import Backlog, Dropped, LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
 from .report import RECORDS_KEY
 from .settings import pytest_pythonpath
+from .workdir import restore_paths, spec_for_run
 
 _WAKE = 0.5
 
@@ -189,7 +190,7 @@ class ExecSession:
         remembered = load_durations(self.config) if by_duration else {}
         live = self._live is not None
         jobs = [
-            ScriptJob(key=index, spec=item.settings(), output=live)
+            ScriptJob(key=index, spec=spec_for_run(item, item.settings()), output=live)
             for index, item in enumerate(self._background)
         ]
 
@@ -280,9 +281,10 @@ class ExecSession:
             assert event.result is not None
             self._unfinished.discard(event.key)
             self._running.finished(event.key)
-            item.take_result(event.result, event.time)
+            result = restore_paths(item, event.result)
+            item.take_result(result, event.time)
             with _failing_the_item(item):
-                item.ihook.pytest_exec_script_finished(item=item, result=event.result)
+                item.ihook.pytest_exec_script_finished(item=item, result=result)
             self._ready.append(item)
 
     def _say_what_runs(self) -> None:
