@@ -132,7 +132,7 @@ def test_ignore_records_nothing_q_says_it_in_a_line_and_a_bad_value_names_the_ke
     px.ini(exec_dirty="warn")
     quiet = px.run("-q")
     quiet.stdout.fnmatch_lines(
-        ["codomyrmex-exec: 3 scripts*(3 passed); 2 wrote into the source tree"]
+        ["codomyrmex-exec: 3 scripts*(3 passed; 2 wrote into the source tree)"]
     )
 
     px.ini(exec_dirty="loud")
