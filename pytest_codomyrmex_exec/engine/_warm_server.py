@@ -160,16 +160,14 @@ def _close_other_fds() -> None:
                     os.close(int(name))
 
 
-def _write_tag_into_environ_block(tag: str) -> None:
-    """Make ``/proc/<pid>/environ`` carry this run's tag, as a fresh interpreter's would.
+def _find_tag_placeholder() -> int:
+    """The address of the run tag's placeholder in this process's environment block, or 0.
 
-    That file shows the environment block the process was started with (the server's),
-    not ``os.environ``. The server was started with a placeholder of the tag's length;
-    overwrite it in place (our copy-on-write copy of the server's stack) so that what the
-    script leaves outside its group, forked without ``exec``, is found by the run's tag.
-    """
-    if len(tag) != len(_TAG_PLACEHOLDER) or not _TAG_PLACEHOLDER:
-        return
+    ``/proc/<pid>/environ`` shows the block the process was started with (the server's),
+    not ``os.environ``. The server was started with a placeholder of the tag's length at a
+    place a forked child shares, so the server finds it once, for every child."""
+    if not _TAG_PLACEHOLDER:
+        return 0
     try:
         with open("/proc/self/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
@@ -177,13 +175,25 @@ def _write_tag_into_environ_block(tag: str) -> None:
         with open("/proc/self/environ", "rb") as fh:
             block = fh.read()
     except (OSError, IndexError, ValueError):
-        return
+        return 0
     needle = f"{_RUN_TAG_VAR}={_TAG_PLACEHOLDER}".encode()
     offset = block.find(needle)
     if offset < 0 or start + offset + len(needle) > end:
-        return
-    value = tag.encode()
-    ctypes.memmove(start + offset + len(needle) - len(value), value, len(value))
+        return 0
+    return start + offset + len(needle) - len(_TAG_PLACEHOLDER)
+
+
+_TAG_ADDRESS = _find_tag_placeholder()
+"""Where each child writes its run tag (0: nowhere, the block has no placeholder)."""
+
+
+def _write_tag_into_environ_block(tag: str) -> None:
+    """Make ``/proc/<pid>/environ`` carry this run's tag, as a fresh interpreter's would:
+    overwrite the placeholder in place (our copy-on-write copy of the server's stack), so
+    that what the script leaves outside its group, forked without ``exec``, is found by the
+    run's tag."""
+    if _TAG_ADDRESS and len(tag) == len(_TAG_PLACEHOLDER):
+        ctypes.memmove(_TAG_ADDRESS, tag.encode(), len(tag))
 
 
 def _take_environment(env: "dict[str, str]") -> None:
