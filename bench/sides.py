@@ -113,7 +113,8 @@ def run(
         "|---|" + "--:|" * (len(columns) + len(faults) + 2),
     ]
     for label in (f"warm ({default})", f"cold ({default})"):
-        cells = [median(label, lambda r, key=key: _steady(r)[key]) for key in columns + faults]
+        steady = [_steady(record) for record in records[label]]
+        cells = [statistics.median(row[key] for row in steady) for key in columns + faults]
         whole = (median(label, lambda r: r["self_cpu"]) - bare) / count
         lines.append(
             f"| {label} | "
