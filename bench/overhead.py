@@ -34,6 +34,14 @@ def test_noop(index: int) -> None:
 '''
 
 
+def write_noop_tests(folder: Path, count: int) -> Path:
+    """A folder of ``count`` trivial parametrized tests, the yardstick of a pytest item."""
+    folder.mkdir(exist_ok=True)
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    (folder / "test_noop.py").write_text(_NOOP_TESTS.format(count=count))
+    return folder
+
+
 def run(
     corpus: Corpus,
     *,
@@ -45,10 +53,7 @@ def run(
 ) -> str:
     """Measure, print and keep the table; return it."""
     count = corpus.spec.count
-    noop = corpus.folder.parent / "noop-tests"
-    noop.mkdir(exist_ok=True)
-    (noop / "pytest.ini").write_text("[pytest]\n")
-    (noop / "test_noop.py").write_text(_NOOP_TESTS.format(count=count))
+    noop = write_noop_tests(corpus.folder.parent / "noop-tests", count)
     empty = corpus.folder.parent / "empty"
     empty.mkdir(exist_ok=True)
     (empty / "pytest.ini").write_text("[pytest]\n")

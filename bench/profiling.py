@@ -44,11 +44,18 @@ def probe(
     env: Mapping[str, str],
     args: Sequence[str],
     profile: bool = False,
+    sides: bool = False,
 ) -> dict[str, Any]:
     """One ``bench/probe.py`` run of ``pytest args`` in ``cwd``: its record, with the wall."""
     if out.exists():
         shutil.rmtree(out)
-    argv = [python, str(BENCH / "probe.py"), str(out), *(["--profile"] if profile else [])]
+    argv = [
+        python,
+        str(BENCH / "probe.py"),
+        str(out),
+        *(["--profile"] if profile else []),
+        *(["--sides"] if sides else []),
+    ]
     sample = run_once([*argv, "--", *args], cwd=cwd, env=env)
     if sample.returncode not in (0, _NO_TESTS):
         raise SystemExit(f"probe run failed in {cwd}: {sample.problem}")

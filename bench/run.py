@@ -5,6 +5,7 @@
     python bench/run.py --corpora tiny,cpu --runs 7
     python bench/run.py --profile            # where the pytest process spends its time
     python bench/run.py --overhead           # pytest's own CPU per script / per trivial test
+    python bench/run.py --sides              # CPU per script: child, warm server, pytest
 
 Prints the table (Markdown) and writes ``bench/results/latest.json``, ``latest.md`` and the
 chart ``latest.svg``. See ``bench/README.md`` for what each number means.
@@ -29,6 +30,7 @@ from typing import final
 import chart
 import overhead
 import profiling
+import sides
 from corpora import SPECS, Corpus, generate
 from measure import (
     Sample,
@@ -392,6 +394,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead of the benchmark: the pytest process's CPU per script (scale-500, warm"
         " and cold) against a trivial parametrized test",
     )
+    parser.add_argument(
+        "--sides",
+        action="store_true",
+        help="instead of the benchmark: CPU per script of the child, the warm server and the"
+        " pytest process (tiny, warm and cold)",
+    )
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = 3 if args.quick else 5
@@ -429,6 +437,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             corpora = [generate(SPECS[name], workdir) for name in names]
             profiling.run(
                 corpora, python=python, env=env, results=results, backends=backends, empty=empty
+            )
+            return 0
+        if args.sides:
+            corpus = generate(SPECS["tiny"], workdir)
+            print(
+                sides.run(
+                    corpus,
+                    python=python,
+                    env=env,
+                    results=results,
+                    backends=backends,
+                    runs=args.runs,
+                )
             )
             return 0
         if args.overhead:

@@ -10,6 +10,7 @@ quietly falling back to a cold start.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -66,7 +67,7 @@ from test_scheduler import test_cancelling_a_running_script_job_kills_its_proces
 from pytest_codomyrmex_exec import ScriptResult, ScriptSpec, ScriptStatus, WarmLauncher, run_script
 from pytest_codomyrmex_exec.engine import ParallelRunner, run_async
 from pytest_codomyrmex_exec.engine import run as run_module
-from pytest_codomyrmex_exec.engine.launch import COLD
+from pytest_codomyrmex_exec.engine.launch import COLD, RUN_TAG_VAR
 from pytest_codomyrmex_exec.engine.results import FailureCause
 
 pytestmark = [
@@ -183,6 +184,51 @@ def test_a_forked_script_sees_what_a_cold_start_shows(tmp_path: Path, warm: str)
     assert hot == cold
     assert hot["session_leader"] is True
     assert hot["fds"] == [0, 1, 2, 3]  # 3: the listing's own descriptor
+
+
+ENVIRONMENT_PROBE = """\
+import gc, json, os, subprocess, sys
+inherited = subprocess.run(
+    [sys.executable, "-c", "import json, os; print(json.dumps(list(os.environ.items())))"],
+    capture_output=True, text=True, check=True,
+).stdout
+print(json.dumps({
+    "environ": list(os.environ.items()),
+    "inherited": json.loads(inherited),
+    "gc": [gc.isenabled(), gc.get_threshold(), len(gc.get_count()), gc.get_freeze_count()],
+}))
+"""
+
+
+def test_a_forked_script_sees_its_environment_in_order_and_gc_as_a_cold_start(
+    tmp_path: Path, warm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server changes only the variables that differ when a script's names are its own
+    (a changed value), and rebuilds the environment otherwise (an added name): either way the
+    script, and what it starts, see the names in the order and with the values a cold start
+    has. The server's compiler warm-up and the fork leave the collector as a cold start has it.
+    """
+    monkeypatch.setenv("WARM_PROBE", "server's")
+    script = write_script(tmp_path, "environment_probe.py", ENVIRONMENT_PROBE)
+    changed, added = {"WARM_PROBE": "script's"}, {"WARM_PROBE_ADDED": "yes"}
+
+    def seen(launcher: object, env: dict[str, str]) -> dict[str, object]:
+        result = run_script(script, timeout=30, env=env, launcher=launcher)  # type: ignore[arg-type]
+        assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+        found: dict[str, object] = json.loads(result["stdout"])
+        for key in ("environ", "inherited"):  # the run tag differs by run, and only it
+            found[key] = [(k, v) for k, v in found[key] if k != RUN_TAG_VAR]  # type: ignore[attr-defined]
+        return found
+
+    with WarmLauncher() as launcher:
+        hot = {"changed": seen(launcher, changed), "added": seen(launcher, added)}
+        assert launcher.warm_starts == 2, launcher.cold_starts
+    cold = {"changed": seen(COLD, changed), "added": seen(COLD, added)}
+    assert hot == cold
+    assert ("WARM_PROBE", "script's") in hot["changed"]["environ"]  # type: ignore[operator]
+    assert hot["added"]["environ"][-1] == ("WARM_PROBE_ADDED", "yes")  # type: ignore[index]
+    assert hot["changed"]["inherited"] == hot["changed"]["environ"]
+    assert hot["changed"]["gc"] == [True, list(gc.get_threshold()), 3, 0]
 
 
 def test_preloaded_modules_are_all_a_script_finds_loaded_beyond_start_up(

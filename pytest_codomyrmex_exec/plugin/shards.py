@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import os
 import re
-import statistics
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, final
@@ -75,6 +74,8 @@ def estimates(nodeids: Sequence[str], known: dict[str, float]) -> list[float] | 
     remembered = [known[nodeid] for nodeid in nodeids if nodeid in known]
     if not remembered:
         return None
+    import statistics  # with fractions and decimal, only for sharding: not every session's
+
     median = statistics.median(remembered)
     return [known.get(nodeid, median) for nodeid in nodeids]
 
