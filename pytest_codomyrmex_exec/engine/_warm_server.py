@@ -10,9 +10,11 @@ The server:
    (neither survives into a forked script intact); notes ``sys.modules`` again: what a
    forked script may keep;
 2. imports its own machinery, stays single-threaded, and waits on its socket;
-3. for each request (a plan and four descriptors: stdin, stdout, stderr, exit report)
-   forks a child that becomes a fresh-looking interpreter running the script (see
-   :func:`_become`), waits until the child leads its own session, and answers with its pid;
+3. for each request (a plan and four descriptors: stdin, stdout, stderr, exit report; a
+   fifth, the record file, for a run that records) forks a child that becomes a
+   fresh-looking interpreter running the script (see :func:`_become`), with the recorder's
+   audit hook installed last when asked, waits until the child leads its own session, and
+   answers with its pid;
 4. reaps each child as it exits (a pidfd per child, or polling) and writes its return code
    to the child's exit-report pipe, then closes it;
 5. ends when the socket reaches EOF (the parent closed it, or died): it kills the process
@@ -137,6 +139,24 @@ for _number in range(1, signal.NSIG):
         continue
 
 _MAX_MESSAGE = 1 << 20
+_RECORDER: "dict[str, Any]" = {}
+"""The recorder's hook (``_record_site/sitecustomize.py``) once a run has asked for a record."""
+
+
+def _load_recorder() -> None:
+    """Define the hook here, in the server, on the first run that records (a server whose
+    runs never do pays nothing), and look up the interpreter's folders once, so that no
+    forked child does either."""
+    if _RECORDER:
+        return
+    namespace: dict[str, Any] = {"__name__": "_codomyrmex_recorder", "__builtins__": builtins}
+    path = os.path.join(os.path.dirname(__file__), "_record_site", "sitecustomize.py")
+    with open(path) as fh:
+        exec(compile(fh.read(), path, "exec"), namespace)
+    namespace["interpreter_folders"]()
+    _RECORDER.update(namespace)
+
+
 _LONG_BITS = 8 * ctypes.sizeof(ctypes.c_long)
 _SOURCE_LOADER = sys.modules["_frozen_importlib_external"].SourceFileLoader
 _RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"
@@ -150,12 +170,18 @@ def _send(sock: socket.socket, message: tuple[str, str | int]) -> None:
 # -- 3. the child ------------------------------------------------------------------------------
 
 
-def _close_other_fds() -> None:
+def _close_other_fds(keep: int) -> None:
+    """Close every descriptor but 0-2 and ``keep`` (-1: none)."""
     try:
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # close_range(2) where there is one
+        end = os.sysconf("SC_OPEN_MAX")
+        if keep > 2:  # close_range(2) where there is one
+            os.closerange(3, keep)
+            os.closerange(keep + 1, end)
+        else:
+            os.closerange(3, end)
     except OSError:
         for name in os.listdir("/proc/self/fd"):
-            if int(name) > 2:
+            if int(name) > 2 and int(name) != keep:
                 with contextlib.suppress(OSError):
                     os.close(int(name))
 
@@ -324,12 +350,17 @@ def _become(request: dict[str, object], fds: list[int], sync_write: int) -> None
     os.close(sync_write)  # the server now knows the group exists: killpg works from here on
     for target_fd, fd in enumerate(fds[:3]):
         os.dup2(fd, target_fd)
-    _close_other_fds()
+    record_fd = -1
+    if len(fds) > 4:  # the run's record file: kept where the hook wants it
+        record_fd = os.dup2(fds[4], _RECORDER["RECORD_FD"], inheritable=False)
+    _close_other_fds(record_fd)
     try:
         module, target = _prepare(request)
     except BaseException as exc:  # say why on the script's stderr, as a cold start would
         sys.excepthook(type(exc), exc, exc.__traceback__)
         _finish(1)
+    if record_fd >= 0:  # last: what made this process look fresh is not the script's doing
+        _RECORDER["install"](record_fd)
     _run(module, target)
 
 
@@ -429,7 +460,7 @@ class _Server:
 
     def handle_request(self) -> bool:
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 4)
+            data, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 5)
         except ConnectionError:
             return False
         if not data:
@@ -451,16 +482,18 @@ class _Server:
         return True
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> tuple[str, str | int]:
-        if len(fds) != 4:
+        if len(fds) not in (4, 5):
             for fd in fds[3:]:
                 os.close(fd)
-            return ("error", f"expected 4 descriptors, got {len(fds)}")
-        exit_write = fds[3]
+            return ("error", f"expected 4 or 5 descriptors, got {len(fds)}")
+        exit_write, record = fds[3], fds[4:]  # record: the run's record file, if it asked
+        if record:
+            _load_recorder()
         sync_read, sync_write = os.pipe()
         try:
             pid = os.fork()
         except OSError:
-            for fd in (exit_write, sync_read, sync_write):
+            for fd in (exit_write, sync_read, sync_write, *record):
                 os.close(fd)
             raise
         if pid == 0:  # the child: never returns
@@ -470,6 +503,8 @@ class _Server:
             finally:
                 os._exit(127)
         os.close(sync_write)
+        for fd in record:  # the child has its copy
+            os.close(fd)
         problem = b""
         while True:  # EOF once the child leads its session (or an error first)
             chunk = os.read(sync_read, 4096)

@@ -3,9 +3,10 @@
 :class:`WarmLauncher` starts a server process once (``_warm_server.py``: its own session,
 single-threaded, the preload list imported) and talks to it over a Unix socket pair. For
 each script it sends the plan's fields (never a command line) and four descriptors (stdin,
-the write ends of stdout and stderr, the write end of an exit-report pipe) with
-``SCM_RIGHTS``; the server forks a child that makes itself look like a fresh interpreter and
-runs the script, and answers with the child's pid. The child leads its own session, so
+the write ends of stdout and stderr, the write end of an exit-report pipe; a fifth, the
+run's record file, when the spec asks for ``record``) with ``SCM_RIGHTS``; the server
+forks a child that makes itself look like a fresh interpreter and runs the script, and
+answers with the child's pid. The child leads its own session, so
 ``killpg`` from here works as for a cold start. The server reaps the child and writes its
 return code to the exit-report pipe, whose read end is the :class:`WarmChild`'s ``exit_fd``.
 
@@ -463,6 +464,8 @@ class WarmLauncher:
         err_read, err_write = os.pipe()
         exit_read, exit_write = os.pipe()
         handed = [stdin_fd, out_write, err_write, exit_write]
+        if plan.record_fd is not None:  # the run's: closed by the run, not here
+            handed.append(plan.record_fd)
         ok = False
         try:
             with self._lock:

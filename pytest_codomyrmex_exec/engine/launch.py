@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Protocol, final
 
 from .leaks import environ_has
+from .recorder import cold_environment
 from .results import FailureCause, ScriptResult, ScriptStatus, make_result
 from .spec import ScriptSpec, module_root
 
@@ -69,6 +70,9 @@ class LaunchPlan:
     """This run's value of :data:`RUN_TAG_VAR`, to find what escaped the process group."""
     stdin_file: str | None = None
     """A file to read the script's stdin from; ``None`` with ``stdin`` text or no input."""
+    record_fd: int | None = None
+    """Where the script's process records what it uses (``record=True``): a descriptor the
+    launcher hands to the script, owned by the run (see :mod:`.recorder`)."""
 
     @property
     def script(self) -> str:
@@ -383,6 +387,10 @@ class ColdLauncher:
 
     def spawn(self, plan: LaunchPlan) -> ColdChild:
         stdin = plan.open_stdin()
+        env = plan.env
+        record_fds: tuple[int, ...] = ()
+        if plan.record_fd is not None:
+            env, record_fds = cold_environment(env, plan.record_fd), (plan.record_fd,)
         began = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -391,8 +399,9 @@ class ColdLauncher:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=plan.cwd,
-                env=plan.env,
+                env=env,
                 start_new_session=True,
+                pass_fds=record_fds,
             )
         finally:
             if not isinstance(stdin, int):

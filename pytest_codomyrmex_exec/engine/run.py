@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import selectors
@@ -13,6 +14,7 @@ from typing import Any, Protocol, final
 
 from .events import RunEventKind, Subscription
 from .launch import COLD, Child, Launcher, LaunchPlan, plan_launch
+from .recorder import open_record, read_record
 from .results import FailedTry, ScriptResult, ScriptStatus, failed_try
 from .spec import SEED_POSITIONAL, ScriptSpec
 from .stop import (
@@ -170,7 +172,10 @@ def run_script(
 
     ``env`` entries are added to ``base_env`` (default ``os.environ``); a ``None`` value
     removes a variable. Once ``cancel_event`` is set the script is stopped and the result is
-    ``cancelled``. ``events`` receives the run's :class:`RunEvent` stream.
+    ``cancelled``. ``events`` receives the run's :class:`RunEvent` stream. With
+    ``record=True`` the result's ``record`` lists what the script's own process read,
+    imported, wrote and ran (:mod:`~pytest_codomyrmex_exec.engine.recorder`), also when it
+    was killed; otherwise it is ``None``.
     """
     spec = spec_of(script_path, positional, options)
     return run_spec(
@@ -213,8 +218,24 @@ class Attempt:
         return supervise(self.child, self.plan, self.output, self.control, self.started)
 
     def end(self, result: ScriptResult) -> tuple[ScriptResult, bool]:
+        """The attempt's result, with what the script recorded (read once it has ended)."""
+        fd = self.plan.record_fd
+        if fd is not None:
+            result["record"] = read_record(fd, self.plan.script, self.plan.interpreter)
         log_finished(self.plan, result)
         return result, True
+
+    def close(self) -> None:
+        """Release the child and the record file, however the attempt ended."""
+        try:
+            self.child.close()
+        finally:
+            _close_record(self.plan)
+
+
+def _close_record(plan: LaunchPlan) -> None:
+    if plan.record_fd is not None:
+        os.close(plan.record_fd)
 
 
 def begin_attempt(
@@ -230,10 +251,16 @@ def begin_attempt(
     if not isinstance(plan, LaunchPlan):
         return plan
     logger.debug("starting %s (timeout=%s)", plan.script, spec.timeout)
+    if spec.record:
+        plan = dataclasses.replace(plan, record_fd=open_record())
     try:
         child = launcher.spawn(plan)
     except OSError as exc:
+        _close_record(plan)
         return start_failed(plan, exc)
+    except BaseException:
+        _close_record(plan)
+        raise
     started = child.began
     if events is not None:
         events.emit(RunEventKind.STARTED, plan.script, attempt=attempt)
@@ -254,10 +281,9 @@ def _attempt(
     if not isinstance(begun, Attempt):
         return begun, False
     try:
-        result = _pump(begun, cancel)
+        return begun.end(_pump(begun, cancel))
     finally:
-        begun.child.close()
-    return begun.end(result)
+        begun.close()
 
 
 def _pump(attempt: Attempt, cancel: CancelSignal | None) -> ScriptResult:

@@ -81,10 +81,9 @@ async def _attempt(
     if not isinstance(begun, Attempt):
         return begun, False
     try:
-        result = await _LoopPump(begun).drive()
+        return begun.end(await _LoopPump(begun).drive())
     finally:
-        begun.child.close()
-    return begun.end(result)
+        begun.close()
 
 
 class _LoopPump:
