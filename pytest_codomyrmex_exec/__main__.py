@@ -2,6 +2,7 @@
 
 ``merge-durations OUT IN...`` merges the durations files written by several shards of a run
 (``--exec-durations-file``) into one: the newest measurement of each item wins.
+``merge-deps OUT IN...`` does the same for ``--exec-deps-file``: each script's latest run wins.
 
 ``timeline RESULTS [-o PAGE]`` draws the run a results file (``--exec-report``) recorded as
 the page ``--exec-timeline`` writes.
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .deps_file import DepsFileError, merge_deps, read_deps, write_deps
 from .durations_file import DurationsFileError, merge_durations, read_durations, write_durations
 from .timeline import ReportFileError, read_report, write_timeline
 
@@ -43,9 +45,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="the page to write (default: RESULTS with .html for its suffix)",
     )
+    deps = commands.add_parser(
+        "merge-deps",
+        help="merge deps files: each script's latest run wins",
+        description="Merge deps files (--exec-deps-file) from several shards into OUT: "
+        "each script's latest run wins. OUT may be one of the INs.",
+    )
+    deps.add_argument("out", metavar="OUT", type=Path)
+    deps.add_argument("inputs", metavar="IN", type=Path, nargs="+")
     args = parser.parse_args(argv)
     if args.command == "timeline":
         return _timeline(parser, args.results, args.output)
+    if args.command == "merge-deps":
+        return _merge_deps(parser, args.out, args.inputs)
 
     missing = [str(path) for path in args.inputs if not path.is_file()]
     if missing:
@@ -72,6 +84,20 @@ def _timeline(parser: argparse.ArgumentParser, results: Path, page: Path | None)
         return 1
     count = len(lines)
     print(f"timeline: {count} script{'s' if count != 1 else ''} from {results} in {page}")
+    return 0
+
+
+def _merge_deps(parser: argparse.ArgumentParser, out: Path, inputs: list[Path]) -> int:
+    missing = [str(path) for path in inputs if not path.is_file()]
+    if missing:
+        parser.error(f"no such deps file: {', '.join(missing)}")
+    try:
+        merged = merge_deps(read_deps(path) for path in inputs)
+        write_deps(out, merged)
+    except (DepsFileError, OSError) as exc:
+        print(f"merge-deps: {exc}", file=sys.stderr)
+        return 1
+    print(f"merge-deps: {len(merged)} scripts from {len(inputs)} files in {out}")
     return 0
 
 

@@ -116,6 +116,10 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_output_checks(config)
     configure_durations(config)
     configure_shard(config)
+    if options.changed:
+        from .changed import configure_changed  # imported only when the feature is on
+
+        configure_changed(config)
     records = config.stash[RECORDS_KEY] = RunRecords(options)
     config.pluginmanager.register(records, _RECORDS_PLUGIN)
     if options.report_path and not hasattr(config, "workerinput"):

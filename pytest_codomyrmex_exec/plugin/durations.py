@@ -41,22 +41,23 @@ def add_durations_options(group: pytest.OptionGroup, parser: pytest.Parser) -> N
     )
 
 
-def _durations_path(config: pytest.Config) -> tuple[Path, str] | None:
-    """The file and where it was named: the option (relative to the current folder), else
-    the ini key (relative to the ini file's folder)."""
-    given = config.getoption("exec_durations_file")
+def file_setting(config: pytest.Config, name: str) -> tuple[Path, str] | None:
+    """The file an option and ini key ``name`` (``exec_durations_file``) name, and where it
+    was named: the option (relative to the current folder), else the ini key (relative to
+    the ini file's folder)."""
+    given = config.getoption(name)
     if given:
-        return config.invocation_params.dir / str(given), "--exec-durations-file"
-    raw = config.getini("exec_durations_file")
+        return config.invocation_params.dir / str(given), "--" + name.replace("_", "-")
+    raw = config.getini(name)
     if isinstance(raw, str) and raw.strip():
         base = config.inipath.parent if config.inipath else config.rootpath
-        return base / raw.strip(), "ini option 'exec_durations_file'"
+        return base / raw.strip(), f"ini option {name!r}"
     return None
 
 
 def configure_durations(config: pytest.Config) -> None:
     """Read the durations file, if one is named, and register the recorder."""
-    named = _durations_path(config)
+    named = file_setting(config, "exec_durations_file")
     if named is not None:
         path, where = named
         try:

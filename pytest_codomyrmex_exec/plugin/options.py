@@ -224,10 +224,40 @@ def add_options(parser: pytest.Parser) -> None:
     # Shards and the durations file (plugin/shards.py, plugin/durations.py).
     add_shard_options(group)
     add_durations_options(group, parser)
+    add_changed_options(group, parser)
     add_notice_inis(parser)
 
 
-PATH_OPTIONS = ("--exec-python", "--exec-durations-file")
+def add_changed_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    """``--exec-changed`` and its deps store (plugin/changed.py)."""
+    group.addoption(
+        "--exec-changed",
+        action="store_true",
+        default=None,
+        help="record what each script reads and imports, and deselect the scripts whose "
+        "inputs are unchanged since their last passing run (ini: exec_changed)",
+    )
+    group.addoption(
+        "--exec-deps-file",
+        metavar="PATH",
+        default=None,
+        help="where --exec-changed keeps what scripts depended on, to share between CI runs "
+        "(default: pytest's cache; ini: exec_deps_file)",
+    )
+    parser.addini(
+        "exec_changed",
+        "deselect the scripts whose recorded inputs are unchanged since they last passed",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "exec_deps_file",
+        "JSON file of what scripts depended on (--exec-changed), relative to the ini file",
+        default="",
+    )
+
+
+PATH_OPTIONS = ("--exec-python", "--exec-durations-file", "--exec-deps-file")
 """Options whose value is a path: given as a separate argument, pytest takes the value for a
 test path, since it picks the rootdir and ini file before any plugin's options exist."""
 
@@ -341,6 +371,8 @@ class ExecOptions:
     stdin: str | None = None
     """Input of every script without its own (ini ``exec_stdin``)."""
     args: tuple[str, ...] | None = None
+    changed: bool = False
+    """Record scripts' inputs and deselect the unchanged ones (``--exec-changed``)."""
     """Arguments of every script without its own (ini ``exec_args``)."""
     leaks: LeakPolicy = "warn"
     """What processes a script leaves running make of it (ini ``exec_leaks``): a line in the
@@ -486,6 +518,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         preload=_preload(config),
         cwd=cwd,
         kill_grace=kill_grace,
+        changed=_flag(config, "exec_changed"),
         **_script_defaults(config),
         **_view_options(config, parallel),
         running_notice_after=_seconds(config, "exec_running_notice_after"),

@@ -78,6 +78,7 @@ def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
         "python": options.python,
         "memory_limit_mb": options.memory_limit_mb,
         "kill_grace": options.kill_grace,
+        "record": options.changed,  # --exec-changed learns a script's inputs from its record
         **_ini_defaults(options, marked),
         **marked,
         "timeout": timeout,
