@@ -78,7 +78,8 @@ def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
         "python": options.python,
         "memory_limit_mb": options.memory_limit_mb,
         "kill_grace": options.kill_grace,
-        "record": options.changed,  # --exec-changed learns a script's inputs from its record
+        # --exec-changed learns a script's inputs from its record, --exec-preload auto its imports
+        "record": options.changed or (options.warm and options.preload_auto),
         **_ini_defaults(options, marked),
         **marked,
         "timeout": timeout,
