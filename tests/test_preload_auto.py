@@ -20,7 +20,7 @@ IMPORTED_BY = os.getpid()
 
 _SCRIPT = """\
 import os, sys
-import iniconfig, mypkg.heavy
+import iniconfig, mypkg
 where = "preloaded" if mypkg.heavy.IMPORTED_BY != os.getpid() else "imported"
 with open(os.path.join(os.path.dirname(__file__), "where.log"), "a") as log:
     log.write(where + "\\n")
@@ -38,7 +38,7 @@ def _where(px: ExecPytester) -> list[str]:
 
 def _local_package_tree(px: ExecPytester) -> None:
     px.ini(pythonpath="src")
-    px.script("src/mypkg/__init__.py", "VALUE = 41\n")
+    px.script("src/mypkg/__init__.py", "from . import heavy\nVALUE = 41\n")
     px.script("src/mypkg/heavy.py", _HEAVY)
     for name in ("a", "b", "c"):
         px.script(f"{name}_script.py", _SCRIPT)
@@ -70,10 +70,7 @@ def test_auto_preloads_what_the_scripts_imported_and_outcomes_match_cold(
         assert _where(px) == ["imported"] * 4
         return
     second.stdout.fnmatch_lines(
-        [
-            "codomyrmex-exec: warm: preloading 2 modules chosen from the last run: "
-            "iniconfig, mypkg.heavy"
-        ]
+        ["codomyrmex-exec: warm: preloading 2 modules chosen from the last run: iniconfig, mypkg"]
     )
     assert _where(px) == ["preloaded"] * 4
 
@@ -81,9 +78,7 @@ def test_auto_preloads_what_the_scripts_imported_and_outcomes_match_cold(
     # choice holds on the run after, instead of falling back to nothing every other run.
     third = px.run(*mode, "--exec-preload", "auto")
     third.assert_outcomes(passed=3, failed=1)
-    third.stdout.fnmatch_lines(
-        ["*preloading 2 modules chosen from the last run: iniconfig, mypkg.heavy"]
-    )
+    third.stdout.fnmatch_lines(["*preloading 2 modules chosen from the last run: iniconfig, mypkg"])
     assert _where(px) == ["preloaded"] * 4
 
 
@@ -112,7 +107,7 @@ def test_auto_drops_a_module_the_server_refuses_or_cannot_import_and_keeps_the_r
     result.assert_outcomes(passed=3)  # a note, not an error: the user did not name them
     result.stdout.fnmatch_lines(
         [
-            "*preloading 4 modules chosen from the last run: iniconfig, mypkg.heavy, "
+            "*preloading 4 modules chosen from the last run: iniconfig, mypkg, "
             "settings_reader, threaded",
             "codomyrmex-exec: warm: auto preload dropped settings_reader: cannot preload "
             "'settings_reader': FileNotFoundError: *settings.txt*",
@@ -136,7 +131,7 @@ def test_with_exec_changed_auto_chooses_from_its_deps_store(px: ExecPytester) ->
     result = px.run(*args, "--exec-deps-file=deps.json")
     result.assert_outcomes(passed=1, deselected=2)
     result.stdout.fnmatch_lines(
-        ["*preloading 2 modules chosen from the last run: iniconfig, mypkg.heavy"]
+        ["*preloading 2 modules chosen from the last run: iniconfig, mypkg"]
     )
     assert _where(px) == ["preloaded"]
     # The deps store is where the imports were kept: no second table of this plugin's own.

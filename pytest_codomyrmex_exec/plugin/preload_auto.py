@@ -185,6 +185,11 @@ def _dotted(path: str, folders: list[Path]) -> str | None:
     return None
 
 
+def _dots(name: str) -> list[int]:
+    """Where ``name``'s parent packages end (``a.b.c``: after ``a`` and ``a.b``)."""
+    return [i for i, char in enumerate(name) if char == "."]
+
+
 def choose(config: pytest.Config) -> Choice:
     """What to preload, from the last run's records."""
     options = config.stash[OPTIONS_KEY]
@@ -221,10 +226,16 @@ def choose(config: pytest.Config) -> Choice:
         for distribution in set(imported.distributions):
             names.add(tops.get(_normal(distribution)))
         counts.update(name for name in names if name is not None)
-    ranked = [n for n, c in sorted(counts.items(), key=lambda nc: (-nc[1], nc[0])) if c >= needed]
-    picked = ranked[:LIMIT]
-    # Importing a.b imports a: the package itself need not be named beside its module.
-    choice.modules = tuple(n for n in picked if not any(o.startswith(n + ".") for o in picked))
+    often = {name: count for name, count in counts.items() if count >= needed}
+    # A package stands for its modules that as many scripts import: importing it usually
+    # imports them, and a module it does not is still found by the script (only not warm).
+    standing = {
+        name: count
+        for name, count in often.items()
+        if not any(often.get(name[:i], 0) >= count for i in _dots(name))
+    }
+    ranked = sorted(standing, key=lambda name: (-standing[name], name))
+    choice.modules = tuple(ranked[:LIMIT])
     uses_shared = shared is not None and any(
         _dotted(f, [shared.resolve()]) in choice.modules
         for imported in known.values()
