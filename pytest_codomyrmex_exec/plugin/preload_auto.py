@@ -103,7 +103,8 @@ def _from_deps_store(config: pytest.Config) -> dict[str, Imported]:
         if named is not None:
             entries = read_deps(named[0]) if named[0].is_file() else {}
         else:
-            plain = config.cache.get(DEPS_KEY, None) if config.cache is not None else None
+            cache = getattr(config, "cache", None)  # none with -p no:cacheprovider
+            plain = cache.get(DEPS_KEY, None) if cache is not None else None
             entries = {} if plain is None else parse_deps(plain, DEPS_KEY)
     except DepsFileError:
         return {}
@@ -216,9 +217,15 @@ def choose(config: pytest.Config) -> Choice:
         [d for d, count in by_distribution.items() if count >= needed],
     )
 
+    under_rootdir = str(rootdir) + os.sep
+
     def importable(file: str) -> bool:  # never a script: importing it would run it
         name = os.path.basename(file)
-        return file not in scripts and not any(fnmatch(name, p) for p in options.patterns)
+        return (
+            file.startswith(under_rootdir)
+            and file not in scripts
+            and not any(fnmatch(name, p) for p in options.patterns)
+        )
 
     counts: Counter[str] = Counter()
     for imported in known.values():
@@ -267,8 +274,8 @@ class AutoPreload:
             )
         if not choice.modules:
             return (
-                f"codomyrmex-exec: warm: no module was imported by {choice.needed} of the "
-                f"{choice.scripts} scripts recorded last time: preloading {besides}"
+                f"codomyrmex-exec: warm: no module was imported by at least {choice.needed} "
+                f"scripts (of {choice.scripts} recorded last time): preloading {besides}"
             )
         shown = ", ".join(choice.modules[:SHOWN])
         more = len(choice.modules) - SHOWN
