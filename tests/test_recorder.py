@@ -7,6 +7,7 @@ and the script must not be able to tell that it was recorded.
 
 from __future__ import annotations
 
+import _ctypes
 import asyncio
 import importlib.metadata
 import os
@@ -96,7 +97,7 @@ def start(request: pytest.FixtureRequest, warm_launcher: WarmLauncher) -> Iterat
         return
     before = warm_launcher.warm_starts
     yield warm_launcher
-    assert warm_launcher.warm_starts > before, "no script was started warm"
+    assert warm_launcher.warm_starts > before, f"none started warm: {warm_launcher.cold_starts}"
     assert not warm_launcher.cold_starts, warm_launcher.cold_starts
 
 
@@ -181,6 +182,54 @@ def test_a_script_cannot_tell_it_is_recorded(
     assert stderr.count(f'File "{script}"') == 4  # <module> and three calls of fail()
     assert stderr.endswith("RuntimeError: probe\n")
     assert warm_launcher.warm_starts >= 2
+
+
+def test_a_database_and_a_library_by_path_are_reads(tmp_path: Path) -> None:
+    """sqlite3 and ctypes open their files in C: only their own audit events show them."""
+    shutil.copy(_ctypes.__file__, tmp_path / "libmine.so")  # any shared library will do
+    script = tmp_path / "db_script.py"
+    script.write_text(
+        "import ctypes, sqlite3\n"
+        "sqlite3.connect('data.db').execute('create table t(x)').connection.commit()\n"
+        "sqlite3.connect(':memory:').close()\n"
+        "ctypes.CDLL('libc.so.6')\n"  # found by the system's search: no file of the tree
+        "ctypes.CDLL('./libmine.so')\n"
+    )
+    result = run_script(script, record=True)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    record = result["record"]
+    assert record is not None
+    assert record["reads"] == sorted(
+        str(tmp_path / name) for name in ("data.db", "db_script.py", "libmine.so")
+    )
+    assert record["unseen"] == [
+        f"opened the SQLite database {tmp_path / 'data.db'}: its writes are not seen"
+    ]
+
+
+def test_processes_multiprocessing_starts_are_recorded_or_named(tmp_path: Path) -> None:
+    """Forked workers record into the same record; spawned ones start through
+    ``_posixsubprocess``, which raises no audit event, and must still be named."""
+    script = tmp_path / "pool_script.py"
+    script.write_text(
+        "import multiprocessing as mp\n"
+        "def work(name):\n"
+        "    open(name, 'w').close()\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.get_context('fork').Pool(1) as pool:\n"
+        "        pool.map(work, ['forked.txt'])\n"
+        "    with mp.get_context('spawn').Pool(1) as pool:\n"
+        "        pool.map(work, ['spawned.txt'])\n"
+    )
+    result = run_script(script, record=True)
+    assert result["status"] == ScriptStatus.PASSED, result["stderr"]
+    assert (tmp_path / "spawned.txt").exists()
+    record = result["record"]
+    assert record is not None
+    assert record["writes"] == [str(tmp_path / "forked.txt")]
+    assert record["unseen"] == [
+        "started Python processes with multiprocessing (spawn): not followed"
+    ]
 
 
 @pytest.mark.parametrize("version", ["3.7", "3.13"])
@@ -293,8 +342,15 @@ def test_the_record_comes_back_from_async_runs_and_both_async_runners(tmp_path: 
     assert scheduled == _expected(scripts[2])
 
 
-def test_the_record_comes_back_from_a_dask_worker(tmp_path: Path) -> None:
+def test_the_record_comes_back_from_a_dask_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     distributed = pytest.importorskip("distributed")
+    # Starting a cluster sets PYTHONHASHSEED in this process's environment; left there, the
+    # module's warm launcher would start every later script cold ("read at start-up").
+    # (delenv of an absent variable would record nothing to undo.)
+    monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", ""))
+    monkeypatch.delenv("PYTHONHASHSEED")
     from pytest_codomyrmex_exec.plugin.dask_worker import WorkerRun, run_on_worker
 
     script = _tree(tmp_path)

@@ -29,6 +29,12 @@ PATH_LIMIT = 20000
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _PYTHON_NAMES = ("python", "pypy")
+_SPAWNING_MODULES = {
+    "multiprocessing.popen_spawn_posix": "spawn",
+    "multiprocessing.popen_forkserver": "forkserver",
+}
+"""What multiprocessing imports before it starts interpreters the way no audit event shows
+(``_posixsubprocess.fork_exec``): the import is the only sign."""
 _SYSTEM = ("/dev/", "/proc/", "/sys/")
 """Not files a script's result can depend on as data (``/dev/null``, its own ``/proc``)."""
 
@@ -53,6 +59,8 @@ class _Recorder:
             "os.posix_spawn": self.executed,
             "os.spawn": self.spawned,
             "os.system": self.system,
+            "sqlite3.connect": self.database,
+            "ctypes.dlopen": self.library,
         }
         version = sys.version_info
         self.emit(b"I", f"{sys.executable} {version.major}.{version.minor}.{version.micro}")
@@ -84,6 +92,11 @@ class _Recorder:
     def imported(self, args: "tuple[object, ...]") -> None:
         if isinstance(args[1], str):  # an extension module's file: no "open" for dlopen
             self.read(args[1])
+        elif args[0] in _SPAWNING_MODULES:
+            method = _SPAWNING_MODULES[str(args[0])]
+            self.emit(
+                b"U", f"started Python processes with multiprocessing ({method}): not followed"
+            )
 
     def renamed(self, args: "tuple[object, ...]") -> None:
         self.path(b"W", args[0])
@@ -109,6 +122,18 @@ class _Recorder:
         _, path, argv, env = args[:4]
         words = list(argv) if isinstance(argv, (list, tuple)) else []
         self.ran(path, words[1:], None, env)
+
+    def database(self, args: "tuple[object, ...]") -> None:
+        if args[0] in (":memory:", b":memory:", ""):  # in memory, or a temporary file
+            return
+        absolute = self.absolute(args[0])
+        if absolute is not None:
+            self.read(absolute)
+            self.emit(b"U", f"opened the SQLite database {absolute}: its writes are not seen")
+
+    def library(self, args: "tuple[object, ...]") -> None:
+        if isinstance(args[0], (str, bytes)) and os.sep in _text(args[0]):
+            self.read(args[0])  # a bare name is the system's library search, not a file
 
     def system(self, args: "tuple[object, ...]") -> None:
         self.emit(b"U", f"ran a shell command {_text(args[0])!r}: not followed")
