@@ -16,8 +16,6 @@ from conftest import RUN_TIMEOUT, ExecPytester, Mode
 
 from pytest_codomyrmex_exec.deps_file import FileHasher
 
-ORDINARY = "test_plain.py::test_plain"
-
 
 def write_tree(px: ExecPytester) -> None:
     """Modules, a data file, a failing script, a pure script and an ordinary test."""
@@ -34,9 +32,12 @@ def write_tree(px: ExecPytester) -> None:
 
 
 def ran(px: ExecPytester, result: pytest.RunResult) -> set[str]:
-    """The names of the items that ran (junit), after checking the session ended."""
+    """The names of the items that ran (junit), after checking the session ended; the junit
+    file is taken away, so that the next call cannot read this session's."""
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout
-    return set(px.junit_by_name())
+    names = set(px.junit_by_name())
+    px.junit_path.unlink()
+    return names
 
 
 def unchanged(result: pytest.RunResult) -> int:
@@ -150,9 +151,9 @@ def test_the_store_in_pytests_cache_and_a_run_where_nothing_changed(px: ExecPyte
     px.run(*args, f"--exec-python={other}")
     stored = json.loads((px.path / "deps.json").read_text())["scripts"]
     assert stored["pure_script.py::pure_script"]["inputs"]["interpreter"].startswith(other + " ")
-    again = px.run(*args, f"--exec-python={other}")
+    again = px.run(*args, f"--exec-python={other}", "-q")
     assert again.ret == pytest.ExitCode.OK, "nothing to run because nothing changed is no failure"
-    again.stdout.fnmatch_lines(["*1 script deselected as unchanged*"])
+    assert again.stdout.str().count("1 script deselected as unchanged") == 1, "-q shows it once"
     again.assert_outcomes(deselected=1)
 
 

@@ -35,6 +35,7 @@ from ..deps_file import (
     Inputs,
     Interpreter,
     Unhashable,
+    deps_to_plain,
     file_key,
     file_path,
     hints_from_plain,
@@ -135,8 +136,6 @@ class ChangedPlugin:
                         f"codomyrmex-exec: could not write the deps file {self.path}: {exc}"
                     )
         else:
-            from ..deps_file import deps_to_plain
-
             self.config.cache.set(CACHE_KEY, deps_to_plain(entries))
         cache = getattr(self.config, "cache", None)
         if cache is not None:
