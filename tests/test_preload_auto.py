@@ -136,3 +136,19 @@ def test_with_exec_changed_auto_chooses_from_its_deps_store(px: ExecPytester) ->
     assert _where(px) == ["preloaded"]
     # The deps store is where the imports were kept: no second table of this plugin's own.
     assert not list(px.path.glob(".pytest_cache/v/codomyrmex_exec/imports"))
+
+
+def test_a_change_to_a_preloaded_module_reruns_the_scripts_with_exec_changed(
+    px: ExecPytester,
+) -> None:
+    # A warm script's import of a preloaded module finds it loaded and is not seen: its
+    # record must name the module all the same, or --exec-changed skips it after a change.
+    _local_package_tree(px)
+    (px.path / "fails_script.py").unlink()
+    args = ("--exec-warm", "--exec-preload", "mypkg", "--exec-changed")
+    px.run(*args).assert_outcomes(passed=3)
+    assert _where(px) == ["preloaded"] * 3
+
+    heavy = px.path / "src/mypkg/heavy.py"
+    heavy.write_text(heavy.read_text() + "CHANGED = True\n")
+    px.run(*args).assert_outcomes(passed=3)
