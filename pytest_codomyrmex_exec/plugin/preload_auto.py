@@ -75,6 +75,7 @@ class Choice:
 
     modules: tuple[str, ...] = ()
     source: str = ""
+    """Where the last run's imports are kept; empty when nowhere (no pytest cache)."""
     scripts: int = 0
     """Scripts whose imports were known."""
     needed: int = 0
@@ -198,6 +199,8 @@ def choose(config: pytest.Config) -> Choice:
         known, source = _from_deps_store(config), "--exec-changed's deps store"
     else:
         known, source = _from_cache(config), "pytest's cache"
+        if getattr(config, "cache", None) is None:
+            source = ""
     rootdir = config.rootpath
     scripts = {str(_script_path(nodeid, rootdir)) for nodeid in known}
     folders = {Path(script).parent for script in scripts}
@@ -267,6 +270,11 @@ class AutoPreload:
         choice = self.choice
         named = self.config.stash[OPTIONS_KEY].preload
         besides = f"only {', '.join(named)}" if named else "nothing"
+        if not choice.source:
+            return (
+                "codomyrmex-exec: warm: --exec-preload auto cannot keep what scripts import: "
+                f"pytest's cache is disabled (-p no:cacheprovider); preloading {besides}"
+            )
         if not choice.scripts:
             return (
                 f"codomyrmex-exec: warm: --exec-preload auto knows no earlier run "
