@@ -118,6 +118,16 @@ def test_auto_drops_a_module_the_server_refuses_or_cannot_import_and_keeps_the_r
     assert _where(px) == ["preloaded"] * 3  # the rest were kept
     assert result.ret == 0
 
+    # Under xdist each worker starts a server of its own: the controller says it, once each.
+    result = px.run("--exec-warm", "--exec-preload", "auto", "-n", "2")
+    result.assert_outcomes(passed=3)
+    notes = [line for line in result.outlines if "auto preload dropped" in line]
+    assert [note.split(":")[2] for note in notes] == [
+        " auto preload dropped settings_reader",
+        " auto preload dropped threaded",
+    ]
+    assert _where(px) == ["preloaded"] * 3
+
 
 def test_with_exec_changed_auto_chooses_from_its_deps_store(px: ExecPytester) -> None:
     _local_package_tree(px)

@@ -47,6 +47,8 @@ LIMIT = 20
 """At most this many modules: each is one more import the server's start-up waits on."""
 SHOWN = 6
 """Names the header line shows before "(+N more)"."""
+_DROPPED_OUTPUT_KEY = "codomyrmex_exec_preload_dropped"
+"""An xdist worker's dropped modules, for the controller's summary."""
 _IMPORTS_ATTR = "codomyrmex_exec_imports"
 """The attribute of a script's call report with its imports (plain JSON: it travels from an
 xdist worker)."""
@@ -265,6 +267,8 @@ class AutoPreload:
         self.keeps_own = not config.stash[OPTIONS_KEY].changed
         """Without ``--exec-changed`` the imports go to this plugin's own table."""
         self.fresh: dict[str, dict[str, list[str]]] = {}
+        self.dropped_by_workers: dict[str, str] = {}
+        """xdist's controller: what the workers' servers dropped (each starts its own)."""
 
     def pytest_report_header(self) -> str:
         choice = self.choice
@@ -318,13 +322,23 @@ class AutoPreload:
             self.fresh[report.nodeid] = imports
 
     def pytest_sessionfinish(self) -> None:
+        if hasattr(self.config, "workerinput"):  # the controller keeps them and tells
+            output = self.config.workeroutput  # type: ignore[attr-defined]
+            output[_DROPPED_OUTPUT_KEY] = dict(self.launcher.dropped)
+            return
         cache = getattr(self.config, "cache", None)
-        if not self.fresh or cache is None or hasattr(self.config, "workerinput"):
-            return  # the controller keeps them, from the reports it sees
+        if not self.fresh or cache is None:
+            return
         kept: Any = cache.get(CACHE_KEY, {})
         cache.set(CACHE_KEY, {**(kept if isinstance(kept, dict) else {}), **self.fresh})
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        dropped = (getattr(node, "workeroutput", None) or {}).get(_DROPPED_OUTPUT_KEY)
+        if isinstance(dropped, dict):
+            self.dropped_by_workers.update(dropped)
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        for name, why in self.launcher.dropped.items():
+        for name, why in {**self.dropped_by_workers, **self.launcher.dropped}.items():
             line = f"codomyrmex-exec: warm: auto preload dropped {name}: {why}"
             terminalreporter.write_line(line)
