@@ -113,6 +113,14 @@ _preload_error = _import_preload()
 del sys.path[: len(_PRELOAD_PATH)]
 _KEEP: frozenset[str] = frozenset(sys.modules) | _STARTUP
 """What a forked script keeps in ``sys.modules``: start-up imports and the preload list."""
+_PRELOADED_FILES = [
+    file
+    for name in sorted(_KEEP - _STARTUP)
+    for file in [getattr(sys.modules[name], "__file__", None)]
+    if isinstance(file, str)
+]
+"""The preload list's files. A script's import of one finds it loaded and raises no audit
+event, so a recorded run lists them all as read: they are what the script ran with."""
 
 import runpy
 
@@ -387,6 +395,8 @@ def _become(request: dict[str, object], fds: list[int], sync_write: int) -> None
         _finish(1)
     if record_fd >= 0:  # last: what made this process look fresh is not the script's doing
         _RECORDER["install"](record_fd)
+        for file in _PRELOADED_FILES:
+            sys.audit("open", file, "r", os.O_RDONLY)
     _run(module, target)
 
 

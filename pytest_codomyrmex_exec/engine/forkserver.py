@@ -237,14 +237,17 @@ class _Server:
             except TimeoutError:
                 self.kill(grace=0.0)  # stuck in an import: it would not read an EOF either
                 where = f" (still importing {importing!r})" if importing else ""
-                raise _Broken(f"it did not become ready in {timeout:g} s{where}") from None
+                raise _Broken(
+                    f"it did not become ready in {timeout:g} s{where}", module=importing
+                ) from None
             except OSError as exc:
                 cause = self.death() if isinstance(exc, ConnectionError) else str(exc)
                 self.kill(grace=0.0)
                 if importing is not None:
                     raise _Broken(
                         f"cannot preload {importing!r}: the server died while importing it "
-                        f"({cause})"
+                        f"({cause})",
+                        module=importing,
                     ) from None
                 raise _Broken(f"{self.python} ended before it was ready ({cause})") from None
             if kind == "importing":
@@ -254,7 +257,7 @@ class _Server:
                 return
             else:
                 self.kill(grace=0.0)
-                raise _Broken(str(value))
+                raise _Broken(str(value), module=importing)
 
     def _receive(self) -> tuple[str, object]:
         data = self.sock.recv(_MAX_MESSAGE)
@@ -316,6 +319,11 @@ class _TooLarge(OSError):
 class _Broken(OSError):
     """The server cannot start (a preload failed to import): it will not get better."""
 
+    def __init__(self, message: str, module: str | None = None) -> None:
+        super().__init__(message)
+        self.module = module
+        """The preload module it was importing when it failed, if any."""
+
 
 @final
 class WarmLauncher:
@@ -326,8 +334,12 @@ class WarmLauncher:
     server's environment (default: ``os.environ``), which should be the scripts' base
     environment: variables an interpreter reads at start-up are compared with it, and its
     ``PYTHONPATH`` is where the preload list is found. ``ready_timeout``: seconds the server
-    may take to import the preload list. The server starts at the first warm spawn; that
-    time is no script's (a script's timeout starts once its own process exists).
+    may take to import the preload list. ``optional_preload`` names modules imported after
+    ``preload`` that may be dropped: one the server refuses, cannot import, or dies or hangs
+    importing is dropped (named in :attr:`dropped`) and the server starts with the rest,
+    where a ``preload`` module would make every warm start fail with that error. The server
+    starts at the first warm spawn; that time is no script's (a script's timeout starts once
+    its own process exists).
     Thread-safe; use as a context manager, or ``close()``.
     """
 
@@ -337,9 +349,15 @@ class WarmLauncher:
         preload: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
         ready_timeout: float = _READY_TIMEOUT,
+        optional_preload: Iterable[str] = (),
     ) -> None:
         self.python = _interpreter_path(python or sys.executable)
-        self.preload = tuple(preload)
+        required = tuple(preload)
+        optional = tuple(dict.fromkeys(n for n in optional_preload if n not in required))
+        self.preload = required + optional
+        self._optional = frozenset(optional)
+        self.dropped: dict[str, str] = {}
+        """``optional_preload`` modules dropped, with why the server refused them."""
         for name in self.preload:
             if not name or not all(part.isidentifier() for part in name.split(".")):
                 raise ValueError(f"preload: not a module name: {name!r}")
@@ -440,10 +458,17 @@ class WarmLauncher:
             logger.warning("the warm-start server died (%s); starting a new one", server.death())
             server.kill()
             server = self._server = None
-        if server is None:
+        while server is None:
             try:
                 server = _Server(self.python, self.preload, self.env, self.ready_timeout)
             except _Broken as exc:
+                if exc.module in self._optional and exc.module in self.preload:
+                    # The failed server is gone with whatever the import left behind: a new
+                    # one without that module (the list is shorter each time: this ends).
+                    logger.warning("warm start: dropped preload %r: %s", exc.module, exc)
+                    self.dropped[exc.module] = str(exc)
+                    self.preload = tuple(name for name in self.preload if name != exc.module)
+                    continue
                 self._broken = str(exc)
                 raise OSError(f"the warm-start server could not start: {exc}") from None
             self._server = server

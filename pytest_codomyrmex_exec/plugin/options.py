@@ -36,6 +36,8 @@ BACKENDS = ("process", "async", "dask")
 DEFAULT_BACKEND: Literal["process", "async"] = "async"
 ORDERS = ("duration", "collection")
 CWDS = ("script", "tmp", "rootdir", "copy")
+PRELOAD_AUTO = "auto"
+"""The ``--exec-preload`` word for: what most scripts imported last time (preload_auto.py)."""
 
 Backend = Literal["process", "async", "dask"]
 Order = Literal["duration", "collection"]
@@ -123,7 +125,8 @@ def add_options(parser: pytest.Parser) -> None:
         "--exec-preload",
         metavar="MODULES",
         default=None,
-        help="modules the warm interpreter imports once, comma-separated (ini: exec_preload)",
+        help="modules the warm interpreter imports once, comma-separated; auto: those most "
+        "scripts imported last time (ini: exec_preload)",
     )
     group.addoption(
         "--exec-cwd",
@@ -350,6 +353,8 @@ class ExecOptions:
     """Fork scripts from a pre-warmed interpreter (``--exec-warm``)."""
     preload: tuple[str, ...] = ()
     """Modules the warm interpreter imports once (``--exec-preload``)."""
+    preload_auto: bool = False
+    """``auto`` among them: also what most scripts imported last time (plugin/preload_auto.py)."""
     cwd: Cwd = "script"
     """Where a script without an exec(cwd=...) mark runs."""
     live: bool = False
@@ -392,8 +397,9 @@ class ExecOptions:
     @property
     def record(self) -> bool:
         """Do scripts run with the recorder (``ScriptSpec.record``)? For what they write
-        (``exec_dirty``) and what they read (``--exec-changed``)."""
-        return self.dirty != "ignore" or self.changed
+        (``exec_dirty``), what they read (``--exec-changed``) and what they import
+        (``--exec-preload auto``)."""
+        return self.dirty != "ignore" or self.changed or (self.warm and self.preload_auto)
 
 
 def _pick(config: pytest.Config, option: str, ini: str) -> tuple[str, str] | None:
@@ -434,18 +440,20 @@ def _flag(config: pytest.Config, name: str) -> bool:
         raise pytest.UsageError(f"ini option {name!r}: {exc}") from None
 
 
-def _preload(config: pytest.Config) -> tuple[str, ...]:
-    """Module names from --exec-preload (comma-separated), else the ini list."""
+def _preload(config: pytest.Config) -> tuple[tuple[str, ...], bool]:
+    """Module names from --exec-preload (comma-separated), else the ini list; and whether
+    ``auto`` is among them."""
     given = config.getoption("exec_preload")
     if given is not None:
         where, items = "--exec-preload", [str(given)]
     else:
         where, items = "ini option 'exec_preload'", [str(i) for i in config.getini("exec_preload")]
     names = [name.strip() for item in items for name in item.split(",") if name.strip()]
-    for name in names:
+    named = tuple(name for name in names if name != PRELOAD_AUTO)
+    for name in named:
         if not all(part.isidentifier() for part in name.split(".")):
             raise pytest.UsageError(f"{where}: not a module name: {name!r}")
-    return tuple(names)
+    return named, PRELOAD_AUTO in names
 
 
 def _choice(config: pytest.Config, name: str, choices: tuple[str, ...], default: str) -> str:
@@ -509,6 +517,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         if not WARM_SUPPORTED:
             raise pytest.UsageError("--exec-warm needs fork() and SCM_RIGHTS (Linux, macOS)")
     cwd = cast(Cwd, _choice(config, "exec_cwd", CWDS, "script"))
+    preload, preload_auto = _preload(config)
 
     patterns = tuple(str(p) for p in config.getini("exec_script_patterns"))
     dask_scheduler = _dask_scheduler(config) if backend == "dask" else None
@@ -532,7 +541,8 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         flaky=cast(Literal["pass", "fail"], _ini_choice(config, "exec_flaky", ("pass", "fail"))),
         leaks=_leaks(config),
         warm=warm,
-        preload=_preload(config),
+        preload=preload,
+        preload_auto=preload_auto,
         cwd=cwd,
         dirty=_dirty(config),
         kill_grace=kill_grace,

@@ -78,7 +78,7 @@ def resolve_settings(item: pytest.Item, options: ExecOptions) -> ScriptSpec:
         "python": options.python,
         "memory_limit_mb": options.memory_limit_mb,
         "kill_grace": options.kill_grace,
-        "record": options.record,  # what it reads and writes (exec_dirty, --exec-changed)
+        "record": options.record,  # what it reads, imports and writes
         **_ini_defaults(options, marked),
         **marked,
         "timeout": timeout,

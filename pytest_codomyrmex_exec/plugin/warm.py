@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..engine.forkserver import WarmLauncher
 
 _PLUGIN = "codomyrmex-exec-warm"
+_AUTO_PLUGIN = "codomyrmex-exec-preload-auto"
 
 
 def configure_warm(config: pytest.Config) -> None:
@@ -33,16 +34,29 @@ def configure_warm(config: pytest.Config) -> None:
         return
     from ..engine.forkserver import WarmLauncher  # imported only when the feature is on
 
+    choice = None
+    pythonpath = pytest_pythonpath(config)
+    if options.preload_auto:
+        from .preload_auto import choose  # imported only when the feature is on
+
+        choice = choose(config)
+        if choice.shared_folder is not None:  # first on each script's path, so on the server's
+            pythonpath.insert(0, choice.shared_folder)
     launcher = WarmLauncher(
         python=options.python or sys.executable,
         preload=options.preload,
         # The scripts' base environment; it carries the session tag, so the server and all
         # it forks are found by the session's sweep for leftovers, whatever happens. Its
         # PYTHONPATH (pytest's ``pythonpath`` entries first) is where the preload is found.
-        env=child_environment(config.stash[SESSION_TAG_KEY], pytest_pythonpath(config)),
+        env=child_environment(config.stash[SESSION_TAG_KEY], pythonpath),
+        optional_preload=choice.modules if choice is not None else (),
     )
     config.stash[LAUNCHER_KEY] = launcher
     config.pluginmanager.register(WarmReport(config, launcher), _PLUGIN)
+    if choice is not None:
+        from .preload_auto import AutoPreload
+
+        config.pluginmanager.register(AutoPreload(config, choice, launcher), _AUTO_PLUGIN)
 
 
 class WarmReport:
