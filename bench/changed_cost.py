@@ -4,9 +4,11 @@
 python bench/changed_cost.py [--corpus tiny] [--runs 7] [--workers 2] [--warm]
 ```
 
-Two arms on the same corpus (the ``tiny`` one of ``bench/run.py``: 200 scripts that print a
-line), as whole pytest sessions with ``--exec-parallel --exec-workers 2``: **plain**, and
-**changed** with ``--exec-changed`` and a deps file deleted before each of its runs (a first
+Three arms on the same corpus (the ``tiny`` one of ``bench/run.py``: 200 scripts that print a
+line), as whole pytest sessions with ``--exec-parallel --exec-workers 2``: **plain**, with
+``exec_dirty = ignore`` so that nothing is recorded; **default**, the plugin's defaults, under
+which ``exec_dirty = warn`` records what every script writes; and **changed** with
+``--exec-changed`` and a deps file deleted before each of its runs (a first
 run: every script runs, records what it reads and imports, and is hashed; the file is
 written at the end). Both arms run with ``-p no:cacheprovider``, so no durations or stat
 hints carry over from one run to the next. The arms are interleaved run by run after an
@@ -28,11 +30,13 @@ from measure import Sample, child_environment, real_interpreter, run_once
 
 
 def _arm(
-    python: str, folder: Path, env: dict[str, str], extra: list[str], deps: Path | None
+    python: str, folder: Path, env: dict[str, str], extra: list[str], name: str, deps: Path
 ) -> Sample:
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
     argv += ["--exec-parallel", *extra]
-    if deps is not None:
+    if name == "plain":  # no recorder at all: what recording is measured against
+        argv += ["-o", "exec_dirty=ignore"]
+    if name == "--exec-changed":
         deps.unlink(missing_ok=True)  # everything changed: nothing is remembered
         argv += ["--exec-changed", f"--exec-deps-file={deps}"]
     return run_once(argv, cwd=folder, env=env, expect_passed=len(list(folder.glob("*.py"))))
@@ -55,11 +59,10 @@ def main() -> None:
         extra = ["--exec-workers", str(options.workers)]
         if options.warm:
             extra.append("--exec-warm")
-        arms: dict[str, list[Sample]] = {"plain": [], "--exec-changed": []}
+        arms: dict[str, list[Sample]] = {"plain": [], "default": [], "--exec-changed": []}
         for round_ in range(options.runs + 1):  # round 0: untimed (bytecode, disk caches)
             for name, samples in arms.items():
-                store = deps if name == "--exec-changed" else None
-                sample = _arm(python, corpus.folder, env, extra, store)
+                sample = _arm(python, corpus.folder, env, extra, name, deps)
                 if not sample.ok:
                     raise SystemExit(f"{name} failed: {sample.problem}")
                 if round_:
@@ -78,11 +81,13 @@ def main() -> None:
             f"| {name} | {statistics.median(walls):.3f} | {min(walls):.3f}-{max(walls):.3f} "
             f"| {statistics.median(s.cpu for s in samples):.3f} |"
         )
-    plain, changed = arms["plain"], arms["--exec-changed"]
-    wall = statistics.median(s.wall for s in changed) / statistics.median(s.wall for s in plain)
-    cpu = statistics.median(s.cpu for s in changed) / statistics.median(s.cpu for s in plain)
+    plain = arms["plain"]
     print()
-    print(f"ratio of medians, --exec-changed / plain: wall {wall:.3f}, CPU {cpu:.3f}")
+    for name in ("default", "--exec-changed"):
+        samples = arms[name]
+        wall = statistics.median(s.wall for s in samples) / statistics.median(s.wall for s in plain)
+        cpu = statistics.median(s.cpu for s in samples) / statistics.median(s.cpu for s in plain)
+        print(f"ratio of medians, {name} / plain: wall {wall:.3f}, CPU {cpu:.3f}")
 
 
 if __name__ == "__main__":

@@ -162,21 +162,25 @@ def test_what_the_recorder_could_not_follow_runs_every_time(px: ExecPytester) ->
     outside = px.path.parent / f"{px.path.name}-settings.txt"
     outside.write_text("a\n")
     px.script("outside_script.py", f"print(open({str(outside)!r}).read())\n")
-    px.script(
-        "tool_script.py",
-        f"import subprocess\nsubprocess.run([{shutil.which('true')!r}], check=True)\n",
-    )
+    # A program that is not Python: what it does inside is unseen, but the program is hashed.
+    tool = px.path / "tools" / "tool"
+    tool.parent.mkdir()
+    shutil.copy(shutil.which("true") or "/bin/true", tool)
+    px.script("tool_script.py", f"import subprocess\nsubprocess.run([{str(tool)!r}])\n")
+    px.script("shell_script.py", "import os\nos.system('true')\n")  # a shell: runs every time
     args = ("--exec-changed", "-v", *px.junit_args())
     px.run(*args)
 
     second = px.run(*args)
-    assert ran(px, second) == {"tool_script"}
-    second.stdout.fnmatch_lines(["*runs: tool_script.py::tool_script: ran */true: not followed*"])
+    assert ran(px, second) == {"shell_script"}
+    second.stdout.fnmatch_lines(["*runs: shell_script.py::shell_script: ran a shell command*"])
 
     outside.write_text("b\n")
+    shutil.copy(shutil.which("false") or "/bin/false", tool)
     third = px.run(*args)
-    assert ran(px, third) == {"tool_script", "outside_script"}
+    assert ran(px, third) == {"shell_script", "outside_script", "tool_script"}
     third.stdout.fnmatch_lines([f"*runs: outside_script.py::outside_script: {outside} changed"])
+    third.stdout.fnmatch_lines(["*runs: tool_script.py::tool_script: tools/tool changed"])
 
 
 def test_sharded_runs_merge_their_deps_and_share_what_is_left(px: ExecPytester) -> None:

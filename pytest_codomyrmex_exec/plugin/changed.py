@@ -228,9 +228,16 @@ class ChangedPlugin:
         spec = item.settings()
         writes = set(record["writes"])
         files: dict[str, str | None] = {}
-        always = list(record["unseen"])
+        always: list[str] = []
+        reads = {spec.script, *record["reads"]}
+        for line in record["unseen"]:
+            program = _program_not_followed(line)
+            if program is None:
+                always.append(line)
+            else:  # what it did inside is unseen, but the program itself is an input
+                reads.add(program)
         used: dict[str, list[Any]] = {}
-        for read in {spec.script, *record["reads"]}:
+        for read in reads:
             if "__pycache__" in Path(read).parts or read.startswith(MACHINE_STATE):
                 continue  # bytecode follows its source (and holds its mtime); see MACHINE_STATE
             key = file_key(read, self.rootdir)
@@ -373,3 +380,18 @@ def _plain(value: object) -> object:
     if isinstance(value, frozenset | set):
         return sorted(value, key=repr)
     return repr(value)
+
+
+_NOT_PYTHON = ": not followed (not Python)"
+"""How the recorder ends the line of a program it ran that is not Python."""
+
+
+def _program_not_followed(unseen: str) -> str | None:
+    """The program of a recorder line ``ran /usr/bin/convert a.png b.jpg: not followed (not
+    Python)``: hashed like a file the script read, so the script runs again when the program
+    changes. ``None`` for anything else the recorder could not follow (a Python child, a shell
+    command, a record cut short), which runs the script every time."""
+    if not (unseen.startswith("ran ") and unseen.endswith(_NOT_PYTHON)):
+        return None
+    program = unseen[len("ran ") : -len(_NOT_PYTHON)].split(" ", 1)[0]
+    return program if os.path.isabs(program) else None
