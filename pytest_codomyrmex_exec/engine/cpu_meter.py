@@ -1,0 +1,187 @@
+"""``workers="auto"``: how many scripts run at once follows how much CPU the running ones want.
+
+Scripts that mostly sleep (animations, network waits, ``time.sleep``) leave one-per-core
+concurrency idle; CPU-bound scripts gain nothing from more than one per core and only slow
+each other down. :class:`AutoLimit` starts at one per core (:func:`default_workers`) and,
+while scripts run and others wait, looks at most every :data:`SAMPLE_INTERVAL` seconds at
+what the running scripts' process trees asked of the CPU over the last window:
+
+    demand per script = (CPU time + time spent runnable but waiting for a CPU) / wall time / running
+
+That is what a script would use on an idle machine, so it is the same whether the machine
+is shared or not: a busy loop counts as one core even while other work keeps it off the
+CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). The limit then
+aims at ``cores / demand per script`` scripts (as many as fit without oversubscribing the
+cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE` per core, rising by at most
+``cores`` per window so the scripts it adds are measured before more follow. It falls as
+soon as the scripts turn busy; running scripts are never stopped, the next ones just wait.
+
+The scripts are found as the descendants of this process (the runner's children, and the
+children of the warm server that pytest started). A process that starts and ends between two
+looks is not seen. Without ``/proc`` (macOS, Windows) nothing can be measured and the limit
+stays at one per core. Reads a few small files per running process per look; never
+imports pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Final, Literal, final
+
+from .spec import default_workers
+
+AUTO: Final = "auto"
+"""The ``max_workers`` / ``max_concurrency`` value that makes a runner use an :class:`AutoLimit`."""
+
+Workers = int | Literal["auto"]
+"""A running limit as the runners take it: a fixed number, or ``"auto"``."""
+
+SAMPLE_INTERVAL: Final = 0.25
+"""Seconds between two looks at the scripts' CPU use (only while some script waits)."""
+
+AUTO_CAP_PER_CORE: Final = 4
+"""``auto`` runs at most this many scripts per core, however idle they are."""
+
+_LEAST_DEMAND: Final = 1 / AUTO_CAP_PER_CORE
+"""Below this, a script's demand counts as this: the cap per core follows from it."""
+
+
+def cores() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def auto_cap() -> int:
+    """The most scripts ``auto`` ever runs at once: what a pool for it needs."""
+    return AUTO_CAP_PER_CORE * cores()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read().decode("ascii", "replace")
+    except OSError:  # the process or thread ended meanwhile
+        return ""
+
+
+def _process(pid: int) -> tuple[int, list[int]]:
+    """Nanoseconds ``pid``'s threads have run or waited to run, and its children's pids."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, []
+    demand = 0
+    children: list[int] = []
+    for tid in threads:
+        fields = _read(f"/proc/{pid}/task/{tid}/schedstat").split()
+        if len(fields) >= 2:
+            demand += int(fields[0]) + int(fields[1])
+        # Per thread: a child belongs to the thread that started it (a pool thread, say).
+        children.extend(int(child) for child in _read(f"/proc/{pid}/task/{tid}/children").split())
+    return demand, children
+
+
+def _age(pid: int) -> float:
+    """Seconds since ``pid`` started (at least a clock tick, to divide by)."""
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+    if len(fields) < 20:
+        return tick  # it ended meanwhile: its demand was read already, and is small
+    started = int(fields[19]) * tick  # starttime: clock ticks after boot
+    return max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, tick)
+
+
+def measurable() -> bool:
+    """Can this machine tell how much CPU a process tree wants (Linux ``/proc``)?"""
+    me = os.getpid()
+    return all(os.path.exists(f"/proc/{me}/task/{me}/{name}") for name in ("schedstat", "children"))
+
+
+@final
+class CpuMeter:
+    """The CPU demand of this process's descendants (not its own), window by window."""
+
+    def __init__(self, root: int | None = None) -> None:
+        self._root = os.getpid() if root is None else root
+        self._seen: dict[int, int] = {}
+        """Each descendant's demand in ns at the last look."""
+        self._when: float | None = None
+        self._rates: dict[int, float] = {}
+        """Each descendant's demand in cores over the last window."""
+
+    def forget(self) -> None:
+        """Start over: the next :meth:`sample` only opens a window."""
+        self._seen.clear()
+        self._rates.clear()
+        self._when = None
+
+    def sample(self, now: float) -> float | None:
+        """Cores' worth of demand of the processes running now, over the window since the
+        last call (``None`` for the first one).
+
+        Each process counts at its own rate: one that started within the window over the
+        time since it started. One that ended within the window counts at its rate of the
+        window before: its runner may not have seen the end yet, and still counts it
+        running.
+        """
+        seen: dict[int, int] = {}
+        pending = _process(self._root)[1]
+        while pending:
+            pid = pending.pop()
+            demand, children = _process(pid)
+            seen[pid] = demand
+            pending.extend(children)
+        window = None if self._when is None else now - self._when
+        before, self._seen, self._when = self._seen, seen, now
+        if window is None or window <= 0:
+            return None
+        rates: dict[int, float] = {}
+        for pid, demand in seen.items():
+            known = before.get(pid)
+            if known is not None and known <= demand:
+                rates[pid] = (demand - known) / 1e9 / window
+            else:  # new (or a reused pid): all of its demand is since it started
+                rates[pid] = demand / 1e9 / min(window, _age(pid))
+        ended = sum(rate for pid, rate in self._rates.items() if pid not in seen)
+        self._rates = rates
+        return sum(rates.values()) + ended
+
+
+@final
+class AutoLimit:
+    """The running limit of a runner given ``"auto"``: see the module's policy."""
+
+    def __init__(self, meter: CpuMeter | None = None, *, cpus: int | None = None) -> None:
+        self.cores = cpus or cores()
+        self.floor = min(self.cores, default_workers())
+        """Where it starts, and the least it goes down to: one per core (as a fixed
+        ``auto`` did)."""
+        self.cap = AUTO_CAP_PER_CORE * self.cores
+        self.limit = self.floor
+        self.peak = self.floor
+        """The highest limit it reached."""
+        self._meter = meter if meter is not None else CpuMeter() if measurable() else None
+        self._next = 0.0
+
+    def update(self, running: int, waiting: int, now: float) -> int:
+        """The limit now; called as often as the runner likes, it looks at most every
+        :data:`SAMPLE_INTERVAL` s, and only while scripts run and others wait."""
+        if self._meter is None:
+            return self.limit
+        if not running or not waiting:
+            self._meter.forget()  # a window across an idle spell would average it in
+            return self.limit
+        if now < self._next:
+            return self.limit
+        self._next = now + SAMPLE_INTERVAL
+        demand = self._meter.sample(now)
+        if demand is None:
+            return self.limit
+        per_script = max(demand / running, _LEAST_DEMAND)
+        fits = min(self.cap, max(self.floor, int(self.cores / per_script)))
+        self.limit = min(fits, self.limit + self.cores)
+        self.peak = max(self.peak, self.limit)
+        return self.limit
