@@ -12,9 +12,9 @@ That is what a script would use on an idle machine, so it is the same whether th
 is shared or not: a busy loop counts as one core even while other work keeps it off the
 CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). The limit then
 aims at ``cores / demand per script`` scripts (as many as fit without oversubscribing the
-cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE` per core, rising by at most
-``cores`` per window so the scripts it adds are measured before more follow. It falls as
-soon as the scripts turn busy; running scripts are never stopped, the next ones just wait.
+cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE` per core, at most doubling
+per window so the scripts it adds are measured before more follow. It falls as soon as the
+scripts turn busy; running scripts are never stopped, the next ones just wait.
 
 The scripts are found as the descendants of this process (the runner's children, and the
 children of the warm server that pytest started). A process that starts and ends between two
@@ -154,16 +154,14 @@ class CpuMeter:
 class AutoLimit:
     """The running limit of a runner given ``"auto"``: see the module's policy."""
 
-    def __init__(self, meter: CpuMeter | None = None, *, cpus: int | None = None) -> None:
-        self.cores = cpus or cores()
+    def __init__(self) -> None:
+        self.cores = cores()
         self.floor = min(self.cores, default_workers())
         """Where it starts, and the least it goes down to: one per core (as a fixed
         ``auto`` did)."""
         self.cap = AUTO_CAP_PER_CORE * self.cores
         self.limit = self.floor
-        self.peak = self.floor
-        """The highest limit it reached."""
-        self._meter = meter if meter is not None else CpuMeter() if measurable() else None
+        self._meter = CpuMeter() if measurable() else None
         self._next = 0.0
 
     def update(self, running: int, waiting: int, now: float) -> int:
@@ -182,6 +180,5 @@ class AutoLimit:
             return self.limit
         per_script = max(demand / running, _LEAST_DEMAND)
         fits = min(self.cap, max(self.floor, int(self.cores / per_script)))
-        self.limit = min(fits, self.limit + self.cores)
-        self.peak = max(self.peak, self.limit)
+        self.limit = min(fits, 2 * self.limit)
         return self.limit
