@@ -6,29 +6,31 @@ each other down. :class:`AutoLimit` starts at one per core (:func:`default_worke
 while scripts run and others wait, looks at most every :data:`SAMPLE_INTERVAL` seconds at
 what the running scripts' process trees asked of the CPU over the last window:
 
-    demand per script = (CPU time + time spent runnable but waiting for a CPU) / wall time / running
+    demand per script = (CPU time + time runnable but waiting for a CPU) / wall time / scripts
 
 That is what a script would use on an idle machine, so it is the same whether the machine
 is shared or not: a busy loop counts as one core even while other work keeps it off the
-CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). The limit then
+CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). Scripts that
+started within the window are left out until the next one: so far they ran their
+interpreter's start-up, which is busy whatever the script does next. The limit then
 aims at ``cores / demand per script`` scripts (as many as fit without oversubscribing the
 cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE` per core, at most doubling
 per window so the scripts it adds are measured before more follow. It falls as soon as the
 scripts turn busy; running scripts are never stopped, the next ones just wait.
 
 The scripts are found as the descendants of this process (the runner's children, and the
-children of the warm server that pytest started). A process that starts and ends between two
-looks is not seen. Without ``/proc`` (macOS, Windows) nothing can be measured and the limit
-stays at one per core. Reads a few small files per running process per look; never
-imports pytest.
+children of the warm server that pytest started) that carry a run's tag. A process that
+starts and ends between two looks is not seen. Without ``/proc`` (macOS, Windows) nothing
+can be measured and the limit stays at one per core. Reads a few small files per running
+process per look; never imports pytest.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from typing import Final, Literal, final
+from typing import Final, Literal, NamedTuple, final
 
+from .launch import RUN_TAG_VAR
 from .spec import default_workers
 
 AUTO: Final = "auto"
@@ -84,70 +86,94 @@ def _process(pid: int) -> tuple[int, list[int]]:
     return demand, children
 
 
-def _age(pid: int) -> float:
-    """Seconds since ``pid`` started (at least a clock tick, to divide by)."""
-    tick = 1 / os.sysconf("SC_CLK_TCK")
-    fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
-    if len(fields) < 20:
-        return tick  # it ended meanwhile: its demand was read already, and is small
-    started = int(fields[19]) * tick  # starttime: clock ticks after boot
-    return max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, tick)
-
-
 def measurable() -> bool:
     """Can this machine tell how much CPU a process tree wants (Linux ``/proc``)?"""
     me = os.getpid()
     return all(os.path.exists(f"/proc/{me}/task/{me}/{name}") for name in ("schedstat", "children"))
 
 
+class Reading(NamedTuple):
+    """One window of a :class:`CpuMeter`."""
+
+    demand: float
+    """Cores' worth of CPU the measured scripts' processes wanted during the window."""
+    scripts: int
+    """Scripts measured: running ones with a process seen before the window."""
+
+
+_TAG_ENTRY = RUN_TAG_VAR.encode() + b"="
+
+
+def _run_tag(pid: int) -> bytes | None:
+    """The script run ``pid`` belongs to (its :data:`RUN_TAG_VAR`), ``None`` for none (this
+    process's other children, the warm server's placeholder of zeros)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            entries = stream.read().split(b"\0")
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.startswith(_TAG_ENTRY):
+            tag = entry[len(_TAG_ENTRY) :]
+            return tag if tag.strip(b"0") else None
+    return None
+
+
 @final
 class CpuMeter:
-    """The CPU demand of this process's descendants (not its own), window by window."""
+    """The CPU demand of the scripts running below this process, window by window.
+
+    A script is the processes carrying its run's tag (:data:`RUN_TAG_VAR`: the script and
+    its children, cold or forked by the warm server), so helpers (the guardian, the warm
+    server) count for nothing, and a script whose process has ended is not counted while
+    its runner still holds its slot.
+    """
 
     def __init__(self, root: int | None = None) -> None:
         self._root = os.getpid() if root is None else root
         self._seen: dict[int, int] = {}
-        """Each descendant's demand in ns at the last look."""
+        """Each tagged descendant's demand in ns at the last look."""
+        self._tags: dict[int, bytes] = {}
+        """Each tagged descendant's run tag (read once: it never changes after exec)."""
         self._when: float | None = None
-        self._rates: dict[int, float] = {}
-        """Each descendant's demand in cores over the last window."""
 
     def forget(self) -> None:
         """Start over: the next :meth:`sample` only opens a window."""
         self._seen.clear()
-        self._rates.clear()
         self._when = None
 
-    def sample(self, now: float) -> float | None:
-        """Cores' worth of demand of the processes running now, over the window since the
-        last call (``None`` for the first one).
+    def sample(self, now: float) -> Reading | None:
+        """What the running scripts wanted over the window since the last call (``None``
+        for the first one).
 
-        Each process counts at its own rate: one that started within the window over the
-        time since it started. One that ended within the window counts at its rate of the
-        window before: its runner may not have seen the end yet, and still counts it
-        running.
+        A process that started within the window is not measured: what it did so far is
+        its interpreter's start-up, busy whatever the script does next. A script counts once
+        one of its processes has been measured.
         """
         seen: dict[int, int] = {}
+        tags: dict[int, bytes] = {}
         pending = _process(self._root)[1]
         while pending:
             pid = pending.pop()
             demand, children = _process(pid)
-            seen[pid] = demand
             pending.extend(children)
+            # Untagged ones are read again next time: before its exec a child still has
+            # its parent's environment.
+            tag = self._tags.get(pid) or _run_tag(pid)
+            if tag is not None:
+                seen[pid], tags[pid] = demand, tag
         window = None if self._when is None else now - self._when
-        before, self._seen, self._when = self._seen, seen, now
+        before, self._seen, self._tags, self._when = self._seen, seen, tags, now
         if window is None or window <= 0:
             return None
-        rates: dict[int, float] = {}
+        used = 0
+        measured: set[bytes] = set()
         for pid, demand in seen.items():
             known = before.get(pid)
-            if known is not None and known <= demand:
-                rates[pid] = (demand - known) / 1e9 / window
-            else:  # new (or a reused pid): all of its demand is since it started
-                rates[pid] = demand / 1e9 / min(window, _age(pid))
-        ended = sum(rate for pid, rate in self._rates.items() if pid not in seen)
-        self._rates = rates
-        return sum(rates.values()) + ended
+            if known is not None and known <= demand:  # else new, or a reused pid
+                used += demand - known
+                measured.add(tags[pid])
+        return Reading(used / 1e9 / window, len(measured))
 
 
 @final
@@ -175,10 +201,10 @@ class AutoLimit:
         if now < self._next:
             return self.limit
         self._next = now + SAMPLE_INTERVAL
-        demand = self._meter.sample(now)
-        if demand is None:
+        reading = self._meter.sample(now)
+        if reading is None or not reading.scripts:
             return self.limit
-        per_script = max(demand / running, _LEAST_DEMAND)
+        per_script = max(reading.demand / reading.scripts, _LEAST_DEMAND)
         fits = min(self.cap, max(self.floor, int(self.cores / per_script)))
         self.limit = min(fits, 2 * self.limit)
         return self.limit
