@@ -129,8 +129,8 @@ class CpuMeter:
     its runner still holds its slot.
     """
 
-    def __init__(self, root: int | None = None) -> None:
-        self._root = os.getpid() if root is None else root
+    def __init__(self) -> None:
+        self._root = os.getpid()
         self._seen: dict[int, int] = {}
         """Each tagged descendant's demand in ns at the last look."""
         self._tags: dict[int, bytes] = {}
