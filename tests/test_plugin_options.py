@@ -254,15 +254,6 @@ def test_workers_bound_the_scripts_running_at_once(px: ExecPytester, mode: Mode)
     assert max(counts) == 2
 
 
-def test_auto_workers_is_the_cpu_count_capped_at_eight(px: ExecPytester) -> None:
-    expected = min(os.cpu_count() or 1, 8)
-    for i in range(expected + 1):
-        px.script(f"s{i}_script.py", concurrency(expected))
-    result = px.run("--exec-parallel", "--exec-workers", "auto")
-    result.assert_outcomes(passed=expected + 1)
-    assert max(int(n) for n in px.lines("concurrency.txt")) == expected
-
-
 def test_parallel_workers_and_backend_from_ini(px: ExecPytester) -> None:
     px.ini(exec_parallel="true", exec_workers="3", exec_backend="async")
     for name in "abcdef":

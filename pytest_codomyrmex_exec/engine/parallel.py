@@ -16,6 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, final
 
+from .cpu_meter import AUTO, AutoLimit, Workers, auto_cap
 from .events import RunEvent, RunEventKind, Subscription
 from .launch import COLD, Launcher, kill_tagged
 from .resources import (
@@ -183,11 +184,17 @@ class ParallelRunner:
     the variables ``resource_env`` lists for the resource (by default ``CUDA_VISIBLE_DEVICES``
     for ``GPU``) are set to them, and its result's ``resource_ids`` lists them. A spec with
     ``exclusive=True`` runs with no other script of the batch running.
+
+    ``max_workers="auto"`` (on the default pool) lets the number of scripts running at once
+    follow their CPU use: one per core to begin with, more while the running ones leave the
+    cores idle (sleeping, waiting), back to one per core when they keep them busy, at most
+    four per core (see :mod:`pytest_codomyrmex_exec.engine.cpu_meter`); ``max_workers`` then
+    reads that cap. On a passed executor ``"auto"`` lets the executor's size govern.
     """
 
     def __init__(
         self,
-        max_workers: int | None = None,
+        max_workers: Workers | None = None,
         *,
         fail_fast: bool = False,
         progress_callback: Callable[[ProgressEvent], object] | None = None,
@@ -196,21 +203,24 @@ class ParallelRunner:
         resources: Amounts | None = None,
         resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
     ) -> None:
-        if max_workers is None:
-            max_workers = default_workers()
+        self._auto = max_workers == AUTO
+        if max_workers is None or self._auto:
+            # The pool's size; threads start only as scripts do, so a cap costs nothing.
+            size = auto_cap() if self._auto else default_workers()
             self._in_flight_explicit = False
         else:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-                raise TypeError(f"max_workers must be an int, got {max_workers!r}")
+                raise TypeError(f"max_workers must be an int or 'auto', got {max_workers!r}")
             if max_workers < 1:
                 raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+            size = max_workers
             self._in_flight_explicit = True
         if executor is not None and not isinstance(executor, Executor) and not callable(executor):
             raise TypeError(
                 "executor must be a concurrent.futures.Executor or a factory returning one, "
                 f"got {executor!r}"
             )
-        self.max_workers: int = max_workers
+        self.max_workers: int = size
         self.fail_fast = fail_fast
         self.progress_callback = progress_callback
         self.output_callback: Callable[[RunEvent], object] | None = None
@@ -443,8 +453,10 @@ class ParallelRunner:
         own_threads = self._executor is None
         # A foreign executor sizes itself unless the caller asked for a bound explicitly.
         limited = own_threads or self._in_flight_explicit
+        auto = AutoLimit() if self._auto and own_threads else None
         queue: StartQueue[_Job] = StartQueue(
-            limit=self.max_workers if limited else None, capacities=self._capacities
+            limit=(auto.limit if auto else self.max_workers) if limited else None,
+            capacities=self._capacities,
         )
         results: list[ScriptResult | None] = [None] * len(jobs)
         running: dict[Future[ScriptResult], Ticket[_Job]] = {}
@@ -487,6 +499,8 @@ class ParallelRunner:
         try:
             while queue.waiting or running:
                 batch.wakeup.clear()
+                if auto is not None:  # this loop polls every _POLL s while scripts run
+                    queue.limit = auto.update(queue.running, queue.waiting, time.monotonic())
                 starting = queue.pop_ready() if batch.reason is None else []
                 for position, ticket in enumerate(starting):
                     if batch.reason is not None:  # cancelled from another thread meanwhile

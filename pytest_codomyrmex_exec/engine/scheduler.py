@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import inspect
 import logging
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, final
 
 from .async_runner import describe_error
+from .cpu_meter import AUTO, SAMPLE_INTERVAL, AutoLimit, Workers, auto_cap
 from .events import JobEvent, JobEventKind, JobEventSink
 from .resources import Amounts
 from .start_queue import StartQueue, Ticket
@@ -142,24 +144,34 @@ class AsyncScheduler:
     that could never fit raises ``ValueError`` naming the resource. Without capacities
     (``None``), demands are not tracked. A job scheduled with ``exclusive=True`` runs with no
     other job running: it waits for the running ones, and nothing behind it starts meanwhile.
+
+    ``max_concurrency="auto"`` lets the running limit follow the CPU use of the processes the
+    jobs start (one per core at first, more while they leave the cores idle, at most four per
+    core: :mod:`pytest_codomyrmex_exec.engine.cpu_meter`); ``max_concurrency`` reads that cap.
     """
 
     def __init__(
         self,
         *,
-        max_concurrency: int = 4,
+        max_concurrency: Workers = 4,
         event_sink: JobEventSink | None = None,
         resources: Amounts | None = None,
     ) -> None:
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise TypeError(f"max_concurrency must be an int, got {max_concurrency!r}")
-        if max_concurrency < 1:
+        self._auto = AutoLimit() if max_concurrency == AUTO else None
+        if self._auto is not None:
+            max_concurrency = auto_cap()
+        elif isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise TypeError(f"max_concurrency must be an int or 'auto', got {max_concurrency!r}")
+        elif max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if event_sink is not None and not callable(event_sink):
             raise TypeError(f"event_sink must be callable, got {event_sink!r}")
-        self._max_concurrency = max_concurrency
+        self._max_concurrency: int = max_concurrency
         self._event_sink = event_sink
-        self._queue: StartQueue[str] = StartQueue(limit=max_concurrency, capacities=resources)
+        self._queue: StartQueue[str] = StartQueue(
+            limit=max_concurrency if self._auto is None else self._auto.limit,
+            capacities=resources,
+        )
         self._tickets: dict[str, Ticket[str]] = {}
         """Each job that waits or runs, by id: its place in the queue."""
         self._jobs: dict[str, AsyncJob] = {}
@@ -309,13 +321,23 @@ class AsyncScheduler:
             while True:
                 # Clearing before starting jobs is safe: nothing else runs until the await.
                 wakeup.clear()
-                for ticket in self._queue.pop_ready():
+                queue = self._queue
+                if self._auto is not None:
+                    queue.limit = self._auto.update(
+                        len(self._running), queue.waiting, time.monotonic()
+                    )
+                for ticket in queue.pop_ready():
                     job = self._jobs[ticket.job]
                     job.assigned = ticket.assigned
                     self._start(job)
-                if not self._running and not self._queue.waiting:
+                if not self._running and not queue.waiting:
                     break
-                await wakeup.wait()
+                if self._auto is not None and queue.waiting and self._running:
+                    # Nothing may end for a while, yet the limit may rise: look again.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wakeup.wait(), SAMPLE_INTERVAL)
+                else:
+                    await wakeup.wait()
         except BaseException:
             await self._abort()
             raise

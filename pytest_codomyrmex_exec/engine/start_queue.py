@@ -5,7 +5,8 @@ waiting jobs in a :class:`StartQueue` and start what it hands out. The policy, i
 
 - Waiting jobs are taken in **start order**: lower ``priority`` first, then the order in
   which they were pushed.
-- At most ``limit`` jobs run at once (``None``: no limit).
+- At most ``limit`` jobs run at once (``None``: no limit). The limit may change between
+  walks (``workers="auto"``, see :mod:`.cpu_meter`); lowering it stops no running job.
 - With capacities, a job starts only when its whole ``demand`` is free, so resources are never
   oversubscribed; without capacities demands are not tracked. The :class:`ResourcePool` picks
   the units (device ids) a job gets; they are on its ticket (``assigned``) while it runs.
@@ -72,9 +73,8 @@ class StartQueue(Generic[_T]):
     """Waiting jobs, and the decision which of them start now (see the module's policy)."""
 
     def __init__(self, *, limit: int | None = None, capacities: Amounts | None = None) -> None:
-        if limit is not None and limit < 1:
-            raise ValueError(f"the limit of running jobs must be at least 1, got {limit}")
-        self._limit = limit
+        self._limit: int | None = None
+        self.limit = limit
         self._tracked = capacities is not None
         self._pool = ResourcePool(capacities or {})
         self._lanes: dict[_Lane, list[Ticket[_T]]] = {}
@@ -88,6 +88,17 @@ class StartQueue(Generic[_T]):
     def capacities(self) -> dict[str, float] | None:
         """The capacities given, or ``None`` when resources are not tracked."""
         return dict(self._pool.capacities) if self._tracked else None
+
+    @property
+    def limit(self) -> int | None:
+        """How many jobs may run at once (``None``: no limit); the next walk follows a change."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"the limit of running jobs must be at least 1, got {limit}")
+        self._limit = limit
 
     @property
     def waiting(self) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ..engine.cpu_meter import AUTO
 from ..engine.launch import COLD, kill_tagged
 from ..engine.resources import describe_assigned
 from . import hookspecs
@@ -96,7 +97,7 @@ def pytest_exec_make_backend(config: pytest.Config) -> object:
         return None  # made by the dask_backend plugin, registered in pytest_configure
     return make_builtin_backend(
         options.backend,
-        options.workers,
+        AUTO if options.auto_workers else options.workers,
         config.stash[LAUNCHER_KEY],
         options.resources,
         options.resource_env,

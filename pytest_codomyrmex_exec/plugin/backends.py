@@ -1,6 +1,7 @@
 """The built-in backends of the parallel session: the async scheduler and the process pool.
 
-A backend takes keyed jobs in start order, runs at most ``workers`` at once and passes the
+A backend takes keyed jobs in start order, runs at most ``workers`` at once (``"auto"``: as
+many as the scripts' CPU use allows, see :mod:`..engine.cpu_meter`) and passes the
 engine's :class:`RunEvent` stream to the session's sink: ``started`` and ``finished`` for
 every script (``output`` too when asked for), each event keyed by the job's key. The key is
 a run's only identity: two jobs may run the same script. Other plugins provide more through
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, final
 
+from ..engine.cpu_meter import Workers
 from ..engine.events import EventSink, RunEvent, RunEventKind, Subscription
 from ..engine.launch import COLD, Launcher
 from ..engine.parallel import ParallelRunner
@@ -134,7 +136,7 @@ class ProcessBackend:
 
     def __init__(
         self,
-        workers: int,
+        workers: Workers,
         launcher: Launcher = COLD,
         resources: Mapping[str, float] | None = None,
         resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
@@ -188,7 +190,7 @@ class AsyncBackend:
 
     def __init__(
         self,
-        workers: int,
+        workers: Workers,
         launcher: Launcher = COLD,
         resources: Mapping[str, float] | None = None,
         resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,
@@ -290,7 +292,7 @@ class AsyncBackend:
 
 def make_builtin_backend(
     backend: str,
-    workers: int,
+    workers: Workers,
     launcher: Launcher = COLD,
     resources: Mapping[str, float] | None = None,
     resource_env: Mapping[str, Sequence[str]] = DEFAULT_RESOURCE_ENV,

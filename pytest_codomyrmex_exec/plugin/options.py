@@ -15,11 +15,11 @@ from typing import Any, Final, Literal, cast, final
 
 import pytest
 
+from ..engine.cpu_meter import AUTO_CAP_PER_CORE
 from ..engine.resources import DEFAULT_RESOURCE_ENV, parse_capacities, parse_resource_env
 from ..engine.spec import (
     DEFAULT_KILL_GRACE,
     DEFAULT_TIMEOUT,
-    DEFAULT_WORKERS_CAP,
     ScriptSpec,
     default_workers,
     validate_kill_grace,
@@ -75,8 +75,9 @@ def add_options(parser: pytest.Parser) -> None:
         "--exec-workers",
         metavar="N|auto",
         default=None,
-        help="scripts run at once with --exec-parallel; "
-        f"auto = min(cpus, {DEFAULT_WORKERS_CAP}) (ini: exec_workers)",
+        help="scripts run at once with --exec-parallel; auto = one per CPU, more (up to "
+        f"{AUTO_CAP_PER_CORE} per CPU) while the running scripts leave the CPUs idle "
+        "(ini: exec_workers)",
     )
     group.addoption(
         "--exec-backend",
@@ -342,6 +343,7 @@ class ExecOptions:
     patterns: tuple[str, ...]
     parallel: bool
     workers: int
+    """Scripts at once; with :attr:`auto_workers`, where the count starts (one per CPU)."""
     backend: Backend
     timeout: float | Unset | None
     """Seconds, or ``None`` for no timeout; :data:`UNSET` when neither the command line nor
@@ -388,6 +390,8 @@ class ExecOptions:
     """Arguments of every script without its own (ini ``exec_args``)."""
     changed: bool = False
     """Record scripts' inputs and deselect the unchanged ones (``--exec-changed``)."""
+    auto_workers: bool = False
+    """``--exec-workers auto``: the count follows the scripts' CPU use (not on Dask)."""
     leaks: LeakPolicy = "warn"
     """What processes a script leaves running make of it (ini ``exec_leaks``): a line in the
     run summary, a failure, or nothing."""
@@ -480,6 +484,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
                 f"{where}: expected a whole number >= 1 or 'auto', got {text!r}"
             )
         workers = int(text)
+    auto_workers = picked is None or picked[0] == "auto"
 
     backend = cast(Backend, _choice(config, "exec_backend", BACKENDS, DEFAULT_BACKEND))
 
@@ -526,6 +531,7 @@ def resolve_options(config: pytest.Config) -> ExecOptions:
         patterns=patterns,
         parallel=parallel,
         workers=workers,
+        auto_workers=auto_workers,
         backend=backend,
         timeout=timeout,
         memory_limit_mb=memory,

@@ -1,0 +1,210 @@
+"""``workers="auto"``: how many scripts run at once follows how much CPU the running ones want.
+
+Scripts that mostly sleep (animations, network waits, ``time.sleep``) leave one-per-core
+concurrency idle; CPU-bound scripts gain nothing from more than one per core and only slow
+each other down. :class:`AutoLimit` starts at one per core (:func:`default_workers`) and,
+while scripts run and others wait, looks at most every :data:`SAMPLE_INTERVAL` seconds at
+what the running scripts' process trees asked of the CPU over the last window:
+
+    demand per script = (CPU time + time runnable but waiting for a CPU) / wall time / scripts
+
+That is what a script would use on an idle machine, so it is the same whether the machine
+is shared or not: a busy loop counts as one core even while other work keeps it off the
+CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). Scripts that
+started within the window are left out until the next one: so far they ran their
+interpreter's start-up, which is busy whatever the script does next. The limit then
+aims at ``cores / demand per script`` scripts (as many as fit without oversubscribing the
+cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE` per core, at most doubling
+per window so the scripts it adds are measured before more follow. It falls as soon as the
+scripts turn busy; running scripts are never stopped, the next ones just wait.
+
+The scripts are found as the descendants of this process (the runner's children, and the
+children of the warm server that pytest started) that carry a run's tag. A process that
+starts and ends between two looks is not seen. Without ``/proc`` (macOS, Windows) nothing
+can be measured and the limit stays at one per core. Reads a few small files per running
+process per look; never imports pytest.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final, Literal, NamedTuple, final
+
+from .launch import RUN_TAG_VAR
+from .spec import default_workers
+
+AUTO: Final = "auto"
+"""The ``max_workers`` / ``max_concurrency`` value that makes a runner use an :class:`AutoLimit`."""
+
+Workers = int | Literal["auto"]
+"""A running limit as the runners take it: a fixed number, or ``"auto"``."""
+
+SAMPLE_INTERVAL: Final = 0.25
+"""Seconds between two looks at the scripts' CPU use (only while some script waits)."""
+
+AUTO_CAP_PER_CORE: Final = 4
+"""``auto`` runs at most this many scripts per core, however idle they are."""
+
+_LEAST_DEMAND: Final = 1 / AUTO_CAP_PER_CORE
+"""Below this, a script's demand counts as this: the cap per core follows from it."""
+
+
+def cores() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def auto_cap() -> int:
+    """The most scripts ``auto`` ever runs at once: what a pool for it needs."""
+    return AUTO_CAP_PER_CORE * cores()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read().decode("ascii", "replace")
+    except OSError:  # the process or thread ended meanwhile
+        return ""
+
+
+def _process(pid: int) -> tuple[int, list[int]]:
+    """Nanoseconds ``pid``'s threads have run or waited to run, and its children's pids."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, []
+    demand = 0
+    children: list[int] = []
+    for tid in threads:
+        fields = _read(f"/proc/{pid}/task/{tid}/schedstat").split()
+        if len(fields) >= 2:
+            demand += int(fields[0]) + int(fields[1])
+        # Per thread: a child belongs to the thread that started it (a pool thread, say).
+        children.extend(int(child) for child in _read(f"/proc/{pid}/task/{tid}/children").split())
+    return demand, children
+
+
+def measurable() -> bool:
+    """Can this machine tell how much CPU a process tree wants (Linux ``/proc``)?"""
+    me = os.getpid()
+    return all(os.path.exists(f"/proc/{me}/task/{me}/{name}") for name in ("schedstat", "children"))
+
+
+class Reading(NamedTuple):
+    """One window of a :class:`CpuMeter`."""
+
+    demand: float
+    """Cores' worth of CPU the measured scripts' processes wanted during the window."""
+    scripts: int
+    """Scripts measured: running ones with a process seen before the window."""
+
+
+_TAG_ENTRY = RUN_TAG_VAR.encode() + b"="
+
+
+def _run_tag(pid: int) -> bytes | None:
+    """The script run ``pid`` belongs to (its :data:`RUN_TAG_VAR`), ``None`` for none (this
+    process's other children, the warm server's placeholder of zeros)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            entries = stream.read().split(b"\0")
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.startswith(_TAG_ENTRY):
+            tag = entry[len(_TAG_ENTRY) :]
+            return tag if tag.strip(b"0") else None
+    return None
+
+
+@final
+class CpuMeter:
+    """The CPU demand of the scripts running below this process, window by window.
+
+    A script is the processes carrying its run's tag (:data:`RUN_TAG_VAR`: the script and
+    its children, cold or forked by the warm server), so helpers (the guardian, the warm
+    server) count for nothing, and a script whose process has ended is not counted while
+    its runner still holds its slot.
+    """
+
+    def __init__(self) -> None:
+        self._root = os.getpid()
+        self._seen: dict[int, int] = {}
+        """Each tagged descendant's demand in ns at the last look."""
+        self._tags: dict[int, bytes] = {}
+        """Each tagged descendant's run tag (read once: it never changes after exec)."""
+        self._when: float | None = None
+
+    def forget(self) -> None:
+        """Start over: the next :meth:`sample` only opens a window."""
+        self._seen.clear()
+        self._when = None
+
+    def sample(self, now: float) -> Reading | None:
+        """What the running scripts wanted over the window since the last call (``None``
+        for the first one).
+
+        A process that started within the window is not measured: what it did so far is
+        its interpreter's start-up, busy whatever the script does next. A script counts once
+        one of its processes has been measured.
+        """
+        seen: dict[int, int] = {}
+        tags: dict[int, bytes] = {}
+        pending = _process(self._root)[1]
+        while pending:
+            pid = pending.pop()
+            demand, children = _process(pid)
+            pending.extend(children)
+            # Untagged ones are read again next time: before its exec a child still has
+            # its parent's environment.
+            tag = self._tags.get(pid) or _run_tag(pid)
+            if tag is not None:
+                seen[pid], tags[pid] = demand, tag
+        window = None if self._when is None else now - self._when
+        before, self._seen, self._tags, self._when = self._seen, seen, tags, now
+        if window is None or window <= 0:
+            return None
+        used = 0
+        measured: set[bytes] = set()
+        for pid, demand in seen.items():
+            known = before.get(pid)
+            if known is not None and known <= demand:  # else new, or a reused pid
+                used += demand - known
+                measured.add(tags[pid])
+        return Reading(used / 1e9 / window, len(measured))
+
+
+@final
+class AutoLimit:
+    """The running limit of a runner given ``"auto"``: see the module's policy."""
+
+    def __init__(self) -> None:
+        self.cores = cores()
+        self.floor = min(self.cores, default_workers())
+        """Where it starts, and the least it goes down to: one per core (as a fixed
+        ``auto`` did)."""
+        self.cap = AUTO_CAP_PER_CORE * self.cores
+        self.limit = self.floor
+        self._meter = CpuMeter() if measurable() else None
+        self._next = 0.0
+
+    def update(self, running: int, waiting: int, now: float) -> int:
+        """The limit now; called as often as the runner likes, it looks at most every
+        :data:`SAMPLE_INTERVAL` s, and only while scripts run and others wait."""
+        if self._meter is None:
+            return self.limit
+        if not running or not waiting:
+            self._meter.forget()  # a window across an idle spell would average it in
+            return self.limit
+        if now < self._next:
+            return self.limit
+        self._next = now + SAMPLE_INTERVAL
+        reading = self._meter.sample(now)
+        if reading is None or not reading.scripts:
+            return self.limit
+        per_script = max(reading.demand / reading.scripts, _LEAST_DEMAND)
+        fits = min(self.cap, max(self.floor, int(self.cores / per_script)))
+        self.limit = min(fits, 2 * self.limit)
+        return self.limit

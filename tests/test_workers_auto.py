@@ -1,0 +1,161 @@
+"""``--exec-workers auto`` (the default): concurrency follows the scripts' CPU use.
+
+Sleeping scripts get more than one per core at once; CPU-bound ones never do. Both are
+observed from the scripts themselves: each stamps its start and end, and the test counts how
+many were running at the same moment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ExecPytester, Mode
+
+from pytest_codomyrmex_exec.engine.cpu_meter import AUTO_CAP_PER_CORE, cores
+
+CORES = cores()
+
+STAMPS = """\
+import os, sys, time
+_stamps = os.path.join({folder!r}, os.path.basename(sys.argv[0]) + ".stamps")
+with open(_stamps, "w") as _out:
+    _out.write(f"{{time.monotonic()}}\\n")
+"""
+
+END = """\
+with open(_stamps, "a") as _out:
+    _out.write(f"{time.monotonic()}\\n")
+"""
+
+
+def most_at_once(folder: Path) -> int:
+    """The most scripts that were between their start and end stamps at one moment."""
+    spans = [tuple(map(float, path.read_text().split())) for path in folder.glob("*.stamps")]
+    assert spans, "no script stamped its start"
+    assert all(len(span) == 2 for span in spans), spans
+    return max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+
+
+def write_scripts(root: Path, count: int, body: str) -> Path:
+    """``count`` scripts running ``body`` between their stamps; the stamps' folder."""
+    folder = root / "stamps"
+    folder.mkdir(parents=True)
+    for index in range(count):
+        source = STAMPS.format(folder=str(folder)) + body + END
+        (root / f"s{index}_script.py").write_text(source, encoding="utf-8")
+    return folder
+
+
+def waiting_for_company(folder: Path) -> str:
+    """Wait until more scripts have started than there are cores (15 s at most): at one
+    per core every script would sit out its deadline, and no more than CORES would overlap.
+    It looks every 0.1 s: on a loaded machine each wake-up waits for a CPU, and a script
+    that wakes very often is runnable most of the time, which auto rightly counts as busy."""
+    return f"""\
+deadline = time.monotonic() + 15
+while len(os.listdir({str(folder)!r})) <= {CORES} and time.monotonic() < deadline:
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.modes("process", "async-warm")
+def test_sleeping_scripts_run_more_than_one_per_core(px: ExecPytester, mode: Mode) -> None:
+    count = 3 * CORES
+    folder = write_scripts(px.path, count, waiting_for_company(px.path / "stamps"))
+    result = px.run(*mode, *px.report_args())
+    result.assert_outcomes(passed=count)
+    assert most_at_once(folder) > CORES
+    assert result.duration < 12, "the scripts waited for their deadline: they never overlapped"
+
+
+@pytest.mark.modes("async", "process-warm")
+def test_busy_scripts_stay_at_one_per_core(px: ExecPytester, mode: Mode) -> None:
+    count = 3 * CORES
+    folder = write_scripts(
+        px.path,
+        count,
+        """\
+end = time.monotonic() + 0.8
+while time.monotonic() < end:
+    pass
+""",
+    )
+    result = px.run(*mode, "--exec-workers", "auto")  # the default, spelled out
+    result.assert_outcomes(passed=count)
+    # The cap auto may reach with idle scripts would let all of them overlap.
+    assert count <= AUTO_CAP_PER_CORE * CORES
+    assert most_at_once(folder) <= CORES
+
+
+def test_explicit_workers_stay_fixed(px: ExecPytester) -> None:
+    """``--exec-workers N`` is a fixed count: sleeping scripts do not raise it."""
+    count = 4
+    folder = write_scripts(px.path, count, "time.sleep(0.6)\n")
+    result = px.run("--exec-parallel", "--exec-workers", "1")
+    result.assert_outcomes(passed=count)
+    assert most_at_once(folder) == 1
+
+
+def test_cpu_meter_sees_a_script_busy() -> None:
+    """A busy script counts as about one core, a sleeping one as none; a child without a
+    run's tag (a helper such as the guardian) is not a script."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from pytest_codomyrmex_exec.engine.cpu_meter import CpuMeter, measurable
+    from pytest_codomyrmex_exec.engine.launch import RUN_TAG_VAR
+
+    if not measurable():
+        pytest.skip("no /proc schedstat here")
+    meter = CpuMeter()
+    for code, tag, scripts, low, high in (
+        ("import time\ntime.sleep(5)", "1" * 32, 1, 0.0, 0.3),
+        ("while True: pass", "2" * 32, 1, 0.6, 1.5),
+        ("while True: pass", None, 0, 0.0, 0.0),
+    ):
+        env = dict(os.environ)
+        if tag is not None:
+            env[RUN_TAG_VAR] = tag
+        child = subprocess.Popen([sys.executable, "-c", code], env=env)
+        try:
+            time.sleep(0.3)  # past the interpreter's start-up, which is busy either way
+            meter.forget()
+            meter.sample(time.monotonic())
+            time.sleep(0.5)
+            reading = meter.sample(time.monotonic())
+        finally:
+            child.kill()
+            child.wait(10)
+        assert reading is not None
+        assert reading.scripts == scripts, (code, tag, reading)
+        assert low <= reading.demand <= high, (code, tag, reading)
+
+
+def test_library_runners_take_auto(tmp_path: Path) -> None:
+    """``ParallelRunner("auto")`` and ``AsyncScheduler(max_concurrency="auto")`` run waiting
+    scripts more than one per core, and say their cap."""
+    import asyncio
+
+    from pytest_codomyrmex_exec import AsyncScheduler, ParallelRunner, run_script_async
+
+    count = 3 * CORES
+    runner = ParallelRunner("auto")
+    assert runner.max_workers == AUTO_CAP_PER_CORE * CORES
+    root = tmp_path / "runner"
+    folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
+    outcome = runner.run_scripts(sorted(root.glob("*_script.py")))
+    assert outcome.passed == count
+    assert most_at_once(folder) > CORES
+
+    scheduler = AsyncScheduler(max_concurrency="auto")
+    assert scheduler.max_concurrency == AUTO_CAP_PER_CORE * CORES
+    root = tmp_path / "scheduler"
+    folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
+    for script in sorted(root.glob("*_script.py")):
+        scheduler.schedule(run_script_async, args=(str(script),))
+    jobs = asyncio.run(scheduler.run_all())
+    assert [job.result["status"] for job in jobs.values()] == ["passed"] * count
+    assert most_at_once(folder) > CORES
