@@ -24,6 +24,16 @@ with tempfile.NamedTemporaryFile("w", delete=False) as elsewhere:  # not the tre
 os.remove(elsewhere.name)
 """
 
+REGENERATED = """\
+import os
+print(open("helper.py").read()[:5])
+tracked = open("same.html").read()
+open("same.html", "w").write(tracked)  # regenerated as it was: nothing for git status
+with open("same.tmp", "w") as fh:  # and again atomically, renamed onto it
+    fh.write(tracked)
+os.replace("same.tmp", "same.html")
+"""
+
 MANY = """\
 for index in range(12):
     open(f"many{index:02}.txt", "w").close()
@@ -34,9 +44,10 @@ def write_examples(px: ExecPytester) -> Path:
     examples = px.path / "examples"
     px.script("examples/greet_script.py", DIAGRAM)
     px.script("examples/many_script.py", MANY)
-    px.script("examples/clean_script.py", "print(open('helper.py').read()[:5])\n")
+    px.script("examples/clean_script.py", REGENERATED)
     px.script("examples/helper.py", "DIAGRAM = '<svg>new</svg>'\n")
     (examples / "greet_diagram.html").write_text("<svg>tracked</svg>")
+    (examples / "same.html").write_text("<svg>unchanged</svg>")
     return examples
 
 
@@ -122,13 +133,17 @@ def test_fail_names_the_files_and_a_copy_keeps_the_scripts_clean(
 def test_ignore_records_nothing_q_says_it_in_a_line_and_a_bad_value_names_the_key(
     px: ExecPytester,
 ) -> None:
-    write_examples(px)
+    examples = write_examples(px)
     px.ini(exec_dirty="ignore")
     result = px.run(*px.report_args())
     result.assert_outcomes(passed=3)
     assert "wrote into the source tree" not in result.stdout.str()
     assert set(stream(px).values()) == {None}
 
+    # Back as tracked: rewriting what the ignored run left, unchanged, would write nothing.
+    for left in examples.glob("many*.txt"):
+        left.unlink()
+    (examples / "greet_diagram.html").write_text("<svg>tracked</svg>")
     px.ini(exec_dirty="warn")
     quiet = px.run("-q")
     quiet.stdout.fnmatch_lines(

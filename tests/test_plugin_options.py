@@ -430,6 +430,25 @@ def test_exec_python_as_two_arguments_is_a_usage_error(
     assert not (px.path / "ran").exists()
 
 
+@pytest.mark.parametrize("option", ["--exec-timeline", "--exec-report"])
+def test_an_output_file_outside_the_folder_as_two_arguments_is_a_usage_error(
+    px: ExecPytester, tmp_path_factory: pytest.TempPathFactory, option: str
+) -> None:
+    # "pytest --exec-timeline /tmp/t.html", run again once the page exists: pytest took it for
+    # a test path, the rootdir moved to /tmp, the ini file went unread and no script ran.
+    elsewhere = tmp_path_factory.mktemp("out") / "run.out"
+    elsewhere.write_text("")
+    px.ini(exec_script_patterns="jobs/*.py")
+    px.script("jobs/a.py", "open('ran', 'w').close()\n")
+    refused = px.run(option, str(elsewhere))
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines([f"ERROR: {option}: write {option}={elsewhere} *"])
+    assert not (px.path / "jobs" / "ran").exists()
+    # Inside the folder (as the docs write it) the file leads pytest to the same ini file.
+    (px.path / "out.html").write_text("")
+    px.run(option, "out.html").assert_outcomes(passed=1)
+
+
 def test_exec_python_as_two_arguments_in_ini_addopts_is_harmless(px: ExecPytester) -> None:
     # The ini file's addopts are read after pytest has chosen the rootdir: nothing moves.
     px.ini(addopts=f"--exec-python {sys.executable}")

@@ -111,3 +111,22 @@ def test_bad_summary_value_is_a_usage_error(px: ExecPytester) -> None:
     result = px.run("--exec-summary=maybe")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--exec-summary: expected one of yes, no, got 'maybe'*"])
+
+
+def test_under_xdist_the_wall_time_leaves_out_the_workers_start(px: ExecPytester) -> None:
+    # Workers that take 3 s to start, then two scripts that end at once: the wall time is
+    # the scripts' (as a lone session's starts after collection), not the workers' start-up,
+    # which had the headline call a real speed-up "0.3x".
+    px.pytester.makeconftest(
+        "import time\n\n"
+        "def pytest_configure(config):\n"
+        "    if hasattr(config, 'workerinput'):\n"
+        "        time.sleep(3)\n"
+    )
+    px.script("one_script.py", "")
+    px.script("two_script.py", "")
+    result = px.run("-n", "2")
+    result.assert_outcomes(passed=2)
+    match = SUMMARY_LINE.search(result.stdout.str())
+    assert match, result.stdout.str()
+    assert float(match[3]) < 2.5, f"the workers' 3 s start-up counted as the scripts': {match[0]}"

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 
-from ._record_site.sitecustomize import PATH_LIMIT, RECORD_VAR
+from ._record_site.sitecustomize import PATH_LIMIT, PRIOR_LIMIT, RECORD_VAR, fingerprint
 from .results import ScriptRecord
 
 HOOK_DIR = str(Path(__file__).with_name("_record_site"))
@@ -103,6 +103,7 @@ def read_record(fd: int, script: str, interpreter: str) -> ScriptRecord:
     data = _read_all(fd)
     reads = {os.path.abspath(script)}
     writes: set[str] = set()
+    priors: dict[str, str] = {}
     unseen: list[str] = []
     distributions: dict[str, str] = {}
     seen_interpreter: str | None = None
@@ -118,6 +119,9 @@ def read_record(fd: int, script: str, interpreter: str) -> ScriptRecord:
             reads.add(text)
         elif kind == b"W":
             writes.add(text)
+        elif kind == b"P":
+            size, digest, path = text.split(":", 2)
+            priors.setdefault(path, f"{size}:{digest}")
         elif kind == b"D":
             found = distributions_of(text)
             if found:
@@ -136,11 +140,25 @@ def read_record(fd: int, script: str, interpreter: str) -> ScriptRecord:
         unseen.append("the recorder did not start in the script's process")
     return ScriptRecord(
         reads=sorted(reads),
-        writes=sorted(writes),
+        writes=sorted(path for path in writes if not _as_it_was(path, priors.get(path))),
         distributions=dict(sorted(distributions.items())),
         interpreter=seen_interpreter or interpreter,
         unseen=unseen,
     )
+
+
+def _as_it_was(path: str, prior: str | None) -> bool:
+    """Does ``path`` hold what it held before the script first wrote it (``prior``: its
+    ``size:fingerprint`` then)? A demo that regenerates its diagram unchanged wrote nothing
+    that ``git status`` would show."""
+    if prior is None:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            now = fh.read(PRIOR_LIMIT + 1)
+    except OSError:
+        return False
+    return len(now) <= PRIOR_LIMIT and f"{len(now)}:{fingerprint(now)}" == prior
 
 
 def _read_all(fd: int) -> bytes:

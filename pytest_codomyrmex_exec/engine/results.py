@@ -55,7 +55,8 @@ class ScriptRecord(TypedDict):
     reads: list[str]
     """Files it imported or opened for reading (the script itself included)."""
     writes: list[str]
-    """Files it created, modified, renamed onto or removed."""
+    """Files it created, modified, renamed onto or removed; not a file (of at most 1 MB) that
+    it rewrote with the content it had."""
     distributions: dict[str, str]
     """Installed distributions it imported from: name to version."""
     interpreter: str

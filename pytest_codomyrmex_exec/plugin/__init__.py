@@ -71,7 +71,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     # The earliest hook a pytest11 plugin gets, before any conftest is imported from a
     # rootdir that a separated "--exec-python PATH" may have moved.
     given = shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
-    refuse_separate_path_values([*given, *early_config.invocation_params.args])
+    params = early_config.invocation_params
+    refuse_separate_path_values([*given, *params.args], str(params.dir))
 
 
 def _xdist_active(config: pytest.Config) -> bool:

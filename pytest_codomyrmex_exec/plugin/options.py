@@ -273,10 +273,17 @@ def add_changed_options(group: pytest.OptionGroup, parser: pytest.Parser) -> Non
 PATH_OPTIONS = ("--exec-python", "--exec-durations-file", "--exec-deps-file")
 """Options whose value is a path: given as a separate argument, pytest takes the value for a
 test path, since it picks the rootdir and ini file before any plugin's options exist."""
+OUTPUT_PATH_OPTIONS = ("--exec-report", "--exec-timeline")
+"""Files the run writes, refused as a separate argument only outside the current folder:
+inside it, pytest looks for the ini file from the file's folder up and finds the same one
+(the docs write ``--exec-report runs.jsonl``). Outside, once the file exists (the second
+run), the rootdir moves above it and the ini file goes unread; refused on the first run too,
+so that a command that works once keeps working."""
 
 
-def refuse_separate_path_values(args: Sequence[str]) -> None:
-    """Raise a UsageError for ``--exec-python PATH`` (two arguments) in ``args``.
+def refuse_separate_path_values(args: Sequence[str], invocation_dir: str) -> None:
+    """Raise a UsageError for ``--exec-python PATH`` (two arguments) in ``args``, or for
+    ``--exec-report PATH`` where ``PATH`` lies outside ``invocation_dir``.
 
     pytest reads ``PATH`` as a test path when it decides the rootdir and ini file, before
     plugin options are known: the rootdir would move to PATH's folder (or to a common
@@ -287,7 +294,12 @@ def refuse_separate_path_values(args: Sequence[str]) -> None:
     for option, value in itertools.pairwise(args):
         if option == "--":  # what follows is positional
             return
-        if option in PATH_OPTIONS and not value.startswith("-"):
+        if value.startswith("-"):
+            continue
+        outside = not os.path.abspath(os.path.join(invocation_dir, value)).startswith(
+            os.path.join(os.path.abspath(invocation_dir), "")
+        )
+        if option in PATH_OPTIONS or (option in OUTPUT_PATH_OPTIONS and outside):
             raise pytest.UsageError(
                 f"{option}: write {option}={value} (one argument). Given as two, pytest "
                 f"takes {value!r} for a test path before plugin options exist, which moves "
