@@ -24,13 +24,14 @@ import platform
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, final
+
+from .whole_file import write_whole
 
 FORMAT = "codomyrmex-exec deps"
 """The ``format`` key of every deps file: what tells ours from someone else's JSON."""
@@ -186,15 +187,7 @@ def deps_to_plain(entries: Mapping[str, Entry]) -> dict[str, Any]:
 def write_deps(path: Path, entries: Mapping[str, Entry]) -> None:
     """Write the store to ``path`` whole (a temporary file renamed over it), or leave the old
     file if that fails midway: shards or jobs reading it never see half a file."""
-    text = json.dumps(deps_to_plain(entries), indent=1, sort_keys=True) + "\n"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_whole(path, json.dumps(deps_to_plain(entries), indent=1, sort_keys=True) + "\n")
 
 
 def merge_deps(tables: Iterable[Mapping[str, Entry]]) -> dict[str, Entry]:

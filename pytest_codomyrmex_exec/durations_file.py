@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import final
+
+from .whole_file import write_whole
 
 FORMAT_VERSION = 1
 
@@ -103,15 +103,7 @@ def write_durations(path: Path, durations: Mapping[str, Measurement]) -> None:
         if lines
         else f'{{\n  "version": {FORMAT_VERSION},\n  "durations": {{}}\n}}\n'
     )
-    folder = path.parent
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_whole(path, text)
 
 
 def merge_durations(tables: Iterable[Mapping[str, Measurement]]) -> dict[str, Measurement]:
