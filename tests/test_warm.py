@@ -228,7 +228,9 @@ def test_a_forked_script_sees_its_environment_in_order_and_gc_as_a_cold_start(
     assert ("WARM_PROBE", "script's") in hot["changed"]["environ"]  # type: ignore[operator]
     assert hot["added"]["environ"][-1] == ("WARM_PROBE_ADDED", "yes")  # type: ignore[index]
     assert hot["changed"]["inherited"] == hot["changed"]["environ"]
-    assert hot["changed"]["gc"] == [True, list(gc.get_threshold()), 3, 0]
+    # The freeze count is the interpreter's (0 on 3.11, some hundreds at start on 3.12):
+    # hot == cold above holds it to a cold start's, whatever it is.
+    assert hot["changed"]["gc"][:3] == [True, list(gc.get_threshold()), 3]
 
 
 def test_preloaded_modules_are_all_a_script_finds_loaded_beyond_start_up(

@@ -140,11 +140,23 @@ def read_record(fd: int, script: str, interpreter: str) -> ScriptRecord:
         unseen.append("the recorder did not start in the script's process")
     return ScriptRecord(
         reads=sorted(reads),
-        writes=sorted(path for path in writes if not _as_it_was(path, priors.get(path))),
+        writes=sorted(
+            path
+            for path in writes
+            if not _is_cached_bytecode(path) and not _as_it_was(path, priors.get(path))
+        ),
         distributions=dict(sorted(distributions.items())),
         interpreter=seen_interpreter or interpreter,
         unseen=unseen,
     )
+
+
+def _is_cached_bytecode(path: str) -> bool:
+    """Is ``path`` bytecode the import system caches (``__pycache__/x.cpython-312.pyc``, or
+    the temporary file it renames onto that)? The interpreter writes it, not the script, and
+    only where ``PYTHONDONTWRITEBYTECODE`` is unset: a record must not depend on that."""
+    folder, name = os.path.split(path)
+    return os.path.basename(folder) == "__pycache__" and ".pyc" in name
 
 
 def _as_it_was(path: str, prior: str | None) -> bool:

@@ -56,7 +56,8 @@ class ScriptRecord(TypedDict):
     """Files it imported or opened for reading (the script itself included)."""
     writes: list[str]
     """Files it created, modified, renamed onto or removed; not a file (of at most 1 MB) that
-    it rewrote with the content it had."""
+    it rewrote with the content it had, nor the bytecode the import system caches in
+    ``__pycache__``."""
     distributions: dict[str, str]
     """Installed distributions it imported from: name to version."""
     interpreter: str
