@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .deps_file import DepsFileError, merge_deps, read_deps, write_deps
@@ -21,17 +22,58 @@ from .durations_file import DurationsFileError, merge_durations, read_durations,
 from .timeline import ReportFileError, read_report, write_timeline
 
 
+@dataclass(frozen=True)
+class _Merge:
+    """One ``merge-*`` command: the files it merges and how, with the words it prints."""
+
+    kind: str
+    """What the files are called in messages (``durations``, ``deps``)."""
+    counted: str
+    """What a merged entry is called (``items``, ``scripts``)."""
+    merge: Callable[[list[Path], Path], int]
+    """Read the inputs, merge them, write the output; the number of entries written."""
+    error: type[Exception]
+    """What reading a file of this kind raises for a file that is not one."""
+
+
+def _merge_durations(inputs: list[Path], out: Path) -> int:
+    merged = merge_durations(read_durations(path) for path in inputs)
+    write_durations(out, merged)
+    return len(merged)
+
+
+def _merge_deps(inputs: list[Path], out: Path) -> int:
+    merged = merge_deps(read_deps(path) for path in inputs)
+    write_deps(out, merged)
+    return len(merged)
+
+
+_MERGES = {
+    "merge-durations": _Merge("durations", "items", _merge_durations, DurationsFileError),
+    "merge-deps": _Merge("deps", "scripts", _merge_deps, DepsFileError),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_codomyrmex_exec")
     commands = parser.add_subparsers(dest="command", required=True)
-    merge = commands.add_parser(
-        "merge-durations",
-        help="merge durations files: the newest measurement of each item wins",
-        description="Merge durations files (--exec-durations-file) from several shards "
-        "into OUT: the newest measurement of each item wins. OUT may be one of the INs.",
-    )
-    merge.add_argument("out", metavar="OUT", type=Path)
-    merge.add_argument("inputs", metavar="IN", type=Path, nargs="+")
+    for name, help_, description in (
+        (
+            "merge-durations",
+            "merge durations files: the newest measurement of each item wins",
+            "Merge durations files (--exec-durations-file) from several shards into OUT: "
+            "the newest measurement of each item wins. OUT may be one of the INs.",
+        ),
+        (
+            "merge-deps",
+            "merge deps files: each script's latest run wins",
+            "Merge deps files (--exec-deps-file) from several shards into OUT: "
+            "each script's latest run wins. OUT may be one of the INs.",
+        ),
+    ):
+        merge = commands.add_parser(name, help=help_, description=description)
+        merge.add_argument("out", metavar="OUT", type=Path)
+        merge.add_argument("inputs", metavar="IN", type=Path, nargs="+")
     timeline = commands.add_parser(
         "timeline",
         help="draw a results file (--exec-report) as a timeline page",
@@ -46,30 +88,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="the page to write (default: RESULTS with .html for its suffix)",
     )
-    deps = commands.add_parser(
-        "merge-deps",
-        help="merge deps files: each script's latest run wins",
-        description="Merge deps files (--exec-deps-file) from several shards into OUT: "
-        "each script's latest run wins. OUT may be one of the INs.",
-    )
-    deps.add_argument("out", metavar="OUT", type=Path)
-    deps.add_argument("inputs", metavar="IN", type=Path, nargs="+")
     args = parser.parse_args(argv)
     if args.command == "timeline":
         return _timeline(parser, args.results, args.output)
-    if args.command == "merge-deps":
-        return _merge_deps(parser, args.out, args.inputs)
+    return _run_merge(parser, args.command, args.out, args.inputs)
 
-    missing = [str(path) for path in args.inputs if not path.is_file()]
+
+def _run_merge(parser: argparse.ArgumentParser, command: str, out: Path, inputs: list[Path]) -> int:
+    merge = _MERGES[command]
+    missing = [str(path) for path in inputs if not path.is_file()]
     if missing:
-        parser.error(f"no such durations file: {', '.join(missing)}")
+        parser.error(f"no such {merge.kind} file: {', '.join(missing)}")
     try:
-        merged = merge_durations(read_durations(path) for path in args.inputs)
-        write_durations(args.out, merged)
-    except (DurationsFileError, OSError) as exc:
-        print(f"merge-durations: {exc}", file=sys.stderr)
+        count = merge.merge(inputs, out)
+    except (merge.error, OSError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
         return 1
-    print(f"merge-durations: {len(merged)} items from {len(args.inputs)} files in {args.out}")
+    print(f"{command}: {count} {merge.counted} from {len(inputs)} files in {out}")
     return 0
 
 
@@ -85,20 +120,6 @@ def _timeline(parser: argparse.ArgumentParser, results: Path, page: Path | None)
         return 1
     count = len(lines)
     print(f"timeline: {count} script{'s' if count != 1 else ''} from {results} in {page}")
-    return 0
-
-
-def _merge_deps(parser: argparse.ArgumentParser, out: Path, inputs: list[Path]) -> int:
-    missing = [str(path) for path in inputs if not path.is_file()]
-    if missing:
-        parser.error(f"no such deps file: {', '.join(missing)}")
-    try:
-        merged = merge_deps(read_deps(path) for path in inputs)
-        write_deps(out, merged)
-    except (DepsFileError, OSError) as exc:
-        print(f"merge-deps: {exc}", file=sys.stderr)
-        return 1
-    print(f"merge-deps: {len(merged)} scripts from {len(inputs)} files in {out}")
     return 0
 
 
