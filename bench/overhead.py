@@ -42,6 +42,16 @@ def write_noop_tests(folder: Path, count: int) -> Path:
     return folder
 
 
+def write_baselines(corpus: Corpus) -> tuple[Path, Path]:
+    """Beside the corpus: a folder of as many trivial tests as it has scripts, and an empty
+    folder (pytest's own start-up), the two baselines a script's cost is set against."""
+    noop = write_noop_tests(corpus.folder.parent / "noop-tests", corpus.spec.count)
+    empty = corpus.folder.parent / "empty"
+    empty.mkdir(exist_ok=True)
+    (empty / "pytest.ini").write_text("[pytest]\n")
+    return noop, empty
+
+
 def run(
     corpus: Corpus,
     *,
@@ -53,10 +63,7 @@ def run(
 ) -> str:
     """Measure, print and keep the table; return it."""
     count = corpus.spec.count
-    noop = write_noop_tests(corpus.folder.parent / "noop-tests", count)
-    empty = corpus.folder.parent / "empty"
-    empty.mkdir(exist_ok=True)
-    (empty / "pytest.ini").write_text("[pytest]\n")
+    noop, empty = write_baselines(corpus)
 
     default, other = backends
     plugin = ["-q", "-p", "no:randomly", "--exec-parallel", "--exec-workers", "2"]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from corpora import Corpus
-from overhead import write_noop_tests
+from overhead import write_baselines
 from profiling import probe
 
 Record = dict[str, Any]
@@ -76,10 +76,7 @@ def run(
 ) -> str:
     """Measure, print and keep the table; return it."""
     count = corpus.spec.count
-    noop = write_noop_tests(corpus.folder.parent / "noop-tests", count)
-    empty = corpus.folder.parent / "empty"
-    empty.mkdir(exist_ok=True)
-    (empty / "pytest.ini").write_text("[pytest]\n")
+    noop, empty = write_baselines(corpus)
     default = backends[0]
     plugin = ["-q", "-p", "no:randomly", "--exec-parallel"]
     plugin += ["--exec-workers", str(corpus.spec.workers)]
