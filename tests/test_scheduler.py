@@ -120,6 +120,39 @@ def test_max_concurrency_bounds_running_jobs() -> None:
     assert 0.6 <= elapsed < 1.5, "nine 0.2 s jobs, three at a time, take three rounds"
 
 
+def test_a_freed_slot_starts_the_next_job_one_loop_step_later() -> None:
+    """The next job starts in the loop step after the previous one returned, not three later:
+    each step may wait for the GIL (pytest's thread reports results meanwhile), and until the
+    next script has started its slot sits idle."""
+    steps = 0
+    seen: dict[str, int] = {}
+
+    async def first() -> None:
+        seen["first returned"] = steps
+
+    async def second() -> None:
+        seen["second started"] = steps
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # runs once per loop iteration
+            nonlocal steps
+            steps += 1
+            loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        await scheduler.run_all()
+
+    scheduler = AsyncScheduler(max_concurrency=1)
+    scheduler.schedule(first)
+    scheduler.schedule(second)
+    asyncio.run(main())
+
+    assert seen["second started"] - seen["first returned"] <= 1, seen
+    assert scheduler.metrics.peak_running == 1, "one slot: the jobs never overlapped"
+
+
 def test_failed_jobs_are_retried_up_to_max_runs_and_record_their_runs() -> None:
     flaky = _Flaky(failures=2, value="third time lucky")
     hopeless = _Flaky(failures=100)

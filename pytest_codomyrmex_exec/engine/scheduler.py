@@ -182,6 +182,7 @@ class AsyncScheduler:
         self._running: dict[str, asyncio.Task[None]] = {}
         # Per run, never across runs: asyncio primitives bind to one loop.
         self._wakeup: asyncio.Event | None = None
+        self._aborting = False
         # Guards the hand-over between run_all's thread and threads asking to cancel.
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -311,6 +312,7 @@ class AsyncScheduler:
             self._loop = loop
             self._loop_thread = threading.get_ident()
             self._wakeup = wakeup = asyncio.Event()
+            self._aborting = False
         started = time.monotonic()
         logger.info(
             "run_all: %d job(s) pending, max_concurrency=%d",
@@ -323,13 +325,8 @@ class AsyncScheduler:
                 wakeup.clear()
                 queue = self._queue
                 if self._auto is not None:
-                    queue.limit = self._auto.update(
-                        len(self._running), queue.waiting, time.monotonic()
-                    )
-                for ticket in queue.pop_ready():
-                    job = self._jobs[ticket.job]
-                    job.assigned = ticket.assigned
-                    self._start(job)
+                    queue.limit = self._auto.update(queue.running, queue.waiting, time.monotonic())
+                self._start_ready()
                 if not self._running and not queue.waiting:
                     break
                 if self._auto is not None and queue.waiting and self._running:
@@ -358,6 +355,13 @@ class AsyncScheduler:
             )
         return dict(self._jobs)
 
+    def _start_ready(self) -> None:
+        """Start the waiting jobs the queue hands out now."""
+        for ticket in self._queue.pop_ready():
+            job = self._jobs[ticket.job]
+            job.assigned = ticket.assigned
+            self._start(job)
+
     def _start(self, job: AsyncJob) -> None:
         self._set_status(job, AsyncJobStatus.RUNNING)
         job.started_at = time.time()
@@ -365,7 +369,8 @@ class AsyncScheduler:
             self._execute(job), name=f"scheduler:{job.name}"
         )
         self._running[job.id] = task
-        self._peak_running = max(self._peak_running, len(self._running))
+        # Slots, not tasks: a task that gave its slot back is still winding down.
+        self._peak_running = max(self._peak_running, self._queue.running)
         task.add_done_callback(lambda done: self._on_task_done(job, done))
         logger.debug("started job %s (%s)", job.name, job.id)
         self._emit(JobEventKind.STARTED, job)
@@ -393,6 +398,7 @@ class AsyncScheduler:
                         )
                         continue
                     self._finish(job, AsyncJobStatus.FAILED, error=error)
+                    self._give_back(job)
                     return
                 # A function that swallowed our cancellation still ends cancelled: cancel()
                 # said True, so the job must never also count as completed.
@@ -400,14 +406,29 @@ class AsyncScheduler:
                     self._finish(job, AsyncJobStatus.CANCELLED)
                 else:
                     self._finish(job, AsyncJobStatus.COMPLETED, result=value)
+                self._give_back(job)
                 return
         except asyncio.CancelledError:
             self._finish(job, AsyncJobStatus.CANCELLED)
             raise
 
+    def _give_back(self, job: AsyncJob) -> None:
+        """The job is over: free its slot and start what may start now, in this very step.
+
+        Called as the job's function returns, not from the task's done callback: that runs
+        an event-loop iteration later, and waking ``run_all`` another one after it, so a
+        freed slot sat idle for two iterations (each of which may wait for the GIL while
+        another thread, such as pytest's reporting, holds it) before its next script started.
+        """
+        ticket = self._tickets.pop(job.id, None)
+        if ticket is None:
+            return  # given back already
+        self._queue.release(ticket)
+        if self._wakeup is not None and not self._aborting:
+            self._start_ready()
+
     def _on_task_done(self, job: AsyncJob, task: asyncio.Task[None]) -> None:
         self._running.pop(job.id, None)
-        self._queue.release(self._tickets.pop(job.id))
         if not job.status.is_final:
             # Only when the task was cancelled before its first step, so _execute never ran.
             if task.cancelled():
@@ -416,11 +437,13 @@ class AsyncScheduler:
                 exc = task.exception()
                 error = describe_error(exc) if exc is not None else "job ended without a status"
                 self._finish(job, AsyncJobStatus.FAILED, error=error)
+        self._give_back(job)  # for a job whose function never returned: cancelled, or broke
         if self._wakeup is not None:
             self._wakeup.set()
 
     async def _abort(self) -> None:
         """run_all is being cancelled (or broke): cancel everything and leave nothing running."""
+        self._aborting = True  # a job ending meanwhile must not start another
         tasks = list(self._running.items())
         logger.info("run_all interrupted: cancelling %d running job(s)", len(tasks))
         for job_id, task in tasks:
