@@ -350,6 +350,29 @@ def test_progress_callback_sees_each_start_and_end_on_the_callers_thread(tmp_pat
         events[0][0].kind = "finished"  # type: ignore[misc]
 
 
+def test_a_slow_progress_callback_does_not_keep_the_next_script_waiting(tmp_path: Path) -> None:
+    """A script's slot goes to the next script before its end is reported: pytest reporting
+    a result must not leave a worker idle. One worker: the second script can only run in the
+    slot the first gave back, while the callback for the first's end still waits for it."""
+    first = write_script(tmp_path, "first.py", "pass\n")
+    second, marker = marker_script(tmp_path, "second.py")
+    seen_running: list[bool] = []
+
+    def slow_callback(event: ProgressEvent) -> None:
+        if event.kind == "finished" and event.index == 0:
+            deadline = time.monotonic() + 20  # a loaded machine starts the next in < 1 s
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_running.append(marker.exists())
+
+    outcome = ParallelRunner(1, progress_callback=slow_callback).run_scripts(
+        [first, second], timeout=30
+    )
+
+    assert [r["status"] for r in outcome.results] == ["passed", "passed"]
+    assert seen_running == [True], "the second script waited for the first one's report"
+
+
 def test_failing_progress_callback_is_logged_not_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -499,9 +499,21 @@ class ParallelRunner:
         try:
             while queue.waiting or running:
                 batch.wakeup.clear()
+                # Slots first, reports after: the scripts that ended give their slots to the
+                # next ones before anyone hears of them, so a slow progress callback (pytest
+                # reporting a result) never keeps a slot idle.
+                ended = [future for future in running if future.done()]
+                outcomes = []
+                for future in ended:
+                    ticket = running.pop(future)
+                    queue.release(ticket)
+                    outcomes.append((ticket, *_outcome(future, ticket.job)))
+                failing = any(result["status"] in _FAILING for _, result, _ in outcomes)
+                # With fail-fast a failure is reported first: it cancels what would start.
+                starting_allowed = batch.reason is None and not (self.fail_fast and failing)
                 if auto is not None:  # this loop polls every _POLL s while scripts run
                     queue.limit = auto.update(queue.running, queue.waiting, time.monotonic())
-                starting = queue.pop_ready() if batch.reason is None else []
+                starting = queue.pop_ready() if starting_allowed else []
                 for position, ticket in enumerate(starting):
                     if batch.reason is not None:  # cancelled from another thread meanwhile
                         for left in starting[position:]:
@@ -528,18 +540,10 @@ class ParallelRunner:
                             queue.release(ticket)
                             finish(ticket.job, _not_run(ticket.job, ScriptStatus.CANCELLED))
 
-                for future, ticket in running.items():
-                    if ticket.job.index not in announced and future.running():
-                        announce(ticket.job)
-
-                done = [future for future in running if future.done()]
-                for future in done:
-                    ticket = running.pop(future)
-                    queue.release(ticket)
+                for ticket, result, failed in outcomes:
                     job = ticket.job
                     if job.index not in announced:
                         announce(job)
-                    result, failed = _outcome(future, job)
                     executor_failed |= failed
                     finish(job, with_resource_ids(result, ticket.assigned))
                     if self.fail_fast and result["status"] in _FAILING:
@@ -547,7 +551,11 @@ class ParallelRunner:
                             f"fail_fast: {job.script} ended {result['status'].value}"
                             f" ({result['error']})"
                         )
-                if running and not done:
+
+                for future, ticket in running.items():
+                    if ticket.job.index not in announced and future.running():
+                        announce(ticket.job)
+                if running and not ended:
                     batch.wakeup.wait(_POLL)
         except BaseException as exc:
             # KeyboardInterrupt, or a bug: stop the scripts and wait for them, then propagate.
