@@ -91,6 +91,24 @@ while time.monotonic() < deadline:
 )
 
 
+# A child with threads of its own, in the script's group: the script ends once they run.
+WITH_THREADS = (
+    PREAMBLE
+    + """\
+body = (
+    "import threading, time\\n"
+    "for _ in range(3):\\n"
+    "    threading.Thread(target=time.sleep, args=(300,), daemon=True).start()\\n"
+    "print('ready', flush=True)\\n"
+    "time.sleep(300)\\n"
+)
+child = subprocess.Popen([sys.executable, "-c", body], stdout=subprocess.PIPE)
+note(child.pid)
+child.stdout.readline()
+"""
+)
+
+
 @pytest.fixture
 def started() -> Iterator[list[Path]]:
     """The pid files the test's scripts write; every pid in them is killed at the end."""
@@ -139,6 +157,16 @@ def test_a_daemon_that_left_the_group_is_found_by_its_tag(
     [pid] = pids_in(Path(pids))
     assert leaked_pids(result) == [pid], result
     assert str(path) in result["leaked"][0]["command"]  # the forked interpreter's command line
+    assert not still_alive([pid], within=2.0)
+
+
+def test_a_leftover_with_threads_is_one_leftover(tmp_path: Path, started: list[Path]) -> None:
+    # Its threads' ids lie among the pids made after the script, and /proc/<tid> opens too.
+    path, pids = script(tmp_path, "threads.py", WITH_THREADS, started)
+    result = run_script(path, args=[pids])
+    [pid] = pids_in(Path(pids))
+    assert result["status"] == ScriptStatus.PASSED, result
+    assert (result["leaked_count"], leaked_pids(result)) == (1, [pid])
     assert not still_alive([pid], within=2.0)
 
 

@@ -8,8 +8,11 @@ sequence's group kill is all there is.
 
 Cost: only processes made after the script are read. Linux hands out pids in increasing
 order, wrapping at ``pid_max``, so a descendant's pid lies after the script's and up to
-``/proc/sys/kernel/ns_last_pid``; listing ``/proc`` is cheap, reading a process's files is
-not. A script that ran long enough for the pids to wrap all the way round
+``/proc/sys/kernel/ns_last_pid``; reading a process's files is what costs. When few pids were
+handed out since the script's (:data:`PROBE_LIMIT`), those pids are looked at one by one,
+since a pid that is gone costs one failed ``open``; otherwise ``/proc`` is listed, which on a
+busy machine (hundreds of processes) cost more than the rest of a tiny script's supervision.
+A script that ran long enough for the pids to wrap all the way round
 (:data:`PROCESSES_PER_SECOND`) gets every process read.
 """
 
@@ -35,6 +38,10 @@ PROCESSES_PER_SECOND = 50_000
 a script that ran less than ``pid_max`` divided by this cannot have seen the pids wrap all
 the way round, so its pid still bounds its descendants' (0.66 s with the smallest
 ``pid_max``, 32,768; 84 s with systemd's 4,194,304)."""
+
+PROBE_LIMIT = 128
+"""At most this many pids handed out since the script's are looked at one by one; more, and
+``/proc`` is listed instead (a listing costs about what a hundred failed looks do)."""
 
 SWEEP_ROUNDS = 3
 """Scans per sweep at most: a leftover may fork while it is being killed."""
@@ -95,6 +102,13 @@ def _stat(pid: int) -> tuple[str, int, str] | None:
         return None
 
 
+def _is_process(pid: int) -> bool:
+    """Is ``pid`` a process, not one of its threads? A thread's id opens ``/proc/<tid>`` as
+    well (only a listing leaves it out), with its process's group and environment."""
+    status = _read(f"{_PROC}/{pid}/status", 4096) or b""
+    return f"\nTgid:\t{pid}\n".encode() in status
+
+
 def _command(pid: int, name: str) -> str:
     raw = _read(f"{_PROC}/{pid}/cmdline") or b""
     words = raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
@@ -117,12 +131,20 @@ def _pid_max() -> int:
 
 def _candidates(leader: int, ran_for: float) -> list[int]:
     """The pids that may be the script's descendants: those made after it, when that can be
-    told (see the module docstring); else every process but the script itself."""
+    told (see the module docstring); else every process but the script itself. Looked at one
+    by one, some are gone and some are the ids of threads (see :func:`_is_process`)."""
+    last = _number(_LAST_PID) if ran_for < _pid_max() / PROCESSES_PER_SECOND else None
+    if last is not None:
+        if last >= leader:
+            since = range(leader + 1, last + 1)
+        else:  # the pids wrapped round
+            since = range(leader + 1, last + 1 + _pid_max())
+        if len(since) <= PROBE_LIMIT:
+            return [pid % _pid_max() for pid in since]
     try:
         listed = [int(name) for name in os.listdir(_PROC) if name.isdigit()]
     except OSError:
         return []
-    last = _number(_LAST_PID) if ran_for < _pid_max() / PROCESSES_PER_SECOND else None
     if last is None:
         return [pid for pid in listed if pid != leader]
     if last >= leader:
@@ -144,7 +166,7 @@ def find_leftovers(tag_entry: bytes, pgid: int, leader: int, ran_for: float) -> 
         state, group, name = stat
         if state in ("Z", "X"):  # it has ended; only its parent's wait is missing
             continue
-        if group == pgid or environ_has(pid, tag_entry):
+        if (group == pgid or environ_has(pid, tag_entry)) and _is_process(pid):
             found.append(Leftover(pid, group, _command(pid, name)))
     return found
 
