@@ -82,6 +82,33 @@ def test_max_concurrency_bounds_how_many_run_at_once() -> None:
     assert result.results["t3"] == "T3"
 
 
+def test_a_freed_slot_starts_the_next_task_one_loop_step_later() -> None:
+    """As in the scheduler: a slot that waits three loop steps for its next task sits idle
+    while another thread (pytest's reporting) may hold the GIL at each of them."""
+    steps = 0
+    seen: dict[str, int] = {}
+
+    async def mark(label: str) -> None:
+        seen[label] = steps
+
+    async def main() -> AsyncExecutionResult:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # runs once per loop iteration
+            nonlocal steps
+            steps += 1
+            loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        runner = AsyncParallelRunner(max_concurrency=1)
+        return await runner.run([("first", mark, ("first",)), ("second", mark, ("second",))])
+
+    result = asyncio.run(main())
+
+    assert result.completed == 2
+    assert seen["second"] - seen["first"] <= 1, seen
+
+
 def test_a_failing_task_is_recorded_and_the_others_still_finish() -> None:
     runner = AsyncParallelRunner()
     tasks: list[TaskSpec] = [

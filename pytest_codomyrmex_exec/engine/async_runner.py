@@ -96,9 +96,33 @@ class AsyncParallelRunner:
         wakeup = asyncio.Event()
         handles: list[asyncio.Task[None]] = []
 
-        def ended(ticket: Ticket[TaskSpec], task: asyncio.Task[None]) -> None:
+        group: asyncio.TaskGroup | None = None
+        given_back: set[Ticket[TaskSpec]] = set()
+
+        def start_ready() -> None:
+            assert group is not None
+            for ticket in queue.pop_ready():
+                name, func, args = ticket.job
+                on_failure = fail_fast if self._fail_fast else None
+                done = functools.partial(give_back, ticket, True)
+                coro = self._run_one(name, func, args, result, on_failure, done)
+                task = group.create_task(coro, name=f"async-runner:{name}")
+                task.add_done_callback(functools.partial(ended, ticket))
+                handles.append(task)
+
+        def give_back(ticket: Ticket[TaskSpec], start_next: bool) -> None:
+            # As a task's function returns, the next task starts in the following loop step;
+            # from the done callback and then this loop's wake-up it took three.
+            if ticket in given_back:
+                return
+            given_back.add(ticket)
             queue.release(ticket)
+            if start_next:
+                start_ready()
             wakeup.set()
+
+        def ended(ticket: Ticket[TaskSpec], task: asyncio.Task[None]) -> None:
+            give_back(ticket, False)  # cancelled or broken: only this loop starts more
 
         def fail_fast(failed: str) -> None:
             queue.drain()  # nothing more starts; the waiting are recorded cancelled below
@@ -126,16 +150,14 @@ class AsyncParallelRunner:
             async with asyncio.TaskGroup() as group:
                 while True:
                     wakeup.clear()
-                    for ticket in queue.pop_ready():
-                        name, func, args = ticket.job
-                        on_failure = fail_fast if self._fail_fast else None
-                        coro = self._run_one(name, func, args, result, on_failure)
-                        task = group.create_task(coro, name=f"async-runner:{name}")
-                        task.add_done_callback(functools.partial(ended, ticket))
-                        handles.append(task)
+                    start_ready()
                     if not queue.waiting:
                         break
-                    await wakeup.wait()
+                    try:
+                        await wakeup.wait()
+                    except asyncio.CancelledError:
+                        queue.drain()  # a task that ends while the group winds down starts none
+                        raise
         finally:
             # A task that never started, or was cancelled before its first step, never ran
             # its own bookkeeping: whatever has neither a result nor an error was cancelled.
@@ -161,7 +183,9 @@ class AsyncParallelRunner:
         args: Sequence[Any],
         result: AsyncExecutionResult,
         on_failure: Callable[[str], None] | None,
+        done: Callable[[], None],
     ) -> None:
+        """Run one task and record its outcome; ``done`` gives its slot back at the end."""
         try:
             value = await _call(name, func, args)
         except Exception as exc:
@@ -170,10 +194,12 @@ class AsyncParallelRunner:
             self._notify(name, exc)
             if on_failure is not None:
                 on_failure(name)
+            done()
             return
         result.results[name] = value
         logger.debug("task %r completed", name)
         self._notify(name, value)
+        done()
 
     def _notify(self, name: str, outcome: Any) -> None:
         if self._on_task_complete is None:
