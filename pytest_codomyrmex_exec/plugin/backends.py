@@ -251,7 +251,8 @@ class AsyncBackend:
         sink = self._sink
 
         def tell(event: RunEvent) -> None:
-            if event.result is not None and event.kind == RunEventKind.FINISHED:
+            # Most scripts hold no resource: their event goes on as it is, not copied.
+            if assigned and event.result is not None and event.kind == RunEventKind.FINISHED:
                 event = dataclasses.replace(event, result=with_resource_ids(event.result, assigned))
             sink(event)
 

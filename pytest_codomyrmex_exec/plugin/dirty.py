@@ -33,6 +33,10 @@ STREAM_LISTED = 100
 
 _DIRTY_KEY = pytest.StashKey[tuple[ScriptResult, list[str]]]()
 """In ``item.stash``: the dirty files of the result they were found for."""
+_TREE_KEY = pytest.StashKey[tuple[str, tuple[str, ...]]]()
+"""In ``config.stash``: the rootdir's real path and the folders that are no part of it,
+resolved once per session rather than for every script's result (each ``realpath`` is a
+``lstat`` per folder level)."""
 
 
 def dirty_files(item: pytest.Item, result: ScriptResult) -> list[str] | None:
@@ -45,8 +49,7 @@ def dirty_files(item: pytest.Item, result: ScriptResult) -> list[str] | None:
     found = item.stash.get(_DIRTY_KEY, None)
     if found is not None and found[0] is result:
         return found[1]
-    root = os.path.realpath(item.config.rootpath)
-    elsewhere = _not_the_tree(item.config, root)
+    root, elsewhere = _tree(item.config)
     dirty = set()
     for written in record["writes"]:
         path = os.path.realpath(written)
@@ -60,6 +63,15 @@ def dirty_files(item: pytest.Item, result: ScriptResult) -> list[str] | None:
     listed = sorted(dirty)
     item.stash[_DIRTY_KEY] = (result, listed)
     return listed
+
+
+def _tree(config: pytest.Config) -> tuple[str, tuple[str, ...]]:
+    """The rootdir's real path, and the folders whose files are no part of its tree."""
+    tree = config.stash.get(_TREE_KEY, None)
+    if tree is None:
+        root = os.path.realpath(config.rootpath)
+        tree = config.stash[_TREE_KEY] = (root, _not_the_tree(config, root))
+    return tree
 
 
 def _not_the_tree(config: pytest.Config, root: str) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import signal
 import threading
@@ -135,6 +136,12 @@ class ExecSession:
         backend: ScriptBackend = self.config.hook.pytest_exec_make_backend(config=self.config)
         self._backend = backend
         held = _HeldSignals()
+        # What collection built (nodes, marks, specs) lives as long as the run: kept out of
+        # the garbage collector's scans while every item's report adds to the heap. Unless
+        # someone froze first (then their unfreeze is theirs).
+        frozen = gc.get_freeze_count() == 0
+        if frozen:
+            gc.freeze()
         try:
             base_env = child_environment(
                 self.config.stash[SESSION_TAG_KEY], pytest_pythonpath(self.config)
@@ -156,6 +163,8 @@ class ExecSession:
             try:
                 self._stop(backend)
             finally:
+                if frozen:
+                    gc.unfreeze()
                 held.release()
         return True
 
