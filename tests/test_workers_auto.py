@@ -135,11 +135,17 @@ def test_cpu_meter_sees_a_script_busy() -> None:
 
 
 def test_library_runners_take_auto(tmp_path: Path) -> None:
-    """``ParallelRunner("auto")`` and ``AsyncScheduler(max_concurrency="auto")`` run waiting
-    scripts more than one per core, and say their cap."""
+    """``ParallelRunner("auto")``, ``AsyncScheduler(max_concurrency="auto")`` and
+    ``AsyncParallelRunner(max_concurrency="auto")`` run waiting scripts more than one per
+    core, and say their cap."""
     import asyncio
 
-    from pytest_codomyrmex_exec import AsyncScheduler, ParallelRunner, run_script_async
+    from pytest_codomyrmex_exec import (
+        AsyncParallelRunner,
+        AsyncScheduler,
+        ParallelRunner,
+        run_script_async,
+    )
 
     count = 3 * CORES
     runner = ParallelRunner("auto")
@@ -158,4 +164,16 @@ def test_library_runners_take_auto(tmp_path: Path) -> None:
         scheduler.schedule(run_script_async, args=(str(script),))
     jobs = asyncio.run(scheduler.run_all())
     assert [job.result["status"] for job in jobs.values()] == ["passed"] * count
+    assert most_at_once(folder) > CORES
+
+    tasks_runner = AsyncParallelRunner(max_concurrency="auto")
+    assert tasks_runner.max_concurrency == AUTO_CAP_PER_CORE * CORES
+    root = tmp_path / "tasks"
+    folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
+    tasks = [
+        (script.name, run_script_async, (str(script),))
+        for script in sorted(root.glob("*_script.py"))
+    ]
+    outcome = asyncio.run(tasks_runner.run(tasks))
+    assert [result["status"] for result in outcome.results.values()] == ["passed"] * count
     assert most_at_once(folder) > CORES
