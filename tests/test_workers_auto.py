@@ -177,3 +177,43 @@ def test_library_runners_take_auto(tmp_path: Path) -> None:
     outcome = asyncio.run(tasks_runner.run(tasks))
     assert [result["status"] for result in outcome.results.values()] == ["passed"] * count
     assert most_at_once(folder) > CORES
+
+
+def test_cpu_meter_leaves_out_a_script_that_ended() -> None:
+    """A script that has ended but is not reaped yet (its runner is slow to notice) is no
+    script that sleeps: counting it as one let auto start a third busy script on 2 cores."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from pytest_codomyrmex_exec.engine.cpu_meter import CpuMeter, measurable
+    from pytest_codomyrmex_exec.engine.launch import RUN_TAG_VAR
+
+    if not measurable():
+        pytest.skip("no /proc schedstat here")
+    meter = CpuMeter()
+    env = {**os.environ, RUN_TAG_VAR: "3" * 32}
+    code = "import sys\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        reading = meter.sample(time.monotonic())
+        while (reading is None or not reading.scripts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            reading = meter.sample(time.monotonic())
+        assert reading is not None
+        assert reading.scripts == 1, "the running script was not seen"
+        assert child.stdin is not None
+        child.stdin.close()  # it ends, and stays a zombie until child.wait() below
+        stat = Path(f"/proc/{child.pid}/stat")
+        while not stat.read_text().rpartition(")")[2].startswith(" Z"):
+            assert time.monotonic() < deadline, "the script did not end"
+            time.sleep(0.05)
+        meter.sample(time.monotonic())  # this window still saw it run
+        time.sleep(0.1)
+        reading = meter.sample(time.monotonic())
+    finally:
+        child.kill()
+        child.wait(10)
+    assert reading == (0.0, 0)

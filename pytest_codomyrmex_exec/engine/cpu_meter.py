@@ -69,12 +69,18 @@ def _read(path: str) -> str:
         return ""
 
 
-def _process(pid: int) -> tuple[int, list[int]]:
-    """Nanoseconds ``pid``'s threads have run or waited to run, and its children's pids."""
+def _process(pid: int) -> tuple[int, list[int]] | None:
+    """Nanoseconds ``pid``'s threads have run or waited to run, and its children's pids;
+    ``None`` once it has ended (also while it waits to be reaped: a zombie's counters stay
+    readable and still, so it would count as a script that sleeps)."""
+    # The state is the field after the command's name, which may itself hold a ")".
+    state = _read(f"/proc/{pid}/stat").rpartition(")")[2][1:2]
+    if state in ("", "Z", "X"):
+        return None
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0, []
+        return None
     demand = 0
     children: list[int] = []
     for tid in threads:
@@ -152,11 +158,16 @@ class CpuMeter:
         """
         seen: dict[int, int] = {}
         tags: dict[int, bytes] = {}
-        pending = _process(self._root)[1]
+        pending = [self._root]
         while pending:
             pid = pending.pop()
-            demand, children = _process(pid)
+            found = _process(pid)
+            if found is None:
+                continue
+            demand, children = found
             pending.extend(children)
+            if pid == self._root:
+                continue  # the runner itself is no script, whatever its environment
             # Untagged ones are read again next time: before its exec a child still has
             # its parent's environment.
             tag = self._tags.get(pid) or _run_tag(pid)
