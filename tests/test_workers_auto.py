@@ -135,11 +135,17 @@ def test_cpu_meter_sees_a_script_busy() -> None:
 
 
 def test_library_runners_take_auto(tmp_path: Path) -> None:
-    """``ParallelRunner("auto")`` and ``AsyncScheduler(max_concurrency="auto")`` run waiting
-    scripts more than one per core, and say their cap."""
+    """``ParallelRunner("auto")``, ``AsyncScheduler(max_concurrency="auto")`` and
+    ``AsyncParallelRunner(max_concurrency="auto")`` run waiting scripts more than one per
+    core, and say their cap."""
     import asyncio
 
-    from pytest_codomyrmex_exec import AsyncScheduler, ParallelRunner, run_script_async
+    from pytest_codomyrmex_exec import (
+        AsyncParallelRunner,
+        AsyncScheduler,
+        ParallelRunner,
+        run_script_async,
+    )
 
     count = 3 * CORES
     runner = ParallelRunner("auto")
@@ -159,3 +165,55 @@ def test_library_runners_take_auto(tmp_path: Path) -> None:
     jobs = asyncio.run(scheduler.run_all())
     assert [job.result["status"] for job in jobs.values()] == ["passed"] * count
     assert most_at_once(folder) > CORES
+
+    tasks_runner = AsyncParallelRunner(max_concurrency="auto")
+    assert tasks_runner.max_concurrency == AUTO_CAP_PER_CORE * CORES
+    root = tmp_path / "tasks"
+    folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
+    tasks = [
+        (script.name, run_script_async, (str(script),))
+        for script in sorted(root.glob("*_script.py"))
+    ]
+    outcome = asyncio.run(tasks_runner.run(tasks))
+    assert [result["status"] for result in outcome.results.values()] == ["passed"] * count
+    assert most_at_once(folder) > CORES
+
+
+def test_cpu_meter_leaves_out_a_script_that_ended() -> None:
+    """A script that has ended but is not reaped yet (its runner is slow to notice) is no
+    script that sleeps: counting it as one let auto start a third busy script on 2 cores."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from pytest_codomyrmex_exec.engine.cpu_meter import CpuMeter, measurable
+    from pytest_codomyrmex_exec.engine.launch import RUN_TAG_VAR
+
+    if not measurable():
+        pytest.skip("no /proc schedstat here")
+    meter = CpuMeter()
+    env = {**os.environ, RUN_TAG_VAR: "3" * 32}
+    code = "import sys\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        reading = meter.sample(time.monotonic())
+        while (reading is None or not reading.scripts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            reading = meter.sample(time.monotonic())
+        assert reading is not None
+        assert reading.scripts == 1, "the running script was not seen"
+        assert child.stdin is not None
+        child.stdin.close()  # it ends, and stays a zombie until child.wait() below
+        stat = Path(f"/proc/{child.pid}/stat")
+        while not stat.read_text().rpartition(")")[2].startswith(" Z"):
+            assert time.monotonic() < deadline, "the script did not end"
+            time.sleep(0.05)
+        meter.sample(time.monotonic())  # this window still saw it run
+        time.sleep(0.1)
+        reading = meter.sample(time.monotonic())
+    finally:
+        child.kill()
+        child.wait(10)
+    assert reading == (0.0, 0)

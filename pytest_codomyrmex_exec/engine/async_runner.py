@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeAlias, final
+from typing import Any, Literal, TypeAlias, final
 
+from .cpu_meter import AUTO, SAMPLE_INTERVAL, AutoLimit, auto_cap
 from .results import AsyncExecutionResult
 from .start_queue import StartQueue, Ticket
 
@@ -32,7 +34,11 @@ def describe_error(exc: BaseException) -> str:
 class AsyncParallelRunner:
     """Run ``(name, coroutine_function, args)`` tasks concurrently in the running event loop.
 
-    ``max_concurrency`` bounds how many tasks run at once (``None``: no bound). With
+    ``max_concurrency`` bounds how many tasks run at once (``None``: no bound).
+    ``max_concurrency="auto"`` lets the bound follow the CPU use of the scripts the tasks run
+    (one per core at first, more while they leave the cores idle, at most four per core:
+    :mod:`pytest_codomyrmex_exec.engine.cpu_meter`); ``max_concurrency`` reads that cap. Tasks
+    that start no script run one per core under ``"auto"``. With
     ``fail_fast`` the first task that raises is recorded in ``errors`` and every other
     unfinished task is cancelled and listed in ``cancelled_tasks``. ``on_task_complete`` is
     called (synchronously, in the loop) once per task with its return value, its exception,
@@ -51,13 +57,18 @@ class AsyncParallelRunner:
     def __init__(
         self,
         *,
-        max_concurrency: int | None = None,
+        max_concurrency: int | Literal["auto"] | None = None,
         fail_fast: bool = False,
         on_task_complete: TaskCallback | None = None,
     ) -> None:
-        if max_concurrency is not None:
+        self._auto = max_concurrency == AUTO
+        if self._auto:
+            max_concurrency = auto_cap()
+        elif max_concurrency is not None:
             if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-                raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
+                raise TypeError(
+                    f"max_concurrency must be an int, 'auto' or None, got {max_concurrency!r}"
+                )
             if max_concurrency < 1:
                 raise ValueError(
                     f"max_concurrency must be at least 1 (or None for no bound), "
@@ -65,7 +76,7 @@ class AsyncParallelRunner:
                 )
         if on_task_complete is not None and not callable(on_task_complete):
             raise TypeError(f"on_task_complete must be callable, got {on_task_complete!r}")
-        self._max_concurrency = max_concurrency
+        self._max_concurrency: int | None = max_concurrency
         self._fail_fast = bool(fail_fast)
         self._on_task_complete = on_task_complete
         self.last_result: AsyncExecutionResult | None = None
@@ -73,6 +84,7 @@ class AsyncParallelRunner:
 
     @property
     def max_concurrency(self) -> int | None:
+        """The bound; under ``"auto"`` the most it ever reaches."""
         return self._max_concurrency
 
     @property
@@ -89,7 +101,11 @@ class AsyncParallelRunner:
         specs = _check_tasks(tasks)
         result = AsyncExecutionResult(total=len(specs))
         self.last_result = result
-        queue: StartQueue[TaskSpec] = StartQueue(limit=self._max_concurrency)
+        # Made per run, like the queue: what one run measured says nothing about the next.
+        auto = AutoLimit() if self._auto else None
+        queue: StartQueue[TaskSpec] = StartQueue(
+            limit=self._max_concurrency if auto is None else auto.limit
+        )
         for spec in specs:
             queue.push(spec)
         # Made per run: the runner must work again under the next asyncio.run.
@@ -150,11 +166,18 @@ class AsyncParallelRunner:
             async with asyncio.TaskGroup() as group:
                 while True:
                     wakeup.clear()
+                    if auto is not None:
+                        queue.limit = auto.update(queue.running, queue.waiting, time.monotonic())
                     start_ready()
                     if not queue.waiting:
                         break
                     try:
-                        await wakeup.wait()
+                        if auto is not None and queue.running:
+                            # Nothing may end for a while, yet the limit may rise: look again.
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(wakeup.wait(), SAMPLE_INTERVAL)
+                        else:
+                            await wakeup.wait()
                     except asyncio.CancelledError:
                         queue.drain()  # a task that ends while the group winds down starts none
                         raise

@@ -10,13 +10,14 @@ what the running scripts' process trees asked of the CPU over the last window:
 
 That is what a script would use on an idle machine, so it is the same whether the machine
 is shared or not: a busy loop counts as one core even while other work keeps it off the
-CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). Scripts that
-started within the window are left out until the next one: so far they ran their
-interpreter's start-up, which is busy whatever the script does next. The limit then
-aims at ``cores / demand per script`` scripts (as many as fit without oversubscribing the
-cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE` per core, at most doubling
-per window so the scripts it adds are measured before more follow. It falls as soon as the
-scripts turn busy; running scripts are never stopped, the next ones just wait.
+CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). A process
+is measured only over windows that open once it is :data:`STARTUP` s old: before that it ran
+its interpreter's start-up, busy whatever the script does next, or was held up by a loaded
+machine. The limit then aims at ``cores / demand per script`` scripts (as many as fit
+without oversubscribing the cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE`
+per core, at most doubling per window so the scripts it adds are measured before more
+follow, and it rises only when two windows in a row say so. It falls as soon as one window
+finds the scripts busy; running scripts are never stopped, the next ones just wait.
 
 The scripts are found as the descendants of this process (the runner's children, and the
 children of the warm server that pytest started) that carry a run's tag. A process that
@@ -28,6 +29,7 @@ process per look; never imports pytest.
 from __future__ import annotations
 
 import os
+import time
 from typing import Final, Literal, NamedTuple, final
 
 from .launch import RUN_TAG_VAR
@@ -39,8 +41,17 @@ AUTO: Final = "auto"
 Workers = int | Literal["auto"]
 """A running limit as the runners take it: a fixed number, or ``"auto"``."""
 
-SAMPLE_INTERVAL: Final = 0.25
-"""Seconds between two looks at the scripts' CPU use (only while some script waits)."""
+SAMPLE_INTERVAL: Final = 0.1
+"""Seconds between two looks at the scripts' CPU use (only while some script waits).
+
+A script is measured only between two looks that both see it, so this bounds how short a
+script auto can learn from (0.25 s left scripts of 0.2 s unseen, and auto at one per core),
+and the ramp to the cap takes three looks. A look costs about 0.2 ms of CPU for 8 scripts."""
+
+STARTUP: Final = 0.15
+"""Seconds of a process's life left out of its measure: its interpreter's start-up, busy
+whatever the script does next, and on a loaded machine held up (by the disk, say) so that
+even a busy script may look idle."""
 
 AUTO_CAP_PER_CORE: Final = 4
 """``auto`` runs at most this many scripts per core, however idle they are."""
@@ -69,12 +80,29 @@ def _read(path: str) -> str:
         return ""
 
 
-def _process(pid: int) -> tuple[int, list[int]]:
-    """Nanoseconds ``pid``'s threads have run or waited to run, and its children's pids."""
+_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class _Process(NamedTuple):
+    demand: int
+    """Nanoseconds its threads have run or waited to run."""
+    started: float
+    """When it started, in seconds of ``CLOCK_BOOTTIME``."""
+    children: list[int]
+
+
+def _process(pid: int) -> _Process | None:
+    """What ``pid`` asked of the CPU, when it started, and its children's pids; ``None``
+    once it has ended (also while it waits to be reaped: a zombie's counters stay readable
+    and still, so it would count as a script that sleeps)."""
+    # The fields after the command's name, which may itself hold a ")": the state first.
+    stat = _read(f"/proc/{pid}/stat").rpartition(")")[2].split()
+    if len(stat) < 20 or stat[0] in ("Z", "X"):
+        return None
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0, []
+        return None
     demand = 0
     children: list[int] = []
     for tid in threads:
@@ -83,7 +111,7 @@ def _process(pid: int) -> tuple[int, list[int]]:
             demand += int(fields[0]) + int(fields[1])
         # Per thread: a child belongs to the thread that started it (a pool thread, say).
         children.extend(int(child) for child in _read(f"/proc/{pid}/task/{tid}/children").split())
-    return demand, children
+    return _Process(demand, int(stat[19]) / _TICKS, children)
 
 
 def measurable() -> bool:
@@ -136,6 +164,8 @@ class CpuMeter:
         self._tags: dict[int, bytes] = {}
         """Each tagged descendant's run tag (read once: it never changes after exec)."""
         self._when: float | None = None
+        self._booted = 0.0
+        """The last look, in seconds of ``CLOCK_BOOTTIME`` (the clock of a process's start)."""
 
     def forget(self) -> None:
         """Start over: the next :meth:`sample` only opens a window."""
@@ -152,25 +182,36 @@ class CpuMeter:
         """
         seen: dict[int, int] = {}
         tags: dict[int, bytes] = {}
-        pending = _process(self._root)[1]
+        young: set[int] = set()
+        """Processes not yet :data:`STARTUP` s old when the window opened."""
+        pending = [self._root]
         while pending:
             pid = pending.pop()
-            demand, children = _process(pid)
+            found = _process(pid)
+            if found is None:
+                continue
+            demand, started, children = found
             pending.extend(children)
+            if pid == self._root:
+                continue  # the runner itself is no script, whatever its environment
             # Untagged ones are read again next time: before its exec a child still has
             # its parent's environment.
             tag = self._tags.get(pid) or _run_tag(pid)
             if tag is not None:
                 seen[pid], tags[pid] = demand, tag
+                if started > self._booted - STARTUP:
+                    young.add(pid)
         window = None if self._when is None else now - self._when
         before, self._seen, self._tags, self._when = self._seen, seen, tags, now
+        self._booted = time.clock_gettime(time.CLOCK_BOOTTIME)
         if window is None or window <= 0:
             return None
         used = 0
         measured: set[bytes] = set()
         for pid, demand in seen.items():
             known = before.get(pid)
-            if known is not None and known <= demand:  # else new, or a reused pid
+            # Else new, a reused pid, or still in the start-up the window must leave out.
+            if known is not None and known <= demand and pid not in young:
                 used += demand - known
                 measured.add(tags[pid])
         return Reading(used / 1e9 / window, len(measured))
@@ -189,6 +230,8 @@ class AutoLimit:
         self.limit = self.floor
         self._meter = CpuMeter() if measurable() else None
         self._next = 0.0
+        self._fitted = self.floor
+        """What the last window's reading said would fit."""
 
     def update(self, running: int, waiting: int, now: float) -> int:
         """The limit now; called as often as the runner likes, it looks at most every
@@ -197,6 +240,7 @@ class AutoLimit:
             return self.limit
         if not running or not waiting:
             self._meter.forget()  # a window across an idle spell would average it in
+            self._fitted = self.floor
             return self.limit
         if now < self._next:
             return self.limit
@@ -206,5 +250,8 @@ class AutoLimit:
             return self.limit
         per_script = max(reading.demand / reading.scripts, _LEAST_DEMAND)
         fits = min(self.cap, max(self.floor, int(self.cores / per_script)))
-        self.limit = min(fits, 2 * self.limit)
+        # It rises only on two windows in a row: one window of 0.1 s can catch a busy script
+        # held up (its start-up waiting on the disk, say) and call it idle. It falls on one.
+        self.limit = min(fits, self._fitted, 2 * self.limit)
+        self._fitted = fits
         return self.limit
