@@ -77,8 +77,11 @@ def _handle(connection: socket.socket) -> None:
 def main(path: str) -> None:
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    # Bound and listening under another name first: the path appears only once it can be
+    # connected to (the tests wait for it to exist).
+    listener.bind(path + ".binding")
     listener.listen(16)
+    os.rename(path + ".binding", path)
     listener.settimeout(0.2)
     while os.getppid() == parent:
         _reap()
