@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 import xml.etree.ElementTree as ET
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from session_starter import STARTUP_VARIABLES
 
 from pytest_codomyrmex_exec import ScriptResult
 
@@ -63,6 +69,121 @@ def _unused_plugins(args: Iterable[str]) -> str:
 # terminal would.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+FRESH_SESSIONS_VAR = "EXEC_TESTS_FRESH_SESSIONS"
+"""Set (to anything), every inner session starts a new interpreter instead of being forked
+from session_starter.py: slower, for comparing or when in doubt about the starter."""
+CLOSE_STDIN = pytest.Pytester.CLOSE_STDIN
+_ENVIRONMENT_AT_START = dict(os.environ)
+"""The environment before any test changed it: the starter's (a variable a test sets for its
+sessions does not make every later session start anew)."""
+
+
+class _ForkedSession:
+    """What pytester needs of a ``Popen`` (``stdin``, ``wait``, ``kill``), for a session that
+    session_starter.py started."""
+
+    stdin = None
+
+    def __init__(self, connection: socket.socket, args: list[str]) -> None:
+        self._connection = connection
+        self._args = args
+        self._pending = b""
+        self.returncode: int | None = None
+        self.pid = int(self._line(None))
+
+    def _line(self, timeout: float | None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            self._connection.settimeout(left)
+            try:
+                chunk = self._connection.recv(64)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self._args, timeout or 0) from None
+            if not chunk:
+                raise RuntimeError("the session starter went away")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode()
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = int(self._line(timeout))
+            self._connection.close()
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class _SessionStarter:
+    """session_starter.py, started once per process that runs these tests (each xdist worker)."""
+
+    def __init__(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="exec-starter-"))
+        self.socket_path = str(folder / "socket")
+        environment = {k: v for k, v in _ENVIRONMENT_AT_START.items() if k != "PYTHONPATH"}
+        self.startup = self._startup_values(environment)
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("session_starter.py")), self.socket_path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env=environment,
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.socket_path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the session starter did not start")
+            time.sleep(0.01)
+
+    @staticmethod
+    def _startup_values(environment: dict[str, str]) -> dict[str, str]:
+        return {
+            name: value
+            for name, value in environment.items()
+            if name.startswith(STARTUP_VARIABLES) and name != "PYTHONPATH"
+        }
+
+    def start(self, args: list[str], env: dict[str, str], stdout: Any, stderr: Any) -> Any:
+        """A started session, or ``None`` when the interpreter must start anew for it."""
+        if self._startup_values(env) != self.startup or self.process.poll() is not None:
+            return None
+        read_end, write_end = os.pipe()
+        os.close(write_end)  # as pytester's CLOSE_STDIN: a pipe that ends at once
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(self.socket_path)
+            request = json.dumps({"args": args, "cwd": os.getcwd(), "env": env}).encode()
+            socket.send_fds(connection, [request], [read_end, stdout.fileno(), stderr.fileno()])
+        finally:
+            os.close(read_end)
+        return _ForkedSession(connection, args)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path)
+            os.rmdir(os.path.dirname(self.socket_path))
+
+
+_STARTERS: list[_SessionStarter] = []
+"""The one starter of this process, once a session needed it."""
+
+
+def _session_starter() -> _SessionStarter:
+    if not _STARTERS:
+        _STARTERS.append(_SessionStarter())
+    return _STARTERS[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for starter in _STARTERS:
+        starter.stop()
+
 
 RUN_TIMEOUT = 120.0
 """Seconds an inner session may take before the test fails instead of hanging the suite."""
@@ -248,10 +369,28 @@ class ExecPytester:
         blocked = _unused_plugins([*args, *ini.split()])
         if blocked:
             os.environ["PYTEST_ADDOPTS"] = f"{addopts} {blocked}"
+        self.pytester.popen = self._popen  # type: ignore[method-assign]
         try:
             return self.pytester.runpytest_subprocess(*args, timeout=timeout)
         finally:
+            del self.pytester.popen
             os.environ["PYTEST_ADDOPTS"] = addopts
+
+    def _popen(self, cmdargs: Any, stdout: Any, stderr: Any, stdin: Any, **kw: Any) -> Any:
+        """pytester's ``popen`` for ``python -m pytest ...``: the session is forked from
+        session_starter.py unless what the interpreter reads as it starts differs."""
+        command = [os.fspath(arg) for arg in cmdargs]
+        forked = not os.environ.get(FRESH_SESSIONS_VAR)
+        if forked and command[:2] == [sys.executable, "-mpytest"] and stdin is CLOSE_STDIN:
+            env = os.environ.copy()
+            # What pytester's popen adds, for conftest files and modules in the test's folder.
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [os.getcwd(), env.get("PYTHONPATH", "")])
+            )
+            session = _session_starter().start(command[2:], env, stdout, stderr)
+            if session is not None:
+                return session
+        return type(self.pytester).popen(self.pytester, cmdargs, stdout, stderr, stdin, **kw)
 
     def run_inprocess(self, *args: str) -> pytest.RunResult:
         """A pytest session in this process: for collection and option checks only."""

@@ -153,7 +153,10 @@ def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Two ``dask worker --resources GPU=2`` processes of two threads: ``w01`` without
     ``CUDA_VISIBLE_DEVICES``, ``w67`` with ``CUDA_VISIBLE_DEVICES=6,7``. Each has
     ``WORKER_NAME`` in its environment, for its scripts to say where they ran."""
-    gpus = ["--nthreads", "2", "--resources", "GPU=2"]
+    # No nanny: none of these tests kills a worker, so nothing needs restarting, and each
+    # nanny is one more process importing distributed (the cluster's start is most of the
+    # module's CPU).
+    gpus = ["--nthreads", "2", "--resources", "GPU=2", "--no-nanny"]
     workers = [
         ([*gpus, "--name", "w01"], _environment(CUDA_VISIBLE_DEVICES=None, WORKER_NAME="w01")),
         ([*gpus, "--name", "w67"], _environment(CUDA_VISIBLE_DEVICES="6,7", WORKER_NAME="w67")),

@@ -289,12 +289,13 @@ def test_a_bad_shard_is_a_usage_error_naming_its_source(
     px: ExecPytester, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     px.script("a_script.py", "")
-    result = px.run(f"--exec-shard={value}")
+    # In this process: a usage error runs no script.
+    result = px.run_inprocess(f"--exec-shard={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--exec-shard: expected K/N with 1 <= K <= N*{value!r}*"])
     if value:
         monkeypatch.setenv("EXEC_SHARD", value)
-        result = px.run()
+        result = px.run_inprocess()
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([f"*environment variable EXEC_SHARD: expected K/N*{value!r}*"])
 
