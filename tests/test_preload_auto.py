@@ -162,3 +162,51 @@ def test_a_change_to_a_preloaded_module_reruns_the_scripts_with_exec_changed(
     heavy = px.path / "src/mypkg/heavy.py"
     heavy.write_text(heavy.read_text() + "CHANGED = True\n")
     px.run(*args).assert_outcomes(passed=3)
+
+
+# What was loaded before the script's first import (a forked script keeps what the server
+# preloaded), then a doctest run under the `__main__` guard, as TheAlgorithms' scripts do.
+_STATED_SCRIPT = '''\
+import sys
+ALREADY = [name for name in ("doctest", "packaging.version") if name in sys.modules]
+from packaging.version import Version
+
+
+def double(x):
+    """
+    >>> double(2)
+    4
+    """
+    return 2 * x
+
+
+if __name__ == "__main__":
+    import doctest
+
+    with open(__file__ + ".log", "w") as log:
+        log.write(" ".join(ALREADY) or "nothing")
+    sys.exit(doctest.testmod().failed + (Version("1.0") != Version("1")))
+'''
+
+
+@pytest.mark.modes("async-warm")
+def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
+    px: ExecPytester, mode: Mode
+) -> None:
+    # The record sums up the standard library as the interpreter and a distribution as its
+    # name: TheAlgorithms' `import doctest` (24 ms of CPU per script) was never preloaded,
+    # and for rich's `from rich.console import Console` only `rich`, which imports nothing.
+    # `packaging` is such a distribution: its top package loads none of its modules.
+    for name in ("a", "b", "c"):
+        px.script(f"{name}_script.py", _STATED_SCRIPT)
+    logs = [px.path / f"{name}_script.py.log" for name in ("a", "b", "c")]
+
+    px.run(*mode, "--exec-preload", "auto").assert_outcomes(passed=3)
+    assert [log.read_text() for log in logs] == ["nothing"] * 3
+
+    second = px.run(*mode, "--exec-preload", "auto")
+    second.assert_outcomes(passed=3)
+    second.stdout.fnmatch_lines(
+        ["*warm: preloading 2 modules chosen from the last run: doctest, packaging.version"]
+    )
+    assert [log.read_text() for log in logs] == ["doctest packaging.version"] * 3
