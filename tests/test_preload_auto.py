@@ -210,3 +210,26 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
         ["*warm: preloading 2 modules chosen from the last run: doctest, packaging.version"]
     )
     assert [log.read_text() for log in logs] == ["doctest packaging.version"] * 3
+
+
+def test_auto_sees_imports_whose_bytecode_is_cached_under_a_pycache_prefix(
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With PYTHONPYCACHEPREFIX an import reads PREFIX/<source's folders>/x.cpython-311.pyc:
+    # the record named those files instead of the sources, so auto found nothing to preload
+    # (rich's examples under bench/: nothing of rich, or of pyparsing, was ever chosen).
+    _local_package_tree(px)
+    (px.path / "fails_script.py").unlink()
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(px.path / "bytecode"))
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # set by some CI images
+    args = ("--exec-parallel", "--exec-warm", "--exec-preload", "auto")
+    px.run(*args).assert_outcomes(passed=3)
+    assert list((px.path / "bytecode").rglob("heavy.*.pyc")), "the prefix was not used"
+    assert _where(px) == ["imported"] * 3
+
+    result = px.run(*args)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["*preloading 2 modules chosen from the last run: iniconfig, mypkg"]
+    )
+    assert _where(px) == ["preloaded"] * 3
