@@ -230,7 +230,7 @@ def plugin_argv(
 
 
 def discover(
-    python: str, tree: Path, peer: Path, xdist: int, env: dict[str, str]
+    python: str, tree: Path, peer: Path, xdist: int, env: dict[str, str], excluded: list[str]
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
     """One untimed round of every arm (auto twice: its first run records): each script's
     outcome per arm, and the header and end lines ``auto`` printed on its primed run."""
@@ -241,7 +241,7 @@ def discover(
         if arm == "xdist":
             argv, cwd = _pytest(python, "-p", "no:codomyrmex_exec", "-rf", "-n", str(xdist)), peer
         else:
-            argv, cwd = plugin_argv(python, arm, report, [], quiet=False), tree
+            argv, cwd = plugin_argv(python, arm, report, excluded, quiet=False), tree
         done = subprocess.run(
             argv, cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT
         )
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"--run-for needs a conftest.py of its own: {args.tree} has one")
             (tree / "conftest.py").write_text(_RUN_FOR_CONFTEST.format(run_for=run_for))
         peer = write_peer(args, workdir, tree, scripts)
-        outcomes, auto_lines = discover(python, tree, peer, args.xdist, env)
+        outcomes, auto_lines = discover(python, tree, peer, args.xdist, env, excluded)
         failing = sorted(p for p in scripts if outcomes["cold"].get(p) != "passed")
         differing = sorted(p for p in scripts if len({outcomes[arm].get(p) for arm in _ARMS}) > 1)
         left_out = sorted({*excluded, *failing, *differing})
