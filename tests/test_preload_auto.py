@@ -170,6 +170,9 @@ _STATED_SCRIPT = '''\
 import sys
 ALREADY = [name for name in ("doctest", "packaging.version") if name in sys.modules]
 from packaging.version import Version
+import calendar  # the file beside the scripts, not the standard module
+
+assert calendar.LOCAL, "the standard calendar shadowed the one beside the script"
 
 
 def double(x):
@@ -197,9 +200,13 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
     # name: TheAlgorithms' `import doctest` (24 ms of CPU per script) was never preloaded,
     # and for rich's `from rich.console import Console` only `rich`, which imports nothing.
     # `packaging` is such a distribution: its top package loads none of its modules.
-    for name in ("a", "b", "c"):
-        px.script(f"{name}_script.py", _STATED_SCRIPT)
-    logs = [px.path / f"{name}_script.py.log" for name in ("a", "b", "c")]
+    # A folder each, so that none is the scripts' shared one: the calendar.py beside each
+    # has no module name the server could import it by.
+    scripts = ("one/a_script.py", "two/b_script.py", "three/c_script.py")
+    for script in scripts:
+        px.script(script, _STATED_SCRIPT)
+        px.script(f"{script.split('/')[0]}/calendar.py", "LOCAL = True\n")
+    logs = [px.path / f"{script}.log" for script in scripts]
 
     px.run(*mode, "--exec-preload", "auto").assert_outcomes(passed=3)
     assert [log.read_text() for log in logs] == ["nothing"] * 3

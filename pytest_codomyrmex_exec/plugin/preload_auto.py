@@ -110,6 +110,10 @@ def _stated_imports(script: str) -> set[str]:
     return names
 
 
+def _beside(script: Path, name: str) -> bool:
+    return (script.parent / f"{name}.py").exists() or (script.parent / name).is_dir()
+
+
 def _startup_modules(python: str) -> frozenset[str]:
     """What ``python``'s start-up imports: every script, cold or warm, has them already."""
     try:
@@ -299,8 +303,15 @@ def choose(config: pytest.Config) -> Choice:
     counts: Counter[str] = Counter()
     for nodeid, imported in known.items():
         names = {_dotted(f, entries) for f in imported.files if importable(f)}
-        stated = _stated_imports(str(_script_path(nodeid, rootdir)))
-        names.update(name for name in stated if standard(name))
+        script = _script_path(nodeid, rootdir)
+        stated = _stated_imports(str(script))
+        # A file or folder beside the script named like a standard module is what its import
+        # finds (its folder is first on its path): the server's would shadow it.
+        names.update(
+            name
+            for name in stated
+            if standard(name) and not _beside(script, name.partition(".")[0])
+        )
         for distribution in set(imported.distributions):
             top = tops.get(_normal(distribution))
             # What the script names of it (`rich.console`): its top package may import
