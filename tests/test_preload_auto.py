@@ -169,6 +169,7 @@ def test_a_change_to_a_preloaded_module_reruns_the_scripts_with_exec_changed(
 _STATED_SCRIPT = '''\
 import sys
 ALREADY = [name for name in ("doctest", "packaging.version") if name in sys.modules]
+import packaging
 from packaging.version import Version
 import calendar  # the file beside the scripts, not the standard module
 
@@ -214,7 +215,10 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
     second = px.run(*mode, "--exec-preload", "auto")
     second.assert_outcomes(passed=3)
     second.stdout.fnmatch_lines(
-        ["*warm: preloading 2 modules chosen from the last run: doctest, packaging.version"]
+        [
+            "*warm: preloading 3 modules chosen from the last run: "
+            "doctest, packaging, packaging.version"
+        ]
     )
     assert [log.read_text() for log in logs] == ["doctest packaging.version"] * 3
 

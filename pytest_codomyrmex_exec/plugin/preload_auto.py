@@ -301,6 +301,7 @@ def choose(config: pytest.Config) -> Choice:
         return name not in startup
 
     counts: Counter[str] = Counter()
+    named_under: set[str] = set()  # modules of distributions, as the scripts name them
     for nodeid, imported in known.items():
         names = {_dotted(f, entries) for f in imported.files if importable(f)}
         script = _script_path(nodeid, rootdir)
@@ -318,14 +319,17 @@ def choose(config: pytest.Config) -> Choice:
             # little of it (rich's imports nothing heavy).
             under = {n for n in stated if top is not None and n.partition(".")[0] == top}
             names.update(under or {top})
+            named_under.update(under)
         counts.update(name for name in names if name is not None)
     often = {name: count for name, count in counts.items() if count >= needed}
     # A package stands for its modules that as many scripts import: importing it usually
     # imports them, and a module it does not is still found by the script (only not warm).
+    # Not so a distribution's module a script names: its package often imports none of them
+    # (rich's: `rich.panel`, `rich.table` and the rest were left to each script).
     standing = {
         name: count
         for name, count in often.items()
-        if not any(often.get(name[:i], 0) >= count for i in _dots(name))
+        if name in named_under or not any(often.get(name[:i], 0) >= count for i in _dots(name))
     }
     ranked = sorted(standing, key=lambda name: (-standing[name], name))
     choice.modules = tuple(ranked[:LIMIT])
