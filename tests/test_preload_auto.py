@@ -162,3 +162,85 @@ def test_a_change_to_a_preloaded_module_reruns_the_scripts_with_exec_changed(
     heavy = px.path / "src/mypkg/heavy.py"
     heavy.write_text(heavy.read_text() + "CHANGED = True\n")
     px.run(*args).assert_outcomes(passed=3)
+
+
+# What was loaded before the script's first import (a forked script keeps what the server
+# preloaded), then a doctest run under the `__main__` guard, as TheAlgorithms' scripts do.
+_STATED_SCRIPT = '''\
+import sys
+ALREADY = [name for name in ("doctest", "packaging.version") if name in sys.modules]
+import packaging
+from packaging.version import Version
+import calendar  # the file beside the scripts, not the standard module
+
+assert calendar.LOCAL, "the standard calendar shadowed the one beside the script"
+
+
+def double(x):
+    """
+    >>> double(2)
+    4
+    """
+    return 2 * x
+
+
+if __name__ == "__main__":
+    import doctest
+
+    with open(__file__ + ".log", "w") as log:
+        log.write(" ".join(ALREADY) or "nothing")
+    sys.exit(doctest.testmod().failed + (Version("1.0") != Version("1")))
+'''
+
+
+@pytest.mark.modes("async-warm")
+def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
+    px: ExecPytester, mode: Mode
+) -> None:
+    # The record sums up the standard library as the interpreter and a distribution as its
+    # name: TheAlgorithms' `import doctest` (24 ms of CPU per script) was never preloaded,
+    # and for rich's `from rich.console import Console` only `rich`, which imports nothing.
+    # `packaging` is such a distribution: its top package loads none of its modules.
+    # A folder each, so that none is the scripts' shared one: the calendar.py beside each
+    # has no module name the server could import it by.
+    scripts = ("one/a_script.py", "two/b_script.py", "three/c_script.py")
+    for script in scripts:
+        px.script(script, _STATED_SCRIPT)
+        px.script(f"{script.split('/')[0]}/calendar.py", "LOCAL = True\n")
+    logs = [px.path / f"{script}.log" for script in scripts]
+
+    px.run(*mode, "--exec-preload", "auto").assert_outcomes(passed=3)
+    assert [log.read_text() for log in logs] == ["nothing"] * 3
+
+    second = px.run(*mode, "--exec-preload", "auto")
+    second.assert_outcomes(passed=3)
+    second.stdout.fnmatch_lines(
+        [
+            "*warm: preloading 3 modules chosen from the last run: "
+            "doctest, packaging, packaging.version"
+        ]
+    )
+    assert [log.read_text() for log in logs] == ["doctest packaging.version"] * 3
+
+
+def test_auto_sees_imports_whose_bytecode_is_cached_under_a_pycache_prefix(
+    px: ExecPytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With PYTHONPYCACHEPREFIX an import reads PREFIX/<source's folders>/x.cpython-311.pyc:
+    # the record named those files instead of the sources, so auto found nothing to preload
+    # (rich's examples under bench/: nothing of rich, or of pyparsing, was ever chosen).
+    _local_package_tree(px)
+    (px.path / "fails_script.py").unlink()
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(px.path / "bytecode"))
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # set by some CI images
+    args = ("--exec-parallel", "--exec-warm", "--exec-preload", "auto")
+    px.run(*args).assert_outcomes(passed=3)
+    assert list((px.path / "bytecode").rglob("heavy.*.pyc")), "the prefix was not used"
+    assert _where(px) == ["imported"] * 3
+
+    result = px.run(*args)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["*preloading 2 modules chosen from the last run: iniconfig, mypkg"]
+    )
+    assert _where(px) == ["preloaded"] * 3

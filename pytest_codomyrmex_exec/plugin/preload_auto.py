@@ -9,7 +9,9 @@ What is chosen: a module imported by at least :data:`MIN_SCRIPTS` scripts and by
 distribution stands for its top-level import package; a module file under the rootdir for
 its dotted name from the deepest folder of the scripts' shared path that holds it: pytest's
 ``pythonpath`` entries, ``PYTHONPATH``, or the folder every recorded script sits in (then
-added to the server's path, as it is first on each script's). The chosen modules go to the
+added to the server's path, as it is first on each script's). Each recorded script's own
+import statements add the standard modules it names and, for a distribution, the modules it
+names under it instead of its top package. The chosen modules go to the
 launcher as ``optional_preload``: one the server refuses is dropped with a note, not an
 error, since the user did not name it.
 """
@@ -53,7 +55,16 @@ _IMPORTS_ATTR = "codomyrmex_exec_imports"
 """The attribute of a script's call report with its imports (plain JSON: it travels from an
 xdist worker)."""
 _TOP_LEVEL_TIMEOUT = 60.0
-"""Seconds another interpreter may take to list its distributions' import packages."""
+"""Seconds another interpreter may take to list its distributions' import packages (or the
+modules its start-up imports)."""
+_NEVER_PRELOADED = frozenset({"__future__", "__hello__", "__phello__", "antigravity", "this"})
+"""Standard modules whose import is the point (they print or open a browser): preloaded, the
+script's own import would do nothing."""
+# An import statement's modules: `import a.b as c, d` or `from a.b import ...` (not relative).
+_IMPORT = re.compile(
+    r"import\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)\s*(?:#|;|$)"
+    r"|from\s+(\w[\w.]*)\s+import\b"
+)
 
 # Which installed top-level import packages come from which distribution, printed as JSON.
 _TOP_LEVEL_CODE = (
@@ -69,6 +80,53 @@ class Imported:
     files: tuple[str, ...]
     """Files it read under the rootdir, absolute."""
     distributions: tuple[str, ...]
+
+
+def _stated_imports(script: str) -> set[str]:
+    """The modules ``script``'s source imports at its top level or under its ``__main__``
+    guard (``import doctest`` there is common): the record cannot tell them, since it sums
+    up the standard library as the interpreter and a distribution as its name."""
+    try:
+        text = Path(script).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    names: set[str] = set()
+    under_main = False
+    for line in text.splitlines():
+        statement = line.lstrip()
+        if not statement or statement.startswith("#"):
+            continue
+        if line[0] not in " \t":
+            under_main = statement.startswith("if __name__")
+        elif not under_main:
+            continue
+        found = _IMPORT.match(statement)
+        if found is None:
+            continue
+        if found.group(2):
+            names.add(found.group(2))
+        else:
+            names.update(part.split()[0] for part in found.group(1).split(","))
+    return names
+
+
+def _beside(script: Path, name: str) -> bool:
+    return (script.parent / f"{name}.py").exists() or (script.parent / name).is_dir()
+
+
+def _startup_modules(python: str) -> frozenset[str]:
+    """What ``python``'s start-up imports: every script, cold or warm, has them already."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sys; print(' '.join(sys.modules))"],
+            capture_output=True,
+            text=True,
+            timeout=_TOP_LEVEL_TIMEOUT,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(done.stdout.split())
 
 
 @dataclass
@@ -232,19 +290,46 @@ def choose(config: pytest.Config) -> Choice:
             and not any(fnmatch(name, p) for p in options.patterns)
         )
 
+    startup: frozenset[str] | None = None
+
+    def standard(name: str) -> bool:  # a standard module a fresh interpreter has not loaded
+        nonlocal startup
+        if name.partition(".")[0] not in sys.stdlib_module_names or name in _NEVER_PRELOADED:
+            return False
+        if startup is None:
+            startup = _startup_modules(options.python or sys.executable)
+        return name not in startup
+
     counts: Counter[str] = Counter()
-    for imported in known.values():
+    named_under: set[str] = set()  # modules of distributions, as the scripts name them
+    for nodeid, imported in known.items():
         names = {_dotted(f, entries) for f in imported.files if importable(f)}
+        script = _script_path(nodeid, rootdir)
+        stated = _stated_imports(str(script))
+        # A file or folder beside the script named like a standard module is what its import
+        # finds (its folder is first on its path): the server's would shadow it.
+        names.update(
+            name
+            for name in stated
+            if standard(name) and not _beside(script, name.partition(".")[0])
+        )
         for distribution in set(imported.distributions):
-            names.add(tops.get(_normal(distribution)))
+            top = tops.get(_normal(distribution))
+            # What the script names of it (`rich.console`): its top package may import
+            # little of it (rich's imports nothing heavy).
+            under = {n for n in stated if top is not None and n.partition(".")[0] == top}
+            names.update(under or {top})
+            named_under.update(under)
         counts.update(name for name in names if name is not None)
     often = {name: count for name, count in counts.items() if count >= needed}
     # A package stands for its modules that as many scripts import: importing it usually
     # imports them, and a module it does not is still found by the script (only not warm).
+    # Not so a distribution's module a script names: its package often imports none of them
+    # (rich's: `rich.panel`, `rich.table` and the rest were left to each script).
     standing = {
         name: count
         for name, count in often.items()
-        if not any(often.get(name[:i], 0) >= count for i in _dots(name))
+        if name in named_under or not any(often.get(name[:i], 0) >= count for i in _dots(name))
     }
     ranked = sorted(standing, key=lambda name: (-standing[name], name))
     choice.modules = tuple(ranked[:LIMIT])

@@ -154,6 +154,7 @@ class _Recorder:
         absolute = self.absolute(path)
         if absolute is None:
             return
+        absolute = _source_of(absolute)
         for site in self.sites:
             if absolute.startswith(site):
                 top = absolute[len(site) :].split(os.sep, 1)[0]
@@ -163,8 +164,6 @@ class _Recorder:
                 return
         if absolute.startswith(self.prefixes) or absolute.startswith(_SYSTEM):
             return
-        if absolute.endswith(".pyc"):  # an import read the cached code: name its source
-            absolute = _source_of(absolute)
         self.emit(b"R", absolute)
 
     def written(self, path: object) -> None:
@@ -260,13 +259,23 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _source_of(cached: str) -> str:
-    """``pkg/__pycache__/mod.cpython-311.pyc`` -> ``pkg/mod.py`` when that exists."""
-    folder, name = os.path.split(cached)
-    if os.path.basename(folder) != "__pycache__":
-        return cached
-    source = os.path.join(os.path.dirname(folder), name.split(".", 1)[0] + ".py")
-    return source if os.path.exists(source) else cached
+def _source_of(path: str) -> str:
+    """The source of cached code an import read, when that exists:
+    ``pkg/__pycache__/mod.cpython-311.pyc`` -> ``pkg/mod.py``, and with a
+    ``PYTHONPYCACHEPREFIX`` the cache mirrors the source's folders under the prefix:
+    ``PREFIX/src/pkg/mod.cpython-311.pyc`` -> ``/src/pkg/mod.py``. Else ``path``."""
+    if not path.endswith(".pyc"):
+        return path
+    folder, name = os.path.split(path)
+    prefix = sys.pycache_prefix
+    if prefix and path.startswith(os.path.join(prefix, "")):
+        folder = os.sep + os.path.relpath(folder, prefix)
+    elif os.path.basename(folder) == "__pycache__":
+        folder = os.path.dirname(folder)
+    else:
+        return path
+    source = os.path.join(folder, name.split(".", 1)[0] + ".py")
+    return source if os.path.exists(source) else path
 
 
 def _program_path(program: str, cwd: object, env: object) -> str:
