@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from importlib.metadata import entry_points
 
 import pytest
@@ -215,3 +216,37 @@ def test_a_script_with_double_colons_in_its_name_is_labelled_by_its_path(
         ]
     )
     assert [case.outcome for case in px.junit()] == ["failed"]
+
+
+RUNS_ITS_OWN_TESTS = """\
+import sys
+
+import pytest
+
+
+def test_adds():
+    assert 1 + 1 == 2
+
+
+if __name__ == "__main__":
+    with open("depth.txt", "a") as out:
+        out.write("ran\\n")
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--junitxml=inner.xml", __file__]))
+"""
+
+
+@pytest.mark.modes("inline", "async-warm")
+def test_a_script_that_runs_pytest_on_itself_runs_its_tests_once(
+    px: ExecPytester, mode: Mode
+) -> None:
+    # TheAlgorithms' maths/test_factorial.py ends in pytest.main([__file__]): picked by a
+    # script pattern, it ran itself as a script item again, and again, past every timeout.
+    px.script("selftest_script.py", RUNS_ITS_OWN_TESTS)
+    result = px.run(*mode, "--exec-timeout", "60", *px.junit_args())
+
+    result.assert_outcomes(passed=1)
+    assert px.junit_by_name()["selftest_script"].outcome == "passed"
+    assert px.lines("depth.txt") == ["ran"]  # the script ran once: no script inside itself
+    inner = ET.parse(px.path / "inner.xml").getroot()
+    assert [case.get("name") for case in inner.iter("testcase")] == ["test_adds"]
+    assert inner.find(".//failure") is None

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,13 @@ logger = logging.getLogger(__name__)
 RUN_TAG_VAR = "CODOMYRMEX_EXEC_RUN"
 """Set in every script's environment, unique per run. Descendants inherit it even when they
 leave the script's process group (``setsid``, a daemon's double fork), so they can be found."""
+
+SCRIPTS_VAR = "CODOMYRMEX_EXEC_SCRIPTS"
+"""In every script's environment: the real paths of the scripts it runs inside, its own last,
+joined by ``os.pathsep`` (what it inherited, then itself). A script that runs pytest on itself
+(``pytest.main([__file__])`` under ``__main__``, common in example folders) would otherwise
+run itself as a script item again, without end: the plugin does not make a script item of a
+file on this list (see :func:`running_scripts`)."""
 
 SRC_SEARCH_DEPTH = 5
 """How many parents of the script's folder are searched for a ``src/`` folder."""
@@ -216,6 +224,9 @@ def plan_launch(
 
     tag = uuid.uuid4().hex
     child_env[RUN_TAG_VAR] = tag
+    outer = child_env.get(SCRIPTS_VAR)
+    own = os.path.realpath(script)
+    child_env[SCRIPTS_VAR] = f"{outer}{os.pathsep}{own}" if outer else own
     extra_paths: list[str] = []
     target = str(script)
     as_module = spec.as_module
@@ -470,3 +481,8 @@ def kill_tagged(variable: str, value: str) -> int:
         with suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return found
+
+
+def running_scripts(environ: Mapping[str, str]) -> frozenset[str]:
+    """The real paths of the scripts this process runs inside (:data:`SCRIPTS_VAR`)."""
+    return frozenset(path for path in environ.get(SCRIPTS_VAR, "").split(os.pathsep) if path)

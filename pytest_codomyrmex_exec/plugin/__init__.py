@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ..engine.cpu_meter import AUTO
-from ..engine.launch import COLD, kill_tagged
+from ..engine.launch import COLD, kill_tagged, running_scripts
 from ..engine.resources import describe_assigned
 from . import hookspecs
 from .dirty import dirty_facts
@@ -158,6 +158,10 @@ def pytest_collect_file(
     if not options.patterns or file_path.name in NEVER_SCRIPTS:
         return collectors
     if not parent.config.stash[PATTERNS_KEY].matches(file_path):
+        return collectors
+    # A script that runs pytest on itself (pytest.main([__file__]) under __main__) means its
+    # own tests: made a script item again, it would run itself again, without end.
+    if os.path.realpath(file_path) in running_scripts(os.environ):
         return collectors
     # A test module (python_files, e.g. test_*.py) stays a test module even if its name
     # also fits a script pattern: collecting it twice would run it twice. If it turns out to
