@@ -67,7 +67,7 @@ from test_scheduler import test_cancelling_a_running_script_job_kills_its_proces
 from pytest_codomyrmex_exec import ScriptResult, ScriptSpec, ScriptStatus, WarmLauncher, run_script
 from pytest_codomyrmex_exec.engine import ParallelRunner, run_async
 from pytest_codomyrmex_exec.engine import run as run_module
-from pytest_codomyrmex_exec.engine.launch import COLD, RUN_TAG_VAR
+from pytest_codomyrmex_exec.engine.launch import COLD, RUN_TAG_VAR, SCRIPTS_VAR
 from pytest_codomyrmex_exec.engine.results import FailureCause
 
 pytestmark = [
@@ -226,7 +226,11 @@ def test_a_forked_script_sees_its_environment_in_order_and_gc_as_a_cold_start(
     cold = {"changed": seen(COLD, changed), "added": seen(COLD, added)}
     assert hot == cold
     assert ("WARM_PROBE", "script's") in hot["changed"]["environ"]  # type: ignore[operator]
-    assert hot["added"]["environ"][-1] == ("WARM_PROBE_ADDED", "yes")  # type: ignore[index]
+    # The added name comes after the inherited ones, then the scripts it runs inside.
+    assert hot["added"]["environ"][-2:] == [  # type: ignore[index]
+        ("WARM_PROBE_ADDED", "yes"),
+        (SCRIPTS_VAR, os.path.realpath(script)),
+    ]
     assert hot["changed"]["inherited"] == hot["changed"]["environ"]
     # The freeze count is the interpreter's (0 on 3.11, some hundreds at start on 3.12):
     # hot == cold above holds it to a cold start's, whatever it is.
