@@ -30,6 +30,8 @@ def test_a_session_sees_what_a_new_interpreter_would(
 ) -> None:
     if fresh:
         monkeypatch.setenv(FRESH_SESSIONS_VAR, "1")
+    else:  # as README's command runs, even where tox asks for fresh sessions everywhere
+        monkeypatch.delenv(FRESH_SESSIONS_VAR, raising=False)
     monkeypatch.setenv("STARTER_CHECK", "given")
     px.conftest(SEEN)
     px.script("fail_script.py", "raise SystemExit(3)\n")
