@@ -10,6 +10,7 @@ plugin can run scripts and proves that each script really ran that way. Scripts 
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import json
 import os
@@ -213,6 +214,23 @@ def still_alive(pids: Iterable[int], within: float = 2.0) -> list[int]:
         if not pending or time.monotonic() >= deadline:
             return pending
         time.sleep(0.02)
+
+
+class LoopSteps:
+    """Counts the iterations of the running event loop, from :meth:`start` on (``count``):
+    how many loop steps one thing takes after another."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # runs once per loop iteration
+            self.count += 1
+            loop.call_soon(tick)
+
+        loop.call_soon(tick)
 
 
 def error_of(result: ScriptResult) -> str:

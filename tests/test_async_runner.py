@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import LoopSteps
 
 from pytest_codomyrmex_exec.engine.async_runner import AsyncParallelRunner, TaskSpec
 from pytest_codomyrmex_exec.engine.results import AsyncExecutionResult
@@ -85,21 +86,14 @@ def test_max_concurrency_bounds_how_many_run_at_once() -> None:
 def test_a_freed_slot_starts_the_next_task_one_loop_step_later() -> None:
     """As in the scheduler: a slot that waits three loop steps for its next task sits idle
     while another thread (pytest's reporting) may hold the GIL at each of them."""
-    steps = 0
+    steps = LoopSteps()
     seen: dict[str, int] = {}
 
     async def mark(label: str) -> None:
-        seen[label] = steps
+        seen[label] = steps.count
 
     async def main() -> AsyncExecutionResult:
-        loop = asyncio.get_running_loop()
-
-        def tick() -> None:  # runs once per loop iteration
-            nonlocal steps
-            steps += 1
-            loop.call_soon(tick)
-
-        loop.call_soon(tick)
+        steps.start()
         runner = AsyncParallelRunner(max_concurrency=1)
         return await runner.run([("first", mark, ("first",)), ("second", mark, ("second",))])
 

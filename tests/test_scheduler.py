@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import LoopSteps
 
 from pytest_codomyrmex_exec.engine.scheduler import (
     AsyncJob,
@@ -124,24 +125,17 @@ def test_a_freed_slot_starts_the_next_job_one_loop_step_later() -> None:
     """The next job starts in the loop step after the previous one returned, not three later:
     each step may wait for the GIL (pytest's thread reports results meanwhile), and until the
     next script has started its slot sits idle."""
-    steps = 0
+    steps = LoopSteps()
     seen: dict[str, int] = {}
 
     async def first() -> None:
-        seen["first returned"] = steps
+        seen["first returned"] = steps.count
 
     async def second() -> None:
-        seen["second started"] = steps
+        seen["second started"] = steps.count
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-
-        def tick() -> None:  # runs once per loop iteration
-            nonlocal steps
-            steps += 1
-            loop.call_soon(tick)
-
-        loop.call_soon(tick)
+        steps.start()
         await scheduler.run_all()
 
     scheduler = AsyncScheduler(max_concurrency=1)
