@@ -27,11 +27,12 @@ def _run_two_scripts(px: ExecPytester) -> list[int]:
 
 
 def test_collected_objects_stay_out_of_gc_scans_during_the_run_only(px: ExecPytester) -> None:
-    assert gc.get_freeze_count() == 0
+    # 0 on 3.11; from 3.12 the interpreter starts with some hundreds of objects frozen.
+    before = gc.get_freeze_count()
     during = _run_two_scripts(px)
     assert len(during) == 2
-    assert all(count > 0 for count in during), during  # the collected tree was frozen
-    assert gc.get_freeze_count() == 0  # and given back to the collector afterwards
+    assert all(count > before + 100 for count in during), (before, during)  # the tree
+    assert gc.get_freeze_count() <= before  # and given back to the collector afterwards
 
 
 def test_a_freeze_made_before_the_session_is_left_alone(px: ExecPytester) -> None:

@@ -30,6 +30,13 @@ from .workdir import restore_paths, spec_for_run
 _WAKE = 0.5
 
 
+_FROZEN_AT_START_UP = gc.get_freeze_count()
+"""Objects the interpreter itself froze as it started (none on 3.11, some hundreds from
+3.12): a count above it means someone froze since, and that freeze is theirs to undo. The
+session's unfreeze at the end gives these back to the collector too, which costs nothing
+but a few more objects in its scans."""
+
+
 class _HeldSignals:
     """Ctrl-C (and SIGTERM) held back while the backend kills the scripts, raised afterwards.
 
@@ -138,8 +145,8 @@ class ExecSession:
         held = _HeldSignals()
         # What collection built (nodes, marks, specs) lives as long as the run: kept out of
         # the garbage collector's scans while every item's report adds to the heap. Unless
-        # someone froze first (then their unfreeze is theirs).
-        frozen = gc.get_freeze_count() == 0
+        # someone froze since start-up (then their unfreeze is theirs).
+        frozen = gc.get_freeze_count() == _FROZEN_AT_START_UP
         if frozen:
             gc.freeze()
         try:
