@@ -481,6 +481,27 @@ class ExecPytester:
                     os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture(autouse=True)
+def _start_up_variables_kept() -> Iterator[None]:
+    """Each test starts and ends with the variables an interpreter reads as it starts as
+    they were when the suite started. Starting a Dask cluster in this process (a module's
+    fixture, too) sets PYTHONHASHSEED here for good: left there, every later session of this
+    worker would differ from the session starter's and start anew (slower), and a test that
+    a session was forked would fail by the order the tests ran in."""
+
+    def put_back() -> None:
+        for name in [k for k in os.environ if k.startswith(STARTUP_VARIABLES)]:
+            if name not in _ENVIRONMENT_AT_START:
+                del os.environ[name]
+        os.environ.update(
+            {k: v for k, v in _ENVIRONMENT_AT_START.items() if k.startswith(STARTUP_VARIABLES)}
+        )
+
+    put_back()
+    yield
+    put_back()
+
+
 @pytest.fixture
 def px(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterable[ExecPytester]:
     monkeypatch.setenv("PYTEST_ADDOPTS", _FAST_ADDOPTS)
