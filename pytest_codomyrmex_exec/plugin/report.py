@@ -382,11 +382,12 @@ class RunRecords:
         """``41 scripts, 96.3 s of script time in 12.1 s: 8.0x``; no ratio when one ran at a
         time. Times keep three significant digits, so the ratio follows from what is shown."""
         count = len(self.final())
-        script, wall = self.script_time(), self.wall_time()
-        line = f"{count} script{'s' if count != 1 else ''}, {_seconds(script)} s of script time"
-        line += f" in {_seconds(wall)} s"
-        if wall > 0 and self.concurrent():
-            line += f": {script / wall:.1f}x"
+        script, wall = _seconds(self.script_time()), _seconds(self.wall_time())
+        line = f"{count} script{'s' if count != 1 else ''}, {script} s of script time"
+        line += f" in {wall} s"
+        if float(wall) > 0 and self.concurrent():
+            # Of the times as shown: a reader who divides them gets the same ratio.
+            line += f": {float(script) / float(wall):.1f}x"
         return line
 
     def write_summary(self, reporter: pytest.TerminalReporter) -> None:
