@@ -28,12 +28,15 @@ process per look; never imports pytest.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Final, Literal, NamedTuple, final
 
 from .launch import RUN_TAG_VAR
 from .spec import default_workers
+
+logger = logging.getLogger(__name__)
 
 AUTO: Final = "auto"
 """The ``max_workers`` / ``max_concurrency`` value that makes a runner use an :class:`AutoLimit`."""
@@ -172,7 +175,7 @@ class CpuMeter:
         self._seen.clear()
         self._when = None
 
-    def sample(self, now: float) -> Reading | None:
+    def sample(self) -> Reading | None:
         """What the running scripts wanted over the window since the last call (``None``
         for the first one).
 
@@ -180,6 +183,11 @@ class CpuMeter:
         its interpreter's start-up, busy whatever the script does next. A script counts once
         one of its processes has been measured.
         """
+        # The window runs between the middles of two walks, not between the calls: on a
+        # loaded machine the caller may wait for a CPU between taking the time and reading
+        # the counters, and a window longer than the counters' own made busy scripts look
+        # half idle (auto then let a third busy script start on 2 cores).
+        walk_began = time.monotonic()
         seen: dict[int, int] = {}
         tags: dict[int, bytes] = {}
         young: set[int] = set()
@@ -201,6 +209,7 @@ class CpuMeter:
                 seen[pid], tags[pid] = demand, tag
                 if started > self._booted - STARTUP:
                     young.add(pid)
+        now = (walk_began + time.monotonic()) / 2
         window = None if self._when is None else now - self._when
         before, self._seen, self._tags, self._when = self._seen, seen, tags, now
         self._booted = time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -245,13 +254,28 @@ class AutoLimit:
         if now < self._next:
             return self.limit
         self._next = now + SAMPLE_INTERVAL
-        reading = self._meter.sample(now)
+        reading = self._meter.sample()
         if reading is None or not reading.scripts:
+            logger.debug("auto: %d running, %d waiting; none measured yet", running, waiting)
             return self.limit
         per_script = max(reading.demand / reading.scripts, _LEAST_DEMAND)
         fits = min(self.cap, max(self.floor, int(self.cores / per_script)))
         # It rises only on two windows in a row: one window of 0.1 s can catch a busy script
         # held up (its start-up waiting on the disk, say) and call it idle. It falls on one.
-        self.limit = min(fits, self._fitted, 2 * self.limit)
-        self._fitted = fits
+        limit = min(fits, self._fitted, 2 * self.limit)
+        if logger.isEnabledFor(logging.DEBUG):
+            # What auto saw and did, window by window: the one way to tell afterwards why
+            # it stayed low (busy scripts, a loaded machine, nothing measured yet).
+            logger.debug(
+                "auto: %d running, %d waiting; %d measured wanting %.2f cores; fits %d; "
+                "limit %d -> %d",
+                running,
+                waiting,
+                reading.scripts,
+                reading.demand,
+                fits,
+                self.limit,
+                limit,
+            )
+        self.limit, self._fitted = limit, fits
         return self.limit
