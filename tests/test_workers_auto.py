@@ -7,6 +7,8 @@ many were running at the same moment.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -18,23 +20,69 @@ CORES = cores()
 
 STAMPS = """\
 import os, sys, time
+def _stamp():
+    # When, and what this process has asked of the CPU so far (ns on a CPU or waiting for
+    # one, as auto measures it): a script that sleeps should want little of its span.
+    try:
+        with open("/proc/self/schedstat") as _stat:
+            _wanted = sum(map(int, _stat.read().split()[:2]))
+    except OSError:
+        _wanted = 0
+    return f"{{time.monotonic()}} {{_wanted}}\\n"
 _stamps = os.path.join({folder!r}, os.path.basename(sys.argv[0]) + ".stamps")
 with open(_stamps, "w") as _out:
-    _out.write(f"{{time.monotonic()}}\\n")
+    _out.write(_stamp())
 """
 
 END = """\
 with open(_stamps, "a") as _out:
-    _out.write(f"{time.monotonic()}\\n")
+    _out.write(_stamp())
 """
+
+
+def spans(folder: Path) -> list[tuple[float, float, float]]:
+    """Each script's start, end and share of its span it spent on a CPU or waiting for one."""
+    found = []
+    for path in folder.glob("*.stamps"):
+        lines = path.read_text().splitlines()
+        assert len(lines) == 2, (path, lines)
+        (start, wanted_then), (end, wanted_now) = (line.split() for line in lines)
+        span = float(end) - float(start)
+        share = (int(wanted_now) - int(wanted_then)) / 1e9 / span if span > 0 else 1.0
+        found.append((float(start), float(end), share))
+    assert found, "no script stamped its start"
+    return found
 
 
 def most_at_once(folder: Path) -> int:
     """The most scripts that were between their start and end stamps at one moment."""
-    spans = [tuple(map(float, path.read_text().split())) for path in folder.glob("*.stamps")]
-    assert spans, "no script stamped its start"
-    assert all(len(span) == 2 for span in spans), spans
-    return max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+    found = spans(folder)
+    return max(sum(start <= moment < end for start, end, _ in found) for moment, _, _ in found)
+
+
+def overlap_unjudged(folder: Path, what_auto_saw: str = "") -> str | None:
+    """Check that more scripts than cores ran at once, as auto should let sleeping scripts
+    do; ``None`` when they did, else why that cannot be judged on this machine now.
+
+    Auto measures what the kernel says the scripts wanted. On a machine loaded so heavily
+    that these sleeping scripts sat runnable most of their span (each wake-up waiting that
+    long for a CPU), the kernel says they wanted a core each, and staying at one per core is
+    auto doing its job: the caller skips, naming the share, rather than pass."""
+    if most_at_once(folder) > CORES:
+        return None
+    shares = sorted(share for _, _, share in spans(folder))
+    middle = shares[len(shares) // 2]
+    load = os.getloadavg()[0]
+    if middle > 0.5:
+        return (
+            f"the machine kept these sleeping scripts runnable {middle:.0%} of their span "
+            f"(median; load average {load:.1f}): auto rightly saw them busy"
+        )
+    raise AssertionError(
+        f"no more than {CORES} scripts ran at once, though they wanted {middle:.0%} of a "
+        f"core each (median; load average {load:.1f})"
+        + (f"\nwhat auto saw:\n{what_auto_saw}" if what_auto_saw else "")
+    )
 
 
 def write_scripts(root: Path, count: int, body: str) -> Path:
@@ -65,7 +113,9 @@ def test_sleeping_scripts_run_more_than_one_per_core(px: ExecPytester, mode: Mod
     folder = write_scripts(px.path, count, waiting_for_company(px.path / "stamps"))
     result = px.run(*mode, *px.report_args())
     result.assert_outcomes(passed=count)
-    assert most_at_once(folder) > CORES
+    unjudged = overlap_unjudged(folder)
+    if unjudged:
+        pytest.skip(unjudged)
     assert result.duration < 12, "the scripts waited for their deadline: they never overlapped"
 
 
@@ -123,9 +173,9 @@ def test_cpu_meter_sees_a_script_busy() -> None:
         try:
             time.sleep(0.3)  # past the interpreter's start-up, which is busy either way
             meter.forget()
-            meter.sample(time.monotonic())
+            meter.sample()
             time.sleep(0.5)
-            reading = meter.sample(time.monotonic())
+            reading = meter.sample()
         finally:
             child.kill()
             child.wait(10)
@@ -134,7 +184,7 @@ def test_cpu_meter_sees_a_script_busy() -> None:
         assert low <= reading.demand <= high, (code, tag, reading)
 
 
-def test_library_runners_take_auto(tmp_path: Path) -> None:
+def test_library_runners_take_auto(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``ParallelRunner("auto")``, ``AsyncScheduler(max_concurrency="auto")`` and
     ``AsyncParallelRunner(max_concurrency="auto")`` run waiting scripts more than one per
     core, and say their cap."""
@@ -147,6 +197,13 @@ def test_library_runners_take_auto(tmp_path: Path) -> None:
         run_script_async,
     )
 
+    caplog.set_level(logging.DEBUG, logger="pytest_codomyrmex_exec.engine.cpu_meter")
+
+    def what_auto_saw() -> str:
+        return "\n".join(record.getMessage() for record in caplog.records[-40:])
+
+    unjudged: list[str | None] = []
+
     count = 3 * CORES
     runner = ParallelRunner("auto")
     assert runner.max_workers == AUTO_CAP_PER_CORE * CORES
@@ -154,7 +211,8 @@ def test_library_runners_take_auto(tmp_path: Path) -> None:
     folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
     outcome = runner.run_scripts(sorted(root.glob("*_script.py")))
     assert outcome.passed == count
-    assert most_at_once(folder) > CORES
+    unjudged.append(overlap_unjudged(folder, what_auto_saw()))
+    caplog.clear()
 
     scheduler = AsyncScheduler(max_concurrency="auto")
     assert scheduler.max_concurrency == AUTO_CAP_PER_CORE * CORES
@@ -164,7 +222,8 @@ def test_library_runners_take_auto(tmp_path: Path) -> None:
         scheduler.schedule(run_script_async, args=(str(script),))
     jobs = asyncio.run(scheduler.run_all())
     assert [job.result["status"] for job in jobs.values()] == ["passed"] * count
-    assert most_at_once(folder) > CORES
+    unjudged.append(overlap_unjudged(folder, what_auto_saw()))
+    caplog.clear()
 
     tasks_runner = AsyncParallelRunner(max_concurrency="auto")
     assert tasks_runner.max_concurrency == AUTO_CAP_PER_CORE * CORES
@@ -176,7 +235,9 @@ def test_library_runners_take_auto(tmp_path: Path) -> None:
     ]
     outcome = asyncio.run(tasks_runner.run(tasks))
     assert [result["status"] for result in outcome.results.values()] == ["passed"] * count
-    assert most_at_once(folder) > CORES
+    unjudged.append(overlap_unjudged(folder, what_auto_saw()))
+    if any(unjudged):
+        pytest.skip("; ".join(reason for reason in unjudged if reason))
 
 
 def test_cpu_meter_leaves_out_a_script_that_ended() -> None:
@@ -198,10 +259,10 @@ def test_cpu_meter_leaves_out_a_script_that_ended() -> None:
     child = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15
-        reading = meter.sample(time.monotonic())
+        reading = meter.sample()
         while (reading is None or not reading.scripts) and time.monotonic() < deadline:
             time.sleep(0.05)
-            reading = meter.sample(time.monotonic())
+            reading = meter.sample()
         assert reading is not None
         assert reading.scripts == 1, "the running script was not seen"
         assert child.stdin is not None
@@ -210,9 +271,9 @@ def test_cpu_meter_leaves_out_a_script_that_ended() -> None:
         while not stat.read_text().rpartition(")")[2].startswith(" Z"):
             assert time.monotonic() < deadline, "the script did not end"
             time.sleep(0.05)
-        meter.sample(time.monotonic())  # this window still saw it run
+        meter.sample()  # this window still saw it run
         time.sleep(0.1)
-        reading = meter.sample(time.monotonic())
+        reading = meter.sample()
     finally:
         child.kill()
         child.wait(10)
