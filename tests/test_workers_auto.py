@@ -30,8 +30,11 @@ def _stamp():
         _wanted = 0
     return f"{{time.monotonic()}} {{_wanted}}\\n"
 _stamps = os.path.join({folder!r}, os.path.basename(sys.argv[0]) + ".stamps")
+# The time before the file: the others end once they see the file, so a start taken after
+# creating it could come after their ends (a script held up in between made 3 look like 2).
+_started = _stamp()
 with open(_stamps, "w") as _out:
-    _out.write(_stamp())
+    _out.write(_started)
 """
 
 END = """\
