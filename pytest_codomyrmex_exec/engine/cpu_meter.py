@@ -51,7 +51,7 @@ A script is measured only between two looks that both see it, so this bounds how
 script auto can learn from (0.25 s left scripts of 0.2 s unseen, and auto at one per core),
 and the ramp to the cap takes three looks. A look costs about 0.2 ms of CPU for 8 scripts."""
 
-STARTUP: Final = 0.15
+STARTUP: Final = 0.05
 """Seconds of a process's life left out of its measure: its interpreter's start-up, busy
 whatever the script does next, and on a loaded machine held up (by the disk, say) so that
 even a busy script may look idle."""
