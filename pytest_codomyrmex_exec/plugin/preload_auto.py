@@ -18,6 +18,7 @@ error, since the user did not name it.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -60,6 +61,9 @@ modules its start-up imports)."""
 _NEVER_PRELOADED = frozenset({"__future__", "__hello__", "__phello__", "antigravity", "this"})
 """Standard modules whose import is the point (they print or open a browser): preloaded, the
 script's own import would do nothing."""
+_RUN_IF_CALLED = (ast.FunctionDef, ast.AsyncFunctionDef)
+"""Bodies whose imports run only if they are called. A class body runs where it stands
+(its methods are functions: theirs do not count)."""
 # An import statement's modules: `import a.b as c, d` or `from a.b import ...` (not relative).
 _IMPORT = re.compile(
     r"import\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)\s*(?:#|;|$)"
@@ -83,13 +87,43 @@ class Imported:
 
 
 def _stated_imports(script: str) -> set[str]:
-    """The modules ``script``'s source imports at its top level or under its ``__main__``
-    guard (``import doctest`` there is common): the record cannot tell them, since it sums
-    up the standard library as the interpreter and a distribution as its name."""
+    """The modules ``script``'s source imports when it runs: at its top level, in the blocks
+    that run with it (``try``/``except``, ``if``, ``with``, loops, a class body; the
+    ``__main__`` guard, where ``import doctest`` is common), not in a function (that import
+    runs only if it is called). The record cannot tell them, since it sums up the standard
+    library as the interpreter and a distribution as its name."""
     try:
-        text = Path(script).read_text(encoding="utf-8", errors="replace")
+        source = Path(script).read_bytes()
     except OSError:
         return set()
+    try:
+        # Bytes, so that a coding declaration is honoured. A script this interpreter cannot
+        # parse (null bytes, a newer --exec-python's syntax, nesting too deep) gets the line
+        # scan instead: the choice is a guess, never a reason to fail the run.
+        statements = ast.parse(source).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return _scanned_imports(source.decode("utf-8", errors="replace"))
+    names: set[str] = set()
+    pending: list[ast.AST] = list(statements)
+    while pending:  # not recursive: a deeply nested script must not exhaust the stack
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if not node.level and node.module:  # `from . import x` names no module
+                names.add(node.module)
+        elif not isinstance(node, _RUN_IF_CALLED):
+            pending.extend(
+                child
+                for child in ast.iter_child_nodes(node)
+                if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case))
+            )
+    return names
+
+
+def _scanned_imports(text: str) -> set[str]:
+    """:func:`_stated_imports` by lines, for a script that does not parse: the import
+    statements at the top level (not indented) or under the ``__main__`` guard."""
     names: set[str] = set()
     under_main = False
     for line in text.splitlines():
