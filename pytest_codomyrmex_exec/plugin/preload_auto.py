@@ -148,19 +148,25 @@ def _beside(script: Path, name: str) -> bool:
     return (script.parent / f"{name}.py").exists() or (script.parent / name).is_dir()
 
 
-def _startup_modules(python: str) -> frozenset[str]:
-    """What ``python``'s start-up imports: every script, cold or warm, has them already."""
+def _ask(python: str, code: str) -> str | None:
+    """What ``python -c code`` prints; ``None`` if it cannot start, fails or takes too long
+    (what is asked is only a hint for the choice)."""
     try:
         done = subprocess.run(
-            [python, "-c", "import sys; print(' '.join(sys.modules))"],
+            [python, "-c", code],
             capture_output=True,
             text=True,
             timeout=_TOP_LEVEL_TIMEOUT,
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
-        return frozenset()
-    return frozenset(done.stdout.split())
+        return None
+    return done.stdout
+
+
+def _startup_modules(python: str) -> frozenset[str]:
+    """What ``python``'s start-up imports: every script, cold or warm, has them already."""
+    return frozenset((_ask(python, "import sys; print(' '.join(sys.modules))") or "").split())
 
 
 @dataclass
@@ -240,16 +246,10 @@ def _top_levels(python: str, wanted: Iterable[str]) -> dict[str, str | None]:
 
         packages = importlib.metadata.packages_distributions()
     else:
+        answer = _ask(python, _TOP_LEVEL_CODE)
         try:
-            done = subprocess.run(
-                [python, "-c", _TOP_LEVEL_CODE],
-                capture_output=True,
-                text=True,
-                timeout=_TOP_LEVEL_TIMEOUT,
-                check=True,
-            )
-            packages = json.loads(done.stdout)
-        except (OSError, subprocess.SubprocessError, ValueError):
+            packages = json.loads(answer) if answer is not None else {}
+        except ValueError:
             packages = {}
     tops: dict[str, list[str]] = {}
     for top, distributions in packages.items():
