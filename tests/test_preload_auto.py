@@ -179,6 +179,8 @@ try:  # an optional import, as example folders write them
     import fractions
 except ImportError:
     fractions = None
+if sys.platform == "win32":  # a standard module this interpreter does not have
+    import winreg
 
 assert calendar.LOCAL, "the standard calendar shadowed the one beside the script"
 
@@ -215,7 +217,8 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
     # and for rich's `from rich.console import Console` only `rich`, which imports nothing.
     # `packaging` is such a distribution: its top package loads none of its modules.
     # An import in a top-level `try:` runs with the script (a scan by indentation missed
-    # it); one in a function body does not.
+    # it); one in a function body does not; a module the interpreter does not have (winreg
+    # off Windows) the server would fail to import, and restart without, every run.
     # A folder each, so that none is the scripts' shared one: the calendar.py beside each
     # has no module name the server could import it by.
     scripts = ("one/a_script.py", "two/b_script.py", "three/c_script.py")
@@ -238,6 +241,7 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
         ]
     )
     assert [log.read_text() for log in logs] == ["doctest fractions packaging.version"] * 3
+    assert "dropped" not in second.stdout.str()
 
 
 def test_auto_sees_imports_whose_bytecode_is_cached_under_a_pycache_prefix(
