@@ -183,6 +183,7 @@ if sys.platform == "win32":  # a standard module this interpreter does not have
     import winreg
 
 assert calendar.LOCAL, "the standard calendar shadowed the one beside the script"
+DIGIT = "\\d"  # an invalid escape: parsing it warns (DeprecationWarning, or SyntaxWarning)
 
 
 def play():
@@ -232,7 +233,9 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
     px.run(*mode, "--exec-preload", "auto").assert_outcomes(passed=3, failed=1)
     assert [log.read_text() for log in logs] == ["nothing"] * 3
 
-    second = px.run(*mode, "--exec-preload", "auto")
+    # Warnings as errors turned that warning into a SyntaxError: the line scan's guess.
+    strict = ("-W", "error::DeprecationWarning", "-W", "error::SyntaxWarning")
+    second = px.run(*mode, "--exec-preload", "auto", *strict)
     second.assert_outcomes(passed=3, failed=1)
     second.stdout.fnmatch_lines(
         [

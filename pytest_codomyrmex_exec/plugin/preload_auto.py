@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
@@ -110,7 +111,11 @@ def _stated_imports(script: str) -> set[str]:
         # Bytes, so that a coding declaration is honoured. A script this interpreter cannot
         # parse (null bytes, a newer --exec-python's syntax, nesting too deep) gets the line
         # scan instead: the choice is a guess, never a reason to fail the run.
-        statements = ast.parse(source).body
+        with warnings.catch_warnings():
+            # An invalid escape ("\d") warns as it is parsed: shown before the run (3.12's
+            # SyntaxWarning), or a SyntaxError under -W error. The script's own run warns.
+            warnings.simplefilter("ignore")
+            statements = ast.parse(source).body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return _scanned_imports(source.decode("utf-8", errors="replace"))
     names: set[str] = set()
