@@ -168,12 +168,28 @@ def test_a_change_to_a_preloaded_module_reruns_the_scripts_with_exec_changed(
 # preloaded), then a doctest run under the `__main__` guard, as TheAlgorithms' scripts do.
 _STATED_SCRIPT = '''\
 import sys
-ALREADY = [name for name in ("doctest", "packaging.version") if name in sys.modules]
+ALREADY = [
+    name for name in ("doctest", "fractions", "packaging.version", "wave") if name in sys.modules
+]
 import packaging
 from packaging.version import Version
 import calendar  # the file beside the scripts, not the standard module
 
+try:  # an optional import, as example folders write them
+    import fractions
+except ImportError:
+    fractions = None
+if sys.platform == "win32":  # a standard module this interpreter does not have
+    import winreg
+
 assert calendar.LOCAL, "the standard calendar shadowed the one beside the script"
+DIGIT = "\\d"  # an invalid escape: parsing it warns (DeprecationWarning, or SyntaxWarning)
+
+
+def play():
+    import wave  # runs only if play() is called, and it is not
+
+    return wave
 
 
 def double(x):
@@ -201,6 +217,9 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
     # name: TheAlgorithms' `import doctest` (24 ms of CPU per script) was never preloaded,
     # and for rich's `from rich.console import Console` only `rich`, which imports nothing.
     # `packaging` is such a distribution: its top package loads none of its modules.
+    # An import in a top-level `try:` runs with the script (a scan by indentation missed
+    # it); one in a function body does not; a module the interpreter does not have (winreg
+    # off Windows) the server would fail to import, and restart without, every run.
     # A folder each, so that none is the scripts' shared one: the calendar.py beside each
     # has no module name the server could import it by.
     scripts = ("one/a_script.py", "two/b_script.py", "three/c_script.py")
@@ -208,19 +227,24 @@ def test_auto_preloads_standard_and_distribution_modules_the_scripts_import(
         px.script(script, _STATED_SCRIPT)
         px.script(f"{script.split('/')[0]}/calendar.py", "LOCAL = True\n")
     logs = [px.path / f"{script}.log" for script in scripts]
+    # A script whose source does not parse fails, and costs the choice nothing else.
+    px.script("four/d_script.py", "import doctest\nprint(1 +)\n")
 
-    px.run(*mode, "--exec-preload", "auto").assert_outcomes(passed=3)
+    px.run(*mode, "--exec-preload", "auto").assert_outcomes(passed=3, failed=1)
     assert [log.read_text() for log in logs] == ["nothing"] * 3
 
-    second = px.run(*mode, "--exec-preload", "auto")
-    second.assert_outcomes(passed=3)
+    # Warnings as errors turned that warning into a SyntaxError: the line scan's guess.
+    strict = ("-W", "error::DeprecationWarning", "-W", "error::SyntaxWarning")
+    second = px.run(*mode, "--exec-preload", "auto", *strict)
+    second.assert_outcomes(passed=3, failed=1)
     second.stdout.fnmatch_lines(
         [
-            "*warm: preloading 3 modules chosen from the last run: "
-            "doctest, packaging, packaging.version"
+            "*warm: preloading 4 modules chosen from the last run: "
+            "doctest, fractions, packaging, packaging.version"
         ]
     )
-    assert [log.read_text() for log in logs] == ["doctest packaging.version"] * 3
+    assert [log.read_text() for log in logs] == ["doctest fractions packaging.version"] * 3
+    assert "dropped" not in second.stdout.str()
 
 
 def test_auto_sees_imports_whose_bytecode_is_cached_under_a_pycache_prefix(

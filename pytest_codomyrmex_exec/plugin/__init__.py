@@ -53,6 +53,8 @@ _BOTH_KEY = pytest.StashKey[bool]()
 """Set on a test module whose file also matches the script patterns."""
 _EMPTY_TEST_MODULES_KEY = pytest.StashKey[list[str]]()
 """Such test modules that collected no test: files meant as scripts, lost to python_files."""
+_RUNNING_SCRIPTS_KEY = pytest.StashKey[frozenset[str]]()
+"""The scripts this session runs inside (read once: collection asks for every file)."""
 
 logger = logging.getLogger("pytest_codomyrmex_exec.plugin")
 
@@ -116,6 +118,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         configure_warm(config)
     config.stash[PATTERNS_KEY] = ScriptPatterns(options.patterns, config.rootpath)
+    config.stash[_RUNNING_SCRIPTS_KEY] = running_scripts(os.environ)
     configure_output_checks(config)
     configure_durations(config)
     configure_shard(config)
@@ -161,7 +164,8 @@ def pytest_collect_file(
         return collectors
     # A script that runs pytest on itself (pytest.main([__file__]) under __main__) means its
     # own tests: made a script item again, it would run itself again, without end.
-    if os.path.realpath(file_path) in running_scripts(os.environ):
+    running = parent.config.stash[_RUNNING_SCRIPTS_KEY]
+    if running and os.path.realpath(file_path) in running:  # most often none: no realpath
         return collectors
     # A test module (python_files, e.g. test_*.py) stays a test module even if its name
     # also fits a script pattern: collecting it twice would run it twice. If it turns out to
