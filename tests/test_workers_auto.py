@@ -281,3 +281,29 @@ def test_cpu_meter_leaves_out_a_script_that_ended() -> None:
         child.kill()
         child.wait(10)
     assert reading == (0.0, 0)
+
+
+def test_a_meter_that_fails_costs_no_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If ``/proc`` reads in a way the meter does not understand, auto says so once and
+    runs one per core: every script still runs and passes (the meter's error used to end
+    the run: ``run_scripts`` raised it, and under pytest the scripts were lost)."""
+    from pytest_codomyrmex_exec import ParallelRunner
+    from pytest_codomyrmex_exec.engine import cpu_meter
+
+    if not cpu_meter.measurable():
+        pytest.skip("no /proc schedstat here: auto never measures")
+
+    def unreadable(pid: int) -> None:
+        raise ValueError(f"/proc/{pid}/stat: a format this meter does not know")
+
+    monkeypatch.setattr(cpu_meter, "_process", unreadable)
+    count = 3 * CORES
+    folder = write_scripts(tmp_path, count, "time.sleep(0.3)\n")
+    with caplog.at_level(logging.WARNING, logger="pytest_codomyrmex_exec.engine.cpu_meter"):
+        outcome = ParallelRunner("auto").run_scripts(sorted(tmp_path.glob("*_script.py")))
+    assert outcome.passed == count
+    assert most_at_once(folder) <= CORES
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == ["auto: cannot measure the scripts' CPU use; one per core from now"]

@@ -254,7 +254,14 @@ class AutoLimit:
         if now < self._next:
             return self.limit
         self._next = now + SAMPLE_INTERVAL
-        reading = self._meter.sample()
+        try:
+            reading = self._meter.sample()
+        except Exception:  # a /proc this code does not understand: never lose the run to it
+            logger.warning("auto: cannot measure the scripts' CPU use; one per core from now")
+            logger.debug("auto: the meter failed", exc_info=True)
+            self._meter = None
+            self.limit = self.floor
+            return self.limit
         if reading is None or not reading.scripts:
             logger.debug("auto: %d running, %d waiting; none measured yet", running, waiting)
             return self.limit
