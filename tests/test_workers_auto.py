@@ -187,6 +187,47 @@ def test_cpu_meter_sees_a_script_busy() -> None:
         assert low <= reading.demand <= high, (code, tag, reading)
 
 
+def test_cpu_meter_measures_a_script_from_its_first_sleep() -> None:
+    """A script that sleeps is measured as soon as it has slept, before the age at which
+    every process counts (0.2-second sleepers ended unmeasured, and auto stayed at one per
+    core); one that never sleeps, like a start-up, is left out until that age."""
+    import subprocess
+    import sys
+    import time
+
+    from pytest_codomyrmex_exec.engine.cpu_meter import SLEPT, STARTUP, CpuMeter, measurable
+    from pytest_codomyrmex_exec.engine.launch import RUN_TAG_VAR
+
+    if not measurable():
+        pytest.skip("no /proc schedstat here")
+    for body, tag, measured in (
+        ("time.sleep(5)", "4" * 32, 1),
+        ("while True: pass", "5" * 32, 0),
+    ):
+        code = f"import time\nprint('up', flush=True)\n{body}"
+        env = {**os.environ, RUN_TAG_VAR: tag}
+        child = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "up\n"
+            time.sleep(SLEPT + 0.015)  # past the sleep that marks a start-up as over
+            meter = CpuMeter()
+            meter.sample()  # the window opens here
+            stat = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()
+            age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(stat[19]) / os.sysconf("SC_CLK_TCK")
+            time.sleep(0.05)
+            reading = meter.sample()
+        finally:
+            child.kill()
+            child.communicate(timeout=10)
+        if age >= STARTUP:
+            pytest.skip(f"Python took {age:.2f} s to start here: past the age rule anyway")
+        assert reading is not None
+        assert reading.scripts == measured, (body, reading, age)
+
+
 def test_library_runners_take_auto(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``ParallelRunner("auto")``, ``AsyncScheduler(max_concurrency="auto")`` and
     ``AsyncParallelRunner(max_concurrency="auto")`` run waiting scripts more than one per

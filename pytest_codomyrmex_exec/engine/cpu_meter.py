@@ -11,13 +11,16 @@ what the running scripts' process trees asked of the CPU over the last window:
 That is what a script would use on an idle machine, so it is the same whether the machine
 is shared or not: a busy loop counts as one core even while other work keeps it off the
 CPU (``/proc/<pid>/task/<tid>/schedstat``: time on a CPU and on a run queue). A process
-is measured only over windows that open once it is :data:`STARTUP` s old: before that it ran
-its interpreter's start-up, busy whatever the script does next, or was held up by a loaded
-machine. The limit then aims at ``cores / demand per script`` scripts (as many as fit
-without oversubscribing the cores), at least one per core, at most :data:`AUTO_CAP_PER_CORE`
-per core, at most doubling per window so the scripts it adds are measured before more
-follow, and it rises only when two windows in a row say so. It falls as soon as one window
-finds the scripts busy; running scripts are never stopped, the next ones just wait.
+is measured only over windows that open once its start-up is over: its interpreter's
+start-up is busy whatever the script does next. It is over once the process has slept
+(:data:`SLEPT` s of its life neither on a CPU nor waiting for one: a start-up runs without
+a break, and on a loaded machine it waits for a CPU, it does not sleep), or at the latest
+once it is :data:`STARTUP` s old. The limit then aims at ``cores / demand per script``
+scripts (as many as fit without oversubscribing the cores), at least one per core, at most
+:data:`AUTO_CAP_PER_CORE` per core, at most doubling per window so the scripts it adds are
+measured before more follow, and it rises only when two windows in a row say so. It falls
+as soon as one window finds the scripts busy; running scripts are never stopped, the next
+ones just wait.
 
 The scripts are found as the descendants of this process (the runner's children, and the
 children of the warm server that pytest started) that carry a run's tag. A process that
@@ -51,10 +54,16 @@ A script is measured only between two looks that both see it, so this bounds how
 script auto can learn from (0.25 s left scripts of 0.2 s unseen, and auto at one per core),
 and the ramp to the cap takes three looks. A look costs about 0.2 ms of CPU for 8 scripts."""
 
-STARTUP: Final = 0.05
-"""Seconds of a process's life left out of its measure: its interpreter's start-up, busy
-whatever the script does next, and on a loaded machine held up (by the disk, say) so that
-even a busy script may look idle."""
+STARTUP: Final = 0.15
+"""The most of a process's life left out of its measure as start-up: a busy script never
+sleeps, so this is when it starts to count (on a loaded machine a cold start-up can take
+longer, and reads busy, which only holds auto back)."""
+
+SLEPT: Final = 0.025
+"""Seconds a process must have slept before :data:`STARTUP` for its start-up to count as
+over: a sleeping script is then measured from its first sleep, so scripts of 0.2 s are seen,
+and a start-up slowed by a loaded machine is not taken for the script's own work. (Start
+times come in ticks of 10 ms, so this is at least 15 ms of real sleep.)"""
 
 AUTO_CAP_PER_CORE: Final = 4
 """``auto`` runs at most this many scripts per core, however idle they are."""
@@ -185,13 +194,13 @@ class CpuMeter:
         """
         # The window runs between the middles of two walks, not between the calls: on a
         # loaded machine the caller may wait for a CPU between taking the time and reading
-        # the counters, and a window longer than the counters' own made busy scripts look
-        # half idle (auto then let a third busy script start on 2 cores).
+        # the counters, and a window longer than the counters' own makes busy scripts look
+        # partly idle.
         walk_began = time.monotonic()
         seen: dict[int, int] = {}
         tags: dict[int, bytes] = {}
         young: set[int] = set()
-        """Processes not yet :data:`STARTUP` s old when the window opened."""
+        """Processes still in their start-up when the window opened."""
         pending = [self._root]
         while pending:
             pid = pending.pop()
@@ -207,7 +216,7 @@ class CpuMeter:
             tag = self._tags.get(pid) or _run_tag(pid)
             if tag is not None:
                 seen[pid], tags[pid] = demand, tag
-                if started > self._booted - STARTUP:
+                if self._starting(started, self._seen.get(pid)):
                     young.add(pid)
         now = (walk_began + time.monotonic()) / 2
         window = None if self._when is None else now - self._when
@@ -224,6 +233,14 @@ class CpuMeter:
                 used += demand - known
                 measured.add(tags[pid])
         return Reading(used / 1e9 / window, len(measured))
+
+    def _starting(self, started: float, demand_then: int | None) -> bool:
+        """Was a process that started at ``started`` (s of ``CLOCK_BOOTTIME``) still in its
+        start-up at the last look, when it had wanted ``demand_then`` ns of CPU?"""
+        age = self._booted - started
+        if age >= STARTUP:
+            return False
+        return demand_then is None or age - demand_then / 1e9 < SLEPT
 
 
 @final
