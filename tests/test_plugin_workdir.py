@@ -82,7 +82,8 @@ def test_copy_keeps_the_tree_clean_and_shows_real_paths(
     add_pinned_script(examples)
     before = snapshot(examples)
     junit_output = ("-o", "junit_logging=all")
-    result = px.run("--exec-cwd", "copy", *px.junit_args(), *junit_output, *px.report_args(), *mode)
+    args = ("--exec-cwd", "copy", "--exec-live", *px.junit_args(), *junit_output)
+    result = px.run(*args, *px.report_args(), *mode)
     result.assert_outcomes(passed=2, failed=1)  # where_script: its output check passed
 
     # The reader read its neighbours (data beside it, a subfolder's file) and wrote in place,
@@ -94,10 +95,12 @@ def test_copy_keeps_the_tree_clean_and_shows_real_paths(
     assert Path(cwd).is_relative_to(tmpdir_env), cwd
     assert file == str(Path(cwd) / "reader_script.py")
 
-    # What the user reads names the real script: traceback, junit, results file, and the
-    # output check above.
+    # What the user reads names the real script: traceback, live lines, junit, results file,
+    # and the output check above.
     frame = f'File "{examples / "boom_script.py"}", line 2, in parse'
     assert frame in result.stdout.str()
+    result.stdout.fnmatch_lines([f"*boom_script.py] *{frame}"])  # --exec-live's line
+    result.stdout.fnmatch_lines([f"*where_script.py] {examples / 'where_script.py'}"])
     junit = px.junit_path.read_text()
     assert str(examples / "boom_script.py") in junit
     report = px.results_path.read_text()

@@ -196,7 +196,7 @@ class ScriptItem(pytest.Item):
         if self.config.stash[OPTIONS_KEY].live:
             from .live import inline_subscription
 
-            events = inline_subscription(self.config, self.label)
+            events = inline_subscription(self, self.label)
         options = self.config.stash[OPTIONS_KEY]
         refused = unmet_resources(spec, options.resources)
         if refused is not None:

@@ -17,7 +17,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias, final
 
@@ -25,6 +25,7 @@ import pytest
 
 from ..engine.events import RunEvent, RunEventKind, Stream, Subscription
 from .outcome import visible
+from .workdir import real_terms
 
 LINE_LIMIT = 1000
 """Characters of a line that are shown; the rest is cut, with a count."""
@@ -129,10 +130,18 @@ class LiveOutput:
         self._lines: dict[tuple[object, str], _Line] = {}
         self._colours: dict[object, str] = {}
 
-    def take(self, event: RunEvent, label: str, dropped: Dropped | None = None) -> None:
+    def take(
+        self,
+        event: RunEvent,
+        label: str,
+        dropped: Dropped | None = None,
+        real_terms: Callable[[str], str] | None = None,
+    ) -> None:
         """Take one event of the script called ``label``: output is shown line by line; an
         attempt's end (retry, finished) shows what is left of its last line. ``dropped``:
-        what the :class:`Backlog` dropped of the script just before this event."""
+        what the :class:`Backlog` dropped of the script just before this event;
+        ``real_terms``: what names a copy's folder (``--exec-cwd copy``) as the real one, as
+        the report will."""
         done: list[str] = []
         for stream, lines in (dropped or {}).items():
             # The line in progress lost its end (or its middle): what follows is a fragment.
@@ -151,6 +160,8 @@ class LiveOutput:
                 unfinished = self._lines.pop((event.key, stream), _Line())
                 if unfinished.data or unfinished.dropped:
                     done.append(unfinished.take())
+        if done and real_terms is not None:
+            done = [real_terms(text) for text in done]
         if done:
             self._write(event.key, label, done)
 
@@ -223,8 +234,9 @@ class _InlineDisplay:
     take to show, and time out). The run's ``finished`` waits until its lines are shown.
     """
 
-    def __init__(self, config: pytest.Config, label: str) -> None:
-        self._live = LiveOutput(config, between_items=False)
+    def __init__(self, item: pytest.Item, label: str) -> None:
+        self._live = LiveOutput(item.config, between_items=False)
+        self._item = item
         self._label = label
         self._backlog = Backlog()
         self._events: queue.SimpleQueue[tuple[RunEvent, Dropped]] = queue.SimpleQueue()
@@ -242,15 +254,15 @@ class _InlineDisplay:
     def _show(self) -> None:
         while True:
             event, dropped = self._events.get()
-            self._live.take(event, self._label, dropped)
+            self._live.take(event, self._label, dropped, real_terms(self._item))
             self._backlog.shown(event)
             if event.kind == RunEventKind.FINISHED:
                 return
 
 
-def inline_subscription(config: pytest.Config, label: str) -> Subscription:
+def inline_subscription(item: pytest.Item, label: str) -> Subscription:
     """Events of an inline run to a :class:`LiveOutput`, without ever holding the run up."""
-    display = _InlineDisplay(config, label)
+    display = _InlineDisplay(item, label)
     return Subscription(display.take, key=label, output=True)
 
 

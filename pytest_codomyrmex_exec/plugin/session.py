@@ -25,7 +25,7 @@ from .live import Backlog, Dropped, LiveOutput, RunningScripts, write_notice
 from .marks import MarkError
 from .report import RECORDS_KEY
 from .settings import pytest_pythonpath
-from .workdir import restore_paths, spec_for_run
+from .workdir import real_terms, restore_paths, spec_for_run
 
 _WAKE = 0.5
 
@@ -282,7 +282,7 @@ class ExecSession:
         item = self._background[event.key]
         if self._live is not None and event.kind != RunEventKind.STARTED:
             # Output lines, written from this (main) thread.
-            self._live.take(event, item.label, dropped)
+            self._live.take(event, item.label, dropped, real_terms(item))
         if event.kind == RunEventKind.OUTPUT:
             self._backlog.shown(event)
             return

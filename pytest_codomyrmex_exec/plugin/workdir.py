@@ -37,6 +37,7 @@ import shutil
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,8 @@ _WANTS_COPY_KEY = pytest.StashKey[bool]()
 """In ``item.stash``: ``--exec-cwd copy`` applies to the script (no exec(cwd=...) mark)."""
 _COPY_KEY = pytest.StashKey[tuple[Path, Path]]()
 """In ``item.stash``: the script's real folder and its current copy."""
+_REAL_TERMS_KEY = pytest.StashKey[Callable[[str], str]]()
+"""In ``item.stash``: what names the current copy's folder as the real one (:func:`real_terms`)."""
 _COPIES_KEY = pytest.StashKey["_Copies"]()
 """In ``config.stash``: the session's folder of copies, removed when the session ends."""
 _REMOVAL_WAIT = 30.0
@@ -122,6 +125,8 @@ def spec_for_run(item: pytest.Item, spec: ScriptSpec) -> ScriptSpec:
     script = Path(spec.script)
     copy = copy_folder(script.parent, _copies(item.config).folder)
     item.stash[_COPY_KEY] = (script.parent, copy)
+    # Made once per copy: --exec-live applies it to every line the script prints.
+    item.stash[_REAL_TERMS_KEY] = _real_terms(script.parent, copy)
     return spec.replace(script=str(copy / script.name))
 
 
@@ -264,34 +269,48 @@ def _remove_copy(item: pytest.Item) -> None:
     paths = item.stash.get(_COPY_KEY, None)
     if paths is not None:
         del item.stash[_COPY_KEY]
+        del item.stash[_REAL_TERMS_KEY]
         item.config.stash[_COPIES_KEY].discard(paths[1].parent)
+
+
+def real_terms(item: pytest.Item) -> Callable[[str], str] | None:
+    """What turns text that names the copy of ``item``'s folder into text that names the
+    real folder; ``None`` when the script runs where it is."""
+    return item.stash.get(_REAL_TERMS_KEY, None)
+
+
+def _real_terms(real: Path, copy: Path) -> Callable[[str], str]:
+    real_folder, copy_folder = str(real), str(copy)
+    resolved_copy = os.path.realpath(copy_folder)
+
+    def in_real_terms(text: str) -> str:
+        text = text.replace(copy_folder, real_folder)
+        return text if resolved_copy == copy_folder else text.replace(resolved_copy, real_folder)
+
+    return in_real_terms
 
 
 def restore_paths(item: pytest.Item, result: ScriptResult) -> ScriptResult:
     """``result`` in the script's real terms: the copy's folder named as the real folder in
     its path, output and error; writes that stayed in the copy dropped (they went with it)."""
     paths = item.stash.get(_COPY_KEY, None)
-    if paths is None:
+    terms = real_terms(item)
+    if paths is None or terms is None:
         return result
-    real, copy = (str(path) for path in paths)
-    resolved_copy = os.path.realpath(copy)
-
-    def real_terms(text: str) -> str:
-        text = text.replace(copy, real)
-        return text if resolved_copy == copy else text.replace(resolved_copy, real)
+    resolved_copy = os.path.realpath(paths[1])
 
     restored = result.copy()
     for key in ("script", "stdout", "stderr"):
-        restored[key] = real_terms(result[key])
+        restored[key] = terms(result[key])
     if result["error"] is not None:
-        restored["error"] = real_terms(result["error"])
+        restored["error"] = terms(result["error"])
     record = result["record"]
     if record is not None:
         restored["record"] = {
             **record,
-            "reads": [real_terms(path) for path in record["reads"]],
+            "reads": [terms(path) for path in record["reads"]],
             "writes": [
-                real_terms(where)
+                terms(where)
                 for where in map(os.path.realpath, record["writes"])
                 if not where.startswith(resolved_copy + os.sep)
             ],
