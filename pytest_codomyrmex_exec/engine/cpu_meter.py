@@ -190,9 +190,8 @@ class CpuMeter:
         """What the running scripts wanted over the window since the last call (``None``
         for the first one).
 
-        A process that started within the window is not measured: what it did so far is
-        its interpreter's start-up, busy whatever the script does next. A script counts once
-        one of its processes has been measured.
+        A process still in its start-up when the window opened is not measured (see the
+        module's policy). A script counts once one of its processes has been measured.
         """
         # The window runs between the middles of two walks, not between the calls: on a
         # loaded machine the caller may wait for a CPU between taking the time and reading
@@ -286,8 +285,8 @@ class AutoLimit:
             return self.limit
         per_script = max(reading.demand / reading.scripts, _LEAST_DEMAND)
         fits = min(self.cap, max(self.floor, int(self.cores / per_script)))
-        # It rises only on two windows in a row: one window of 0.1 s can catch a busy script
-        # held up (its start-up waiting on the disk, say) and call it idle. It falls on one.
+        # It rises only on two windows in a row: one short window can catch a busy script
+        # held up (waiting on the disk, say) and call it idle. It falls on one.
         limit = min(fits, self._fitted, 2 * self.limit)
         if logger.isEnabledFor(logging.DEBUG):
             # What auto saw and did, window by window: the one way to tell afterwards why
