@@ -309,3 +309,42 @@ def test_finding_nothing_is_cheap(tmp_path: Path, started: list[Path]) -> None:
     for _ in range(20):
         assert sweep(b"CODOMYRMEX_EXEC_RUN=none", no_group, os.getpid(), 0.0) == []
     assert (time.perf_counter() - began) / 20 < 0.02
+
+
+def test_a_daemon_caught_inside_exec_is_found_once_it_can_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside ``execve`` a process's environment and command line read empty for a moment
+    (its old memory is gone, the new one not yet set up). A daemon the script started just
+    before it exited can be there when the sweep looks: it must still be found by its tag,
+    not left for the session's end (CI saw this once on a loaded machine). The kernel's
+    moment cannot be held open from here, so the first reads of a real daemon's files are
+    made to return what they would return inside it."""
+    from pytest_codomyrmex_exec.engine import leaks
+
+    tag = f"CODOMYRMEX_EXEC_RUN=exec-{os.getpid()}"
+    name, value = tag.split("=")
+    script = subprocess.Popen(["true"])  # the script: the daemon is made after it
+    script.wait()
+    daemon = subprocess.Popen(
+        ["sleep", "60"], env={**os.environ, name: value}, start_new_session=True
+    )
+    try:
+        still_in_exec = {f"/proc/{daemon.pid}/environ": 3, f"/proc/{daemon.pid}/cmdline": 3}
+        real_read = leaks._read
+
+        def read(path: str, chunk_size: int = 16384) -> bytes | None:
+            if still_in_exec.get(path, 0) > 0:
+                still_in_exec[path] -= 1
+                return b""
+            return real_read(path, chunk_size)
+
+        monkeypatch.setattr(leaks, "_read", read)
+        no_group = 2**31 - 1
+        [found] = sweep(tag.encode(), no_group, script.pid, 0.0)
+        assert found.pid == daemon.pid
+        assert daemon.wait(timeout=10) == -signal.SIGKILL
+        assert still_in_exec[f"/proc/{daemon.pid}/environ"] == 0, "the empty reads were not met"
+    finally:
+        daemon.kill()
+        daemon.wait()

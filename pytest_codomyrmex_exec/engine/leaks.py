@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import final
@@ -45,6 +46,17 @@ PROBE_LIMIT = 128
 
 SWEEP_ROUNDS = 3
 """Scans per sweep at most: a leftover may fork while it is being killed."""
+
+EXEC_WAIT = 0.05
+"""Seconds a sweep waits, at most, for a process whose environment and command line both
+read empty. Such a process was caught inside ``execve``: its old memory is gone and its new
+arguments and environment not yet set up (one started with no environment still has its
+command line). A daemon the script started just before it exited can be there when the
+sweep looks, on a loaded machine, and without its tag it went unnamed (found only at the
+session's end). A kernel thread's environment is empty for good, and is not waited for."""
+
+_KERNEL_THREAD = 0x00200000
+"""``PF_KTHREAD`` in the flags of ``/proc/<pid>/stat``."""
 
 _PROC = "/proc"
 _LAST_PID = "/proc/sys/kernel/ns_last_pid"
@@ -88,18 +100,48 @@ def environ_has(pid: int, entry: bytes) -> bool:
     return block is not None and entry in block.split(b"\0")
 
 
-def _stat(pid: int) -> tuple[str, int, str] | None:
-    """``pid``'s state letter, process group and name, or ``None`` once it is gone."""
+@final
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    state: str
+    group: int
+    name: str
+    kernel: bool
+    """A kernel thread: no environment, no group of a script's."""
+
+
+def _stat(pid: int) -> _Stat | None:
+    """``pid``'s state letter, process group, name and kind, or ``None`` once it is gone."""
     text = _read(f"{_PROC}/{pid}/stat", 1024)
     if not text:
         return None
-    # "pid (name) state ppid pgrp ...": the name may hold spaces and parentheses.
+    # "pid (name) state ppid pgrp session tty tpgid flags ...": the name may hold spaces
+    # and parentheses.
     head, _, rest = text.rpartition(b")")
     fields = rest.split()
     try:
-        return fields[0].decode(), int(fields[2]), head.partition(b"(")[2].decode(errors="replace")
+        return _Stat(
+            fields[0].decode(),
+            int(fields[2]),
+            head.partition(b"(")[2].decode(errors="replace"),
+            bool(int(fields[6]) & _KERNEL_THREAD),
+        )
     except (IndexError, ValueError):
         return None
+
+
+def _tagged(pid: int, tag_entry: bytes) -> bool:
+    """Does ``pid`` carry ``tag_entry``, once its environment can be read (see
+    :data:`EXEC_WAIT`)?"""
+    path = f"{_PROC}/{pid}/environ"
+    block = _read(path)
+    deadline = time.monotonic() + EXEC_WAIT
+    while block == b"" and _read(f"{_PROC}/{pid}/cmdline") == b"":
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.001)
+        block = _read(path)
+    return block is not None and tag_entry in block.split(b"\0")
 
 
 def _is_process(pid: int) -> bool:
@@ -161,13 +203,12 @@ def find_leftovers(tag_entry: bytes, pgid: int, leader: int, ran_for: float) -> 
         if pid == me:
             continue
         stat = _stat(pid)
-        if stat is None:
+        if stat is None or stat.kernel:
             continue
-        state, group, name = stat
-        if state in ("Z", "X"):  # it has ended; only its parent's wait is missing
+        if stat.state in ("Z", "X"):  # it has ended; only its parent's wait is missing
             continue
-        if (group == pgid or environ_has(pid, tag_entry)) and _is_process(pid):
-            found.append(Leftover(pid, group, _command(pid, name)))
+        if (stat.group == pgid or _tagged(pid, tag_entry)) and _is_process(pid):
+            found.append(Leftover(pid, stat.group, _command(pid, stat.name)))
     return found
 
 
