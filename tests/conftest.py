@@ -721,6 +721,19 @@ def write_mixed_project(px: ExecPytester) -> None:
     px.script("crash_script.py", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
 
 
+# An inner session's own peak memory (RSS, MB), written to peak_mb.txt in its rootdir. VmHWM,
+# not getrusage's ru_maxrss: that one keeps the peak of the process before its exec (or its
+# fork), which is this test's xdist worker: a worker that had peaked at 443 MB made a soak
+# session of 60 MB read as 443 MB on CI.
+PEAK_MEMORY_CONFTEST = """\
+import re
+
+def pytest_unconfigure(config):
+    with open("/proc/self/status") as status:
+        peak_kb = re.search(r"^VmHWM:\\s+(\\d+) kB", status.read(), re.M)[1]
+    (config.rootpath / "peak_mb.txt").write_text(str(int(peak_kb) / 1024))
+"""
+
 SUMMARY_LINE = re.compile(
     r"^(\d+) scripts?, ([\d.]+) s of script time in ([\d.]+) s(?:: ([\d.]+)x)?$", re.M
 )

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ExecPytester, Mode
+from conftest import PEAK_MEMORY_CONFTEST, ExecPytester, Mode
 
 
 def write_live_project(px: ExecPytester) -> None:
@@ -145,19 +145,6 @@ for _ in range(200):
 
 
 FLOOD_LINES = 2_000_000
-
-
-# pytest's own peak memory (RSS, MB), written where the test can read it. VmHWM, not
-# getrusage's ru_maxrss: that one keeps the peak of the process before its exec, which
-# here is this test session, forked.
-PEAK_MEMORY_CONFTEST = """\
-import re
-
-def pytest_unconfigure(config):
-    with open("/proc/self/status") as status:
-        peak_kb = re.search(r"^VmHWM:\\s+(\\d+) kB", status.read(), re.M)[1]
-    (config.rootpath / "peak_mb.txt").write_text(str(int(peak_kb) / 1024))
-"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM in /proc")
