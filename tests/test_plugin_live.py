@@ -83,9 +83,13 @@ def test_live_output_streams_whole_prefixed_lines(
 
 @pytest.mark.modes("inline")
 def test_live_output_inline(px: ExecPytester, mode: Mode) -> None:
-    # flush: on a pipe Python buffers stdout, so unflushed 'one' could come after 'two'.
+    # flush: on a pipe Python buffers stdout, so unflushed 'one' could come after 'two'. The
+    # pause: two lines on two pipes that are both waiting when the run reads come in no set
+    # order (seen once on CI's py313); a line shown live is shown before a later one is made.
     px.script(
-        "a_script.py", "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr)\n"
+        "a_script.py",
+        "import sys, time\nprint('one', flush=True)\ntime.sleep(0.3)\n"
+        "print('two', file=sys.stderr)\n",
     )
     result = px.run("--exec-live", "-v", *mode)
     result.assert_outcomes(passed=1)
