@@ -152,8 +152,11 @@ def supervise(
         yield Wait(drain_start + ESCAPE_CHECK, for_exit=False)
     if output.open:
         # Still open after the sweep: something the first look missed holds them (made while
-        # the leftovers were being killed). Look again.
-        left += sweep_leftovers(plan, child, started)
+        # the leftovers were being killed). Look again. A leftover killed by the first look
+        # can still be dying (SIGKILL takes effect when it next runs): it is one leftover,
+        # not two (CI once named the same `sleep` twice: "3 processes" for 2).
+        known = {leftover.pid for leftover in left}
+        left += [again for again in sweep_leftovers(plan, child, started) if again.pid not in known]
         yield Wait(drain_start + DRAIN_LIMIT, for_exit=False)
     # A leak is what a script left when it ended by itself; a stopped script's tree is the
     # stop's doing, and its timeout or cancel is the finding.
