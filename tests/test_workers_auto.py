@@ -252,39 +252,40 @@ def test_library_runners_take_auto(tmp_path: Path, caplog: pytest.LogCaptureFixt
         return "\n".join(record.getMessage() for record in caplog.records[-40:])
 
     unjudged: list[str | None] = []
-
     count = 3 * CORES
+
+    def waiting_scripts(name: str) -> list[Path]:
+        root = tmp_path / name
+        write_scripts(root, count, waiting_for_company(root / "stamps"))
+        return sorted(root.glob("*_script.py"))
+
+    def judge(scripts: list[Path]) -> None:
+        """Was the overlap there? Then forget this runner's log for the next one."""
+        unjudged.append(overlap_unjudged(scripts[0].parent / "stamps", what_auto_saw()))
+        caplog.clear()
+
     runner = ParallelRunner("auto")
     assert runner.max_workers == AUTO_CAP_PER_CORE * CORES
-    root = tmp_path / "runner"
-    folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
-    outcome = runner.run_scripts(sorted(root.glob("*_script.py")))
-    assert outcome.passed == count
-    unjudged.append(overlap_unjudged(folder, what_auto_saw()))
-    caplog.clear()
+    scripts = waiting_scripts("runner")
+    assert runner.run_scripts(scripts).passed == count
+    judge(scripts)
 
     scheduler = AsyncScheduler(max_concurrency="auto")
     assert scheduler.max_concurrency == AUTO_CAP_PER_CORE * CORES
-    root = tmp_path / "scheduler"
-    folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
-    for script in sorted(root.glob("*_script.py")):
+    scripts = waiting_scripts("scheduler")
+    for script in scripts:
         scheduler.schedule(run_script_async, args=(str(script),))
     jobs = asyncio.run(scheduler.run_all())
     assert [job.result["status"] for job in jobs.values()] == ["passed"] * count
-    unjudged.append(overlap_unjudged(folder, what_auto_saw()))
-    caplog.clear()
+    judge(scripts)
 
     tasks_runner = AsyncParallelRunner(max_concurrency="auto")
     assert tasks_runner.max_concurrency == AUTO_CAP_PER_CORE * CORES
-    root = tmp_path / "tasks"
-    folder = write_scripts(root, count, waiting_for_company(root / "stamps"))
-    tasks = [
-        (script.name, run_script_async, (str(script),))
-        for script in sorted(root.glob("*_script.py"))
-    ]
+    scripts = waiting_scripts("tasks")
+    tasks = [(script.name, run_script_async, (str(script),)) for script in scripts]
     outcome = asyncio.run(tasks_runner.run(tasks))
     assert [result["status"] for result in outcome.results.values()] == ["passed"] * count
-    unjudged.append(overlap_unjudged(folder, what_auto_saw()))
+    judge(scripts)
     if any(unjudged):
         pytest.skip("; ".join(reason for reason in unjudged if reason))
 
