@@ -38,7 +38,9 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import final
 
 import pytest
 
@@ -56,10 +58,8 @@ COPY_BYTES = 8 * 1024 * 1024
 
 _WANTS_COPY_KEY = pytest.StashKey[bool]()
 """In ``item.stash``: ``--exec-cwd copy`` applies to the script (no exec(cwd=...) mark)."""
-_COPY_KEY = pytest.StashKey[tuple[Path, Path]]()
+_COPY_KEY = pytest.StashKey["_Copy"]()
 """In ``item.stash``: the script's real folder and its current copy."""
-_REAL_TERMS_KEY = pytest.StashKey[Callable[[str], str]]()
-"""In ``item.stash``: what names the current copy's folder as the real one (:func:`real_terms`)."""
 _COPIES_KEY = pytest.StashKey["_Copies"]()
 """In ``config.stash``: the session's folder of copies, removed when the session ends."""
 _REMOVAL_WAIT = 30.0
@@ -124,9 +124,7 @@ def spec_for_run(item: pytest.Item, spec: ScriptSpec) -> ScriptSpec:
     _remove_copy(item)  # a rerun starts from a clean copy, not the last attempt's
     script = Path(spec.script)
     copy = copy_folder(script.parent, _copies(item.config).folder)
-    item.stash[_COPY_KEY] = (script.parent, copy)
-    # Made once per copy: --exec-live applies it to every line the script prints.
-    item.stash[_REAL_TERMS_KEY] = _real_terms(script.parent, copy)
+    item.stash[_COPY_KEY] = _Copy(str(script.parent), str(copy), os.path.realpath(copy))
     return spec.replace(script=str(copy / script.name))
 
 
@@ -265,39 +263,43 @@ def _copies(config: pytest.Config) -> _Copies:
     return copies
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """A script's real folder and the copy it runs in, resolved once: --exec-live names the
+    real folder in every line the script prints."""
+
+    real: str
+    copy: str
+    resolved: str
+    """The copy's real path, as a script that resolves its own paths prints it."""
+
+    def in_real_terms(self, text: str) -> str:
+        text = text.replace(self.copy, self.real)
+        return text if self.resolved == self.copy else text.replace(self.resolved, self.real)
+
+
 def _remove_copy(item: pytest.Item) -> None:
-    paths = item.stash.get(_COPY_KEY, None)
-    if paths is not None:
+    copy = item.stash.get(_COPY_KEY, None)
+    if copy is not None:
         del item.stash[_COPY_KEY]
-        del item.stash[_REAL_TERMS_KEY]
-        item.config.stash[_COPIES_KEY].discard(paths[1].parent)
+        item.config.stash[_COPIES_KEY].discard(Path(copy.copy).parent)
 
 
 def real_terms(item: pytest.Item) -> Callable[[str], str] | None:
     """What turns text that names the copy of ``item``'s folder into text that names the
     real folder; ``None`` when the script runs where it is."""
-    return item.stash.get(_REAL_TERMS_KEY, None)
-
-
-def _real_terms(real: Path, copy: Path) -> Callable[[str], str]:
-    real_folder, copy_folder = str(real), str(copy)
-    resolved_copy = os.path.realpath(copy_folder)
-
-    def in_real_terms(text: str) -> str:
-        text = text.replace(copy_folder, real_folder)
-        return text if resolved_copy == copy_folder else text.replace(resolved_copy, real_folder)
-
-    return in_real_terms
+    copy = item.stash.get(_COPY_KEY, None)
+    return None if copy is None else copy.in_real_terms
 
 
 def restore_paths(item: pytest.Item, result: ScriptResult) -> ScriptResult:
     """``result`` in the script's real terms: the copy's folder named as the real folder in
     its path, output and error; writes that stayed in the copy dropped (they went with it)."""
-    paths = item.stash.get(_COPY_KEY, None)
-    terms = real_terms(item)
-    if paths is None or terms is None:
+    copy = item.stash.get(_COPY_KEY, None)
+    if copy is None:
         return result
-    resolved_copy = os.path.realpath(paths[1])
+    terms, resolved_copy = copy.in_real_terms, copy.resolved
 
     restored = result.copy()
     for key in ("script", "stdout", "stderr"):
