@@ -96,8 +96,11 @@ def _read(path: str, chunk_size: int = 16384) -> bytes | None:
 
 def environ_has(pid: int, entry: bytes) -> bool:
     """Does ``pid``'s environment hold ``entry`` (``b"NAME=value"``) exactly?"""
-    block = _read(f"{_PROC}/{pid}/environ")
-    return block is not None and entry in block.split(b"\0")
+    return _holds(_read(f"{_PROC}/{pid}/environ"), entry)
+
+
+def _holds(environ: bytes | None, entry: bytes) -> bool:
+    return environ is not None and entry in environ.split(b"\0")
 
 
 @final
@@ -141,7 +144,7 @@ def _tagged(pid: int, tag_entry: bytes) -> bool:
             break
         time.sleep(0.001)
         block = _read(path)
-    return block is not None and tag_entry in block.split(b"\0")
+    return _holds(block, tag_entry)
 
 
 def _is_process(pid: int) -> bool:
