@@ -79,6 +79,17 @@ def _causes(px: ExecPytester) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in px.lines("causes.txt"))
 
 
+def scheduler_address(scheduler_file: Path) -> str:
+    """The address in a starting ``dask scheduler``'s file, once the file is whole: it
+    exists before its JSON is written, and an empty read failed on CI."""
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return str(json.loads(scheduler_file.read_text())["address"])
+        assert time.monotonic() < deadline, "the dask scheduler did not start"
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def _start_cli_cluster(
     folder: Path, workers: list[tuple[list[str], dict[str, str]]]
@@ -101,12 +112,9 @@ def _start_cli_cluster(
             log = open(folder / f"log{index}.txt", "wb")  # noqa: SIM115 (closed below)
             logs.append(log)
             processes.append(subprocess.Popen(command, stdout=log, stderr=log, env=environment))
-            if index == 0:
-                deadline = time.monotonic() + 60
-                while not scheduler_file.exists():
-                    assert time.monotonic() < deadline, "the dask scheduler did not start"
-                    time.sleep(0.1)
-        with distributed.Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            if index == 0:  # the workers read its file: it must be whole first
+                address = scheduler_address(scheduler_file)
+        with distributed.Client(address, timeout=60) as client:
             client.wait_for_workers(len(workers), timeout=60)
             address = client.scheduler.address
         yield address
@@ -681,11 +689,7 @@ def _run_on_a_lone_scheduler(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
-            assert time.monotonic() < deadline, "the dask scheduler did not start"
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = scheduler_address(scheduler_file)
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--exec-parallel"]
         command += ["--exec-backend", "dask", "--exec-dask-scheduler", address]
         with subprocess.Popen(
@@ -695,6 +699,7 @@ def _run_on_a_lone_scheduler(
             stderr=subprocess.STDOUT,
         ) as pytest_process:
             try:
+                deadline = time.monotonic() + 60
                 with distributed.Client(address, timeout=30) as watcher:
                     # A lambda: sent by value, the scheduler cannot import this module.
                     while not watcher.run_on_scheduler(
